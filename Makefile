@@ -1,0 +1,66 @@
+# One command vocabulary. `make run` and `make test` set up everything they need first.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+SITE = $(shell $(PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
+RUST_SRC := $(wildcard matcher_ext/src/*.rs) matcher_ext/Cargo.toml matcher_ext/Cargo.lock
+PROTOS := $(wildcard protos/healthcode/v1/*.proto)
+PROTO_STAMP := protos/healthcode/v1/.generated
+
+.PHONY: setup build-dev proto run test test-rust test-python lint stubtest bench bench-matcher clean
+
+## setup: the virtualenv, every pinned package, the Rust extension and the generated code
+setup: $(VENV)/.installed $(PROTO_STAMP)
+
+$(VENV)/.installed: pyproject.toml $(RUST_SRC)
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev]'
+	# services/, clients/ and the generated healthcode.v1 package import from the checkout
+	printf '%s\n%s\n' "$(CURDIR)" "$(CURDIR)/protos" > $(SITE)/healthcode_checkout.pth
+	touch $@
+
+## build-dev: rebuild the Rust extension in place after editing matcher_ext/src
+build-dev:
+	$(PY) -m pip install -q --no-deps -e .
+	touch $(VENV)/.installed
+
+## proto: generate Python code and stubs from protos/ (never committed)
+proto: $(PROTO_STAMP)
+
+$(PROTO_STAMP): $(PROTOS) $(VENV)/.installed
+	@if ls protos/healthcode/v1/*.proto >/dev/null 2>&1; then \
+	  PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(PY) -m grpc_tools.protoc -Iprotos \
+	    --python_out=protos --mypy_out=protos --grpc_python_out=protos --mypy_grpc_out=protos \
+	    protos/healthcode/v1/*.proto; \
+	fi
+	touch $@
+
+## run: the whole platform on loopback with a demo population
+run: setup
+	$(PY) -m clients.demo
+
+## test: every test, Rust and Python
+test: setup test-rust lint stubtest test-python
+
+test-rust:
+	cd matcher_ext && cargo clippy --quiet --all-targets -- -D warnings && cargo test --quiet
+
+test-python: setup
+	$(PY) -m pytest -q
+
+lint: setup
+	@if ls protos/healthcode/v1/*.proto >/dev/null 2>&1; then cd protos && ../$(VENV)/bin/buf lint; fi
+
+stubtest: setup
+	$(PY) -m mypy.stubtest healthcode_matcher._native --ignore-missing-stub
+
+## bench-matcher: 18 M persons, 25 M phones, 42 sources; matcher vs the pyroaring reference
+bench-matcher: setup
+	$(PY) -m bench.bench_matcher
+
+bench: bench-matcher
+
+clean:
+	rm -rf $(VENV) matcher_ext/target $(PROTO_STAMP) protos/healthcode/v1/*_pb2*.py*

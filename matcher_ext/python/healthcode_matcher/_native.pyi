@@ -1,0 +1,279 @@
+"""Typed stubs of the Rust core. Checked against the runtime with `mypy.stubtest`.
+
+Days are whole days since 1970-01-01 *in Asia/Shanghai local time* (the caller converts).
+Colours are ints: 0 green, 1 yellow, 2 red (see `healthcode_matcher.Colour`).
+County risk levels are ints: 0 none, 1 low, 2 medium, 3 high.
+"""
+
+from collections.abc import Sequence
+from typing import Any, Self, final
+
+
+__version__: str
+__all__ = [
+    "__version__",
+    "Evidence",
+    "Hasher",
+    "IdentifierError",
+    "Index",
+    "IndexBuilder",
+    "InvalidIdNumber",
+    "InvalidOperation",
+    "InvalidPhone",
+    "Matcher",
+    "Plan",
+    "PlanError",
+    "SnapshotError",
+    "Verdict",
+    "Verdicts",
+    "normalise_id_number",
+    "normalise_phone",
+    "synthetic_id_numbers",
+    "synthetic_phones",
+]
+
+class IdentifierError(ValueError):
+    """A resident ID number, phone number or card number is not valid."""
+
+class InvalidIdNumber(IdentifierError):
+    """A resident ID number fails GB 11643 (length, digits, check digit, birth date)."""
+
+class InvalidPhone(IdentifierError):
+    """Not a mainland mobile number (11 digits, 1[3-9]xxxxxxxxx, optional +86)."""
+
+class PlanError(ValueError):
+    """A rule plan is malformed; the message names the rule id and the field."""
+
+class InvalidOperation(ValueError):
+    """An operation names something that does not exist or does not fit (source, person id, day)."""
+
+class SnapshotError(ValueError):
+    """A snapshot file is corrupt, truncated or of another format; nothing was loaded."""
+
+def normalise_id_number(raw: str) -> str:
+    """Validate a resident ID number and return it normalised (trimmed, upper-case X)."""
+
+def normalise_phone(raw: str) -> str:
+    """Validate a mainland mobile number and return its 11 digits."""
+
+def synthetic_id_numbers(count: int, seed: int) -> bytes:
+    """`count` distinct valid ID numbers, newline-separated (for benchmarks and demos)."""
+
+def synthetic_phones(count: int, seed: int) -> bytes:
+    """`count` distinct valid mobile numbers, newline-separated."""
+
+@final
+class Hasher:
+    """Keyed BLAKE3 (128-bit) of normalised identifiers, with a 32-byte deployment secret."""
+
+    def __new__(cls, secret: bytes) -> Self: ...
+    def person_key(self, id_number: str) -> bytes:
+        """Validate, normalise and hash an ID number: 16 bytes."""
+    def phone_key(self, phone: str) -> bytes:
+        """Validate, normalise and hash a phone number: 16 bytes."""
+    def card_key(self, card: str) -> bytes:
+        """Hash a transit card number (trimmed, non-empty, at most 64 chars): 16 bytes."""
+
+@final
+class Index:
+    """One immutable, numbered index version: registry, sources and county levels."""
+
+    def __new__(cls, secret: bytes) -> Self:
+        """An empty index (version 0) keyed with `secret` (32 bytes)."""
+    @property
+    def version(self) -> int: ...
+    @property
+    def person_count(self) -> int: ...
+    @property
+    def phone_count(self) -> int: ...
+    @property
+    def card_count(self) -> int: ...
+    def hasher(self) -> Hasher: ...
+    def builder(self) -> IndexBuilder:
+        """Start the next version from this one (cheap: shares everything unchanged)."""
+    def person_id(self, id_number: str) -> int | None:
+        """Dense id of a registered person, or None. Raises InvalidIdNumber."""
+    def person_id_by_key(self, key: bytes) -> int | None: ...
+    def phone_id(self, phone: str) -> int | None: ...
+    def phone_id_by_key(self, key: bytes) -> int | None: ...
+    def card_holder(self, card: str) -> int | None:
+        """Person id holding a real-name transit card, or None."""
+    def holder_of_phone(self, phone_id: int) -> int | None: ...
+    def phones_of(self, person_id: int) -> list[int]: ...
+    def county_levels(self) -> dict[int, int]: ...
+    def sources(self) -> list[tuple[str, str, bool]]:
+        """(name, "person" | "phone", has_county) for every defined source."""
+    def source_days(self, name: str) -> list[int | None]:
+        """Days that hold rows (None for the undated bucket)."""
+    def source_counties(self, name: str) -> list[int]: ...
+    def source_bitmap(self, name: str, day: int | None = None, county: int | None = None) -> bytes:
+        """One bucket in the portable roaring format (readable by pyroaring)."""
+    def source_len(self, name: str) -> int:
+        """Distinct members over all buckets."""
+    def save(self, path: str) -> None:
+        """Write a checksummed snapshot (portable roaring bitmaps + registry)."""
+    @staticmethod
+    def load(path: str, secret: bytes) -> Index:
+        """Read a snapshot; SnapshotError if corrupt, truncated or keyed with another secret."""
+    def to_bytes(self) -> bytes:
+        """The same snapshot as `save`, in memory (to stream it to a replica)."""
+    @staticmethod
+    def from_bytes(data: bytes, secret: bytes) -> Index:
+        """Inverse of `to_bytes`; SnapshotError as for `load`."""
+
+@final
+class IndexBuilder:
+    """A private, mutable next version. `finish()` freezes it into an Index."""
+
+    def add_person(self, id_number: str) -> int:
+        """Register (or find) a person: dense id. Raises InvalidIdNumber."""
+    def add_persons(self, id_numbers: bytes) -> bytes:
+        """Bulk: newline-separated ID numbers -> little-endian u32 dense ids. Validates all first;
+        raises InvalidIdNumber naming the first bad line (1-based) and changes nothing."""
+    def add_phone(self, phone: str, holder: int | None = None) -> int:
+        """Register (or find) a phone; link it to `holder` (moving it from any old holder)."""
+    def add_phones(self, phones: bytes, holders: bytes | None = None) -> bytes:
+        """Bulk: newline-separated phones, optional little-endian u32 holders -> u32 ids."""
+    def add_person_key(self, key: bytes) -> int:
+        """Register (or find) a person by its 16-byte keyed hash (from `Hasher.person_key`)."""
+    def add_phone_key(self, key: bytes, holder: int | None = None) -> int:
+        """Register (or find) a phone by its 16-byte keyed hash, optionally linking a holder."""
+    def unlink_phone_key(self, key: bytes) -> bool: ...
+    def add_rows_by_key(
+        self,
+        source: str,
+        keys: bytes,
+        days: Sequence[int | None],
+        counties: Sequence[int] | None = None,
+    ) -> int:
+        """Like `add_rows_by_identifier`, with concatenated 16-byte keys instead of raw numbers."""
+    def unlink_phone(self, phone: str) -> bool:
+        """Remove the phone's link to its holder. True if it had one."""
+    def add_card(self, card: str, holder: int) -> None:
+        """Link a real-name transit card to a person."""
+    def define_source(self, name: str, keyed_by: str, has_county: bool = False) -> None:
+        """Declare a source ("person" or "phone" keyed). Redefining with other traits fails."""
+    def add_rows(
+        self,
+        source: str,
+        ids: bytes,
+        day: int | None = None,
+        counties: bytes | None = None,
+    ) -> None:
+        """Add dense ids (LE u32) on `day` (None: undated, always current). A county source needs
+        `counties` (LE u32, one per id)."""
+    def add_rows_by_identifier(
+        self,
+        source: str,
+        identifiers: Sequence[str],
+        days: Sequence[int | None],
+        counties: Sequence[int] | None = None,
+    ) -> int:
+        """Feed rows keyed by raw ID number (person source) or phone (phone source); unknown
+        ones are registered at first sight. Validates every row first; raises
+        IdentifierError naming the first bad row (0-based) and changes nothing. Returns rows."""
+    def remove_rows(self, source: str, ids: bytes) -> None:
+        """Remove dense ids from every bucket of a source (e.g. released from a control list)."""
+    def clear_source(self, name: str) -> None:
+        """Drop every row of a source (it stays defined)."""
+    def set_county_level(self, county: int, level: int) -> None: ...
+    def finish(self) -> Index:
+        """Freeze into the next numbered version."""
+
+@final
+class Plan:
+    """A compiled rule plan (at most 64 rules).
+
+    Each rule is a dict: {"id": str, "colour": "yellow" | "red", "match": "any" | "all",
+    "checks": [check, ...], "clears": [check, ...]}, where a check is
+    {"source": str, "days": int (optional; window ending today), "min_level": int (optional,
+    county sources only: 1 low, 2 medium, 3 high)}.
+    """
+
+    def __new__(cls, rules: list[dict[str, Any]], version: str = ...) -> Self: ...
+    @property
+    def version(self) -> str: ...
+    @property
+    def rule_ids(self) -> list[str]: ...
+    @property
+    def check_count(self) -> int: ...
+    def colour_of_mask(self, mask: int) -> int: ...
+
+@final
+class Verdict:
+    """The colour of one person with the rules behind it."""
+
+    @property
+    def person_id(self) -> int: ...
+    @property
+    def colour(self) -> int: ...
+    @property
+    def fired_mask(self) -> int: ...
+    @property
+    def cleared_mask(self) -> int: ...
+    @property
+    def rules(self) -> list[str]:
+        """Ids of the rules that fired and were not cleared, in plan order."""
+    @property
+    def cleared(self) -> list[str]:
+        """Ids of rules whose checks matched but that a clearing source cleared."""
+
+@final
+class Evidence:
+    """Why one check of one rule matched (or what cleared it)."""
+
+    @property
+    def rule_id(self) -> str: ...
+    @property
+    def source(self) -> str: ...
+    @property
+    def day(self) -> int | None:
+        """The latest day in the window with a row (None: undated row)."""
+    @property
+    def phone_id(self) -> int | None:
+        """The linked phone the risk came through, for phone sources."""
+    @property
+    def county(self) -> int | None: ...
+    @property
+    def role(self) -> str:
+        """"fired" (a check matched), "cleared" (a clearing check matched) or "phone_cleared"."""
+
+@final
+class Verdicts:
+    """A plan evaluated over a whole index on one day: immutable, shareable across threads."""
+
+    def __new__(cls, index: Index, plan: Plan, today: int) -> Self:
+        """Evaluate every person (parallel, GIL released)."""
+    @property
+    def index(self) -> Index: ...
+    @property
+    def plan(self) -> Plan: ...
+    @property
+    def today(self) -> int: ...
+    def evaluate(self, person_id: int) -> Verdict: ...
+    def colour(self, person_id: int) -> int:
+        """Only the colour: the cheapest call."""
+    def evaluate_id_number(self, id_number: str) -> Verdict | None:
+        """Validate, hash, look up and evaluate. None if the person is not registered."""
+    def evaluate_many(self, person_ids: bytes) -> tuple[bytes, bytes]:
+        """LE u32 ids -> (one colour byte per id, LE u64 fired mask per id). GIL released."""
+    def explain(self, person_id: int) -> list[Evidence]: ...
+    def colour_counts(self) -> tuple[int, int, int]:
+        """(green, yellow, red) over every registered person."""
+    def rule_counts(self) -> dict[str, int]:
+        """Persons for whom each rule fired (after clearing)."""
+    def non_green(self) -> bytes:
+        """Portable roaring bitmap of persons that are yellow or red."""
+
+@final
+class Matcher:
+    """The live verdicts of a replica behind an atomic swap: readers never block."""
+
+    def __new__(cls, verdicts: Verdicts) -> Self: ...
+    @property
+    def current(self) -> Verdicts: ...
+    def swap(self, verdicts: Verdicts) -> Verdicts:
+        """Install new verdicts atomically; returns the previous ones."""
+    def evaluate(self, person_id: int) -> Verdict: ...
+    def colour(self, person_id: int) -> int: ...
+    def evaluate_id_number(self, id_number: str) -> Verdict | None: ...

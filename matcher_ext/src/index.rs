@@ -1,0 +1,427 @@
+//! One index version: the registry, the sources as day buckets of roaring bitmaps, and county
+//! risk levels. Versions are immutable; the next one is built aside from a cheap clone.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use roaring::RoaringBitmap;
+
+use crate::errors::{MatcherError, Result};
+use crate::ids::{Hasher, Key};
+use crate::registry::Registry;
+
+/// The day of an undated row ("currently on the list"): in every window.
+pub const UNDATED: u32 = u32::MAX;
+/// The county of a row in a source without counties.
+pub const NO_COUNTY: u32 = 0;
+/// County risk levels.
+pub const LEVEL_HIGH: u8 = 3;
+
+/// What a source's rows are keyed by.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KeyedBy {
+    /// Resident ID numbers: rows are person ids.
+    Person,
+    /// Phone numbers: rows are phone ids, reaching persons through their links.
+    Phone,
+}
+
+impl KeyedBy {
+    /// Parse "person" or "phone".
+    pub fn parse(s: &str) -> Result<Self> {
+        match s {
+            "person" => Ok(KeyedBy::Person),
+            "phone" => Ok(KeyedBy::Phone),
+            _ => Err(MatcherError::Invalid(format!(
+                "keyed_by must be \"person\" or \"phone\", not {s:?}"
+            ))),
+        }
+    }
+
+    /// The name used in the API.
+    pub fn name(self) -> &'static str {
+        match self {
+            KeyedBy::Person => "person",
+            KeyedBy::Phone => "phone",
+        }
+    }
+}
+
+/// A bucket: the rows of one (county, day).
+pub type BucketKey = (u32, u32);
+
+/// A named source: buckets of ids by (county, day).
+#[derive(Clone)]
+pub struct Source {
+    /// How rows are keyed.
+    pub keyed_by: KeyedBy,
+    /// Whether rows carry a county.
+    pub has_county: bool,
+    /// The rows, by (county, day). Buckets are shared between versions until changed.
+    pub buckets: BTreeMap<BucketKey, Arc<RoaringBitmap>>,
+}
+
+impl Source {
+    /// Distinct ids over all buckets.
+    pub fn members(&self) -> RoaringBitmap {
+        let mut all = RoaringBitmap::new();
+        for b in self.buckets.values() {
+            all |= b.as_ref();
+        }
+        all
+    }
+}
+
+/// One immutable index version.
+#[derive(Clone)]
+pub struct Index {
+    /// The version number; each `finish` of a builder adds one.
+    pub version: u64,
+    /// The deployment's keyed hash.
+    pub hasher: Hasher,
+    /// Persons, phones, cards and their links.
+    pub registry: Registry,
+    /// The sources by name.
+    pub sources: BTreeMap<String, Arc<Source>>,
+    /// County code -> risk level (0 none, 1 low, 2 medium, 3 high).
+    pub county_levels: Arc<HashMap<u32, u8>>,
+}
+
+impl std::fmt::Debug for Index {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Index")
+            .field("version", &self.version)
+            .field("persons", &self.registry.persons.len())
+            .field("phones", &self.registry.phones.len())
+            .field("sources", &self.sources.len())
+            .finish()
+    }
+}
+
+impl Index {
+    /// An empty version 0.
+    pub fn new(secret: [u8; 32]) -> Self {
+        Index {
+            version: 0,
+            hasher: Hasher::new(secret),
+            registry: Registry::default(),
+            sources: BTreeMap::new(),
+            county_levels: Arc::new(HashMap::new()),
+        }
+    }
+
+    /// The next version, to change aside.
+    pub fn builder(&self) -> Builder {
+        Builder { next: self.clone() }
+    }
+
+    /// A source by name, or a clear error.
+    pub fn source(&self, name: &str) -> Result<&Arc<Source>> {
+        self.sources
+            .get(name)
+            .ok_or_else(|| MatcherError::Invalid(format!("unknown source {name:?}")))
+    }
+
+    /// The level of a county (0 when never set).
+    pub fn level(&self, county: u32) -> u8 {
+        self.county_levels.get(&county).copied().unwrap_or(0)
+    }
+
+    /// Check that a person id exists.
+    pub fn check_person(&self, id: u32) -> Result<()> {
+        if (id as usize) < self.registry.persons.len() {
+            Ok(())
+        } else {
+            Err(MatcherError::Invalid(format!("no person with id {id}")))
+        }
+    }
+}
+
+/// A private, mutable next version.
+pub struct Builder {
+    next: Index,
+}
+
+impl Builder {
+    /// The version as built so far (read-only).
+    pub fn peek(&self) -> &Index {
+        &self.next
+    }
+
+    /// Freeze into the next numbered version.
+    pub fn finish(mut self) -> Index {
+        self.next.version += 1;
+        self.next
+    }
+
+    /// Register (or find) a person by key.
+    pub fn add_person_key(&mut self, key: Key) -> u32 {
+        self.next.registry.intern_person(key)
+    }
+
+    /// Register (or find) a phone by key, linking it to `holder` if given.
+    pub fn add_phone_key(&mut self, key: Key, holder: Option<u32>) -> Result<u32> {
+        if let Some(h) = holder {
+            self.next.check_person(h)?;
+        }
+        let id = self.next.registry.intern_phone(key);
+        if let Some(h) = holder {
+            self.next.registry.link_phone(id, h);
+        }
+        Ok(id)
+    }
+
+    /// Remove a phone's link to its holder.
+    pub fn unlink_phone_key(&mut self, key: Key) -> bool {
+        match self.next.registry.phones.get(key) {
+            Some(id) => self.next.registry.unlink_phone(id),
+            None => false,
+        }
+    }
+
+    /// Link a transit card to a person.
+    pub fn add_card_key(&mut self, key: Key, holder: u32) -> Result<()> {
+        self.next.check_person(holder)?;
+        self.next.registry.link_card(key, holder);
+        Ok(())
+    }
+
+    /// Declare a source. Declaring it again with the same traits is a no-op.
+    pub fn define_source(&mut self, name: &str, keyed_by: KeyedBy, has_county: bool) -> Result<()> {
+        if name.is_empty() || name.len() > 64 {
+            return Err(MatcherError::Invalid(
+                "a source name is 1 to 64 characters".into(),
+            ));
+        }
+        if let Some(s) = self.next.sources.get(name) {
+            if s.keyed_by != keyed_by || s.has_county != has_county {
+                return Err(MatcherError::Invalid(format!(
+                    "source {name:?} is already defined as keyed by {} with has_county={}",
+                    s.keyed_by.name(),
+                    s.has_county
+                )));
+            }
+            return Ok(());
+        }
+        let s = Source {
+            keyed_by,
+            has_county,
+            buckets: BTreeMap::new(),
+        };
+        self.next.sources.insert(name.to_string(), Arc::new(s));
+        Ok(())
+    }
+
+    fn source_mut(&mut self, name: &str) -> Result<&mut Source> {
+        self.next
+            .sources
+            .get_mut(name)
+            .map(Arc::make_mut)
+            .ok_or_else(|| MatcherError::Invalid(format!("unknown source {name:?}")))
+    }
+
+    /// Add rows of dense ids. `day` is `UNDATED` for "currently listed"; `counties` gives one
+    /// county per id for a county source and must be `None` otherwise.
+    pub fn add_rows(
+        &mut self,
+        name: &str,
+        ids: &[u32],
+        day: u32,
+        counties: Option<&[u32]>,
+    ) -> Result<()> {
+        let limit = {
+            let s = self.next.source(name)?;
+            check_counties(name, s, ids.len(), counties)?;
+            match s.keyed_by {
+                KeyedBy::Person => self.next.registry.persons.len(),
+                KeyedBy::Phone => self.next.registry.phones.len(),
+            }
+        };
+        if let Some(bad) = ids.iter().find(|&&i| i as usize >= limit) {
+            return Err(MatcherError::Invalid(format!(
+                "id {bad} is not registered in source {name:?}'s registry"
+            )));
+        }
+        let source = self.source_mut(name)?;
+        match counties {
+            None => insert_bucket(source, (NO_COUNTY, day), ids.iter().copied()),
+            Some(cs) => {
+                let mut by_county: BTreeMap<u32, Vec<u32>> = BTreeMap::new();
+                for (&id, &c) in ids.iter().zip(cs) {
+                    by_county.entry(c).or_default().push(id);
+                }
+                for (c, v) in by_county {
+                    insert_bucket(source, (c, day), v.into_iter());
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Add rows by key, registering unseen persons or phones at first sight. One day per row.
+    pub fn add_rows_by_key(
+        &mut self,
+        name: &str,
+        keys: &[Key],
+        days: &[u32],
+        counties: Option<&[u32]>,
+    ) -> Result<()> {
+        let keyed_by = {
+            let s = self.next.source(name)?;
+            check_counties(name, s, keys.len(), counties)?;
+            s.keyed_by
+        };
+        if days.len() != keys.len() {
+            return Err(MatcherError::Invalid(format!(
+                "{} rows but {} days: give one day per row",
+                keys.len(),
+                days.len()
+            )));
+        }
+        let ids: Vec<u32> = keys
+            .iter()
+            .map(|&k| match keyed_by {
+                KeyedBy::Person => self.next.registry.intern_person(k),
+                KeyedBy::Phone => self.next.registry.intern_phone(k),
+            })
+            .collect();
+        // group rows by (county, day) so each bucket is touched once
+        let mut groups: BTreeMap<BucketKey, Vec<u32>> = BTreeMap::new();
+        for (i, &id) in ids.iter().enumerate() {
+            let c = counties.map_or(NO_COUNTY, |cs| cs[i]);
+            groups.entry((c, days[i])).or_default().push(id);
+        }
+        let source = self.source_mut(name)?;
+        for (bucket, v) in groups {
+            insert_bucket(source, bucket, v.into_iter());
+        }
+        Ok(())
+    }
+
+    /// Remove ids from every bucket of a source.
+    pub fn remove_rows(&mut self, name: &str, ids: &[u32]) -> Result<()> {
+        let gone = RoaringBitmap::from_iter(ids.iter().copied());
+        let source = self.source_mut(name)?;
+        source.buckets.retain(|_, b| {
+            if !b.is_disjoint(&gone) {
+                *Arc::make_mut(b) -= &gone;
+            }
+            !b.is_empty()
+        });
+        Ok(())
+    }
+
+    /// Drop every row of a source.
+    pub fn clear_source(&mut self, name: &str) -> Result<()> {
+        self.source_mut(name)?.buckets.clear();
+        Ok(())
+    }
+
+    /// Set a county's risk level (0 none .. 3 high). Verdicts change through the unions they
+    /// take, not by rewriting anyone's rows.
+    pub fn set_county_level(&mut self, county: u32, level: u8) -> Result<()> {
+        if level > LEVEL_HIGH {
+            return Err(MatcherError::Invalid(format!(
+                "a county level is 0 to 3, not {level}"
+            )));
+        }
+        if county == NO_COUNTY {
+            return Err(MatcherError::Invalid("county code 0 is reserved".into()));
+        }
+        Arc::make_mut(&mut self.next.county_levels).insert(county, level);
+        Ok(())
+    }
+}
+
+fn check_counties(name: &str, s: &Source, rows: usize, counties: Option<&[u32]>) -> Result<()> {
+    match (s.has_county, counties) {
+        (true, None) => Err(MatcherError::Invalid(format!(
+            "source {name:?} holds counties: give one county per row"
+        ))),
+        (false, Some(_)) => Err(MatcherError::Invalid(format!(
+            "source {name:?} holds no counties: do not give any"
+        ))),
+        (true, Some(cs)) if cs.len() != rows => Err(MatcherError::Invalid(format!(
+            "{rows} rows but {} counties: give one county per row",
+            cs.len()
+        ))),
+        (true, Some(cs)) if cs.contains(&NO_COUNTY) => {
+            Err(MatcherError::Invalid("county code 0 is reserved".into()))
+        }
+        _ => Ok(()),
+    }
+}
+
+fn insert_bucket(source: &mut Source, bucket: BucketKey, ids: impl Iterator<Item = u32>) {
+    let mut ids: Vec<u32> = ids.collect();
+    ids.sort_unstable();
+    ids.dedup();
+    let b = source
+        .buckets
+        .entry(bucket)
+        .or_insert_with(|| Arc::new(RoaringBitmap::new()));
+    let b = Arc::make_mut(b);
+    if b.is_empty() {
+        *b = RoaringBitmap::from_sorted_iter(ids).expect("sorted and deduplicated");
+    } else {
+        b.extend(ids);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn versions_do_not_see_each_other() {
+        let v0 = Index::new([1; 32]);
+        let mut b = v0.builder();
+        b.define_source("confirmed", KeyedBy::Person, false)
+            .unwrap();
+        let p = b.add_person_key(42);
+        b.add_rows("confirmed", &[p], 100, None).unwrap();
+        let v1 = b.finish();
+        let mut b = v1.builder();
+        b.add_rows("confirmed", &[p], 101, None).unwrap();
+        let v2 = b.finish();
+        assert_eq!(v1.source("confirmed").unwrap().buckets.len(), 1);
+        assert_eq!(v2.source("confirmed").unwrap().buckets.len(), 2);
+        assert_eq!((v0.version, v1.version, v2.version), (0, 1, 2));
+        assert!(v0.sources.is_empty());
+    }
+
+    #[test]
+    fn bad_rows_change_nothing() {
+        let mut b = Index::new([1; 32]).builder();
+        b.define_source("travel", KeyedBy::Person, true).unwrap();
+        let p = b.add_person_key(1);
+        assert!(b.add_rows("travel", &[p], 5, None).is_err());
+        assert!(b
+            .add_rows("travel", &[p, 99], 5, Some(&[120101, 120102]))
+            .is_err());
+        assert!(b.add_rows("nope", &[p], 5, None).is_err());
+        assert!(b.define_source("travel", KeyedBy::Phone, true).is_err());
+        assert!(b.peek().source("travel").unwrap().buckets.is_empty());
+    }
+
+    #[test]
+    fn remove_rows_empties_buckets() {
+        let mut b = Index::new([1; 32]).builder();
+        b.define_source("home_quarantine", KeyedBy::Person, false)
+            .unwrap();
+        let ids: Vec<u32> = (0..10).map(|k| b.add_person_key(k)).collect();
+        b.add_rows("home_quarantine", &ids, UNDATED, None).unwrap();
+        b.remove_rows("home_quarantine", &ids[..5]).unwrap();
+        assert_eq!(
+            b.peek().source("home_quarantine").unwrap().members().len(),
+            5
+        );
+        b.remove_rows("home_quarantine", &ids[5..]).unwrap();
+        assert!(b
+            .peek()
+            .source("home_quarantine")
+            .unwrap()
+            .buckets
+            .is_empty());
+    }
+}

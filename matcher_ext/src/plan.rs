@@ -1,0 +1,724 @@
+//! Rule plans and their evaluation.
+//!
+//! A plan is evaluated over a whole index version for one day at once: every check becomes a
+//! bitmap of persons (window unions of day buckets; phone sources projected onto holders), every
+//! rule a bitmap of the persons it fires for. The result, [`Verdicts`], keeps one fired mask
+//! per non-green person behind a rank directory, so the per-person question ("what colour, and
+//! which rules?") is a bit test and an array read, and a batch is the same in parallel. Why a
+//! rule fired (source, day, which phone) is worked out on demand by [`Verdicts::explain`].
+
+use std::sync::Arc;
+
+use rayon::prelude::*;
+use roaring::RoaringBitmap;
+
+use crate::errors::{MatcherError, Result};
+use crate::index::{Index, KeyedBy, Source, NO_COUNTY, UNDATED};
+
+/// Colours, by severity.
+pub const GREEN: u8 = 0;
+/// Yellow.
+pub const YELLOW: u8 = 1;
+/// Red.
+pub const RED: u8 = 2;
+/// Rules in one plan: one bit each in a u64 mask.
+pub const MAX_RULES: usize = 64;
+/// Checks in one plan (raising and clearing together).
+pub const MAX_CHECKS: usize = 1024;
+
+/// One condition: a person (or one of their phones) is in a source within a window.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Check {
+    /// The source name.
+    pub source: String,
+    /// The window in days ending today; `None` covers every bucket.
+    pub days: Option<u32>,
+    /// County sources only: counties whose current level is at least this.
+    pub min_level: Option<u8>,
+}
+
+/// One rule: a colour, its checks, and what clears it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Rule {
+    /// A stable id, shown to people and support staff.
+    pub id: String,
+    /// `YELLOW` or `RED`.
+    pub colour: u8,
+    /// True: every check must hold; false: any one.
+    pub match_all: bool,
+    /// The raising checks.
+    pub checks: Vec<Check>,
+    /// The clearing checks: person-keyed ones clear the rule, phone-keyed ones the phone.
+    pub clears: Vec<Check>,
+}
+
+/// A validated rule plan.
+#[derive(Clone, Debug)]
+pub struct Plan {
+    /// A label of the rule set it came from.
+    pub version: String,
+    /// The rules, in mask-bit order.
+    pub rules: Vec<Rule>,
+    red_mask: u64,
+    yellow_mask: u64,
+}
+
+impl Plan {
+    /// Validate and compile rules. Errors name the rule and the field.
+    pub fn new(version: String, rules: Vec<Rule>) -> Result<Self> {
+        if rules.len() > MAX_RULES {
+            return Err(MatcherError::Plan(format!(
+                "a plan holds at most {MAX_RULES} rules, this one has {}",
+                rules.len()
+            )));
+        }
+        let total: usize = rules.iter().map(|r| r.checks.len() + r.clears.len()).sum();
+        if total > MAX_CHECKS {
+            return Err(MatcherError::Plan(format!(
+                "a plan holds at most {MAX_CHECKS} checks, this one has {total}"
+            )));
+        }
+        let (mut red_mask, mut yellow_mask) = (0u64, 0u64);
+        for (i, r) in rules.iter().enumerate() {
+            let at = |f: &str| format!("rule {:?} ({f})", r.id);
+            if r.id.is_empty() {
+                return Err(MatcherError::Plan(format!(
+                    "rule #{i}: the id must not be empty"
+                )));
+            }
+            if rules[..i].iter().any(|o| o.id == r.id) {
+                return Err(MatcherError::Plan(format!(
+                    "{}: the id is used twice",
+                    at("id")
+                )));
+            }
+            match r.colour {
+                YELLOW => yellow_mask |= 1 << i,
+                RED => red_mask |= 1 << i,
+                _ => {
+                    return Err(MatcherError::Plan(format!(
+                        "{}: a rule is yellow or red",
+                        at("colour")
+                    )))
+                }
+            }
+            if r.checks.is_empty() {
+                return Err(MatcherError::Plan(format!(
+                    "{}: a rule needs a check",
+                    at("checks")
+                )));
+            }
+            for (field, list) in [("checks", &r.checks), ("clears", &r.clears)] {
+                for (j, c) in list.iter().enumerate() {
+                    if c.days == Some(0) {
+                        return Err(MatcherError::Plan(format!(
+                            "{}: days must be at least 1",
+                            at(&format!("{field}[{j}].days"))
+                        )));
+                    }
+                    if matches!(c.min_level, Some(l) if l == 0 || l > 3) {
+                        return Err(MatcherError::Plan(format!(
+                            "{}: min_level is 1 (low), 2 (medium) or 3 (high)",
+                            at(&format!("{field}[{j}].min_level"))
+                        )));
+                    }
+                }
+            }
+        }
+        Ok(Plan {
+            version,
+            rules,
+            red_mask,
+            yellow_mask,
+        })
+    }
+
+    /// The colour of a fired mask: the most severe rule in it.
+    #[inline]
+    pub fn colour_of(&self, fired: u64) -> u8 {
+        if fired & self.red_mask != 0 {
+            RED
+        } else if fired & self.yellow_mask != 0 {
+            YELLOW
+        } else {
+            GREEN
+        }
+    }
+
+    /// Number of checks, raising and clearing.
+    pub fn check_count(&self) -> usize {
+        self.rules
+            .iter()
+            .map(|r| r.checks.len() + r.clears.len())
+            .sum()
+    }
+
+    /// Check every source a plan names against an index (kind, counties).
+    pub fn bind_check(&self, index: &Index) -> Result<()> {
+        for r in &self.rules {
+            for (field, list) in [("checks", &r.checks), ("clears", &r.clears)] {
+                for (j, c) in list.iter().enumerate() {
+                    let s = index
+                        .source(&c.source)
+                        .map_err(|e| e.at(&format!("rule {:?} ({field}[{j}].source)", r.id)))?;
+                    if c.min_level.is_some() && !s.has_county {
+                        return Err(MatcherError::Plan(format!(
+                            "rule {:?} ({field}[{j}].min_level): source {:?} has no counties",
+                            r.id, c.source
+                        )));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+fn in_window(day: u32, today: u32, days: Option<u32>) -> bool {
+    match days {
+        _ if day == UNDATED => true,
+        None => true,
+        Some(n) => day <= today && day + n > today,
+    }
+}
+
+/// The buckets of a source that a check covers on `today`.
+fn buckets<'a>(
+    index: &'a Index,
+    s: &'a Source,
+    c: &'a Check,
+    today: u32,
+) -> impl Iterator<Item = (u32, u32, &'a RoaringBitmap)> + 'a {
+    s.buckets.iter().filter_map(move |(&(county, day), b)| {
+        let level_ok = match c.min_level {
+            None => true,
+            Some(l) => county != NO_COUNTY && index.level(county) >= l,
+        };
+        (level_ok && in_window(day, today, c.days)).then_some((county, day, b.as_ref()))
+    })
+}
+
+fn window_union(index: &Index, c: &Check, today: u32) -> RoaringBitmap {
+    let s = &index.sources[&c.source];
+    let mut u = RoaringBitmap::new();
+    for (_, _, b) in buckets(index, s, c, today) {
+        u |= b;
+    }
+    u
+}
+
+fn holders_of(index: &Index, phones: &RoaringBitmap) -> RoaringBitmap {
+    let mut ids: Vec<u32> = phones
+        .iter()
+        .filter_map(|f| index.registry.phone_holder(f))
+        .collect();
+    ids.par_sort_unstable();
+    ids.dedup();
+    RoaringBitmap::from_sorted_iter(ids).expect("sorted and deduplicated")
+}
+
+/// A check's persons after phone clears, and before them when they differ.
+type CheckPersons = (RoaringBitmap, Option<RoaringBitmap>);
+
+/// (fired, cleared) persons of one rule.
+fn evaluate_rule(index: &Index, r: &Rule, today: u32) -> (RoaringBitmap, RoaringBitmap) {
+    let keyed = |c: &Check| index.sources[&c.source].keyed_by;
+    let mut phone_clear = RoaringBitmap::new();
+    let mut person_clear = RoaringBitmap::new();
+    for c in &r.clears {
+        match keyed(c) {
+            KeyedBy::Phone => phone_clear |= window_union(index, c, today),
+            KeyedBy::Person => person_clear |= window_union(index, c, today),
+        }
+    }
+    // each check as persons, with phone clears applied and (if they removed anything) without
+    let per_check: Vec<CheckPersons> = r
+        .checks
+        .iter()
+        .map(|c| {
+            let u = window_union(index, c, today);
+            match keyed(c) {
+                KeyedBy::Person => (u, None),
+                KeyedBy::Phone if phone_clear.is_empty() => (holders_of(index, &u), None),
+                KeyedBy::Phone => {
+                    let raw = holders_of(index, &u);
+                    (holders_of(index, &(u - &phone_clear)), Some(raw))
+                }
+            }
+        })
+        .collect();
+    let combine = |pick: &dyn Fn(&CheckPersons) -> RoaringBitmap| {
+        let mut it = per_check.iter().map(pick);
+        let first = it.next().unwrap_or_default();
+        it.fold(first, |acc, b| if r.match_all { acc & b } else { acc | b })
+    };
+    let matched = combine(&|(w, _)| w.clone());
+    let matched_raw = if per_check.iter().any(|(_, raw)| raw.is_some()) {
+        combine(&|(w, raw)| raw.as_ref().unwrap_or(w).clone())
+    } else {
+        matched.clone()
+    };
+    let fired = matched - &person_clear;
+    let cleared = matched_raw - &fired;
+    (fired, cleared)
+}
+
+/// A bit vector with a rank directory: "is id set, and how many set ids come before it".
+struct RankBits {
+    words: Vec<u64>,
+    /// Set bits before each block of 8 words.
+    block_rank: Vec<u32>,
+}
+
+impl RankBits {
+    fn new(set: &RoaringBitmap, universe: u32) -> Self {
+        let n_words = (universe as usize).div_ceil(64);
+        let mut words = vec![0u64; n_words];
+        for id in set.iter().filter(|&i| i < universe) {
+            words[id as usize >> 6] |= 1 << (id & 63);
+        }
+        let mut block_rank = Vec::with_capacity(n_words / 8 + 1);
+        let mut acc = 0u32;
+        for block in words.chunks(8) {
+            block_rank.push(acc);
+            acc += block.iter().map(|w| w.count_ones()).sum::<u32>();
+        }
+        RankBits { words, block_rank }
+    }
+
+    /// The position of `id` among the set ids, if set.
+    #[inline]
+    fn rank(&self, id: u32) -> Option<usize> {
+        let w = id as usize >> 6;
+        let word = *self.words.get(w)?;
+        let bit = 1u64 << (id & 63);
+        if word & bit == 0 {
+            return None;
+        }
+        let block = w >> 3;
+        let mut r = self.block_rank[block] as usize;
+        for k in block << 3..w {
+            r += self.words[k].count_ones() as usize;
+        }
+        Some(r + (word & (bit - 1)).count_ones() as usize)
+    }
+}
+
+/// One person's answer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Verdict {
+    /// The person.
+    pub person: u32,
+    /// `GREEN`, `YELLOW` or `RED`.
+    pub colour: u8,
+    /// Rules that fired and were not cleared (bit i = rule i).
+    pub fired: u64,
+    /// Rules whose checks matched but that a clearing source cleared.
+    pub cleared: u64,
+}
+
+/// Why one check matched, or what cleared it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Evidence {
+    /// Index of the rule in the plan.
+    pub rule: usize,
+    /// The source.
+    pub source: String,
+    /// The latest matching day (`None`: an undated row).
+    pub day: Option<u32>,
+    /// The linked phone the row was about.
+    pub phone: Option<u32>,
+    /// The county of the row.
+    pub county: Option<u32>,
+    /// "fired", "cleared" or "phone_cleared".
+    pub role: &'static str,
+}
+
+/// A plan evaluated over an index on one day.
+pub struct Verdicts {
+    /// The index evaluated.
+    pub index: Arc<Index>,
+    /// The plan evaluated.
+    pub plan: Arc<Plan>,
+    /// The day (Asia/Shanghai day number).
+    pub today: u32,
+    entries: RankBits,
+    fired: Vec<u64>,
+    cleared: Vec<u64>,
+    rule_counts: Vec<u64>,
+    colour_counts: [u64; 3],
+}
+
+impl Verdicts {
+    /// Evaluate every person. Rules run in parallel.
+    pub fn new(index: Arc<Index>, plan: Arc<Plan>, today: u32) -> Result<Self> {
+        plan.bind_check(&index)?;
+        let per_rule: Vec<(RoaringBitmap, RoaringBitmap)> = plan
+            .rules
+            .par_iter()
+            .map(|r| evaluate_rule(&index, r, today))
+            .collect();
+        let mut all = RoaringBitmap::new();
+        for (f, c) in &per_rule {
+            all |= f;
+            all |= c;
+        }
+        let universe = index.registry.persons.len() as u32;
+        let entries = RankBits::new(&all, universe);
+        let n = all.len() as usize;
+        let (mut fired, mut cleared) = (vec![0u64; n], vec![0u64; n]);
+        for (bit, (f, c)) in per_rule.iter().enumerate() {
+            for p in f {
+                fired[entries.rank(p).expect("in the union")] |= 1 << bit;
+            }
+            for p in c {
+                cleared[entries.rank(p).expect("in the union")] |= 1 << bit;
+            }
+        }
+        let rule_counts = per_rule.iter().map(|(f, _)| f.len()).collect();
+        let mut colour_counts = [0u64; 3];
+        for &m in &fired {
+            colour_counts[plan.colour_of(m) as usize] += 1;
+        }
+        colour_counts[GREEN as usize] += u64::from(universe) - n as u64;
+        Ok(Verdicts {
+            index,
+            plan,
+            today,
+            entries,
+            fired,
+            cleared,
+            rule_counts,
+            colour_counts,
+        })
+    }
+
+    /// The verdict of one person (an unknown id is an error).
+    #[inline]
+    pub fn evaluate(&self, person: u32) -> Result<Verdict> {
+        self.index.check_person(person)?;
+        Ok(self.evaluate_unchecked(person))
+    }
+
+    #[inline]
+    fn evaluate_unchecked(&self, person: u32) -> Verdict {
+        match self.entries.rank(person) {
+            None => Verdict {
+                person,
+                colour: GREEN,
+                fired: 0,
+                cleared: 0,
+            },
+            Some(r) => {
+                let fired = self.fired[r];
+                Verdict {
+                    person,
+                    colour: self.plan.colour_of(fired),
+                    fired,
+                    cleared: self.cleared[r],
+                }
+            }
+        }
+    }
+
+    /// Colours and fired masks of many persons, in parallel when the batch is large.
+    pub fn evaluate_many(&self, persons: &[u32]) -> Result<(Vec<u8>, Vec<u64>)> {
+        let universe = self.index.registry.persons.len();
+        if let Some(bad) = persons.iter().find(|&&p| p as usize >= universe) {
+            return Err(MatcherError::Invalid(format!("no person with id {bad}")));
+        }
+        let one = |p: u32| {
+            let v = self.evaluate_unchecked(p);
+            (v.colour, v.fired)
+        };
+        Ok(if persons.len() >= 1 << 16 {
+            persons.par_iter().map(|&p| one(p)).unzip()
+        } else {
+            persons.iter().map(|&p| one(p)).unzip()
+        })
+    }
+
+    /// (green, yellow, red) over every registered person.
+    pub fn colour_counts(&self) -> [u64; 3] {
+        self.colour_counts
+    }
+
+    /// Persons for whom each rule fired, in plan order.
+    pub fn rule_counts(&self) -> &[u64] {
+        &self.rule_counts
+    }
+
+    /// Yellow and red persons.
+    pub fn non_green(&self) -> RoaringBitmap {
+        let mut out = Vec::new();
+        for (w, &word) in self.entries.words.iter().enumerate() {
+            let mut bits = word;
+            while bits != 0 {
+                let p = (w as u32) << 6 | bits.trailing_zeros();
+                if let Some(r) = self.entries.rank(p) {
+                    if self.fired[r] != 0 {
+                        out.push(p);
+                    }
+                }
+                bits &= bits - 1;
+            }
+        }
+        RoaringBitmap::from_sorted_iter(out).expect("ascending")
+    }
+
+    /// Why each fired or cleared rule of a person matched, and what cleared it.
+    pub fn explain(&self, person: u32) -> Result<Vec<Evidence>> {
+        let v = self.evaluate(person)?;
+        let index = &self.index;
+        let phones = index.registry.phones_of(person);
+        let mut out = Vec::new();
+        for (i, r) in self.plan.rules.iter().enumerate() {
+            if (v.fired | v.cleared) & (1 << i) == 0 {
+                continue;
+            }
+            let phone_clears: Vec<&Check> = r
+                .clears
+                .iter()
+                .filter(|c| index.sources[&c.source].keyed_by == KeyedBy::Phone)
+                .collect();
+            let phone_cleared = |f: u32| {
+                phone_clears.iter().any(|c| {
+                    let s = &index.sources[&c.source];
+                    buckets(index, s, c, self.today).any(|(_, _, b)| b.contains(f))
+                })
+            };
+            for c in &r.checks {
+                let s = &index.sources[&c.source];
+                let subjects: Vec<Option<u32>> = match s.keyed_by {
+                    KeyedBy::Person => vec![None],
+                    KeyedBy::Phone => phones.iter().map(|&f| Some(f)).collect(),
+                };
+                for phone in subjects {
+                    let member = phone.unwrap_or(person);
+                    let latest = buckets(index, s, c, self.today)
+                        .filter(|(_, _, b)| b.contains(member))
+                        .max_by_key(|&(_, day, _)| if day == UNDATED { 0 } else { day + 1 });
+                    if let Some((county, day, _)) = latest {
+                        let role = match phone {
+                            Some(f) if phone_cleared(f) => "phone_cleared",
+                            _ => "fired",
+                        };
+                        out.push(Evidence {
+                            rule: i,
+                            source: c.source.clone(),
+                            day: (day != UNDATED).then_some(day),
+                            phone,
+                            county: (county != NO_COUNTY).then_some(county),
+                            role,
+                        });
+                    }
+                }
+            }
+            for c in &r.clears {
+                let s = &index.sources[&c.source];
+                if s.keyed_by == KeyedBy::Phone {
+                    continue; // shown as "phone_cleared" on the phone's own evidence
+                }
+                let latest = buckets(index, s, c, self.today)
+                    .filter(|(_, _, b)| b.contains(person))
+                    .max_by_key(|&(_, day, _)| if day == UNDATED { 0 } else { day + 1 });
+                if let Some((county, day, _)) = latest {
+                    out.push(Evidence {
+                        rule: i,
+                        source: c.source.clone(),
+                        day: (day != UNDATED).then_some(day),
+                        phone: None,
+                        county: (county != NO_COUNTY).then_some(county),
+                        role: "cleared",
+                    });
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::index::Index;
+
+    fn check(source: &str, days: Option<u32>) -> Check {
+        Check {
+            source: source.into(),
+            days,
+            min_level: None,
+        }
+    }
+
+    fn rule(id: &str, colour: u8, checks: Vec<Check>, clears: Vec<Check>) -> Rule {
+        Rule {
+            id: id.into(),
+            colour,
+            match_all: false,
+            checks,
+            clears,
+        }
+    }
+
+    /// The seed's two-SIM case: a second phone in a person's name roamed in a high-risk county.
+    #[test]
+    fn risk_through_a_linked_phone_names_the_phone_and_clears_per_phone() {
+        let mut b = Index::new([9; 32]).builder();
+        b.define_source("telecom_roaming", KeyedBy::Phone, true)
+            .unwrap();
+        b.define_source("phone_community_verified", KeyedBy::Phone, false)
+            .unwrap();
+        b.define_source("confirmed", KeyedBy::Person, false)
+            .unwrap();
+        let holder = b.add_person_key(1);
+        let other = b.add_person_key(2);
+        let sim1 = b.add_phone_key(10, Some(holder)).unwrap();
+        let sim2 = b.add_phone_key(11, Some(holder)).unwrap();
+        b.set_county_level(120116, 3).unwrap();
+        b.add_rows("telecom_roaming", &[sim2], 100, Some(&[120116]))
+            .unwrap();
+        let index = Arc::new(b.finish());
+        let plan = Arc::new(
+            Plan::new(
+                "t".into(),
+                vec![
+                    rule("confirmed", RED, vec![check("confirmed", Some(28))], vec![]),
+                    rule(
+                        "roaming-high",
+                        YELLOW,
+                        vec![Check {
+                            source: "telecom_roaming".into(),
+                            days: Some(14),
+                            min_level: Some(3),
+                        }],
+                        vec![check("phone_community_verified", Some(7))],
+                    ),
+                ],
+            )
+            .unwrap(),
+        );
+        let v = Verdicts::new(index.clone(), plan.clone(), 105).unwrap();
+        assert_eq!(v.evaluate(holder).unwrap().colour, YELLOW);
+        assert_eq!(v.evaluate(other).unwrap().colour, GREEN);
+        let ev = v.explain(holder).unwrap();
+        assert_eq!(ev.len(), 1);
+        assert_eq!(
+            (ev[0].phone, ev[0].county, ev[0].day),
+            (Some(sim2), Some(120116), Some(100))
+        );
+        // outside the 14-day window it is green again
+        assert_eq!(
+            Verdicts::new(index.clone(), plan.clone(), 114)
+                .unwrap()
+                .colour_counts(),
+            [2, 0, 0]
+        );
+        // the county's level drops: the union changes, no row is rewritten
+        let mut b = index.builder();
+        b.set_county_level(120116, 1).unwrap();
+        let lowered = Arc::new(b.finish());
+        assert_eq!(
+            Verdicts::new(lowered, plan.clone(), 105)
+                .unwrap()
+                .colour_counts(),
+            [2, 0, 0]
+        );
+        // community verification of that phone clears it, and says so
+        let mut b = index.builder();
+        b.add_rows("phone_community_verified", &[sim2], 104, None)
+            .unwrap();
+        let verified = Arc::new(b.finish());
+        let v = Verdicts::new(verified, plan, 105).unwrap();
+        let got = v.evaluate(holder).unwrap();
+        assert_eq!((got.colour, got.fired, got.cleared), (GREEN, 0, 0b10));
+        assert_eq!(v.explain(holder).unwrap()[0].role, "phone_cleared");
+        let _ = sim1;
+    }
+
+    #[test]
+    fn most_severe_uncleared_rule_wins() {
+        let mut b = Index::new([9; 32]).builder();
+        for s in ["close_contact", "declared_fever", "nat_negative"] {
+            b.define_source(s, KeyedBy::Person, false).unwrap();
+        }
+        let p = b.add_person_key(1);
+        b.add_rows("close_contact", &[p], 50, None).unwrap();
+        b.add_rows("declared_fever", &[p], 50, None).unwrap();
+        let index = Arc::new(b.finish());
+        let plan = Arc::new(
+            Plan::new(
+                "t".into(),
+                vec![
+                    rule(
+                        "fever",
+                        YELLOW,
+                        vec![check("declared_fever", Some(1))],
+                        vec![],
+                    ),
+                    rule(
+                        "close-contact",
+                        RED,
+                        vec![check("close_contact", Some(14))],
+                        vec![check("nat_negative", Some(2))],
+                    ),
+                ],
+            )
+            .unwrap(),
+        );
+        assert_eq!(
+            Verdicts::new(index.clone(), plan.clone(), 50)
+                .unwrap()
+                .evaluate(p)
+                .unwrap()
+                .colour,
+            RED
+        );
+        let mut b = index.builder();
+        b.add_rows("nat_negative", &[p], 50, None).unwrap();
+        let v = Verdicts::new(Arc::new(b.finish()), plan, 50).unwrap();
+        let got = v.evaluate(p).unwrap();
+        assert_eq!((got.colour, got.fired, got.cleared), (YELLOW, 0b01, 0b10));
+        assert_eq!(v.rule_counts(), &[1, 0]);
+        assert_eq!(v.colour_counts(), [0, 1, 0]);
+    }
+
+    #[test]
+    fn plans_are_validated_with_the_rule_and_field() {
+        let e = Plan::new(
+            "t".into(),
+            vec![rule("a", 7, vec![check("x", None)], vec![])],
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("rule \"a\" (colour)"), "{e}");
+        let e = Plan::new(
+            "t".into(),
+            vec![rule("a", RED, vec![check("x", Some(0))], vec![])],
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("checks[0].days"), "{e}");
+        let too_many: Vec<Rule> = (0..65)
+            .map(|i| rule(&format!("r{i}"), RED, vec![check("x", None)], vec![]))
+            .collect();
+        assert!(Plan::new("t".into(), too_many).is_err());
+        let p = Plan::new(
+            "t".into(),
+            vec![rule("a", RED, vec![check("nope", None)], vec![])],
+        )
+        .unwrap();
+        let e = Verdicts::new(Arc::new(Index::new([0; 32])), Arc::new(p), 1)
+            .err()
+            .unwrap();
+        assert!(e.to_string().contains("unknown source \"nope\""), "{e}");
+    }
+
+    #[test]
+    fn rank_bits_agree_with_a_sorted_list() {
+        let set = RoaringBitmap::from_iter((0..5000u32).map(|i| i * i % 100_003));
+        let rb = RankBits::new(&set, 100_003);
+        let sorted: Vec<u32> = set.iter().collect();
+        for id in (0..100_003).step_by(7) {
+            assert_eq!(rb.rank(id), sorted.binary_search(&id).ok());
+        }
+    }
+}

@@ -1,0 +1,396 @@
+//! The registry: keyed hashes -> dense u32 ids (persons, phones and cards apart), assigned at
+//! first sight, plus phone -> holder and card -> holder links.
+//!
+//! Every structure is made of `Arc`-shared pieces (64 Ki-element chunks, 1024 hash shards), so
+//! the next index version is a cheap clone that copies only the pieces it changes. That is what
+//! lets a new version be built aside while readers keep using the old one.
+
+use std::sync::Arc;
+
+use hashbrown::HashTable;
+use rayon::prelude::*;
+
+use crate::ids::Key;
+
+/// "No id": a phone without holder, a person without phones.
+pub const NONE: u32 = u32::MAX;
+
+const CHUNK_BITS: u32 = 16;
+const CHUNK: usize = 1 << CHUNK_BITS;
+
+/// An append-mostly vector of copyable values in shared chunks (a persistent vector).
+#[derive(Clone, Default)]
+pub struct ChunkedVec<T: Copy> {
+    chunks: Vec<Arc<Vec<T>>>,
+    len: usize,
+}
+
+impl<T: Copy + Send + Sync> ChunkedVec<T> {
+    /// Number of elements.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// True when empty.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The element at `i` (panics past the end, like a slice).
+    #[inline]
+    pub fn get(&self, i: u32) -> T {
+        self.chunks[(i >> CHUNK_BITS) as usize][i as usize & (CHUNK - 1)]
+    }
+
+    /// Replace the element at `i`, copying its chunk if another version shares it.
+    pub fn set(&mut self, i: u32, v: T) {
+        Arc::make_mut(&mut self.chunks[(i >> CHUNK_BITS) as usize])[i as usize & (CHUNK - 1)] = v;
+    }
+
+    /// Append one element.
+    pub fn push(&mut self, v: T) {
+        if self.len.is_multiple_of(CHUNK) {
+            self.chunks.push(Arc::new(Vec::with_capacity(CHUNK)));
+        }
+        let last = self.chunks.last_mut().expect("a chunk was just ensured");
+        Arc::make_mut(last).push(v);
+        self.len += 1;
+    }
+
+    /// Build from a plain vector.
+    pub fn from_vec(v: Vec<T>) -> Self {
+        let len = v.len();
+        let chunks = v.chunks(CHUNK).map(|c| Arc::new(c.to_vec())).collect();
+        ChunkedVec { chunks, len }
+    }
+
+    /// Every element in order.
+    pub fn iter(&self) -> impl Iterator<Item = T> + '_ {
+        self.chunks.iter().flat_map(|c| c.iter().copied())
+    }
+}
+
+const SHARD_BITS: u32 = 10;
+const SHARDS: usize = 1 << SHARD_BITS;
+
+#[inline]
+fn shard_of(key: Key) -> usize {
+    (key >> (128 - SHARD_BITS)) as usize
+}
+
+#[inline]
+fn table_hash(key: Key) -> u64 {
+    // keys are already uniform (keyed BLAKE3); the low 64 bits are a perfect hash input
+    key as u64
+}
+
+/// Keys -> dense ids. Keys are kept in full (128 bits) and compared in full, so two different
+/// identifiers never share an id.
+#[derive(Clone)]
+pub struct IdTable {
+    keys: ChunkedVec<Key>,
+    shards: Vec<Arc<HashTable<u32>>>,
+}
+
+impl Default for IdTable {
+    fn default() -> Self {
+        // every shard starts as the same empty table; the first insert gives a shard its own copy
+        let empty = Arc::new(HashTable::new());
+        IdTable {
+            keys: ChunkedVec::default(),
+            shards: (0..SHARDS).map(|_| empty.clone()).collect(),
+        }
+    }
+}
+
+impl IdTable {
+    /// Number of ids assigned.
+    pub fn len(&self) -> usize {
+        self.keys.len()
+    }
+
+    /// True when no id was assigned.
+    pub fn is_empty(&self) -> bool {
+        self.keys.is_empty()
+    }
+
+    /// The key behind an id.
+    pub fn key(&self, id: u32) -> Key {
+        self.keys.get(id)
+    }
+
+    /// Every key, by id.
+    pub fn keys(&self) -> impl Iterator<Item = Key> + '_ {
+        self.keys.iter()
+    }
+
+    /// The id of a key, if assigned.
+    #[inline]
+    pub fn get(&self, key: Key) -> Option<u32> {
+        let keys = &self.keys;
+        self.shards[shard_of(key)]
+            .find(table_hash(key), |&id| keys.get(id) == key)
+            .copied()
+    }
+
+    /// The id of a key, assigning the next one at first sight. Returns (id, newly assigned).
+    pub fn intern(&mut self, key: Key) -> (u32, bool) {
+        if let Some(id) = self.get(key) {
+            return (id, false);
+        }
+        let id = u32::try_from(self.keys.len())
+            .ok()
+            .filter(|&i| i != NONE)
+            .expect("registry full");
+        self.keys.push(key);
+        let keys = &self.keys;
+        Arc::make_mut(&mut self.shards[shard_of(key)])
+            .insert_unique(table_hash(key), id, |&i| table_hash(keys.get(i)));
+        (id, true)
+    }
+
+    /// Rebuild from keys listed by id (a snapshot). Fails on a duplicate key.
+    pub fn from_keys(keys: Vec<Key>) -> Result<Self, usize> {
+        let mut by_shard: Vec<Vec<u32>> = vec![Vec::new(); SHARDS];
+        for (id, &k) in keys.iter().enumerate() {
+            by_shard[shard_of(k)].push(id as u32);
+        }
+        let shards: Vec<Result<Arc<HashTable<u32>>, usize>> = by_shard
+            .into_par_iter()
+            .map(|ids| {
+                let mut t = HashTable::with_capacity(ids.len());
+                for id in ids {
+                    let k = keys[id as usize];
+                    match t.entry(
+                        table_hash(k),
+                        |&i: &u32| keys[i as usize] == k,
+                        |&i: &u32| table_hash(keys[i as usize]),
+                    ) {
+                        hashbrown::hash_table::Entry::Occupied(_) => return Err(id as usize),
+                        hashbrown::hash_table::Entry::Vacant(v) => {
+                            v.insert(id);
+                        }
+                    }
+                }
+                Ok(Arc::new(t))
+            })
+            .collect();
+        let shards = shards.into_iter().collect::<Result<Vec<_>, _>>()?;
+        Ok(IdTable {
+            keys: ChunkedVec::from_vec(keys),
+            shards,
+        })
+    }
+}
+
+/// Persons, phones and cards, with the links between them.
+#[derive(Clone, Default)]
+pub struct Registry {
+    /// Resident ID number keys.
+    pub persons: IdTable,
+    /// Phone number keys.
+    pub phones: IdTable,
+    /// Transit card keys.
+    pub cards: IdTable,
+    /// Head of each person's list of phones (`NONE` if none).
+    first_phone: ChunkedVec<u32>,
+    /// Holder of each phone (`NONE` if unlinked).
+    phone_holder: ChunkedVec<u32>,
+    /// Next phone of the same holder (an intrusive list: 4 bytes a phone, no Vec per person).
+    next_phone: ChunkedVec<u32>,
+    /// Holder of each card.
+    card_holder: ChunkedVec<u32>,
+}
+
+impl Registry {
+    /// Find or assign a person id.
+    pub fn intern_person(&mut self, key: Key) -> u32 {
+        let (id, new) = self.persons.intern(key);
+        if new {
+            self.first_phone.push(NONE);
+        }
+        id
+    }
+
+    /// Find or assign a phone id.
+    pub fn intern_phone(&mut self, key: Key) -> u32 {
+        let (id, new) = self.phones.intern(key);
+        if new {
+            self.phone_holder.push(NONE);
+            self.next_phone.push(NONE);
+        }
+        id
+    }
+
+    /// Find or assign a card id, linked to `holder`.
+    pub fn link_card(&mut self, key: Key, holder: u32) {
+        let (id, new) = self.cards.intern(key);
+        if new {
+            self.card_holder.push(holder);
+        } else {
+            self.card_holder.set(id, holder);
+        }
+    }
+
+    /// The holder of a card.
+    pub fn card_holder(&self, key: Key) -> Option<u32> {
+        self.cards.get(key).map(|id| self.card_holder.get(id))
+    }
+
+    /// The holder of a phone, if linked.
+    #[inline]
+    pub fn phone_holder(&self, phone: u32) -> Option<u32> {
+        Some(self.phone_holder.get(phone)).filter(|&h| h != NONE)
+    }
+
+    /// Link a phone to a person, moving it from any earlier holder.
+    pub fn link_phone(&mut self, phone: u32, holder: u32) {
+        if self.phone_holder.get(phone) == holder {
+            return;
+        }
+        self.unlink_phone(phone);
+        self.next_phone.set(phone, self.first_phone.get(holder));
+        self.first_phone.set(holder, phone);
+        self.phone_holder.set(phone, holder);
+    }
+
+    /// Remove a phone's link; true if it had one.
+    pub fn unlink_phone(&mut self, phone: u32) -> bool {
+        let holder = self.phone_holder.get(phone);
+        if holder == NONE {
+            return false;
+        }
+        let next = self.next_phone.get(phone);
+        if self.first_phone.get(holder) == phone {
+            self.first_phone.set(holder, next);
+        } else {
+            let mut at = self.first_phone.get(holder);
+            while at != NONE {
+                let after = self.next_phone.get(at);
+                if after == phone {
+                    self.next_phone.set(at, next);
+                    break;
+                }
+                at = after;
+            }
+        }
+        self.next_phone.set(phone, NONE);
+        self.phone_holder.set(phone, NONE);
+        true
+    }
+
+    /// The phones linked to a person, in ascending id order.
+    pub fn phones_of(&self, person: u32) -> Vec<u32> {
+        let mut out = Vec::new();
+        let mut at = self.first_phone.get(person);
+        while at != NONE {
+            out.push(at);
+            at = self.next_phone.get(at);
+        }
+        out.sort_unstable();
+        out
+    }
+
+    /// Every phone's holder, by phone id (for snapshots).
+    pub fn phone_holders(&self) -> impl Iterator<Item = u32> + '_ {
+        self.phone_holder.iter()
+    }
+
+    /// Every card's holder, by card id (for snapshots).
+    pub fn card_holders(&self) -> impl Iterator<Item = u32> + '_ {
+        self.card_holder.iter()
+    }
+
+    /// Rebuild from snapshot parts. Errors name what is inconsistent.
+    pub fn from_parts(
+        persons: Vec<Key>,
+        phones: Vec<Key>,
+        holders: Vec<u32>,
+        cards: Vec<Key>,
+        card_holders: Vec<u32>,
+    ) -> Result<Self, String> {
+        let n_persons = persons.len();
+        let n_phones = phones.len();
+        let persons =
+            IdTable::from_keys(persons).map_err(|i| format!("person {i} is listed twice"))?;
+        let phones =
+            IdTable::from_keys(phones).map_err(|i| format!("phone {i} is listed twice"))?;
+        let cards = IdTable::from_keys(cards).map_err(|i| format!("card {i} is listed twice"))?;
+        if holders.len() != n_phones || card_holders.len() != cards.len() {
+            return Err("holder lists do not match the key lists".into());
+        }
+        let mut first = vec![NONE; n_persons];
+        let mut next = vec![NONE; n_phones];
+        for (phone, &h) in holders.iter().enumerate().rev() {
+            if h == NONE {
+                continue;
+            }
+            let slot = first
+                .get_mut(h as usize)
+                .ok_or("a phone's holder is not a person")?;
+            next[phone] = *slot;
+            *slot = phone as u32;
+        }
+        if card_holders.iter().any(|&h| h as usize >= n_persons) {
+            return Err("a card's holder is not a person".into());
+        }
+        Ok(Registry {
+            persons,
+            phones,
+            cards,
+            first_phone: ChunkedVec::from_vec(first),
+            phone_holder: ChunkedVec::from_vec(holders),
+            next_phone: ChunkedVec::from_vec(next),
+            card_holder: ChunkedVec::from_vec(card_holders),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn interning_is_stable_and_versions_are_independent() {
+        let mut r = Registry::default();
+        let a = r.intern_person((1 << 120) | 5);
+        let b = r.intern_person(2);
+        assert_eq!((a, b), (0, 1));
+        assert_eq!(r.intern_person(2), 1);
+        let old = r.clone();
+        let c = r.intern_person(3);
+        assert_eq!(c, 2);
+        assert_eq!(
+            old.persons.get(3),
+            None,
+            "the older version does not see later ids"
+        );
+        assert_eq!(r.persons.get(3), Some(2));
+    }
+
+    #[test]
+    fn phones_move_between_holders() {
+        let mut r = Registry::default();
+        let (p, q) = (r.intern_person(10), r.intern_person(11));
+        let f: Vec<u32> = (0..4).map(|k| r.intern_phone(100 + k)).collect();
+        for &x in &f {
+            r.link_phone(x, p);
+        }
+        assert_eq!(r.phones_of(p), f);
+        r.link_phone(f[2], q);
+        assert_eq!(r.phones_of(p), vec![f[0], f[1], f[3]]);
+        assert_eq!(r.phones_of(q), vec![f[2]]);
+        assert!(r.unlink_phone(f[0]));
+        assert!(!r.unlink_phone(f[0]));
+        assert_eq!(r.phone_holder(f[0]), None);
+        assert_eq!(r.phones_of(p), vec![f[1], f[3]]);
+    }
+
+    #[test]
+    fn rebuild_from_keys_refuses_duplicates() {
+        assert!(IdTable::from_keys(vec![1, 2, 1]).is_err());
+        let t =
+            IdTable::from_keys((0..100_000u128).map(|i| ((i * 7919) << 64) | i).collect()).unwrap();
+        assert_eq!(t.get(((5 * 7919) << 64) | 5), Some(5));
+    }
+}
