@@ -268,10 +268,11 @@ impl SplitMix {
     }
 }
 
-// Real county codes of Tianjin, Beijing and Hebei, so synthetic numbers look like residents'.
+// Real county codes of Tianjin and Beijing, each valid for every birth year generated (python-stdnum
+// agrees), so synthetic numbers look like residents'.
 const REGIONS: [u32; 16] = [
     120101, 120102, 120103, 120104, 120105, 120106, 120110, 120111, 120112, 120113, 110101, 110102,
-    110105, 130102, 130104, 130202,
+    110105, 110106, 110107, 110108,
 ];
 const BIRTH_FIRST_DAY: i64 = -14_610; // 1930-01-01
 const BIRTH_DAYS: u64 = 32_000; // about 87 years of birth dates
