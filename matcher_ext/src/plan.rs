@@ -538,6 +538,111 @@ impl Verdicts {
     }
 }
 
+/// How a draft plan would change colours, against the active plan over the same index.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Transitions {
+    /// Persons by (active colour, draft colour).
+    pub colours: [[u64; 3]; 3],
+    /// Per rule id: persons whose colour changes and for whom the rule starts firing in the
+    /// draft, and those for whom it stops.
+    pub rules: std::collections::BTreeMap<String, (u64, u64)>,
+    /// Per district (a county of the district source): persons whose colour changes, by
+    /// (active colour, draft colour).
+    pub districts: std::collections::BTreeMap<u32, [[u64; 3]; 3]>,
+}
+
+impl Verdicts {
+    /// Compare these (active) verdicts with a draft's over the same index and day. Only persons
+    /// yellow or red under either plan are visited; the rest stay green in both.
+    /// `district_source` names a person-keyed county source that places each person in a
+    /// district (their residence); changes are also counted per district.
+    pub fn transitions(
+        &self,
+        draft: &Verdicts,
+        district_source: Option<&str>,
+    ) -> Result<Transitions> {
+        if !Arc::ptr_eq(&self.index, &draft.index) && self.index.version != draft.index.version {
+            return Err(MatcherError::Invalid(
+                "compare verdicts of the same index version".into(),
+            ));
+        }
+        let district = match district_source {
+            None => None,
+            Some(name) => {
+                let s = self.index.source(name)?;
+                if s.keyed_by != KeyedBy::Person || !s.has_county {
+                    return Err(MatcherError::Invalid(format!(
+                        "district source {name:?} must be person-keyed with counties"
+                    )));
+                }
+                Some(s)
+            }
+        };
+        // rule ids may be shared, added or dropped between the two plans
+        let mut names: Vec<&str> = self.plan.rules.iter().map(|r| r.id.as_str()).collect();
+        for r in &draft.plan.rules {
+            if !names.contains(&r.id.as_str()) {
+                names.push(r.id.as_str());
+            }
+        }
+        let bit_in = |plan: &Plan, name: &str| plan.rules.iter().position(|r| r.id == name);
+        let old_bits: Vec<Option<usize>> = names.iter().map(|n| bit_in(&self.plan, n)).collect();
+        let new_bits: Vec<Option<usize>> = names.iter().map(|n| bit_in(&draft.plan, n)).collect();
+        let has = |mask: u64, bit: Option<usize>| bit.is_some_and(|b| mask & (1 << b) != 0);
+
+        let mut out = Transitions::default();
+        let mut per_rule = vec![(0u64, 0u64); names.len()];
+        let mut changed: [[Vec<u32>; 3]; 3] = Default::default();
+        let mut visited = 0u64;
+        let words = self.entries.words.len().max(draft.entries.words.len());
+        for w in 0..words {
+            let word = |v: &Verdicts| v.entries.words.get(w).copied().unwrap_or(0);
+            let mut bits = word(self) | word(draft);
+            while bits != 0 {
+                let p = ((w as u32) << 6) | bits.trailing_zeros();
+                bits &= bits - 1;
+                visited += 1;
+                let (a, b) = (self.evaluate_unchecked(p), draft.evaluate_unchecked(p));
+                out.colours[a.colour as usize][b.colour as usize] += 1;
+                if a.colour == b.colour {
+                    continue;
+                }
+                changed[a.colour as usize][b.colour as usize].push(p);
+                for (k, counts) in per_rule.iter_mut().enumerate() {
+                    let (was, now) = (has(a.fired, old_bits[k]), has(b.fired, new_bits[k]));
+                    if now && !was {
+                        counts.0 += 1;
+                    } else if was && !now {
+                        counts.1 += 1;
+                    }
+                }
+            }
+        }
+        let universe = self.index.registry.persons.len() as u64;
+        out.colours[0][0] += universe - visited;
+        out.rules = names.iter().map(|n| n.to_string()).zip(per_rule).collect();
+        if let Some(s) = district {
+            let changed: Vec<(usize, usize, RoaringBitmap)> = (0..3)
+                .flat_map(|a| (0..3).map(move |b| (a, b)))
+                .filter(|&(a, b)| a != b)
+                .map(|(a, b)| {
+                    let v = std::mem::take(&mut changed[a][b]);
+                    (a, b, RoaringBitmap::from_sorted_iter(v).expect("ascending"))
+                })
+                .collect();
+            for (&(county, _), bucket) in &s.buckets {
+                for (a, b, set) in &changed {
+                    let n = bucket.intersection_len(set);
+                    if n > 0 {
+                        out.districts.entry(county).or_default()[*a][*b] += n;
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -710,6 +815,54 @@ mod tests {
             .err()
             .unwrap();
         assert!(e.to_string().contains("unknown source \"nope\""), "{e}");
+    }
+
+    #[test]
+    fn transitions_count_what_a_draft_changes() {
+        let mut b = Index::new([9; 32]).builder();
+        b.define_source("close_contact", KeyedBy::Person, false)
+            .unwrap();
+        b.define_source("residence", KeyedBy::Person, true).unwrap();
+        let ps: Vec<u32> = (0..10).map(|k| b.add_person_key(k)).collect();
+        b.add_rows("close_contact", &ps[..4], 10, None).unwrap();
+        b.add_rows(
+            "residence",
+            &ps,
+            UNDATED,
+            Some(&[120101, 120101, 120102, 120102, 1, 1, 1, 1, 1, 1]),
+        )
+        .unwrap();
+        let index = Arc::new(b.finish());
+        let active = Plan::new(
+            "a".into(),
+            vec![rule(
+                "cc",
+                RED,
+                vec![check("close_contact", Some(14))],
+                vec![],
+            )],
+        );
+        let draft = Plan::new(
+            "d".into(),
+            vec![rule(
+                "cc",
+                YELLOW,
+                vec![check("close_contact", Some(14))],
+                vec![],
+            )],
+        );
+        let a = Verdicts::new(index.clone(), Arc::new(active.unwrap()), 10).unwrap();
+        let d = Verdicts::new(index, Arc::new(draft.unwrap()), 10).unwrap();
+        let t = a.transitions(&d, Some("residence")).unwrap();
+        assert_eq!(t.colours[RED as usize][YELLOW as usize], 4);
+        assert_eq!(t.colours[GREEN as usize][GREEN as usize], 6);
+        assert_eq!(
+            t.rules["cc"],
+            (0, 0),
+            "the same rule fires in both, only its colour moved"
+        );
+        assert_eq!(t.districts[&120102][2][1], 2);
+        assert!(a.transitions(&d, Some("close_contact")).is_err());
     }
 
     #[test]

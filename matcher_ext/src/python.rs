@@ -932,6 +932,27 @@ impl PyVerdicts {
             .collect()
     }
 
+    /// How `draft` (same index and day, another plan) would change colours.
+    #[pyo3(signature = (draft, district_source=None))]
+    fn transitions<'py>(
+        &self,
+        py: Python<'py>,
+        draft: &PyVerdicts,
+        district_source: Option<&str>,
+    ) -> PyResult<Bound<'py, PyDict>> {
+        let (a, b) = (self.inner.clone(), draft.inner.clone());
+        let t = py.detach(|| a.transitions(&b, district_source)).map_err(py_err)?;
+        let out = PyDict::new(py);
+        out.set_item("colours", t.colours.map(|row| row.to_vec()).to_vec())?;
+        out.set_item("rules", t.rules)?;
+        let districts = PyDict::new(py);
+        for (county, m) in t.districts {
+            districts.set_item(county, m.map(|row| row.to_vec()).to_vec())?;
+        }
+        out.set_item("districts", districts)?;
+        Ok(out)
+    }
+
     fn non_green<'py>(&self, py: Python<'py>) -> Bound<'py, PyBytes> {
         let v = self.inner.clone();
         let out = py.detach(|| {

@@ -262,6 +262,13 @@ class Verdicts:
         """(green, yellow, red) over every registered person."""
     def rule_counts(self) -> dict[str, int]:
         """Persons for whom each rule fired (after clearing)."""
+    def transitions(self, draft: Verdicts, district_source: str | None = None) -> dict[str, Any]:
+        """What-if: compare with a draft plan's verdicts over the same index and day.
+
+        {"colours": 3x3 counts [active colour][draft colour] over every person,
+         "rules": {rule id: (starts firing, stops firing) among persons whose colour changes},
+         "districts": {county: 3x3 counts of persons whose colour changes}} (districts from a
+        person-keyed county source such as a residence list). GIL released."""
     def non_green(self) -> bytes:
         """Portable roaring bitmap of persons that are yellow or red."""
 
