@@ -66,6 +66,26 @@ COUNTIES: dict[int, tuple[str, int]] = {
     330106: ("浙江省杭州市西湖区", 0),
 }
 COUNTY_LEVELS: dict[int, int] = {code: level for code, (_, level) in COUNTIES.items()}
+# Tianjin's 16 districts (GB/T 2260): where the synthetic people live (the `residence` source,
+# the districts of the what-if report). Roughly weighted by population.
+TIANJIN_DISTRICTS: dict[int, tuple[str, int]] = {
+    120101: ("和平区", 4),
+    120102: ("河东区", 7),
+    120103: ("河西区", 8),
+    120104: ("南开区", 8),
+    120105: ("河北区", 6),
+    120106: ("红桥区", 4),
+    120110: ("东丽区", 6),
+    120111: ("西青区", 9),
+    120112: ("津南区", 7),
+    120113: ("北辰区", 7),
+    120114: ("武清区", 9),
+    120115: ("宝坻区", 6),
+    120116: ("滨海新区", 15),
+    120117: ("宁河区", 3),
+    120118: ("静海区", 6),
+    120119: ("蓟州区", 6),
+}
 
 # Where the synthetic people were born (first six digits of the ID number): mostly Tianjin.
 _REGIONS = (
@@ -249,6 +269,9 @@ def generate_feed(
     county_weights = [{0: 6, 1: 6, 2: 2, 3: 1}[COUNTY_LEVELS[c]] for c in county_codes]
     for name in names:
         src = SOURCES[name]
+        if src.attribute:
+            yield from _residence_rows(name, population, seed)
+            continue
         want = max(1, round(rate * _RELATIVE_RATE.get(name, 1.0) * len(population)))
         if src.keyed_by == "person":
             if src.clearing and flagged_persons:
@@ -270,6 +293,18 @@ def generate_feed(
             day = today - timedelta(days=rng.randint(0, max_days_ago)) if src.dated else None
             county = rng.choices(county_codes, county_weights)[0] if src.has_county else None
             yield row(name, **key, day=day, county=county)
+
+
+def _residence_rows(source: str, population: Sequence[Person], seed: int) -> Iterator[Row]:
+    """Everyone lives somewhere: one undated row per person in a Tianjin district. Its own
+    random stream, so adding the attribute left every risk row as it was."""
+    rng = random.Random(seed * 15_485_863 + 11)
+    codes = list(TIANJIN_DISTRICTS)
+    weights = [w for _, w in TIANJIN_DISTRICTS.values()]
+    for person, county in zip(
+        population, rng.choices(codes, weights, k=len(population)), strict=True
+    ):
+        yield row(source, id_number=person.id_number, county=county)
 
 
 def _mix(rng: random.Random, flagged: list[_T], pool: Sequence[_T], want: int) -> list[_T]:

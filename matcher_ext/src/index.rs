@@ -154,6 +154,19 @@ impl Builder {
         self.next
     }
 
+    /// Freeze under a version number chosen by the caller (the risk index's own, durable
+    /// numbering), which must be above the version this one was built from.
+    pub fn finish_as(mut self, version: u64) -> Result<Index> {
+        if version < self.next.version + 1 {
+            return Err(MatcherError::Invalid(format!(
+                "version {version} does not follow version {}",
+                self.next.version
+            )));
+        }
+        self.next.version = version;
+        Ok(self.next)
+    }
+
     /// Register (or find) a person by key.
     pub fn add_person_key(&mut self, key: Key) -> u32 {
         self.next.registry.intern_person(key)

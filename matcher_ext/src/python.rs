@@ -249,6 +249,10 @@ impl PyIndex {
         Ok(self.inner.registry.card_holder(k))
     }
 
+    fn card_holder_by_key(&self, key: &[u8]) -> PyResult<Option<u32>> {
+        Ok(self.inner.registry.card_holder(key_of(key)?))
+    }
+
     fn holder_of_phone(&self, phone_id: u32) -> PyResult<Option<u32>> {
         if phone_id as usize >= self.inner.registry.phones.len() {
             return Err(InvalidOperation::new_err(format!(
@@ -494,6 +498,11 @@ impl PyIndexBuilder {
         Ok(self.b()?.unlink_phone_key(k))
     }
 
+    fn add_card_key(&mut self, key: &[u8], holder: u32) -> PyResult<()> {
+        let k = key_of(key)?;
+        self.b()?.add_card_key(k, holder).map_err(py_err)
+    }
+
     fn add_card(&mut self, card: &str, holder: u32) -> PyResult<()> {
         let b = self.b()?;
         let k = b.peek().hasher.card_key(card).map_err(py_err)?;
@@ -581,13 +590,25 @@ impl PyIndexBuilder {
         self.b()?.set_county_level(county, level).map_err(py_err)
     }
 
-    fn finish(&mut self) -> PyResult<PyIndex> {
+    #[pyo3(signature = (version=None))]
+    fn finish(&mut self, version: Option<u64>) -> PyResult<PyIndex> {
         let b = self
             .inner
             .take()
             .ok_or_else(|| InvalidOperation::new_err("already finished"))?;
+        let index = match version {
+            None => b.finish(),
+            Some(v) if v <= b.peek().version => {
+                let from = b.peek().version;
+                self.inner = Some(b); // nothing was frozen: the builder stays usable
+                return Err(InvalidOperation::new_err(format!(
+                    "version {v} does not follow version {from}"
+                )));
+            }
+            Some(v) => b.finish_as(v).map_err(py_err)?,
+        };
         Ok(PyIndex {
-            inner: Arc::new(b.finish()),
+            inner: Arc::new(index),
         })
     }
 }
@@ -941,7 +962,9 @@ impl PyVerdicts {
         district_source: Option<&str>,
     ) -> PyResult<Bound<'py, PyDict>> {
         let (a, b) = (self.inner.clone(), draft.inner.clone());
-        let t = py.detach(|| a.transitions(&b, district_source)).map_err(py_err)?;
+        let t = py
+            .detach(|| a.transitions(&b, district_source))
+            .map_err(py_err)?;
         let out = PyDict::new(py);
         out.set_item("colours", t.colours.map(|row| row.to_vec()).to_vec())?;
         out.set_item("rules", t.rules)?;

@@ -1,6 +1,10 @@
 """The catalogue of risk data sources (R4): what each feed is, how its rows are keyed, how stale
 it may get before verdicts that depend on it are flagged. Feeds naming any other source are
-refused; a new source is added here (the seed's four phases kept adding them)."""
+refused; a new source is added here (the seed's four phases kept adding them).
+
+Most sources raise risk or clear it. An *attribute* source describes people without saying
+anything about risk (where they live): the risk index ingests it like any feed, but a rule may
+neither check it nor clear with it. It places people in districts for the what-if report."""
 
 from __future__ import annotations
 
@@ -19,6 +23,13 @@ class Source:
     title_zh: str
     title_en: str
     clearing: bool = False  # a source that clears rules rather than raising them
+    # Describes people (e.g. where they live) and is never a risk: rules may not use it.
+    attribute: bool = False
+
+    @property
+    def raising(self) -> bool:
+        """A source whose rows can make a rule fire."""
+        return not (self.clearing or self.attribute)
 
 
 _S = Source
@@ -60,6 +71,10 @@ SOURCES: dict[str, Source] = {
            "community verification of a phone", clearing=True),
         _S("quarantine_released", "person", False, True, 72, "解除隔离", "released from quarantine",
            clearing=True),
+        # The public-security household feed (公安户籍/居住登记): the county a person lives in,
+        # one undated row per person, sent as a full list (IngestBatch.replace). Districts of
+        # the what-if report; the household registry changes slowly, so a week is not stale.
+        _S("residence", "person", True, False, 168, "居住地", "residence", attribute=True),
     )
 }
 

@@ -265,10 +265,19 @@ def _check_violations(c: _CheckFile, where: str, out: _Violations) -> Source | N
             f"unknown source {c.source!r}; known sources: {', '.join(sorted(SOURCES))}",
         )
         return None
+    if src.attribute:
+        # Where a person lives is not a risk: colouring people by district would be a label
+        # on a place, not on a person's own exposure. The what-if report uses it for counts.
+        out.add(
+            f"{where}.source",
+            f"{c.source!r} is an attribute ({src.title_en}), not a risk source: rules can "
+            "neither check it nor clear with it (what-if uses it for districts)",
+        )
+        return None
     if c.window_days is not None and c.window_hours is not None:
         out.add(f"{where}.window_hours", "give window_days or window_hours, not both")
     if c.min_level is not None and not src.has_county:
-        counties = ", ".join(n for n, s in SOURCES.items() if s.has_county)
+        counties = ", ".join(n for n, s in SOURCES.items() if s.has_county and s.raising)
         out.add(
             f"{where}.min_level",
             f"{c.source!r} rows carry no county: min_level applies only to county sources "

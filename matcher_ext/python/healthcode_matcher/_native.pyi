@@ -98,6 +98,7 @@ class Index:
     def phone_id_by_key(self, key: bytes) -> int | None: ...
     def card_holder(self, card: str) -> int | None:
         """Person id holding a real-name transit card, or None."""
+    def card_holder_by_key(self, key: bytes) -> int | None: ...
     def holder_of_phone(self, phone_id: int) -> int | None: ...
     def phones_of(self, person_id: int) -> list[int]: ...
     def county_levels(self) -> dict[int, int]: ...
@@ -151,6 +152,8 @@ class IndexBuilder:
         """Remove the phone's link to its holder. True if it had one."""
     def add_card(self, card: str, holder: int) -> None:
         """Link a real-name transit card to a person."""
+    def add_card_key(self, key: bytes, holder: int) -> None:
+        """Link a card, by its 16-byte keyed hash (`Hasher.card_key`), to a person."""
     def define_source(self, name: str, keyed_by: str, has_county: bool = False) -> None:
         """Declare a source ("person" or "phone" keyed). Redefining with other traits fails."""
     def add_rows(
@@ -177,8 +180,9 @@ class IndexBuilder:
     def clear_source(self, name: str) -> None:
         """Drop every row of a source (it stays defined)."""
     def set_county_level(self, county: int, level: int) -> None: ...
-    def finish(self) -> Index:
-        """Freeze into the next numbered version."""
+    def finish(self, version: int | None = None) -> Index:
+        """Freeze into the next version: this one's plus one, or `version` (the caller's own
+        durable numbering), which must be higher than the version built from."""
 
 @final
 class Plan:

@@ -1,0 +1,804 @@
+"""`healthcode`: the command line for people and operators.
+
+    healthcode register 张三 120101199001011234 --phone 13812345678
+    healthcode declare 120101199001011234 --temperature 36.6
+    healthcode show 120101199001011234
+    healthcode scan HC1.xxxx --verifier gate-7
+    healthcode ingest close_contacts.csv --source close_contact
+    healthcode explain 120101199001011234
+    healthcode counters --follow
+    healthcode status
+
+Services are found through HEALTHCODE_<SERVICE>_ADDR (or the --declaration/--risk-index/
+--colour/--display options). Everything printed is masked: the services never return a raw ID
+or phone number, and this tool never echoes one back.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import enum
+import hashlib
+import io
+import json
+import re
+import sys
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, NoReturn
+
+import grpc
+import typer
+from google.rpc import error_details_pb2
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_status import rpc_status
+from healthcode.v1 import (
+    colour_pb2,
+    colour_pb2_grpc,
+    common_pb2,
+    declaration_pb2,
+    declaration_pb2_grpc,
+    display_pb2,
+    display_pb2_grpc,
+    risk_index_pb2,
+    risk_index_pb2_grpc,
+)
+from rich.console import Console
+from rich.live import Live
+from rich.panel import Panel
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from clients.channel import DEFAULT_TIMEOUT_S, Peers, describe_error, open_channel
+
+app = typer.Typer(
+    name="healthcode",
+    help="The health-code platform from the command line: register, declare, show and scan "
+    "codes, ingest risk feeds, explain a colour, watch the counters.",
+    no_args_is_help=True,
+    add_completion=False,
+    rich_markup_mode="rich",
+)
+out = Console()
+err = Console(stderr=True)
+
+_COLOUR_NAME = {
+    common_pb2.COLOUR_GREEN: "green",
+    common_pb2.COLOUR_YELLOW: "yellow",
+    common_pb2.COLOUR_RED: "red",
+    common_pb2.COLOUR_UNSPECIFIED: "unknown",
+}
+_COLOUR_STYLE = {
+    "green": "bold white on green",
+    "yellow": "bold black on yellow",
+    "red": "bold white on red",
+    "unknown": "bold white on grey37",
+}
+_ROW_FIELDS = {"source", "id_number", "phone", "day", "county", "person_key", "phone_key"}
+
+
+@dataclass
+class _Settings:
+    peers: Peers
+    timeout: float
+
+
+_settings = _Settings(Peers.from_env(), DEFAULT_TIMEOUT_S)
+
+
+@app.callback()
+def _main(
+    declaration: Annotated[
+        str | None, typer.Option(help="Declaration service host:port.", show_default=False)
+    ] = None,
+    risk_index: Annotated[
+        str | None, typer.Option(help="Risk index service host:port.", show_default=False)
+    ] = None,
+    colour: Annotated[
+        str | None, typer.Option(help="Colour service host:port.", show_default=False)
+    ] = None,
+    display: Annotated[
+        str | None, typer.Option(help="Display service host:port.", show_default=False)
+    ] = None,
+    timeout: Annotated[
+        float, typer.Option(min=0.1, help="Deadline of each call, seconds.")
+    ] = DEFAULT_TIMEOUT_S,
+) -> None:
+    """Addresses default to HEALTHCODE_<SERVICE>_ADDR, else 127.0.0.1 and the default ports
+    (declaration 50051, risk index 50052, colour 50053, display 50054)."""
+    base = Peers.from_env()
+    _settings.peers = Peers(
+        declaration=declaration or base.declaration,
+        risk_index=risk_index or base.risk_index,
+        colour=colour or base.colour,
+        display=display or base.display,
+    )
+    _settings.timeout = timeout
+
+
+# --- helpers ---------------------------------------------------------------------------------
+
+
+def _fail(error: grpc.RpcError, what: str) -> NoReturn:
+    err.print(f"[bold red]{what} failed[/]")
+    err.print(describe_error(error), markup=False, highlight=False)
+    raise typer.Exit(1)
+
+
+def _channel(target: str) -> grpc.Channel:
+    return open_channel(target, timeout_s=_settings.timeout)
+
+
+class By(enum.StrEnum):
+    """Who acts for the person (R3)."""
+
+    citizen = "citizen"
+    family_proxy = "family-proxy"
+    grid_worker = "grid-worker"
+
+
+_ByOption = Annotated[
+    By,
+    typer.Option(
+        "--by",
+        help="Who acts: the person themself (citizen), a family proxy (give --proxy-id) or a "
+        "grid worker (give --principal).",
+    ),
+]
+_ProxyOption = Annotated[
+    str | None,
+    typer.Option(
+        help="The family proxy's own ID number (with --by family-proxy).", show_default=False
+    ),
+]
+_PrincipalOption = Annotated[
+    str, typer.Option(help="Staff or account id of the acting grid worker / verifier / operator.")
+]
+
+
+def _actor(by: By, id_number: str, proxy_id: str | None, principal: str) -> common_pb2.Actor:
+    if by == By.citizen:
+        return common_pb2.Actor(
+            role=common_pb2.ACTOR_ROLE_CITIZEN, person=common_pb2.PersonRef(id_number=id_number)
+        )
+    if by == By.family_proxy:
+        if not proxy_id:
+            raise typer.BadParameter(
+                "a family proxy gives their own ID number", param_hint="--proxy-id"
+            )
+        return common_pb2.Actor(
+            role=common_pb2.ACTOR_ROLE_FAMILY_PROXY,
+            person=common_pb2.PersonRef(id_number=proxy_id),
+        )
+    return common_pb2.Actor(role=common_pb2.ACTOR_ROLE_GRID_WORKER, principal=principal)
+
+
+def _staff(role: int, principal: str) -> common_pb2.Actor:
+    return common_pb2.Actor(role=role, principal=principal)  # type: ignore[arg-type]
+
+
+def colour_name(colour: int) -> str:
+    return _COLOUR_NAME.get(colour, "unknown")  # type: ignore[call-overload]
+
+
+def _colour_badge(colour: int) -> str:
+    name = colour_name(colour)
+    return f"[{_COLOUR_STYLE[name]}] {name.upper()} [/]"
+
+
+def _reasons_table(verdict: colour_pb2.Verdict) -> Table | None:
+    if not verdict.reasons:
+        return None
+    table = Table(title="Why", show_lines=False, expand=False)
+    table.add_column("rule", overflow="fold")
+    table.add_column("reason", overflow="fold")
+    table.add_column("source")
+    table.add_column("day")
+    table.add_column("via")
+    table.add_column("state")
+    for r in verdict.reasons:
+        via = r.masked_phone or (str(r.county) if r.county else "")
+        state = f"cleared by {r.cleared_by}" if r.cleared else "[bold]counts[/]"
+        table.add_row(
+            r.rule_id, f"{r.text_zh}\n{r.text_en}", r.source, r.day or "on list", via, state
+        )
+    return table
+
+
+def _print_verdict(verdict: colour_pb2.Verdict, *, remedies: bool = True) -> None:
+    table = _reasons_table(verdict)
+    if table is not None:
+        out.print(table)
+    if remedies:
+        for m in verdict.remedies:
+            how = m.text_en or "nothing clears it: it lapses when its window has passed"
+            out.print(f"  to clear [bold]{m.rule_id}[/]: {m.text_zh} / {how}")
+    out.print(
+        f"[dim]rule set {verdict.rule_set_version} · index version {verdict.index_version} · "
+        f"day {verdict.day}[/]"
+    )
+
+
+# --- register / declare ----------------------------------------------------------------------
+
+
+@app.command()
+def register(
+    name: Annotated[str, typer.Argument(help="The person's real name.")],
+    id_number: Annotated[
+        str, typer.Argument(help="The person's resident ID number (18 characters).")
+    ],
+    phone: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--phone",
+            "-p",
+            help="A mobile number in the person's name (repeatable).",
+            show_default=False,
+        ),
+    ] = None,
+    card: Annotated[
+        str, typer.Option(help="A real-name transit card number (elderly, disabled).")
+    ] = "",
+    by: _ByOption = By.citizen,
+    proxy_id: _ProxyOption = None,
+    principal: _PrincipalOption = "cli",
+) -> None:
+    """Register a person for a health code (申领), by themself or by a proxy (R3)."""
+    request = declaration_pb2.RegisterRequest(
+        actor=_actor(by, id_number, proxy_id, principal),
+        name=name,
+        id_number=id_number,
+        phones=phone or [],
+        transit_card=card,
+    )
+    with _channel(_settings.peers.declaration) as channel:
+        try:
+            response = declaration_pb2_grpc.DeclarationServiceStub(channel).Register(request)
+        except grpc.RpcError as e:
+            _fail(e, "register")
+    p = response.person
+    verb = "registered" if response.created else "already registered"
+    out.print(f"[bold]{p.masked_name}[/] ({p.masked_id_number}) {verb}")
+    for ph in p.phones:
+        out.print(f"  phone {ph.masked_phone}")
+    if p.masked_transit_card:
+        out.print(f"  transit card {p.masked_transit_card}")
+
+
+class SymptomName(enum.StrEnum):
+    fever = "fever"
+    cough = "cough"
+    fatigue = "fatigue"
+    sore_throat = "sore-throat"
+    shortness_of_breath = "shortness-of-breath"
+    loss_of_smell_or_taste = "loss-of-smell-or-taste"
+    diarrhoea = "diarrhoea"
+
+
+def _symptom(s: SymptomName) -> int:
+    return declaration_pb2.Symptom.Value("SYMPTOM_" + s.name.upper())
+
+
+def _visit(text: str) -> declaration_pb2.Visit:
+    county, _, day = text.partition("@")
+    if not county.isdigit() or not day:
+        raise typer.BadParameter(
+            f"{text!r}: write COUNTY@YYYY-MM-DD, e.g. 110105@2020-12-10", param_hint="--visit"
+        )
+    return declaration_pb2.Visit(county=int(county), day=day)
+
+
+@app.command()
+def declare(
+    id_number: Annotated[str, typer.Argument(help="The person's resident ID number.")],
+    symptom: Annotated[
+        list[SymptomName] | None,
+        typer.Option("--symptom", "-s", help="A symptom today (repeatable).", show_default=False),
+    ] = None,
+    temperature: Annotated[
+        float | None,
+        typer.Option(help="Body temperature, °C (34.0-43.0).", show_default=False),
+    ] = None,
+    visit: Annotated[
+        list[str] | None,
+        typer.Option(help="A county visited: COUNTY@YYYY-MM-DD (repeatable).", show_default=False),
+    ] = None,
+    case_contact: Annotated[
+        bool, typer.Option("--case-contact", help="Had contact with a confirmed or suspected case.")
+    ] = False,
+    contact_day: Annotated[
+        str, typer.Option(help="Day of that contact, YYYY-MM-DD (default today).")
+    ] = "",
+    by: _ByOption = By.citizen,
+    proxy_id: _ProxyOption = None,
+    principal: _PrincipalOption = "cli",
+) -> None:
+    """The daily declaration (填报): health, travel and contacts.
+
+    One per calendar day (Asia/Shanghai); the next one opens at midnight."""
+    request = declaration_pb2.DeclareRequest(
+        actor=_actor(by, id_number, proxy_id, principal),
+        person=common_pb2.PersonRef(id_number=id_number),
+        symptoms=[_symptom(s) for s in symptom or []],  # type: ignore[misc]
+        visits=[_visit(v) for v in visit or []],
+        case_contact=case_contact,
+        case_contact_day=contact_day,
+    )
+    if temperature is not None:
+        request.temperature_celsius = temperature
+    with _channel(_settings.peers.declaration) as channel:
+        try:
+            response = declaration_pb2_grpc.DeclarationServiceStub(channel).Declare(request)
+        except grpc.RpcError as e:
+            _fail(e, "declare")
+    d = response.declaration
+    derived = ", ".join(d.derived_sources) or "no risk"
+    nxt = response.next_opens_at.ToDatetime(dt.UTC).astimezone(dt.timezone(dt.timedelta(hours=8)))
+    out.print(
+        f"declaration for {d.day} accepted ({derived}); the next opens {nxt:%Y-%m-%d %H:%M} CST"
+    )
+
+
+# --- show / scan -----------------------------------------------------------------------------
+
+
+@app.command()
+def show(
+    id_number: Annotated[str, typer.Argument(help="The holder's resident ID number.")],
+    device: Annotated[str, typer.Option(help="The showing device's id.")] = "cli",
+    place: Annotated[str, typer.Option(help="Where the code is shown.")] = "",
+    token_only: Annotated[
+        bool, typer.Option("--token-only", help="Print only the token (for `healthcode scan`).")
+    ] = False,
+    by: _ByOption = By.citizen,
+    proxy_id: _ProxyOption = None,
+    principal: _PrincipalOption = "cli",
+) -> None:
+    """Show a code (亮码): live colour, masked name and a signed token.
+
+    The token is valid for up to a minute. Every display is logged."""
+    request = display_pb2.ShowRequest(
+        actor=_actor(by, id_number, proxy_id, principal),
+        person=common_pb2.PersonRef(id_number=id_number),
+        device=display_pb2.Device(device_id=device, place=place),
+    )
+    with _channel(_settings.peers.display) as channel:
+        try:
+            response = display_pb2_grpc.DisplayServiceStub(channel).Show(request)
+        except grpc.RpcError as e:
+            _fail(e, "show")
+    if token_only:
+        print(response.token)
+        return
+    v = response.verdict
+    expires = response.expires_at.ToDatetime(dt.UTC)
+    left = max(0, int((expires - dt.datetime.now(dt.UTC)).total_seconds()))
+    out.print(
+        Panel.fit(
+            f"{_colour_badge(v.colour)}  [bold]{response.masked_name}[/]  "
+            f"{response.masked_id_number}\n\ntoken (valid {left} s):\n{response.token}",
+            title="health code",
+        )
+    )
+    _print_verdict(v, remedies=False)
+
+
+@app.command()
+def scan(
+    token: Annotated[
+        str | None, typer.Argument(help="The scanned code token (HC1....).", show_default=False)
+    ] = None,
+    id_number: Annotated[
+        str | None,
+        typer.Option(
+            help="Look a person up by ID card instead (代查, verifiers only).", show_default=False
+        ),
+    ] = None,
+    verifier: Annotated[str, typer.Option(help="The verifier's staff id.")] = "cli-verifier",
+    partner: Annotated[
+        bool, typer.Option("--partner", help="Scan as a partner service (hospital, bus).")
+    ] = False,
+    device: Annotated[str, typer.Option(help="The scanner's id.")] = "cli-scanner",
+    place: Annotated[str, typer.Option(help="Where the scan happens.")] = "",
+    temperature: Annotated[
+        float | None,
+        typer.Option(help="Temperature measured with the scan, °C.", show_default=False),
+    ] = None,
+) -> None:
+    """Scan a code (扫码) and get the LIVE colour.
+
+    An expired, forged or already-scanned token is refused, and the error says why. With
+    --id-number a verifier looks a person up from their ID card (代查) instead."""
+    if (token is None) == (id_number is None):
+        raise typer.BadParameter("give a TOKEN or --id-number (not both)")
+    role = common_pb2.ACTOR_ROLE_PARTNER if partner else common_pb2.ACTOR_ROLE_VERIFIER
+    request = display_pb2.ScanRequest(
+        actor=_staff(role, verifier), device=display_pb2.Device(device_id=device, place=place)
+    )
+    if token is not None:
+        request.token = token
+    else:
+        request.person.id_number = id_number or ""
+    if temperature is not None:
+        request.temperature_celsius = temperature
+    with _channel(_settings.peers.display) as channel:
+        try:
+            response = display_pb2_grpc.DisplayServiceStub(channel).Scan(request)
+        except grpc.RpcError as e:
+            _fail(e, "scan")
+    v = response.verdict
+    alert = "  [bold red]TEMPERATURE ALERT[/]" if response.temperature_alert else ""
+    out.print(
+        f"{_colour_badge(v.colour)}  [bold]{response.masked_name}[/]  "
+        f"{response.masked_id_number}{alert}"
+    )
+    _print_verdict(v, remedies=False)
+
+
+# --- ingest ----------------------------------------------------------------------------------
+
+
+class FileFormat(enum.StrEnum):
+    auto = "auto"
+    csv = "csv"
+    jsonl = "jsonl"
+
+
+def read_rows(path: Path, fmt: FileFormat) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(line number, row) from a CSV (with a header) or JSONL file."""
+    kind = fmt
+    if kind == FileFormat.auto:
+        kind = FileFormat.csv if path.suffix.lower() == ".csv" else FileFormat.jsonl
+    text = sys.stdin.read() if str(path) == "-" else path.read_text(encoding="utf-8")
+    if kind == FileFormat.csv:
+        for n, rec in enumerate(csv.DictReader(io.StringIO(text)), start=2):
+            yield n, {k.strip(): (v or "").strip() for k, v in rec.items() if k}
+        return
+    for n, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise typer.BadParameter(f"line {n}: not JSON ({e.msg})", param_hint="FILE") from None
+        if not isinstance(rec, dict):
+            raise typer.BadParameter(f"line {n}: not a JSON object", param_hint="FILE")
+        yield n, rec
+
+
+def feed_row(rec: dict[str, Any]) -> risk_index_pb2.FeedRow:
+    """A file row -> FeedRow. Unknown columns become attributes (test result, lab, flight)."""
+    row = risk_index_pb2.FeedRow()
+    if rec.get("id_number"):
+        row.id_number = str(rec["id_number"])
+    elif rec.get("phone"):
+        row.phone = str(rec["phone"])
+    if rec.get("day"):
+        row.day = str(rec["day"])
+    if rec.get("county") not in (None, ""):
+        try:
+            row.county = int(rec["county"])
+        except (TypeError, ValueError):
+            row.county = 0  # the service names the row and says what a county is
+    for k, v in rec.items():
+        if k not in _ROW_FIELDS and v not in (None, ""):
+            row.attributes[str(k)] = str(v)
+    return row
+
+
+def _batches(
+    rows: Sequence[tuple[str, risk_index_pb2.FeedRow]], size: int
+) -> Iterator[tuple[str, list[risk_index_pb2.FeedRow]]]:
+    by_source: dict[str, list[risk_index_pb2.FeedRow]] = {}
+    for source, row in rows:
+        by_source.setdefault(source, []).append(row)
+    for source, source_rows in by_source.items():
+        for i in range(0, len(source_rows), size):
+            yield source, source_rows[i : i + size]
+
+
+_ROW_FIELD = re.compile(r"^rows\[(\d+)\]")
+
+
+def _print_row_lines(error: grpc.RpcError, line_of: Callable[[int], int | None]) -> None:
+    """Point each refused row (`rows[17].id_number`) at its line in the file."""
+    status = rpc_status.from_call(error) if isinstance(error, grpc.Call) else None
+    for packed in status.details if status is not None else []:
+        if not packed.Is(error_details_pb2.BadRequest.DESCRIPTOR):
+            continue
+        bad = error_details_pb2.BadRequest()
+        packed.Unpack(bad)
+        for v in bad.field_violations:
+            m = _ROW_FIELD.match(v.field)
+            line = line_of(int(m.group(1))) if m else None
+            if line is not None:
+                err.print(f"  line {line}: {v.field}: {v.description}", markup=False)
+
+
+@app.command()
+def ingest(
+    file: Annotated[Path, typer.Argument(help="CSV (with header) or JSONL rows; '-' for stdin.")],
+    source: Annotated[
+        str | None,
+        typer.Option(
+            help="The source of every row (else each row's `source` field).", show_default=False
+        ),
+    ] = None,
+    fmt: Annotated[FileFormat, typer.Option("--format", help="File format.")] = FileFormat.auto,
+    batch_size: Annotated[
+        int, typer.Option(min=1, max=50_000, help="Rows per IngestBatch call.")
+    ] = 5000,
+    batch_prefix: Annotated[
+        str | None,
+        typer.Option(
+            help="Batch id prefix (default: derived from the file's content, so ingesting the "
+            "same file again is a no-op).",
+            show_default=False,
+        ),
+    ] = None,
+    replace: Annotated[
+        bool,
+        typer.Option(
+            "--replace",
+            help="The file is each source's complete current list "
+            "(undated control lists): earlier rows are dropped.",
+        ),
+    ] = False,
+    feed: Annotated[str, typer.Option(help="The feed's account name (recorded).")] = "cli-feed",
+) -> None:
+    """Ingest risk feed rows (R4) from a CSV or JSONL file, with a progress bar.
+
+    Columns: source, id_number or phone, day (YYYY-MM-DD, for dated sources), county (for
+    county sources); other columns are kept as attributes (lab, result, tracer). Rows go in
+    batches; a bad row refuses its batch and the error names its line in the file. Ingesting
+    the same file again changes nothing (batch ids come from the content)."""
+    if str(file) != "-" and not file.is_file():
+        raise typer.BadParameter(f"{file} is not a file", param_hint="FILE")
+    rows: list[tuple[str, risk_index_pb2.FeedRow]] = []
+    # (source, position within that source's rows) -> file line, to point at a refused row.
+    lines: dict[tuple[str, int], int] = {}
+    per_source: dict[str, int] = {}
+    for line, rec in read_rows(file, fmt):
+        name = source or str(rec.get("source") or "").strip()
+        if not name:
+            raise typer.BadParameter(f"line {line}: no source (add a column or --source)")
+        position = per_source.get(name, 0)
+        per_source[name] = position + 1
+        lines[(name, position)] = line
+        rows.append((name, feed_row(rec)))
+    if not rows:
+        out.print("no rows")
+        return
+    digest = hashlib.sha256(
+        b"".join(s.encode() + r.SerializeToString(deterministic=True) for s, r in rows)
+    ).hexdigest()[:16]
+    prefix = batch_prefix or f"{file.name}:{digest}"
+    actor = _staff(common_pb2.ACTOR_ROLE_FEED, feed)
+    accepted = replayed = 0
+    last_version = 0
+    replaced: set[str] = set()
+    with (
+        _channel(_settings.peers.risk_index) as channel,
+        Progress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=err,
+            transient=False,
+        ) as progress,
+    ):
+        stub = risk_index_pb2_grpc.RiskIndexServiceStub(channel)
+        task = progress.add_task("ingesting", total=len(rows))
+        offsets: dict[str, int] = {}
+        for number, (name, batch) in enumerate(_batches(rows, batch_size)):
+            first_of_source = name not in replaced
+            replaced.add(name)
+            request = risk_index_pb2.IngestBatchRequest(
+                actor=actor,
+                source=name,
+                batch_id=f"{prefix}:{number}",
+                rows=batch,
+                # Only the source's first batch replaces; the rest add to it.
+                replace=replace and first_of_source,
+            )
+            try:
+                response = stub.IngestBatch(request)
+            except grpc.RpcError as e:
+                progress.stop()
+                start = offsets.get(name, 0)
+
+                def line_of(i: int, n: str = name, b: int = start) -> int | None:
+                    return lines.get((n, b + i))
+
+                _print_row_lines(e, line_of)
+                _fail(e, f"ingest of batch {number} ({name})")
+            offsets[name] = offsets.get(name, 0) + len(batch)
+            if response.replayed:
+                replayed += len(batch)
+            else:
+                accepted += response.row_count
+            last_version = max(last_version, response.index_version)
+            progress.advance(task, len(batch))
+    out.print(
+        f"{accepted} rows accepted, {replayed} already ingested (replayed batches); "
+        f"index version {last_version}"
+    )
+
+
+# --- explain / counters / status -------------------------------------------------------------
+
+
+@app.command()
+def explain(
+    id_number: Annotated[str, typer.Argument(help="The person's resident ID number.")],
+    shared_only: Annotated[
+        bool,
+        typer.Option("--shared-only", help="Only the rules other provinces see (R6)."),
+    ] = False,
+    principal: Annotated[str, typer.Option(help="The support agent's id.")] = "support-desk",
+) -> None:
+    """Explain a person's colour (R16): rules, sources, days, phones, what clears them.
+
+    Every rule that fired, with its source, day and the (masked) phone it came through, what
+    was cleared and by what, and what would clear the rest."""
+    request = colour_pb2.EvaluateRequest(
+        actor=_staff(common_pb2.ACTOR_ROLE_VERIFIER, principal),
+        person=common_pb2.PersonRef(id_number=id_number),
+        shared_only=shared_only,
+    )
+    with _channel(_settings.peers.colour) as channel:
+        try:
+            v = colour_pb2_grpc.ColourServiceStub(channel).Evaluate(request).verdict
+        except grpc.RpcError as e:
+            _fail(e, "explain")
+    if not v.registered:
+        out.print("this person is not in the index: no data, so no colour (register first)")
+        raise typer.Exit(1)
+    scope = " (shared rules only)" if shared_only else ""
+    out.print(f"{_colour_badge(v.colour)}{scope}")
+    if not v.reasons:
+        out.print("no rule fired")
+    _print_verdict(v)
+    if v.stale_sources:
+        out.print(f"[yellow]stale or missing feeds:[/] {', '.join(v.stale_sources)}")
+
+
+def _counters_table(c: display_pb2.WatchCountersResponse) -> Table:
+    table = Table(title=f"counters for {c.day}", show_header=True)
+    table.add_column("")
+    table.add_column("day", justify="right")
+    table.add_column("green", justify="right")
+    table.add_column("yellow", justify="right")
+    table.add_column("red", justify="right")
+    table.add_column("all days", justify="right")
+    d, s = c.displays_by_colour, c.scans_by_colour
+    table.add_row(
+        "displays", str(c.displays), str(d.green), str(d.yellow), str(d.red), str(c.total_displays)
+    )
+    table.add_row(
+        "scans", str(c.scans), str(s.green), str(s.yellow), str(s.red), str(c.total_scans)
+    )
+    table.add_row("refused scans", str(c.refused_scans), "", "", "", "")
+    table.add_row("applicants", str(c.applicants), "", "", "", str(c.total_applicants))
+    return table
+
+
+@app.command()
+def counters(
+    follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep watching.")] = False,
+    day: Annotated[str, typer.Option(help="The day, YYYY-MM-DD (default today).")] = "",
+) -> None:
+    """Live counters of displays, scans and applicants (R9): per colour, per day."""
+    request = display_pb2.WatchCountersRequest(day=day, min_interval_ms=500)
+    with _channel(_settings.peers.display) as channel:
+        stub = display_pb2_grpc.DisplayServiceStub(channel)
+        stream = stub.WatchCounters(request)
+        try:
+            if not follow:
+                out.print(_counters_table(next(stream)))
+                stream.cancel()
+                return
+            with Live(console=out, auto_refresh=False) as live:
+                for c in stream:
+                    live.update(_counters_table(c), refresh=True)
+        except grpc.RpcError as e:
+            _fail(e, "counters")
+        except KeyboardInterrupt:
+            stream.cancel()
+
+
+@app.command()
+def status() -> None:
+    """Health of the four services, the colour replica's index and rule set, feed freshness."""
+    table = Table(title="services")
+    table.add_column("service")
+    table.add_column("address")
+    table.add_column("health")
+    healthy = True
+    for name, addr in _settings.peers.items():
+        with _channel(addr) as channel:
+            try:
+                reply = health_pb2_grpc.HealthStub(channel).Check(
+                    health_pb2.HealthCheckRequest(service=""), timeout=min(_settings.timeout, 3)
+                )
+                state = health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
+            except grpc.RpcError as e:
+                state = e.code().name if isinstance(e, grpc.Call) else "ERROR"
+        healthy &= state == "SERVING"
+        style = "green" if state == "SERVING" else "red"
+        table.add_row(name, addr, f"[{style}]{state}[/]")
+    out.print(table)
+    with _channel(_settings.peers.colour) as channel:
+        try:
+            s = colour_pb2_grpc.ColourServiceStub(channel).GetStatus(colour_pb2.GetStatusRequest())
+            out.print(
+                f"colour: rule set {s.rule_set_version} ({len(s.rule_ids)} rules), index version "
+                f"{s.index_version}, {s.person_count} persons: {s.counts.green} green, "
+                f"{s.counts.yellow} yellow, {s.counts.red} red (day {s.day})"
+            )
+        except grpc.RpcError as e:
+            out.print(f"colour: {describe_error(e)}", markup=False)
+    with _channel(_settings.peers.risk_index) as channel:
+        try:
+            stub = risk_index_pb2_grpc.RiskIndexServiceStub(channel)
+            v = stub.GetIndexVersion(risk_index_pb2.GetIndexVersionRequest())
+            out.print(
+                f"risk index: version {v.version}, {v.person_count} persons, "
+                f"{v.phone_count} phones, {v.card_count} cards"
+            )
+            sources = stub.ListSources(risk_index_pb2.ListSourcesRequest()).sources
+            fed = [s for s in sources if s.batch_count]
+            stale = [s.name for s in sources if s.stale]
+            out.print(
+                f"  {len(fed)}/{len(sources)} sources have feeds; stale: "
+                f"{', '.join(stale) or 'none'}"
+            )
+        except grpc.RpcError as e:
+            out.print(f"risk index: {describe_error(e)}", markup=False)
+    if not healthy:
+        raise typer.Exit(1)
+
+
+@app.command("set-rules")
+def set_rules(
+    file: Annotated[Path, typer.Argument(help="The rule-set file (TOML).")],
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Only show the impact; do not activate.")
+    ] = False,
+    principal: Annotated[str, typer.Option(help="The operator's id.")] = "cli-admin",
+) -> None:
+    """Load a rule set (TOML) into the colour service (R5).
+
+    An invalid one is refused with every problem, and the active one stays. --dry-run shows
+    how many people each colour would get, without activating."""
+    request = colour_pb2.SetRuleSetRequest(
+        actor=_staff(common_pb2.ACTOR_ROLE_ADMIN, principal),
+        text=file.read_text(encoding="utf-8"),
+        filename=file.name,
+        dry_run=dry_run,
+    )
+    with _channel(_settings.peers.colour) as channel:
+        try:
+            r = colour_pb2_grpc.ColourServiceStub(channel).SetRuleSet(request)
+        except grpc.RpcError as e:
+            _fail(e, "set-rules")
+    state = (
+        "activated" if r.activated else ("dry run" if dry_run else "accepted, waits for valid_from")
+    )
+    out.print(f"rule set {r.version}: {r.rule_count} rules, {r.check_count} checks — {state}")
+    p, n = r.previous_counts, r.counts
+    out.print(
+        f"  green {p.green} -> {n.green}, yellow {p.yellow} -> {n.yellow}, red {p.red} -> {n.red}"
+    )
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,211 @@
+"""The four services as real processes on loopback: start, wait until healthy, stop.
+
+Used by `make run` (clients.demo) and by the end-to-end tests, so both exercise exactly what a
+deployment runs: `python -m services.<name>`, configured only through the environment.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from healthcode.v1 import colour_pb2, colour_pb2_grpc
+
+from clients.channel import Peers, open_channel
+
+REPO = Path(__file__).resolve().parent.parent
+# Start order: the risk index first (colour follows it, declaration registers people in it).
+SERVICES = ("risk_index", "declaration", "colour", "display")
+DEFAULT_PORTS = {"declaration": 50051, "risk_index": 50052, "colour": 50053, "display": 50054}
+
+
+class StackError(RuntimeError):
+    """A service did not start, died, or did not become healthy in time."""
+
+
+def free_port() -> int:
+    """A port free on 127.0.0.1 right now (the OS may hand it out again; good enough for
+    loopback tests, which retry nothing on a clash but report it clearly)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def port_in_use(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return True
+    return False
+
+
+@dataclass
+class Stack:
+    """Four service processes sharing one data directory (and so one deployment secret)."""
+
+    data_dir: Path
+    ports: dict[str, int]
+    extra_env: Mapping[str, str] = field(default_factory=dict)
+    processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    _logs: dict[str, IO[bytes]] = field(default_factory=dict)
+
+    @classmethod
+    def on_free_ports(cls, data_dir: Path, extra_env: Mapping[str, str] | None = None) -> Stack:
+        ports: dict[str, int] = {}
+        while len(set(ports.values())) < len(SERVICES):
+            ports = {name: free_port() for name in SERVICES}
+        return cls(data_dir, ports, dict(extra_env or {}))
+
+    @property
+    def peers(self) -> Peers:
+        return Peers(
+            declaration=f"127.0.0.1:{self.ports['declaration']}",
+            risk_index=f"127.0.0.1:{self.ports['risk_index']}",
+            colour=f"127.0.0.1:{self.ports['colour']}",
+            display=f"127.0.0.1:{self.ports['display']}",
+        )
+
+    def log_path(self, name: str) -> Path:
+        return self.data_dir / "logs" / f"{name}.log"
+
+    def env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        path = [str(REPO), str(REPO / "protos")]
+        if env.get("PYTHONPATH"):
+            path.append(env["PYTHONPATH"])
+        env["PYTHONPATH"] = os.pathsep.join(path)
+        env["HEALTHCODE_DATA_DIR"] = str(self.data_dir)
+        env["HEALTHCODE_HOST"] = "127.0.0.1"
+        for name, port in self.ports.items():
+            env[f"HEALTHCODE_{name.upper()}_PORT"] = str(port)
+            env[f"HEALTHCODE_{name.upper()}_ADDR"] = f"127.0.0.1:{port}"
+        env.update(self.extra_env)
+        return env
+
+    def start(self, names: tuple[str, ...] = SERVICES) -> None:
+        env = self.env()
+        (self.data_dir / "logs").mkdir(parents=True, exist_ok=True)
+        for name in names:
+            log = open(self.log_path(name), "ab")  # noqa: SIM115 - closed in stop()
+            self._logs[name] = log
+            self.processes[name] = subprocess.Popen(
+                [sys.executable, "-m", f"services.{name}"],
+                cwd=REPO,
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                # Own process group: a Ctrl-C in the terminal reaches the demo only, which
+                # then stops the services in order.
+                start_new_session=True,
+            )
+
+    def log_tail(self, name: str, lines: int = 25) -> str:
+        try:
+            text = self.log_path(name).read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            return ""
+        return "\n".join(text.splitlines()[-lines:])
+
+    def check_alive(self) -> None:
+        for name, proc in self.processes.items():
+            code = proc.poll()
+            if code is not None:
+                raise StackError(
+                    f"{name} exited with status {code}; the end of {self.log_path(name)}:\n"
+                    f"{self.log_tail(name)}"
+                )
+
+    def wait_healthy(self, timeout_s: float = 60.0, *, need_index: bool = True) -> None:
+        """Until every service answers gRPC health SERVING and (with `need_index`) the colour
+        service holds an index version. StackError naming the laggard otherwise."""
+        deadline = time.monotonic() + timeout_s
+        for name in self.processes:
+            addr = f"127.0.0.1:{self.ports[name]}"
+            with open_channel(addr, timeout_s=2.0) as channel:
+                stub = health_pb2_grpc.HealthStub(channel)
+                last = "no answer"
+                while True:
+                    self.check_alive()
+                    try:
+                        reply = stub.Check(health_pb2.HealthCheckRequest(service=""), timeout=1)
+                        if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                            break
+                        last = health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
+                    except grpc.RpcError as e:
+                        last = e.code().name if isinstance(e, grpc.Call) else str(e)
+                    if time.monotonic() > deadline:
+                        raise StackError(
+                            f"{name} on {addr} not SERVING after {timeout_s:.0f} s (last: {last})"
+                            f"; the end of its log:\n{self.log_tail(name)}"
+                        )
+                    time.sleep(0.1)
+        if need_index and "colour" in self.processes:
+            self.wait_colour_version(1, timeout_s=max(1.0, deadline - time.monotonic()))
+
+    def wait_colour_version(self, version: int, timeout_s: float = 30.0) -> int:
+        """Until the colour service holds index version `version` or later; returns it."""
+        deadline = time.monotonic() + timeout_s
+        held = 0
+        with open_channel(self.peers.colour, timeout_s=2.0) as channel:
+            stub = colour_pb2_grpc.ColourServiceStub(channel)
+            while True:
+                self.check_alive()
+                try:
+                    held = stub.GetStatus(colour_pb2.GetStatusRequest()).index_version
+                except grpc.RpcError:
+                    held = 0
+                if held >= version:
+                    return held
+                if time.monotonic() > deadline:
+                    raise StackError(
+                        f"colour holds index version {held}, not {version}, after {timeout_s:.0f}"
+                        f" s; the end of its log:\n{self.log_tail('colour')}"
+                    )
+                time.sleep(0.05)
+
+    def stop_one(self, name: str, grace_s: float = 10.0) -> int:
+        """SIGTERM one service and wait for it (to test restarts); its exit status."""
+        proc = self.processes.pop(name)
+        proc.send_signal(signal.SIGTERM)
+        try:
+            return proc.wait(timeout=grace_s)
+        finally:
+            log = self._logs.pop(name, None)
+            if log is not None:
+                log.close()
+
+    def stop(self, grace_s: float = 10.0) -> dict[str, int | None]:
+        """SIGTERM every service (display first, risk index last), wait, then SIGKILL what is
+        left. Returns each exit status."""
+        for name in reversed(list(self.processes)):
+            proc = self.processes[name]
+            if proc.poll() is None:
+                try:
+                    proc.send_signal(signal.SIGTERM)
+                except ProcessLookupError:
+                    pass
+        deadline = time.monotonic() + grace_s
+        codes: dict[str, int | None] = {}
+        for name, proc in self.processes.items():
+            try:
+                codes[name] = proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                codes[name] = proc.wait(timeout=5)
+        for log in self._logs.values():
+            log.close()
+        self._logs.clear()
+        return codes

@@ -1,0 +1,185 @@
+"""Platform configuration, read once from the environment into frozen dataclasses.
+
+Every service reads `PlatformConfig.from_env()` at start and fails fast (`ConfigError`, naming
+the variable) on a value it cannot use; nothing re-reads the environment later.
+
+| variable                        | default               |
+|---------------------------------|-----------------------|
+| HEALTHCODE_DATA_DIR             | ./data                |
+| HEALTHCODE_HOST                 | 127.0.0.1 (bind host) |
+| HEALTHCODE_DECLARATION_PORT     | 50051                 |
+| HEALTHCODE_RISK_INDEX_PORT      | 50052                 |
+| HEALTHCODE_COLOUR_PORT          | 50053                 |
+| HEALTHCODE_DISPLAY_PORT         | 50054                 |
+| HEALTHCODE_<SERVICE>_ADDR       | 127.0.0.1:<its port>  |
+| HEALTHCODE_LOG_LEVEL            | INFO                  |
+| HEALTHCODE_SECRET               | (hex, 32 bytes) else <data_dir>/secret.key |
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+SECRET_BYTES = 32
+SECRET_FILE = "secret.key"
+
+
+class ConfigError(ValueError):
+    """A configuration value is missing or unusable; the message names the variable."""
+
+
+@dataclass(frozen=True, slots=True)
+class Ports:
+    """The port each service listens on."""
+
+    declaration: int = 50051
+    risk_index: int = 50052
+    colour: int = 50053
+    display: int = 50054
+
+
+DEFAULT_PORTS = Ports()
+
+
+@dataclass(frozen=True, slots=True)
+class Peers:
+    """Where each service is reached by its peers ("host:port")."""
+
+    declaration: str
+    risk_index: str
+    colour: str
+    display: str
+
+
+@dataclass(frozen=True, slots=True)
+class PlatformConfig:
+    """What every service shares."""
+
+    data_dir: Path
+    host: str
+    ports: Ports
+    peers: Peers
+    log_level: str
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> PlatformConfig:
+        """Read the environment (or `env`, for tests) once."""
+        env = os.environ if env is None else env
+        ports = Ports(
+            declaration=_port(env, "HEALTHCODE_DECLARATION_PORT", DEFAULT_PORTS.declaration),
+            risk_index=_port(env, "HEALTHCODE_RISK_INDEX_PORT", DEFAULT_PORTS.risk_index),
+            colour=_port(env, "HEALTHCODE_COLOUR_PORT", DEFAULT_PORTS.colour),
+            display=_port(env, "HEALTHCODE_DISPLAY_PORT", DEFAULT_PORTS.display),
+        )
+        peers = Peers(
+            declaration=_addr(env, "HEALTHCODE_DECLARATION_ADDR", ports.declaration),
+            risk_index=_addr(env, "HEALTHCODE_RISK_INDEX_ADDR", ports.risk_index),
+            colour=_addr(env, "HEALTHCODE_COLOUR_ADDR", ports.colour),
+            display=_addr(env, "HEALTHCODE_DISPLAY_ADDR", ports.display),
+        )
+        level = env.get("HEALTHCODE_LOG_LEVEL", "INFO").upper()
+        if level not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
+            raise ConfigError(f"HEALTHCODE_LOG_LEVEL: {level!r} is not a logging level")
+        return cls(
+            data_dir=Path(env.get("HEALTHCODE_DATA_DIR", "./data")),
+            host=env.get("HEALTHCODE_HOST", "127.0.0.1"),
+            ports=ports,
+            peers=peers,
+            log_level=level,
+        )
+
+
+def env_int(
+    env: Mapping[str, str], name: str, default: int, *, low: int = 0, high: int = 2**63 - 1
+) -> int:
+    """An integer variable within [low, high], or `default` when unset."""
+    raw = env.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigError(f"{name}: {raw!r} is not an integer") from None
+    if not low <= value <= high:
+        raise ConfigError(f"{name}: {value} is outside {low}..{high}")
+    return value
+
+
+def env_float(env: Mapping[str, str], name: str, default: float, *, low: float = 0.0) -> float:
+    """A float variable at least `low`, or `default` when unset."""
+    raw = env.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(f"{name}: {raw!r} is not a number") from None
+    if value < low:
+        raise ConfigError(f"{name}: {value} is below {low}")
+    return value
+
+
+def _port(env: Mapping[str, str], name: str, default: int) -> int:
+    # 0 is allowed: the OS picks a free port (tests, several stacks on one machine).
+    return env_int(env, name, default, low=0, high=65535)
+
+
+def _addr(env: Mapping[str, str], name: str, port: int) -> str:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return f"127.0.0.1:{port}"
+    if ":" not in raw:
+        raise ConfigError(f"{name}: {raw!r} should be host:port")
+    return raw
+
+
+def load_secret(data_dir: Path | str, env: Mapping[str, str] | None = None) -> bytes:
+    """The 32-byte deployment secret that keys every identifier hash.
+
+    `HEALTHCODE_SECRET` (64 hex characters) wins; otherwise `<data_dir>/secret.key`, created once
+    with mode 0600. Every service of one deployment must use the same secret, or their keys for
+    the same person differ; creating it atomically lets services that start together agree.
+    """
+    env = os.environ if env is None else env
+    raw = env.get("HEALTHCODE_SECRET", "").strip()
+    if raw:
+        try:
+            secret = bytes.fromhex(raw)
+        except ValueError:
+            raise ConfigError("HEALTHCODE_SECRET: not hexadecimal") from None
+        if len(secret) != SECRET_BYTES:
+            raise ConfigError(
+                f"HEALTHCODE_SECRET: {len(secret)} bytes, should be {SECRET_BYTES} "
+                f"({2 * SECRET_BYTES} hex characters)"
+            )
+        return secret
+    directory = Path(data_dir)
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / SECRET_FILE
+    if not path.exists():
+        _create_secret(path)
+    secret = path.read_bytes()
+    if len(secret) != SECRET_BYTES:
+        raise ConfigError(f"{path}: {len(secret)} bytes, should be {SECRET_BYTES}")
+    return secret
+
+
+def _create_secret(path: Path) -> None:
+    # Write aside, then link into place: link fails if another process won the race, and a
+    # reader never sees a half-written file.
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(secrets.token_bytes(SECRET_BYTES))
+            f.flush()
+            os.fsync(f.fileno())
+        with contextlib.suppress(FileExistsError):
+            os.link(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)

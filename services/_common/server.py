@@ -1,0 +1,134 @@
+"""The server factory every service uses: health, reflection, tracing, graceful stop.
+
+`create_server(add_servicers, [SERVICE_NAME], port=0)` returns a started server that reports
+SERVING, with its bound port; `serve_forever(server)` blocks until SIGTERM/SIGINT and stops it
+with a grace period. Tests call `stop(server, None)` instead.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from collections.abc import Callable, Sequence
+from concurrent import futures
+from types import FrameType
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from services._common.telemetry import server_interceptor
+
+logger = logging.getLogger(__name__)
+
+# Health servicers by server, so `serve_forever` and `stop` can report NOT_SERVING before the
+# listener closes (a load balancer stops routing first, then in-flight calls finish).
+_HEALTH: dict[int, health.HealthServicer] = {}
+_NAMES: dict[int, list[str]] = {}
+
+# 64 MiB: an index snapshot chunk is <= 1 MiB, a 50,000-row batch is a few MiB.
+MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+
+
+def create_server(
+    add_servicers: Callable[[grpc.Server], None],
+    service_names: Sequence[str],
+    port: int = 0,
+    host: str = "127.0.0.1",
+    max_workers: int = 16,
+    ready: bool = True,
+) -> tuple[grpc.Server, int]:
+    """Build, bind and START a server; return it with the bound port (port 0: a free one).
+
+    With `ready=False` health reports NOT_SERVING until `set_serving(server, True)`: a replica
+    that cannot answer yet (no index loaded) is not routed to.
+
+    `add_servicers(server)` registers the service's servicers; `service_names` are their full
+    names (`healthcode.v1.RiskIndexService`), reported SERVING by the library health servicer
+    (with "" for the whole server) and listed by reflection so `buf curl` can call them.
+    """
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="grpc"),
+        interceptors=[server_interceptor()],
+        options=[
+            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+        ],
+    )
+    add_servicers(server)
+    health_servicer = health.HealthServicer(experimental_non_blocking=True)
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    names = list(service_names)
+    reflection.enable_server_reflection(
+        [*names, health.SERVICE_NAME, reflection.SERVICE_NAME], server
+    )
+    bound = server.add_insecure_port(f"{host}:{port}")
+    if bound == 0:
+        raise OSError(f"could not bind {host}:{port}")
+    server.start()
+    _HEALTH[id(server)] = health_servicer
+    _NAMES[id(server)] = names
+    set_serving(server, ready)
+    logger.info("serving %s on %s:%d", ", ".join(names), host, bound)
+    return server, bound
+
+
+def set_serving(server: grpc.Server, serving: bool) -> None:
+    """Report SERVING or NOT_SERVING for every service of a server created here."""
+    health_servicer = _HEALTH.get(id(server))
+    if health_servicer is None:
+        return
+    status = (
+        health_pb2.HealthCheckResponse.SERVING
+        if serving
+        else health_pb2.HealthCheckResponse.NOT_SERVING
+    )
+    for name in [*_NAMES.get(id(server), []), ""]:
+        health_servicer.set(name, status)
+
+
+def stop(
+    server: grpc.Server,
+    grace: float | None = 5.0,
+    before_stop: Callable[[], None] | None = None,
+) -> None:
+    """Report NOT_SERVING, run `before_stop`, then stop accepting calls and wait up to `grace`
+    for those running."""
+    health_servicer = _HEALTH.pop(id(server), None)
+    _NAMES.pop(id(server), None)
+    if health_servicer is not None:
+        health_servicer.enter_graceful_shutdown()
+    if before_stop is not None:
+        before_stop()
+    server.stop(grace).wait()
+
+
+def serve_forever(
+    server: grpc.Server,
+    grace: float = 5.0,
+    on_stop: Callable[[], None] | None = None,
+    before_stop: Callable[[], None] | None = None,
+) -> None:
+    """Block until SIGTERM or SIGINT, then stop with a grace period. `before_stop` runs once
+    health says NOT_SERVING and before the listener closes (end server streams, so they do not
+    hold the grace period); `on_stop` runs after (close repositories). Call from the main
+    thread."""
+    stopping = threading.Event()
+
+    def handle(signum: int, _frame: FrameType | None) -> None:
+        logger.info("signal %s: stopping within %.1fs", signal.Signals(signum).name, grace)
+        stopping.set()
+
+    previous = {s: signal.signal(s, handle) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        # Waiting on an Event in short steps keeps the main thread responsive to signals.
+        while not stopping.wait(0.5):
+            pass
+        stop(server, grace, before_stop=before_stop)
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+        if on_stop is not None:
+            on_stop()
+    logger.info("stopped")

@@ -1,0 +1,70 @@
+"""OpenTelemetry tracing: one provider per process, spans propagated across gRPC calls.
+
+Servers get the OpenTelemetry server interceptor from `server.create_server`; clients make their
+channels with `instrumented_channel`, whose interceptor injects the trace context into the call
+metadata so a display's span and the colour call it makes share one trace. Span attributes are
+the instrumentation's (method, status, peer); it records no payloads, so no identifier reaches a
+trace, and our code must not add any.
+"""
+
+from __future__ import annotations
+
+import os
+
+import grpc
+from opentelemetry import trace
+from opentelemetry.instrumentation.grpc import client_interceptor, grpcext, server_interceptor
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import (
+    BatchSpanProcessor,
+    ConsoleSpanExporter,
+    SimpleSpanProcessor,
+    SpanExporter,
+)
+
+__all__ = [
+    "client_interceptor",
+    "instrumented_channel",
+    "server_interceptor",
+    "setup_tracing",
+]
+
+
+def setup_tracing(service_name: str, exporter: SpanExporter | None = None) -> TracerProvider:
+    """Install (once per process) a tracer provider named after the service.
+
+    `exporter` receives every span synchronously (tests pass an `InMemorySpanExporter`). Without
+    one, spans are still created and propagated; `HEALTHCODE_TRACE_CONSOLE=1` prints them.
+    Calling it again (several services in one test process) adds the exporter to the existing
+    provider, because OpenTelemetry allows the global provider to be set only once.
+    """
+    current = trace.get_tracer_provider()
+    if isinstance(current, TracerProvider):
+        provider = current
+    else:
+        provider = TracerProvider(resource=Resource.create({"service.name": service_name}))
+        trace.set_tracer_provider(provider)
+        if os.environ.get("HEALTHCODE_TRACE_CONSOLE") == "1":
+            provider.add_span_processor(BatchSpanProcessor(ConsoleSpanExporter()))
+    if exporter is not None:
+        provider.add_span_processor(SimpleSpanProcessor(exporter))
+    return provider
+
+
+def instrumented_channel(
+    target: str, options: list[tuple[str, int | str]] | None = None
+) -> grpc.Channel:
+    """An insecure channel to a peer whose calls carry the current trace context."""
+    channel = grpc.insecure_channel(target, options=options)
+    # The OpenTelemetry interceptor implements its own interceptor interface (grpcext), not
+    # grpc's, so it is attached with grpcext's intercept_channel. It wraps server-streaming
+    # calls in a plain generator, which loses `cancel()`; long-lived watch streams (WatchIndex,
+    # WatchCounters) are therefore left untraced and keep their grpc.Call.
+    interceptor = client_interceptor(filter_=_not_server_streaming)
+    return grpcext.intercept_channel(channel, interceptor)  # type: ignore[no-any-return]
+
+
+def _not_server_streaming(client_info: object) -> bool:
+    # Unary calls' info has no is_server_stream attribute; streaming calls' info does.
+    return not getattr(client_info, "is_server_stream", False)

@@ -1,0 +1,55 @@
+"""The colour service's configuration, read once from the environment at start.
+
+| variable                              | default                               |
+|---------------------------------------|---------------------------------------|
+| HEALTHCODE_COLOUR_PORT                | 50053                                 |
+| HEALTHCODE_RISK_INDEX_ADDR            | 127.0.0.1:50052 (WatchIndex)          |
+| HEALTHCODE_DECLARATION_ADDR           | 127.0.0.1:50051 (masked phones, R7)   |
+| HEALTHCODE_COLOUR_RULE_SET            | services/rules/default.toml           |
+| HEALTHCODE_COLOUR_RECONNECT_MAX_S     | 5 (backoff ceiling, seconds)          |
+| HEALTHCODE_DATA_DIR, HEALTHCODE_SECRET, ... | see services/_common/config.py  |
+
+The rule set activated through SetRuleSet is kept in `<data_dir>/colour/rule_set.toml` and wins
+over HEALTHCODE_COLOUR_RULE_SET at the next start, so a restart does not undo an activation.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from services._common.config import ConfigError, PlatformConfig, env_float
+from services.rules import DEFAULT_RULE_SET_PATH
+
+
+@dataclass(frozen=True, slots=True)
+class ColourConfig:
+    platform: PlatformConfig
+    port: int
+    risk_index_addr: str
+    declaration_addr: str
+    initial_rule_set: Path
+    active_rule_set_file: Path
+    reconnect_initial_s: float
+    reconnect_max_s: float
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> ColourConfig:
+        env = os.environ if env is None else env
+        platform = PlatformConfig.from_env(env)
+        rule_set = Path(env.get("HEALTHCODE_COLOUR_RULE_SET", "") or DEFAULT_RULE_SET_PATH)
+        if not rule_set.is_file():
+            raise ConfigError(f"HEALTHCODE_COLOUR_RULE_SET: {rule_set} is not a file")
+        reconnect_max = env_float(env, "HEALTHCODE_COLOUR_RECONNECT_MAX_S", 5.0, low=0.1)
+        return cls(
+            platform=platform,
+            port=platform.ports.colour,
+            risk_index_addr=platform.peers.risk_index,
+            declaration_addr=platform.peers.declaration,
+            initial_rule_set=rule_set,
+            active_rule_set_file=platform.data_dir / "colour" / "rule_set.toml",
+            reconnect_initial_s=min(0.1, reconnect_max),
+            reconnect_max_s=reconnect_max,
+        )

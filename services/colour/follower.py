@@ -1,0 +1,164 @@
+"""Follows RiskIndexService.WatchIndex and hands each complete index version to the engine.
+
+A version arrives as a full snapshot in chunks; it is loaded (checked: `Index.from_bytes`
+refuses a corrupt, truncated or foreign-keyed snapshot) only once its last chunk is in, so a
+broken stream can never install half a version. When the stream breaks, the follower reconnects
+with exponential backoff and jitter, telling the risk index the version it holds; a replica that
+restarts holds none and is sent the latest snapshot first, so it catches up in one step.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+from collections.abc import Callable
+
+import grpc
+import healthcode_matcher as hm
+from healthcode.v1 import (
+    common_pb2,
+    declaration_pb2,
+    declaration_pb2_grpc,
+    risk_index_pb2,
+    risk_index_pb2_grpc,
+)
+
+from services._common.telemetry import instrumented_channel
+from services.colour.logic import ColourEngine
+
+log = logging.getLogger(__name__)
+
+_SERVICE_ACTOR = common_pb2.Actor(role=common_pb2.ACTOR_ROLE_SERVICE, principal="colour")
+# Chunks are at most 1 MiB; leave room for the envelope.
+_CHANNEL_OPTIONS: list[tuple[str, int | str]] = [("grpc.max_receive_message_length", 8 << 20)]
+
+
+class IndexFollower:
+    """A background thread keeping `engine` on the risk index's latest version."""
+
+    def __init__(
+        self,
+        engine: ColourEngine,
+        risk_index_addr: str,
+        secret: bytes,
+        *,
+        initial_backoff_s: float = 0.1,
+        max_backoff_s: float = 5.0,
+    ) -> None:
+        self._engine = engine
+        self._secret = secret
+        self._initial = initial_backoff_s
+        self._max = max_backoff_s
+        # A plain channel: the OpenTelemetry client interceptor turns a response stream into a
+        # bare generator that cannot be cancelled, and stop() must cancel the watch. A stream
+        # that lives for days is no use as one trace anyway.
+        self._channel = grpc.insecure_channel(risk_index_addr, _CHANNEL_OPTIONS)
+        self._stub = risk_index_pb2_grpc.RiskIndexServiceStub(self._channel)
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._call: grpc.Call | None = None
+        self._thread = threading.Thread(target=self._run, name="index-follower", daemon=True)
+        self.versions_installed = 0
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        with self._lock:
+            if self._call is not None:
+                self._call.cancel()
+        self._thread.join(timeout=10)
+        self._channel.close()
+
+    def _run(self) -> None:
+        delay = self._initial
+        while not self._stop.is_set():
+            try:
+                if self._follow_once():
+                    delay = self._initial
+            except grpc.RpcError as exc:
+                if self._stop.is_set():
+                    return
+                code = exc.code() if isinstance(exc, grpc.Call) else None
+                log.warning("index stream broke (%s); reconnecting in %.1fs", code, delay)
+            except hm.SnapshotError as exc:
+                log.error("refused an index snapshot: %s; reconnecting in %.1fs", exc, delay)
+            except Exception:
+                log.exception("index follower failed; reconnecting in %.1fs", delay)
+            # Full jitter keeps many replicas from reconnecting in lockstep after an outage.
+            if self._stop.wait(random.uniform(delay / 2, delay)):
+                return
+            delay = min(delay * 2, self._max)
+
+    def _follow_once(self) -> bool:
+        """Read one stream until it ends; True if at least one version was installed."""
+        known = self._engine.index_version
+        call = self._stub.WatchIndex(
+            risk_index_pb2.WatchIndexRequest(known_version=known), wait_for_ready=True
+        )
+        with self._lock:
+            if self._stop.is_set():
+                call.cancel()
+                return False
+            self._call = call
+        installed = False
+        chunks: list[bytes] = []
+        version = -1
+        expected_chunk = 0
+        for message in call:
+            if message.chunk_index == 0:
+                chunks, version, expected_chunk = [], message.version, 0
+            if message.version != version or message.chunk_index != expected_chunk:
+                # A gap or a mixed version: drop what we have; the stream (or a reconnect)
+                # will resend a whole snapshot.
+                log.warning(
+                    "index stream out of order (version %d chunk %d); reconnecting",
+                    message.version,
+                    message.chunk_index,
+                )
+                call.cancel()
+                return installed
+            chunks.append(message.data)
+            expected_chunk += 1
+            if not message.last_chunk:
+                continue
+            data = b"".join(chunks)
+            chunks = []
+            if message.total_size and len(data) != message.total_size:
+                raise hm.SnapshotError(
+                    f"version {version}: got {len(data)} bytes, expected {message.total_size}"
+                )
+            index = hm.Index.from_bytes(data, self._secret)
+            if self._engine.install_index(index, version):
+                self.versions_installed += 1
+            installed = True
+            self._refresh_staleness()
+        return installed
+
+    def _refresh_staleness(self) -> None:
+        try:
+            response = self._stub.ListSources(risk_index_pb2.ListSourcesRequest(), timeout=5)
+        except grpc.RpcError:
+            return  # keep the last known staleness; the next version retries
+        self._engine.set_stale_sources(frozenset(s.name for s in response.sources if s.stale))
+
+
+def declaration_phone_masks(
+    declaration_addr: str,
+) -> tuple[Callable[[bytes], dict[bytes, str]], grpc.Channel]:
+    """A PhoneMasks function asking the declaration service for a person's linked phones."""
+    channel = instrumented_channel(declaration_addr)
+    stub = declaration_pb2_grpc.DeclarationServiceStub(channel)
+
+    def phone_masks(person_key: bytes) -> dict[bytes, str]:
+        response = stub.GetPerson(
+            declaration_pb2.GetPersonRequest(
+                actor=_SERVICE_ACTOR, person=common_pb2.PersonRef(person_key=person_key)
+            ),
+            timeout=2,
+        )
+        return {p.phone_key: p.masked_phone for p in response.person.phones}
+
+    return phone_masks, channel

@@ -1,0 +1,51 @@
+"""`python -m services.declaration`: wire the declaration service and wait for SIGTERM."""
+
+from __future__ import annotations
+
+from healthcode.v1 import declaration_pb2_grpc, risk_index_pb2_grpc
+
+from services._common.identifiers import Identifiers
+from services._common.logs import setup_logging
+from services._common.server import create_server, serve_forever
+from services._common.telemetry import instrumented_channel, setup_tracing
+from services.declaration.config import DeclarationConfig
+from services.declaration.logic import Declarations
+from services.declaration.outbox import OutboxWorker
+from services.declaration.repository import DeclarationRepository
+from services.declaration.servicer import SERVICE_NAME, DeclarationServicer
+
+
+def main() -> None:
+    config = DeclarationConfig.from_env()
+    setup_logging("declaration", config.platform.log_level)
+    setup_tracing("declaration")
+    repository = DeclarationRepository(config.db_path)
+    identifiers = Identifiers.from_secret(config.secret)
+    channel = instrumented_channel(config.risk_index_addr)
+    outbox = OutboxWorker(
+        repository,
+        risk_index_pb2_grpc.RiskIndexServiceStub(channel),
+        deadline_s=config.outbox_deadline_s,
+        retry_max_s=config.outbox_retry_max_s,
+    )
+    declarations = Declarations(repository, identifiers, on_outbox=outbox.wake)
+    servicer = DeclarationServicer(declarations, identifiers)
+    server, _port = create_server(
+        lambda s: declaration_pb2_grpc.add_DeclarationServiceServicer_to_server(servicer, s),
+        [SERVICE_NAME],
+        port=config.port,
+        host=config.platform.host,
+    )
+    # Messages left by an earlier run go out now, whether or not anyone declares.
+    outbox.start()
+
+    def on_stop() -> None:
+        outbox.stop()
+        channel.close()
+        repository.close()
+
+    serve_forever(server, on_stop=on_stop)
+
+
+if __name__ == "__main__":
+    main()

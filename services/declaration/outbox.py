@@ -1,0 +1,199 @@
+"""Delivers the outbox to the risk index: in order, retried with backoff while it is down.
+
+Each message is acknowledged (deleted) only after the risk index answered OK, and every call is
+idempotent there (registering a known key, linking an already linked phone, replaying a batch
+id change nothing), so a crash between "sent" and "deleted" just sends it again.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import grpc
+from healthcode.v1 import common_pb2, risk_index_pb2, risk_index_pb2_grpc
+
+from services.declaration.model import PendingMessage
+from services.declaration.repository import DeclarationRepository
+
+logger = logging.getLogger(__name__)
+
+# Refusals that a retry cannot fix: the message is set aside (kept, marked dead) so it does not
+# block the ones behind it. Anything else (UNAVAILABLE, DEADLINE_EXCEEDED, ...) is retried.
+PERMANENT = frozenset(
+    {
+        grpc.StatusCode.INVALID_ARGUMENT,
+        grpc.StatusCode.ALREADY_EXISTS,
+        grpc.StatusCode.PERMISSION_DENIED,
+        grpc.StatusCode.FAILED_PRECONDITION,
+        grpc.StatusCode.NOT_FOUND,
+        grpc.StatusCode.UNIMPLEMENTED,
+    }
+)
+
+ACTOR = common_pb2.Actor(role=common_pb2.ACTOR_ROLE_SERVICE, principal="declaration")
+
+
+def _key(payload: Mapping[str, Any], name: str) -> bytes:
+    return bytes.fromhex(str(payload[name]))
+
+
+def send(stub: risk_index_pb2_grpc.RiskIndexServiceStub, message: PendingMessage, timeout: float):
+    """Deliver one message; raises grpc.RpcError on failure."""
+    p = message.payload
+    if message.kind == "register_person":
+        return stub.RegisterPerson(
+            risk_index_pb2.RegisterPersonRequest(
+                actor=ACTOR,
+                person_key=_key(p, "person_key"),
+                masked_id_number=p["masked_id_number"],
+            ),
+            timeout=timeout,
+        )
+    if message.kind == "link_phone":
+        return stub.LinkPhone(
+            risk_index_pb2.LinkPhoneRequest(
+                actor=ACTOR,
+                person_key=_key(p, "person_key"),
+                masked_id_number=p["masked_id_number"],
+                phone_key=_key(p, "phone_key"),
+                masked_phone=p["masked_phone"],
+            ),
+            timeout=timeout,
+        )
+    if message.kind == "unlink_phone":
+        return stub.UnlinkPhone(
+            risk_index_pb2.UnlinkPhoneRequest(actor=ACTOR, phone_key=_key(p, "phone_key")),
+            timeout=timeout,
+        )
+    if message.kind == "link_card":
+        return stub.LinkCard(
+            risk_index_pb2.LinkCardRequest(
+                actor=ACTOR,
+                person_key=_key(p, "person_key"),
+                masked_id_number=p["masked_id_number"],
+                card_key=_key(p, "card_key"),
+                masked_card=p["masked_card"],
+            ),
+            timeout=timeout,
+        )
+    if message.kind == "ingest_batch":
+        return stub.IngestBatch(
+            risk_index_pb2.IngestBatchRequest(
+                actor=ACTOR,
+                source=p["source"],
+                batch_id=p["batch_id"],
+                rows=[
+                    risk_index_pb2.FeedRow(
+                        person_key=_key(r, "person_key"),
+                        masked=r["masked"],
+                        day=r["day"],
+                        county=int(r["county"]),
+                    )
+                    for r in p["rows"]
+                ],
+            ),
+            timeout=timeout,
+        )
+    raise ValueError(f"unknown outbox message kind {message.kind!r}")
+
+
+class OutboxWorker:
+    """A background thread draining the outbox; `wake()` after each enqueue."""
+
+    def __init__(
+        self,
+        repository: DeclarationRepository,
+        stub: risk_index_pb2_grpc.RiskIndexServiceStub,
+        *,
+        deadline_s: float = 5.0,
+        retry_initial_s: float = 0.05,
+        retry_max_s: float = 10.0,
+        poll_s: float = 5.0,
+        sender: Callable[..., Any] = send,
+    ) -> None:
+        self._repo = repository
+        self._stub = stub
+        self._deadline = deadline_s
+        self._retry_initial = retry_initial_s
+        self._retry_max = retry_max_s
+        self._poll = poll_s
+        self._send = sender
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._delivered = 0
+
+    @property
+    def delivered(self) -> int:
+        """Messages delivered since start (for status and tests)."""
+        return self._delivered
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="outbox", daemon=True)
+        self._thread.start()
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def drain(self) -> bool:
+        """Deliver pending messages in order until done (True) or a retryable failure (False)."""
+        while not self._stop.is_set():
+            batch = self._repo.pending(100)
+            if not batch:
+                return True
+            for message in batch:
+                if self._stop.is_set():
+                    return False
+                try:
+                    self._send(self._stub, message, self._deadline)
+                except grpc.RpcError as error:
+                    code = error.code() if isinstance(error, grpc.Call) else None
+                    detail = error.details() if isinstance(error, grpc.Call) else str(error)
+                    text = f"{code.name if code else 'ERROR'}: {detail}"
+                    if code in PERMANENT:
+                        logger.error(
+                            "outbox %d (%s) refused for good: %s", message.id, message.kind, text
+                        )
+                        self._repo.record_failure(message.id, text, dead=True)
+                        continue
+                    self._repo.record_failure(message.id, text, dead=False)
+                    logger.warning(
+                        "outbox %d (%s) not delivered, will retry: %s",
+                        message.id,
+                        message.kind,
+                        text,
+                    )
+                    return False
+                except (KeyError, ValueError) as error:
+                    logger.error("outbox %d (%s) malformed: %s", message.id, message.kind, error)
+                    self._repo.record_failure(message.id, f"malformed: {error}", dead=True)
+                    continue
+                self._repo.acknowledge(message.id)
+                self._delivered += 1
+        return False
+
+    def _run(self) -> None:
+        backoff = self._retry_initial
+        while not self._stop.is_set():
+            try:
+                done = self.drain()
+            except Exception:  # a database error must not kill the worker for good
+                logger.exception("outbox drain failed")
+                done = False
+            if done:
+                backoff = self._retry_initial
+                self._wake.wait(self._poll)
+                self._wake.clear()
+            else:
+                # While the risk index is down, wake-ups do not shorten the backoff.
+                self._stop.wait(backoff)
+                backoff = min(backoff * 2, self._retry_max)

@@ -1,0 +1,68 @@
+"""The display service's two peers, behind the plain callables `DisplayDesk` takes.
+
+Each call has a deadline: the display path must fail fast (UNAVAILABLE, with which peer) rather
+than hold a gate's queue when a peer is down.
+"""
+
+from __future__ import annotations
+
+import grpc
+from healthcode.v1 import (
+    colour_pb2,
+    colour_pb2_grpc,
+    common_pb2,
+    declaration_pb2,
+    declaration_pb2_grpc,
+)
+
+from services._common.errors import DomainError, NotFound, Unavailable
+from services.display.logic import Holder, LiveColour
+
+_ACTOR = common_pb2.Actor(role=common_pb2.ACTOR_ROLE_SERVICE, principal="display")
+
+
+def _peer_error(peer: str, error: grpc.RpcError) -> DomainError:
+    code = error.code() if isinstance(error, grpc.Call) else grpc.StatusCode.UNKNOWN
+    detail = error.details() if isinstance(error, grpc.Call) else str(error)
+    return Unavailable(f"the {peer} service could not answer ({code.name}): {detail}")
+
+
+class ColourPeer:
+    """Live colours from the colour service."""
+
+    def __init__(self, channel: grpc.Channel, timeout_s: float) -> None:
+        self._stub = colour_pb2_grpc.ColourServiceStub(channel)
+        self._timeout = timeout_s
+
+    def live_colour(self, person_key: bytes) -> LiveColour:
+        request = colour_pb2.EvaluateRequest(
+            actor=_ACTOR, person=common_pb2.PersonRef(person_key=person_key)
+        )
+        try:
+            verdict = self._stub.Evaluate(request, timeout=self._timeout).verdict
+        except grpc.RpcError as error:
+            raise _peer_error("colour", error) from None
+        colour = verdict.colour - 1 if verdict.registered else None  # proto enum: 0 unspecified
+        return LiveColour(colour, verdict.index_version, verdict.rule_set_version, verdict)
+
+
+class DeclarationPeer:
+    """Masked names and ID numbers from the declaration service."""
+
+    def __init__(self, channel: grpc.Channel, timeout_s: float) -> None:
+        self._stub = declaration_pb2_grpc.DeclarationServiceStub(channel)
+        self._timeout = timeout_s
+
+    def holder_of(self, person_key: bytes) -> Holder:
+        request = declaration_pb2.GetPersonRequest(
+            actor=_ACTOR, person=common_pb2.PersonRef(person_key=person_key)
+        )
+        try:
+            person = self._stub.GetPerson(request, timeout=self._timeout).person
+        except grpc.RpcError as error:
+            if isinstance(error, grpc.Call) and error.code() == grpc.StatusCode.NOT_FOUND:
+                raise NotFound(
+                    "this person has not registered for a health code; register first"
+                ) from None
+            raise _peer_error("declaration", error) from None
+        return Holder(person.masked_name, person.masked_id_number)

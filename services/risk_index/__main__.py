@@ -1,0 +1,40 @@
+"""`python -m services.risk_index`: wire the risk-index service and wait for SIGTERM."""
+
+from __future__ import annotations
+
+from healthcode.v1 import risk_index_pb2_grpc
+
+from services._common.identifiers import Identifiers
+from services._common.logs import setup_logging
+from services._common.server import create_server, serve_forever
+from services._common.telemetry import setup_tracing
+from services.risk_index.config import RiskIndexConfig
+from services.risk_index.logic import RiskIndex
+from services.risk_index.repository import RiskIndexRepository
+from services.risk_index.servicer import SERVICE_NAME, RiskIndexServicer
+
+
+def main() -> None:
+    config = RiskIndexConfig.from_env()
+    setup_logging("risk_index", config.platform.log_level)
+    setup_tracing("risk_index")
+    repository = RiskIndexRepository(config.db_path)
+    identifiers = Identifiers.from_secret(config.secret)
+    risk_index = RiskIndex(
+        repository, identifiers, config.secret, max_batch_rows=config.max_batch_rows
+    )
+    servicer = RiskIndexServicer(risk_index, identifiers)
+    server, _port = create_server(
+        lambda s: risk_index_pb2_grpc.add_RiskIndexServiceServicer_to_server(servicer, s),
+        [SERVICE_NAME],
+        port=config.port,
+        host=config.platform.host,
+        max_workers=config.workers,
+    )
+
+    # Watchers block in the server's threads: end them before the grace period starts.
+    serve_forever(server, before_stop=risk_index.close, on_stop=repository.close)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,43 @@
+"""The risk-index service's configuration, read once from the environment at start.
+
+| variable                          | default                                   |
+|-----------------------------------|-------------------------------------------|
+| HEALTHCODE_RISK_INDEX_PORT        | 50052                                     |
+| HEALTHCODE_RISK_INDEX_DB          | <data_dir>/risk_index/risk_index.sqlite3  |
+| HEALTHCODE_MAX_BATCH_ROWS         | 50000 (larger batches: RESOURCE_EXHAUSTED) |
+| HEALTHCODE_RISK_INDEX_WORKERS     | 32 (server threads; each watcher holds one) |
+| HEALTHCODE_DATA_DIR, HEALTHCODE_SECRET, ... | see services/_common/config.py  |
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from services._common.config import PlatformConfig, env_int, load_secret
+
+
+@dataclass(frozen=True, slots=True)
+class RiskIndexConfig:
+    platform: PlatformConfig
+    port: int
+    db_path: Path
+    max_batch_rows: int
+    workers: int
+    secret: bytes
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> RiskIndexConfig:
+        env = os.environ if env is None else env
+        platform = PlatformConfig.from_env(env)
+        db = env.get("HEALTHCODE_RISK_INDEX_DB", "").strip()
+        return cls(
+            platform=platform,
+            port=platform.ports.risk_index,
+            db_path=Path(db) if db else platform.data_dir / "risk_index" / "risk_index.sqlite3",
+            max_batch_rows=env_int(env, "HEALTHCODE_MAX_BATCH_ROWS", 50_000, low=1),
+            workers=env_int(env, "HEALTHCODE_RISK_INDEX_WORKERS", 32, low=2, high=1024),
+            secret=load_secret(platform.data_dir, env),
+        )

@@ -1,0 +1,413 @@
+"""The risk index: accepts changes (feed batches, county levels, the person/phone/card registry),
+stores each durably with a new version number, then builds and publishes the next matcher
+`Index` for colour replicas to follow. No gRPC here.
+
+Ordering: one writer lock covers "commit to the database" and "build the next index", so
+version N's index is exactly version N-1's plus change N. If building fails after the commit,
+the index is rebuilt from the database, which already holds the change.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+
+from healthcode_matcher import Index, IndexBuilder
+
+from services._common import days
+from services._common.actors import Actor, Role
+from services._common.days import check_county
+from services._common.errors import AlreadyExists, InvalidArgument
+from services._common.identifiers import Identifiers, check_key
+from services._common.sources import SOURCES, Source
+from services.risk_index.model import IngestResult, RawRow, SourceStats, State
+from services.risk_index.repository import RiskIndexRepository
+from services.risk_index.validation import check_masked, validate_batch
+
+logger = logging.getLogger(__name__)
+
+INGEST_ROLES = (Role.FEED, Role.SERVICE, Role.ADMIN)
+COUNTY_ROLES = (Role.ADMIN, Role.FEED)
+REGISTRY_ROLES = (Role.SERVICE, Role.ADMIN)
+
+# Matcher county levels: 1 low, 2 medium, 3 high (0, "never graded", is not settable).
+COUNTY_LEVELS = {1: "low", 2: "medium", 3: "high"}
+
+
+def utc_now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+@dataclass(slots=True)
+class Published:
+    """One published version: its number, when, and the immutable index."""
+
+    version: int
+    published_at: dt.datetime
+    index: Index
+    _snapshot: bytes | None = field(default=None, repr=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def snapshot(self) -> bytes:
+        """`Index.to_bytes()`, computed once however many replicas watch."""
+        with self._lock:
+            if self._snapshot is None:
+                self._snapshot = self.index.to_bytes()
+            return self._snapshot
+
+
+class Publication:
+    """The current version, and a condition watchers wait on for the next one."""
+
+    def __init__(self, first: Published) -> None:
+        self._current = first
+        self._changed = threading.Condition()
+        self._closed = False
+
+    @property
+    def current(self) -> Published:
+        return self._current
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def publish(self, published: Published) -> None:
+        with self._changed:
+            self._current = published
+            self._changed.notify_all()
+
+    def wait_other(self, version: int, timeout: float) -> Published | None:
+        """The current version if it differs from `version`, waiting up to `timeout` for one."""
+        with self._changed:
+            if self._current.version == version and not self._closed:
+                self._changed.wait(timeout)
+            return None if self._current.version == version else self._current
+
+    def close(self) -> None:
+        with self._changed:
+            self._closed = True
+            self._changed.notify_all()
+
+
+@dataclass(frozen=True, slots=True)
+class SourceView:
+    """A catalogue entry with its live figures."""
+
+    source: Source
+    stats: SourceStats
+    stale: bool
+
+
+def build_index(secret: bytes, state: State) -> Index:
+    """The whole index from the database's state (at start, or after a failed apply)."""
+    builder = Index(secret).builder()
+    for source in SOURCES.values():
+        builder.define_source(source.name, source.keyed_by, source.has_county)
+    for key in state.persons:
+        builder.add_person_key(key)
+    for phone in state.phones:
+        holder = builder.add_person_key(phone.holder) if phone.holder is not None else None
+        builder.add_phone_key(phone.key, holder)
+    for card in state.cards:
+        _add_card_key(builder, card.key, builder.add_person_key(card.holder))
+    for county, level in state.county_levels.items():
+        builder.set_county_level(county, level)
+    for rows in state.rows:
+        _add_rows(builder, SOURCES[rows.source], bytes(rows.keys), rows.days, rows.counties)
+    return builder.finish()
+
+
+def _add_rows(
+    builder: IndexBuilder,
+    source: Source,
+    keys: bytes,
+    row_days: Sequence[int | None],
+    counties: Sequence[int],
+) -> None:
+    if not row_days:
+        return
+    builder.add_rows_by_key(
+        source.name, keys, list(row_days), list(counties) if source.has_county else None
+    )
+
+
+def _add_card_key(builder: IndexBuilder, key: bytes, holder: int) -> None:
+    # The matcher links cards by raw number only so far; the risk index never holds raw
+    # numbers, so until it gains `add_card_key` the link lives in the database alone (a rebuild
+    # picks it up once the matcher can take it).
+    add = getattr(builder, "add_card_key", None)
+    if add is None:
+        logger.debug("matcher has no add_card_key: card link kept in the database only")
+        return
+    add(key, holder)
+
+
+class RiskIndex:
+    """The service's domain: validated changes in, numbered index versions out."""
+
+    def __init__(
+        self,
+        repository: RiskIndexRepository,
+        identifiers: Identifiers,
+        secret: bytes,
+        *,
+        max_batch_rows: int = 50_000,
+        clock: Callable[[], dt.datetime] = utc_now,
+    ) -> None:
+        self._repository = repository
+        self._identifiers = identifiers
+        self._secret = secret
+        self._max_batch_rows = max_batch_rows
+        self._clock = clock
+        self._write = threading.Lock()
+        self._publication = Publication(self._rebuild())
+        logger.info("index rebuilt at version %d", self._publication.current.version)
+
+    # -- reading -----------------------------------------------------------------------------
+
+    @property
+    def current(self) -> Published:
+        return self._publication.current
+
+    def watch(self, known_version: int, is_active: Callable[[], bool]) -> Iterator[Published]:
+        """The current version (unless the watcher holds it already), then each new one. A slow
+        watcher skips to the latest: every version is a full snapshot, so nothing is lost."""
+        # 0 means "holds nothing": the empty index is version 0 too, and must still be sent.
+        sent = known_version if known_version > 0 else -1
+        while is_active() and not self._publication.closed:
+            published = self._publication.wait_other(sent, timeout=0.5)
+            if published is not None:
+                yield published
+                sent = published.version
+
+    def list_sources(self) -> list[SourceView]:
+        stats = self._repository.source_stats()
+        now = self._clock()
+        out = []
+        for source in SOURCES.values():
+            s = stats.get(source.name, SourceStats(0, 0, None))
+            stale = s.last_updated is None or (
+                now - s.last_updated > dt.timedelta(hours=source.max_staleness_hours)
+            )
+            out.append(SourceView(source, s, stale))
+        return out
+
+    # -- changes -----------------------------------------------------------------------------
+
+    def ingest_batch(
+        self,
+        actor: Actor,
+        source: str,
+        batch_id: str,
+        rows: Sequence[RawRow],
+        replace: bool = False,
+    ) -> IngestResult:
+        """Validate every row, then store and publish; a replay returns the first answer."""
+        actor.require(INGEST_ROLES, "IngestBatch")
+        now = self._clock()
+        batch = validate_batch(
+            actor=actor,
+            source_name=source,
+            batch_id=batch_id,
+            rows=rows,
+            replace=replace,
+            identifiers=self._identifiers,
+            today=days.today(now),
+            max_rows=self._max_batch_rows,
+        )
+        digest = batch.digest()
+        with self._write:
+            known = self._repository.find_batch(batch.batch_id)
+            if known is not None:
+                if known.digest != digest or known.source != batch.source:
+                    raise AlreadyExists(
+                        f"batch {batch.batch_id!r} was accepted before with other content "
+                        f"(source {known.source!r}, {known.row_count} rows); use a new batch id"
+                    )
+                return IngestResult(
+                    known.batch_id, known.version, known.row_count, True, known.received_at
+                )
+            version = self._repository.insert_batch(batch, digest, now)
+            source_def = SOURCES[batch.source]
+            keys = b"".join(r.key for r in batch.rows)
+            row_days = [r.day for r in batch.rows]
+            counties = [r.county or 0 for r in batch.rows]
+
+            def apply(builder: IndexBuilder) -> None:
+                if batch.replace:
+                    builder.clear_source(batch.source)
+                _add_rows(builder, source_def, keys, row_days, counties)
+
+            self._apply(version, now, apply)
+        logger.info(
+            "batch %s: %d rows of %s from %s -> version %d",
+            batch.batch_id,
+            len(batch.rows),
+            batch.source,
+            actor.role,
+            version,
+        )
+        return IngestResult(batch.batch_id, version, len(batch.rows), False, now)
+
+    def set_county_level(self, actor: Actor, county: int, level: int) -> int:
+        actor.require(COUNTY_ROLES, "SetCountyLevel")
+        violations = []
+        try:
+            check_county(county, "county")
+        except InvalidArgument as error:
+            violations.extend(error.violations)
+        if level not in COUNTY_LEVELS:
+            violations.append(("level", "set LOW, MEDIUM or HIGH"))
+        if violations:
+            raise InvalidArgument(violations)
+        now = self._clock()
+        with self._write:
+            version = self._repository.set_county_level(county, level, now)
+            if version is None:
+                return self.current.version
+            self._apply(version, now, lambda b: b.set_county_level(county, level))
+        logger.info("county %d -> %s, version %d", county, COUNTY_LEVELS[level], version)
+        return version
+
+    def register_person(self, actor: Actor, person_key: bytes, masked: str) -> tuple[int, bool]:
+        actor.require(REGISTRY_ROLES, "RegisterPerson")
+        key, masked = self._person(person_key, masked, "person_key", "masked_id_number")
+        now = self._clock()
+        with self._write:
+            version = self._repository.register_person(key, masked, now)
+            if version is None:
+                return self.current.version, False
+            self._apply(version, now, lambda b: b.add_person_key(key))
+        return version, True
+
+    def link_phone(
+        self,
+        actor: Actor,
+        person_key: bytes,
+        masked_id_number: str,
+        phone_key: bytes,
+        masked_phone: str,
+    ) -> int:
+        actor.require(REGISTRY_ROLES, "LinkPhone")
+        violations: list[tuple[str, str]] = []
+        person = phone = None
+        try:
+            person = self._person(person_key, masked_id_number, "person_key", "masked_id_number")
+        except InvalidArgument as error:
+            violations.extend(error.violations)
+        try:
+            phone = (
+                check_key(phone_key, "phone_key"),
+                check_masked(masked_phone, "masked_phone"),
+            )
+        except InvalidArgument as error:
+            violations.extend(error.violations)
+        if violations or person is None or phone is None:
+            raise InvalidArgument(violations)
+        now = self._clock()
+        with self._write:
+            version = self._repository.link_phone(person[0], person[1], phone[0], phone[1], now)
+            if version is None:
+                return self.current.version
+
+            def apply(builder: IndexBuilder) -> None:
+                holder = builder.add_person_key(person[0])
+                builder.add_phone_key(phone[0], holder)
+
+            self._apply(version, now, apply)
+        return version
+
+    def unlink_phone(self, actor: Actor, phone_key: bytes) -> tuple[int, bool]:
+        actor.require(REGISTRY_ROLES, "UnlinkPhone")
+        key = check_key(phone_key, "phone_key")
+        now = self._clock()
+        with self._write:
+            version = self._repository.unlink_phone(key, now)
+            if version is None:
+                return self.current.version, False
+            self._apply(version, now, lambda b: b.unlink_phone_key(key))
+        return version, True
+
+    def link_card(
+        self,
+        actor: Actor,
+        person_key: bytes,
+        masked_id_number: str,
+        card_key: bytes,
+        masked_card: str,
+    ) -> int:
+        actor.require(REGISTRY_ROLES, "LinkCard")
+        violations: list[tuple[str, str]] = []
+        person = card = None
+        try:
+            person = self._person(person_key, masked_id_number, "person_key", "masked_id_number")
+        except InvalidArgument as error:
+            violations.extend(error.violations)
+        try:
+            card = (check_key(card_key, "card_key"), check_masked(masked_card, "masked_card"))
+        except InvalidArgument as error:
+            violations.extend(error.violations)
+        if violations or person is None or card is None:
+            raise InvalidArgument(violations)
+        now = self._clock()
+        with self._write:
+            version = self._repository.link_card(person[0], person[1], card[0], card[1], now)
+            if version is None:
+                return self.current.version
+
+            def apply(builder: IndexBuilder) -> None:
+                _add_card_key(builder, card[0], builder.add_person_key(person[0]))
+
+            self._apply(version, now, apply)
+        return version
+
+    def close(self) -> None:
+        """Wake and end every watcher (server shutdown)."""
+        self._publication.close()
+
+    # -- internals ---------------------------------------------------------------------------
+
+    def _person(
+        self, key: bytes, masked: str, key_field: str, masked_field: str
+    ) -> tuple[bytes, str]:
+        violations: list[tuple[str, str]] = []
+        checked_key = b""
+        checked_masked = ""
+        try:
+            checked_key = check_key(key, key_field)
+        except InvalidArgument as error:
+            violations.extend(error.violations)
+        try:
+            checked_masked = check_masked(masked, masked_field)
+        except InvalidArgument as error:
+            violations.extend(error.violations)
+        if violations:
+            raise InvalidArgument(violations)
+        return checked_key, checked_masked
+
+    def _apply(
+        self, version: int, now: dt.datetime, change: Callable[[IndexBuilder], object]
+    ) -> None:
+        """Build version `version` from the current one plus `change` and publish it. Called
+        with the write lock held, after the change is durable."""
+        try:
+            builder = self.current.index.builder()
+            change(builder)
+            published = Published(version, now, builder.finish())
+        except Exception:
+            # The database already holds the change: rebuild from it rather than publish an
+            # index that disagrees with the source of truth.
+            logger.exception("applying version %d failed; rebuilding from the database", version)
+            published = self._rebuild()
+        self._publication.publish(published)
+
+    def _rebuild(self) -> Published:
+        state = self._repository.load_state()
+        index = build_index(self._secret, state)
+        if state.latest is None:
+            return Published(0, self._clock(), index)
+        return Published(state.latest.version, state.latest.published_at, index)

@@ -1,0 +1,136 @@
+"""The risk index's domain records, shared by the logic and the repository (no I/O here)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+from services._common.actors import Actor
+
+
+@dataclass(frozen=True, slots=True)
+class RawRow:
+    """A feed row as received, before validation. `subject` names the field that was set
+    ("id_number", "phone", "person_key", "phone_key", or "" for none)."""
+
+    subject: str
+    value: str | bytes
+    masked: str = ""
+    day: str = ""
+    county: int = 0
+    attributes: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Row:
+    """A validated row: keyed, masked, with a day number (None: undated) and county (None)."""
+
+    kind: str  # "person" or "phone"
+    key: bytes
+    masked: str
+    day: int | None
+    county: int | None
+    attributes: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Batch:
+    """A validated feed batch, ready to store."""
+
+    batch_id: str
+    source: str
+    replace: bool
+    actor: Actor
+    rows: Sequence[Row]
+
+    def digest(self) -> bytes:
+        """Content fingerprint: a replay must carry the same rows to count as the same batch."""
+        h = hashlib.blake2b(digest_size=16)
+        h.update(f"{self.source}\0{int(self.replace)}\0".encode())
+        for r in self.rows:
+            h.update(r.kind.encode() + b"\0" + r.key)
+            h.update(f"\0{r.day}\0{r.county}\0".encode())
+            h.update(json.dumps(dict(r.attributes), sort_keys=True).encode() + b"\0")
+        return h.digest()
+
+
+@dataclass(frozen=True, slots=True)
+class BatchRecord:
+    """A stored batch's provenance."""
+
+    batch_id: str
+    source: str
+    digest: bytes
+    replace: bool
+    actor_role: str
+    actor_principal: str
+    received_at: dt.datetime
+    row_count: int
+    version: int
+
+
+@dataclass(frozen=True, slots=True)
+class IngestResult:
+    batch_id: str
+    version: int
+    row_count: int
+    replayed: bool
+    received_at: dt.datetime
+
+
+@dataclass(frozen=True, slots=True)
+class VersionRecord:
+    """One published version: its number and when."""
+
+    version: int
+    published_at: dt.datetime
+    change: str
+
+
+@dataclass(frozen=True, slots=True)
+class SourceStats:
+    row_count: int
+    batch_count: int
+    last_updated: dt.datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class PhoneLink:
+    key: bytes
+    masked: str
+    holder: bytes | None
+
+
+@dataclass(frozen=True, slots=True)
+class CardLink:
+    key: bytes
+    masked: str
+    holder: bytes
+
+
+@dataclass(slots=True)
+class SourceRows:
+    """The live rows of one source, in acceptance order, for a rebuild."""
+
+    source: str
+    keys: bytearray = field(default_factory=bytearray)
+    days: list[int | None] = field(default_factory=list)
+    counties: list[int] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.days)
+
+
+@dataclass(frozen=True, slots=True)
+class State:
+    """Everything the index is built from, as the database holds it."""
+
+    persons: Sequence[bytes]
+    phones: Sequence[PhoneLink]
+    cards: Sequence[CardLink]
+    county_levels: Mapping[int, int]
+    rows: Sequence[SourceRows]
+    latest: VersionRecord | None

@@ -1,0 +1,371 @@
+"""The risk index's source of truth: feed batches with provenance, their rows, the person/phone/
+card registry, county levels and the numbered versions, in SQLite.
+
+Identifiers are stored as 16-byte keyed hashes plus their masked forms; a raw ID or phone number
+never reaches a table. Each accepted change and its version number commit in one transaction,
+so the numbering survives a restart and a version is never acknowledged before it is durable.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import sqlite3
+from collections.abc import Sequence
+
+from services._common.storage import SqliteRepository
+from services.risk_index.model import (
+    Batch,
+    BatchRecord,
+    CardLink,
+    PhoneLink,
+    SourceRows,
+    SourceStats,
+    State,
+    VersionRecord,
+)
+
+SCHEMA_V1 = """
+-- One row per published version; the change that made it.
+CREATE TABLE versions (
+    version      INTEGER PRIMARY KEY,
+    published_at TEXT    NOT NULL,          -- ISO 8601, UTC
+    change       TEXT    NOT NULL           -- batch:<id>, county:<code>, person, phone, card
+);
+
+-- Provenance of every accepted feed batch (R4).
+CREATE TABLE batches (
+    batch_id        TEXT    PRIMARY KEY,
+    source          TEXT    NOT NULL,
+    digest          BLOB    NOT NULL,       -- content fingerprint: replays must match
+    replace         INTEGER NOT NULL,       -- 1: the source's complete list at that time
+    actor_role      TEXT    NOT NULL,
+    actor_principal TEXT    NOT NULL,
+    received_at     TEXT    NOT NULL,
+    row_count       INTEGER NOT NULL,
+    version         INTEGER NOT NULL REFERENCES versions(version),
+    superseded_by   INTEGER REFERENCES versions(version)  -- a later replace batch
+);
+CREATE INDEX batches_by_source ON batches(source, version);
+
+-- Feed rows by key and masked form, never by raw number.
+CREATE TABLE feed_rows (
+    batch_id     TEXT    NOT NULL REFERENCES batches(batch_id),
+    seq          INTEGER NOT NULL,
+    subject_kind TEXT    NOT NULL CHECK (subject_kind IN ('person', 'phone')),
+    subject_key  BLOB    NOT NULL CHECK (length(subject_key) = 16),
+    masked       TEXT    NOT NULL,
+    day          INTEGER,                   -- days since 1970-01-01 (Asia/Shanghai); NULL undated
+    county       INTEGER,                   -- GB/T 2260 code; NULL when the source has none
+    attributes   TEXT,                      -- JSON object; NULL when none
+    PRIMARY KEY (batch_id, seq)
+) WITHOUT ROWID;
+
+CREATE TABLE persons (
+    person_key       BLOB PRIMARY KEY CHECK (length(person_key) = 16),
+    masked_id_number TEXT    NOT NULL,
+    registered_at    TEXT    NOT NULL,
+    version          INTEGER NOT NULL
+) WITHOUT ROWID;
+
+CREATE TABLE phones (
+    phone_key    BLOB PRIMARY KEY CHECK (length(phone_key) = 16),
+    masked_phone TEXT    NOT NULL,
+    holder_key   BLOB REFERENCES persons(person_key),
+    changed_at   TEXT    NOT NULL,
+    version      INTEGER NOT NULL
+) WITHOUT ROWID;
+
+CREATE TABLE cards (
+    card_key    BLOB PRIMARY KEY CHECK (length(card_key) = 16),
+    masked_card TEXT    NOT NULL,
+    holder_key  BLOB    NOT NULL REFERENCES persons(person_key),
+    changed_at  TEXT    NOT NULL,
+    version     INTEGER NOT NULL
+) WITHOUT ROWID;
+
+CREATE TABLE county_levels (
+    county     INTEGER PRIMARY KEY,
+    level      INTEGER NOT NULL CHECK (level BETWEEN 1 AND 3),
+    changed_at TEXT    NOT NULL,
+    version    INTEGER NOT NULL
+);
+"""
+
+
+def _iso(value: dt.datetime) -> str:
+    return value.astimezone(dt.UTC).isoformat()
+
+
+def _from_iso(text: str) -> dt.datetime:
+    return dt.datetime.fromisoformat(text)
+
+
+class RiskIndexRepository(SqliteRepository):
+    MIGRATIONS = (SCHEMA_V1,)
+
+    # -- versions --------------------------------------------------------------------------
+
+    def latest_version(self) -> VersionRecord | None:
+        with self.reading() as conn:
+            return _latest(conn)
+
+    def _next_version(self, conn: sqlite3.Connection, change: str, now: dt.datetime) -> int:
+        row = conn.execute("SELECT COALESCE(MAX(version), 0) + 1 FROM versions").fetchone()
+        version = int(row[0])
+        conn.execute(
+            "INSERT INTO versions (version, published_at, change) VALUES (?, ?, ?)",
+            (version, _iso(now), change),
+        )
+        return version
+
+    # -- batches ---------------------------------------------------------------------------
+
+    def find_batch(self, batch_id: str) -> BatchRecord | None:
+        with self.reading() as conn:
+            row = conn.execute("SELECT * FROM batches WHERE batch_id = ?", (batch_id,)).fetchone()
+        if row is None:
+            return None
+        return BatchRecord(
+            batch_id=row["batch_id"],
+            source=row["source"],
+            digest=bytes(row["digest"]),
+            replace=bool(row["replace"]),
+            actor_role=row["actor_role"],
+            actor_principal=row["actor_principal"],
+            received_at=_from_iso(row["received_at"]),
+            row_count=int(row["row_count"]),
+            version=int(row["version"]),
+        )
+
+    def insert_batch(self, batch: Batch, digest: bytes, now: dt.datetime) -> int:
+        """Store a batch, its rows and a new version in one transaction; the version."""
+        with self.transaction() as conn:
+            version = self._next_version(conn, f"batch:{batch.batch_id}", now)
+            if batch.replace:
+                conn.execute(
+                    "UPDATE batches SET superseded_by = ? WHERE source = ? "
+                    "AND superseded_by IS NULL",
+                    (version, batch.source),
+                )
+            conn.execute(
+                "INSERT INTO batches (batch_id, source, digest, replace, actor_role, "
+                "actor_principal, received_at, row_count, version) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    batch.batch_id,
+                    batch.source,
+                    digest,
+                    int(batch.replace),
+                    batch.actor.role.value,
+                    batch.actor.principal or batch.actor.masked_id_number,
+                    _iso(now),
+                    len(batch.rows),
+                    version,
+                ),
+            )
+            conn.executemany(
+                "INSERT INTO feed_rows (batch_id, seq, subject_kind, subject_key, masked, day, "
+                "county, attributes) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    (
+                        batch.batch_id,
+                        seq,
+                        r.kind,
+                        r.key,
+                        r.masked,
+                        r.day,
+                        r.county,
+                        json.dumps(dict(r.attributes), ensure_ascii=False)
+                        if r.attributes
+                        else None,
+                    )
+                    for seq, r in enumerate(batch.rows)
+                ),
+            )
+            return version
+
+    def source_stats(self) -> dict[str, SourceStats]:
+        """Live row counts (superseded batches excluded), batch counts and last update."""
+        with self.reading() as conn:
+            rows = conn.execute(
+                "SELECT source, "
+                "COALESCE(SUM(CASE WHEN superseded_by IS NULL THEN row_count END), 0) AS live, "
+                "COUNT(*) AS batches, MAX(received_at) AS last "
+                "FROM batches GROUP BY source"
+            ).fetchall()
+        return {
+            r["source"]: SourceStats(
+                row_count=int(r["live"]),
+                batch_count=int(r["batches"]),
+                last_updated=_from_iso(r["last"]) if r["last"] else None,
+            )
+            for r in rows
+        }
+
+    # -- registry --------------------------------------------------------------------------
+
+    def _ensure_person(
+        self, conn: sqlite3.Connection, key: bytes, masked: str, now: dt.datetime, version: int
+    ) -> None:
+        conn.execute(
+            "INSERT INTO persons (person_key, masked_id_number, registered_at, version) "
+            "VALUES (?, ?, ?, ?) ON CONFLICT (person_key) DO NOTHING",
+            (key, masked, _iso(now), version),
+        )
+
+    def _has_person(self, conn: sqlite3.Connection, key: bytes) -> bool:
+        found = conn.execute("SELECT 1 FROM persons WHERE person_key = ?", (key,)).fetchone()
+        return found is not None
+
+    def register_person(self, key: bytes, masked: str, now: dt.datetime) -> int | None:
+        """A new version if the person is new, else None (nothing changed)."""
+        with self.transaction() as conn:
+            if self._has_person(conn, key):
+                return None
+            version = self._next_version(conn, "person", now)
+            self._ensure_person(conn, key, masked, now, version)
+            return version
+
+    def link_phone(
+        self,
+        person_key: bytes,
+        masked_id_number: str,
+        phone_key: bytes,
+        masked_phone: str,
+        now: dt.datetime,
+    ) -> int | None:
+        with self.transaction() as conn:
+            current = conn.execute(
+                "SELECT holder_key FROM phones WHERE phone_key = ?", (phone_key,)
+            ).fetchone()
+            if current is not None and current["holder_key"] == person_key:
+                return None
+            version = self._next_version(conn, "phone", now)
+            self._ensure_person(conn, person_key, masked_id_number, now, version)
+            conn.execute(
+                "INSERT INTO phones (phone_key, masked_phone, holder_key, changed_at, version) "
+                "VALUES (?, ?, ?, ?, ?) ON CONFLICT (phone_key) DO UPDATE SET "
+                "holder_key = excluded.holder_key, masked_phone = excluded.masked_phone, "
+                "changed_at = excluded.changed_at, version = excluded.version",
+                (phone_key, masked_phone, person_key, _iso(now), version),
+            )
+            return version
+
+    def unlink_phone(self, phone_key: bytes, now: dt.datetime) -> int | None:
+        with self.transaction() as conn:
+            current = conn.execute(
+                "SELECT holder_key FROM phones WHERE phone_key = ?", (phone_key,)
+            ).fetchone()
+            if current is None or current["holder_key"] is None:
+                return None
+            version = self._next_version(conn, "phone", now)
+            conn.execute(
+                "UPDATE phones SET holder_key = NULL, changed_at = ?, version = ? "
+                "WHERE phone_key = ?",
+                (_iso(now), version, phone_key),
+            )
+            return version
+
+    def link_card(
+        self,
+        person_key: bytes,
+        masked_id_number: str,
+        card_key: bytes,
+        masked_card: str,
+        now: dt.datetime,
+    ) -> int | None:
+        with self.transaction() as conn:
+            current = conn.execute(
+                "SELECT holder_key FROM cards WHERE card_key = ?", (card_key,)
+            ).fetchone()
+            if current is not None and current["holder_key"] == person_key:
+                return None
+            version = self._next_version(conn, "card", now)
+            self._ensure_person(conn, person_key, masked_id_number, now, version)
+            conn.execute(
+                "INSERT INTO cards (card_key, masked_card, holder_key, changed_at, version) "
+                "VALUES (?, ?, ?, ?, ?) ON CONFLICT (card_key) DO UPDATE SET "
+                "holder_key = excluded.holder_key, masked_card = excluded.masked_card, "
+                "changed_at = excluded.changed_at, version = excluded.version",
+                (card_key, masked_card, person_key, _iso(now), version),
+            )
+            return version
+
+    def set_county_level(self, county: int, level: int, now: dt.datetime) -> int | None:
+        with self.transaction() as conn:
+            current = conn.execute(
+                "SELECT level FROM county_levels WHERE county = ?", (county,)
+            ).fetchone()
+            if current is not None and int(current["level"]) == level:
+                return None
+            version = self._next_version(conn, f"county:{county}", now)
+            conn.execute(
+                "INSERT INTO county_levels (county, level, changed_at, version) "
+                "VALUES (?, ?, ?, ?) ON CONFLICT (county) DO UPDATE SET "
+                "level = excluded.level, changed_at = excluded.changed_at, "
+                "version = excluded.version",
+                (county, level, _iso(now), version),
+            )
+            return version
+
+    def masked_phones(self, keys: Sequence[bytes]) -> dict[bytes, str]:
+        """Masked forms of phones by key (for explanations)."""
+        out: dict[bytes, str] = {}
+        with self.reading() as conn:
+            for key in keys:
+                row = conn.execute(
+                    "SELECT masked_phone FROM phones WHERE phone_key = ?", (key,)
+                ).fetchone()
+                if row is not None:
+                    out[key] = row["masked_phone"]
+        return out
+
+    # -- rebuild ---------------------------------------------------------------------------
+
+    def load_state(self) -> State:
+        """Everything needed to rebuild the index, read in one consistent snapshot."""
+        with self.reading() as conn:
+            persons = [
+                bytes(r[0])
+                for r in conn.execute("SELECT person_key FROM persons ORDER BY version, person_key")
+            ]
+            phones = [
+                PhoneLink(
+                    bytes(r["phone_key"]),
+                    r["masked_phone"],
+                    bytes(r["holder_key"]) if r["holder_key"] is not None else None,
+                )
+                for r in conn.execute("SELECT * FROM phones ORDER BY version, phone_key")
+            ]
+            cards = [
+                CardLink(bytes(r["card_key"]), r["masked_card"], bytes(r["holder_key"]))
+                for r in conn.execute("SELECT * FROM cards ORDER BY version, card_key")
+            ]
+            counties = {
+                int(r["county"]): int(r["level"])
+                for r in conn.execute("SELECT county, level FROM county_levels")
+            }
+            by_source: dict[str, SourceRows] = {}
+            for r in conn.execute(
+                "SELECT b.source, f.subject_key, f.day, f.county FROM feed_rows f "
+                "JOIN batches b ON b.batch_id = f.batch_id "
+                "WHERE b.superseded_by IS NULL ORDER BY b.version, f.seq"
+            ):
+                rows = by_source.get(r[0])
+                if rows is None:
+                    rows = by_source[r[0]] = SourceRows(r[0])
+                rows.keys += r[1]
+                rows.days.append(r[2])
+                rows.counties.append(r[3] if r[3] is not None else 0)
+            latest = _latest(conn)
+        return State(persons, phones, cards, counties, list(by_source.values()), latest)
+
+
+def _latest(conn: sqlite3.Connection) -> VersionRecord | None:
+    row = conn.execute(
+        "SELECT version, published_at, change FROM versions ORDER BY version DESC LIMIT 1"
+    ).fetchone()
+    if row is None:
+        return None
+    return VersionRecord(int(row[0]), _from_iso(row[1]), row[2])

@@ -1,0 +1,184 @@
+"""RiskIndexService over gRPC: proto <-> domain only; the work is in `logic.RiskIndex`."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterator
+
+import grpc
+from healthcode.v1 import risk_index_pb2, risk_index_pb2_grpc
+
+from services._common.convert import actor_from_proto, timestamp
+from services._common.errors import grpc_errors
+from services._common.identifiers import Identifiers
+from services.risk_index.logic import RiskIndex
+from services.risk_index.model import RawRow
+
+SERVICE_NAME = risk_index_pb2.DESCRIPTOR.services_by_name["RiskIndexService"].full_name
+
+# Each message stays well under gRPC's default 4 MiB limit, whatever the receiver's settings.
+CHUNK_BYTES = 1024 * 1024
+
+_SUBJECT_KIND = {
+    "person": risk_index_pb2.SUBJECT_KIND_PERSON,
+    "phone": risk_index_pb2.SUBJECT_KIND_PHONE,
+}
+
+
+def raw_row(row: risk_index_pb2.FeedRow) -> RawRow:
+    subject = row.WhichOneof("subject") or ""
+    value: str | bytes = getattr(row, subject) if subject else ""
+    return RawRow(
+        subject=subject,
+        value=value,
+        masked=row.masked,
+        day=row.day,
+        county=row.county,
+        attributes=dict(row.attributes),
+    )
+
+
+class RiskIndexServicer(risk_index_pb2_grpc.RiskIndexServiceServicer):
+    def __init__(self, risk_index: RiskIndex, identifiers: Identifiers) -> None:
+        self._index = risk_index
+        self._ids = identifiers
+
+    @grpc_errors
+    def IngestBatch(
+        self, request: risk_index_pb2.IngestBatchRequest, context: grpc.ServicerContext
+    ) -> risk_index_pb2.IngestBatchResponse:
+        actor = actor_from_proto(request.actor, self._ids)
+        result = self._index.ingest_batch(
+            actor,
+            request.source,
+            request.batch_id,
+            [raw_row(r) for r in request.rows],
+            request.replace,
+        )
+        return risk_index_pb2.IngestBatchResponse(
+            batch_id=result.batch_id,
+            index_version=result.version,
+            row_count=result.row_count,
+            replayed=result.replayed,
+            received_at=timestamp(result.received_at),
+        )
+
+    @grpc_errors
+    def SetCountyLevel(
+        self, request: risk_index_pb2.SetCountyLevelRequest, context: grpc.ServicerContext
+    ) -> risk_index_pb2.SetCountyLevelResponse:
+        actor = actor_from_proto(request.actor, self._ids)
+        # The proto's levels are the matcher's (1 low, 2 medium, 3 high); 0 is unspecified.
+        version = self._index.set_county_level(actor, request.county, int(request.level))
+        return risk_index_pb2.SetCountyLevelResponse(index_version=version)
+
+    @grpc_errors
+    def RegisterPerson(
+        self, request: risk_index_pb2.RegisterPersonRequest, context: grpc.ServicerContext
+    ) -> risk_index_pb2.RegisterPersonResponse:
+        actor = actor_from_proto(request.actor, self._ids)
+        version, created = self._index.register_person(
+            actor, request.person_key, request.masked_id_number
+        )
+        return risk_index_pb2.RegisterPersonResponse(index_version=version, created=created)
+
+    @grpc_errors
+    def LinkPhone(
+        self, request: risk_index_pb2.LinkPhoneRequest, context: grpc.ServicerContext
+    ) -> risk_index_pb2.LinkPhoneResponse:
+        actor = actor_from_proto(request.actor, self._ids)
+        version = self._index.link_phone(
+            actor,
+            request.person_key,
+            request.masked_id_number,
+            request.phone_key,
+            request.masked_phone,
+        )
+        return risk_index_pb2.LinkPhoneResponse(index_version=version)
+
+    @grpc_errors
+    def UnlinkPhone(
+        self, request: risk_index_pb2.UnlinkPhoneRequest, context: grpc.ServicerContext
+    ) -> risk_index_pb2.UnlinkPhoneResponse:
+        actor = actor_from_proto(request.actor, self._ids)
+        version, was_linked = self._index.unlink_phone(actor, request.phone_key)
+        return risk_index_pb2.UnlinkPhoneResponse(index_version=version, was_linked=was_linked)
+
+    @grpc_errors
+    def LinkCard(
+        self, request: risk_index_pb2.LinkCardRequest, context: grpc.ServicerContext
+    ) -> risk_index_pb2.LinkCardResponse:
+        actor = actor_from_proto(request.actor, self._ids)
+        version = self._index.link_card(
+            actor,
+            request.person_key,
+            request.masked_id_number,
+            request.card_key,
+            request.masked_card,
+        )
+        return risk_index_pb2.LinkCardResponse(index_version=version)
+
+    @grpc_errors
+    def ListSources(
+        self, request: risk_index_pb2.ListSourcesRequest, context: grpc.ServicerContext
+    ) -> risk_index_pb2.ListSourcesResponse:
+        response = risk_index_pb2.ListSourcesResponse()
+        for view in self._index.list_sources():
+            s = view.source
+            info = response.sources.add(
+                name=s.name,
+                keyed_by=_SUBJECT_KIND[s.keyed_by],
+                has_county=s.has_county,
+                dated=s.dated,
+                clearing=s.clearing,
+                max_staleness_hours=s.max_staleness_hours,
+                title_zh=s.title_zh,
+                title_en=s.title_en,
+                row_count=view.stats.row_count,
+                batch_count=view.stats.batch_count,
+                stale=view.stale,
+            )
+            if view.stats.last_updated is not None:
+                info.last_updated.CopyFrom(timestamp(view.stats.last_updated))
+        return response
+
+    @grpc_errors
+    def GetIndexVersion(
+        self, request: risk_index_pb2.GetIndexVersionRequest, context: grpc.ServicerContext
+    ) -> risk_index_pb2.GetIndexVersionResponse:
+        current = self._index.current
+        return risk_index_pb2.GetIndexVersionResponse(
+            version=current.version,
+            published_at=timestamp(current.published_at),
+            person_count=current.index.person_count,
+            phone_count=current.index.phone_count,
+            card_count=current.index.card_count,
+        )
+
+    @grpc_errors
+    def WatchIndex(
+        self, request: risk_index_pb2.WatchIndexRequest, context: grpc.ServicerContext
+    ) -> Iterator[risk_index_pb2.WatchIndexResponse]:
+        for published in self._index.watch(request.known_version, context.is_active):
+            yield from snapshot_chunks(
+                published.version, published.snapshot(), published.published_at
+            )
+
+
+def snapshot_chunks(
+    version: int, data: bytes, published_at_time: dt.datetime
+) -> Iterator[risk_index_pb2.WatchIndexResponse]:
+    """One version's snapshot as <= 1 MiB messages; an empty snapshot is still one message."""
+    published_at = timestamp(published_at_time)
+    total = len(data)
+    view = memoryview(data)
+    count = max(1, -(-total // CHUNK_BYTES))
+    for i in range(count):
+        yield risk_index_pb2.WatchIndexResponse(
+            version=version,
+            chunk_index=i,
+            data=bytes(view[i * CHUNK_BYTES : (i + 1) * CHUNK_BYTES]),
+            last_chunk=i == count - 1,
+            total_size=total,
+            published_at=published_at,
+        )

@@ -1,0 +1,39 @@
+"""The four real service processes on free loopback ports, one stack per test.
+
+Each stack has its own data directory (so its own secret, databases and signing key), is waited
+for until every service answers gRPC health SERVING, and is stopped with SIGTERM at the end; a
+service that does not exit cleanly fails the test, with the end of its log.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from clients.stack import Stack, StackError
+
+
+@pytest.fixture
+def stack(tmp_path: Path) -> Iterator[Stack]:
+    s = Stack.on_free_ports(
+        tmp_path / "data",
+        # Fast reconnects: a test should not sit in a 5 s backoff after a hiccup.
+        {"HEALTHCODE_COLOUR_RECONNECT_MAX_S": "0.5", "HEALTHCODE_LOG_LEVEL": "INFO"},
+    )
+    s.start()
+    try:
+        try:
+            # A fresh risk index is at version 0 and publishes version 1 on the first change;
+            # the tests wait for the versions they need.
+            s.wait_healthy(timeout_s=60, need_index=False)
+        except StackError as e:
+            pytest.fail(str(e))
+        yield s
+    finally:
+        codes = s.stop()
+    unclean = {name: code for name, code in codes.items() if code != 0}
+    if unclean:
+        tails = "\n".join(f"--- {n}:\n{s.log_tail(n)}" for n in unclean)
+        pytest.fail(f"services did not stop cleanly on SIGTERM: {unclean}\n{tails}")
