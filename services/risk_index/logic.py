@@ -103,7 +103,8 @@ class SourceView:
 
 
 def build_index(secret: bytes, state: State) -> Index:
-    """The whole index from the database's state (at start, or after a failed apply)."""
+    """The whole index from the database's state (at start, or after a failed apply), numbered
+    as the database's latest version so a replica sees one numbering."""
     builder = Index(secret).builder()
     for source in SOURCES.values():
         builder.define_source(source.name, source.keyed_by, source.has_county)
@@ -113,12 +114,13 @@ def build_index(secret: bytes, state: State) -> Index:
         holder = builder.add_person_key(phone.holder) if phone.holder is not None else None
         builder.add_phone_key(phone.key, holder)
     for card in state.cards:
-        _add_card_key(builder, card.key, builder.add_person_key(card.holder))
+        builder.add_card_key(card.key, builder.add_person_key(card.holder))
     for county, level in state.county_levels.items():
         builder.set_county_level(county, level)
     for rows in state.rows:
         _add_rows(builder, SOURCES[rows.source], bytes(rows.keys), rows.days, rows.counties)
-    return builder.finish()
+    latest = state.latest.version if state.latest is not None else 0
+    return builder.finish(version=latest) if latest > 0 else builder.finish()
 
 
 def _add_rows(
@@ -133,17 +135,6 @@ def _add_rows(
     builder.add_rows_by_key(
         source.name, keys, list(row_days), list(counties) if source.has_county else None
     )
-
-
-def _add_card_key(builder: IndexBuilder, key: bytes, holder: int) -> None:
-    # The matcher links cards by raw number only so far; the risk index never holds raw
-    # numbers, so until it gains `add_card_key` the link lives in the database alone (a rebuild
-    # picks it up once the matcher can take it).
-    add = getattr(builder, "add_card_key", None)
-    if add is None:
-        logger.debug("matcher has no add_card_key: card link kept in the database only")
-        return
-    add(key, holder)
 
 
 class RiskIndex:
@@ -360,7 +351,7 @@ class RiskIndex:
                 return self.current.version
 
             def apply(builder: IndexBuilder) -> None:
-                _add_card_key(builder, card[0], builder.add_person_key(person[0]))
+                builder.add_card_key(card[0], builder.add_person_key(person[0]))
 
             self._apply(version, now, apply)
         return version
@@ -397,7 +388,7 @@ class RiskIndex:
         try:
             builder = self.current.index.builder()
             change(builder)
-            published = Published(version, now, builder.finish())
+            published = Published(version, now, builder.finish(version=version))
         except Exception:
             # The database already holds the change: rebuild from it rather than publish an
             # index that disagrees with the source of truth.
