@@ -178,7 +178,8 @@ fn in_window(day: u32, today: u32, days: Option<u32>) -> bool {
     match days {
         _ if day == UNDATED => true,
         None => true,
-        Some(n) => day <= today && day + n > today,
+        // `today - day` cannot overflow once `day <= today`; `day + n` could
+        Some(n) => day <= today && today - day < n,
     }
 }
 

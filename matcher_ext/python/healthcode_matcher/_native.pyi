@@ -2,7 +2,8 @@
 
 Days are whole days since 1970-01-01 *in Asia/Shanghai local time* (the caller converts).
 Colours are ints: 0 green, 1 yellow, 2 red (see `healthcode_matcher.Colour`).
-County risk levels are ints: 0 none, 1 low, 2 medium, 3 high.
+County risk levels are ints: 0 none, 1 low, 2 medium, 3 high. County code 0 is reserved (it marks
+rows of sources without counties) and is refused.
 """
 
 from collections.abc import Sequence
@@ -39,7 +40,8 @@ class InvalidIdNumber(IdentifierError):
     """A resident ID number fails GB 11643 (length, digits, check digit, birth date)."""
 
 class InvalidPhone(IdentifierError):
-    """Not a mainland mobile number (11 digits, 1[3-9]xxxxxxxxx, optional +86)."""
+    """Not a mainland mobile number (11 digits 1[3-9]xxxxxxxxx; spaces, dashes and a leading
+    +86, 0086 or 86 country code are accepted)."""
 
 class PlanError(ValueError):
     """A rule plan is malformed; the message names the rule id and the field."""
@@ -72,7 +74,7 @@ class Hasher:
     def phone_key(self, phone: str) -> bytes:
         """Validate, normalise and hash a phone number: 16 bytes."""
     def card_key(self, card: str) -> bytes:
-        """Hash a transit card number (trimmed, non-empty, at most 64 chars): 16 bytes."""
+        """Hash a transit card number (trimmed, upper-cased, 1 to 64 printable ASCII): 16 bytes."""
 
 @final
 class Index:
@@ -108,7 +110,9 @@ class Index:
         """Days that hold rows (None for the undated bucket)."""
     def source_counties(self, name: str) -> list[int]: ...
     def source_bitmap(self, name: str, day: int | None = None, county: int | None = None) -> bytes:
-        """One bucket in the portable roaring format (readable by pyroaring)."""
+        """One day's rows (None: the undated bucket) in the portable roaring format (readable by
+        pyroaring); for a county source one county's rows, or with `county=None` the union over
+        every county."""
     def source_len(self, name: str) -> int:
         """Distinct members over all buckets."""
     def save(self, path: str) -> None:

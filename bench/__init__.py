@@ -1,0 +1,1 @@
+"""Benchmarks with their baselines; results are recorded in BENCHMARKS.md."""
