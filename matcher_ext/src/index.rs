@@ -1,4 +1,4 @@
-//! One index version: the registry, the sources as day buckets of roaring bitmaps, and county
+//! One index version: the registry, the sources as (county, day) buckets of ids, and county
 //! risk levels. Versions are immutable; the next one is built aside from a cheap clone.
 
 use std::collections::{BTreeMap, HashMap};
@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use roaring::RoaringBitmap;
 
+use crate::bucket::{self, Bucket};
 use crate::errors::{MatcherError, Result};
 use crate::ids::{Hasher, Key};
 use crate::registry::Registry;
@@ -58,17 +59,13 @@ pub struct Source {
     /// Whether rows carry a county.
     pub has_county: bool,
     /// The rows, by (county, day). Buckets are shared between versions until changed.
-    pub buckets: BTreeMap<BucketKey, Arc<RoaringBitmap>>,
+    pub buckets: BTreeMap<BucketKey, Arc<Bucket>>,
 }
 
 impl Source {
     /// Distinct ids over all buckets.
     pub fn members(&self) -> RoaringBitmap {
-        let mut all = RoaringBitmap::new();
-        for b in self.buckets.values() {
-            all |= b.as_ref();
-        }
-        all
+        bucket::union(self.buckets.values().map(|b| b.as_ref()))
     }
 }
 
@@ -316,8 +313,8 @@ impl Builder {
         let gone = RoaringBitmap::from_iter(ids.iter().copied());
         let source = self.source_mut(name)?;
         source.buckets.retain(|_, b| {
-            if !b.is_disjoint(&gone) {
-                *Arc::make_mut(b) -= &gone;
+            if b.intersection_len(&gone) > 0 {
+                Arc::make_mut(b).remove_all(&gone);
             }
             !b.is_empty()
         });
@@ -365,19 +362,17 @@ fn check_counties(name: &str, s: &Source, rows: usize, counties: Option<&[u32]>)
     }
 }
 
-fn insert_bucket(source: &mut Source, bucket: BucketKey, ids: impl Iterator<Item = u32>) {
+fn insert_bucket(source: &mut Source, key: BucketKey, ids: impl Iterator<Item = u32>) {
     let mut ids: Vec<u32> = ids.collect();
     ids.sort_unstable();
     ids.dedup();
-    let b = source
-        .buckets
-        .entry(bucket)
-        .or_insert_with(|| Arc::new(RoaringBitmap::new()));
-    let b = Arc::make_mut(b);
-    if b.is_empty() {
-        *b = RoaringBitmap::from_sorted_iter(ids).expect("sorted and deduplicated");
-    } else {
-        b.extend(ids);
+    match source.buckets.get_mut(&key) {
+        Some(b) => Arc::make_mut(b).insert_sorted(&ids),
+        None => {
+            source
+                .buckets
+                .insert(key, Arc::new(Bucket::from_sorted(ids)));
+        }
     }
 }
 

@@ -8,6 +8,7 @@
 //! `python` feature, so `cargo test` needs no interpreter.
 #![warn(missing_docs)]
 
+pub mod bucket;
 pub mod errors;
 pub mod ids;
 pub mod index;

@@ -12,6 +12,7 @@ use std::sync::Arc;
 use rayon::prelude::*;
 use roaring::RoaringBitmap;
 
+use crate::bucket::{self, Bucket};
 use crate::errors::{MatcherError, Result};
 use crate::index::{Index, KeyedBy, Source, NO_COUNTY, UNDATED};
 
@@ -189,7 +190,7 @@ fn buckets<'a>(
     s: &'a Source,
     c: &'a Check,
     today: u32,
-) -> impl Iterator<Item = (u32, u32, &'a RoaringBitmap)> + 'a {
+) -> impl Iterator<Item = (u32, u32, &'a Bucket)> + 'a {
     s.buckets.iter().filter_map(move |(&(county, day), b)| {
         let level_ok = match c.min_level {
             None => true,
@@ -201,11 +202,7 @@ fn buckets<'a>(
 
 fn window_union(index: &Index, c: &Check, today: u32) -> RoaringBitmap {
     let s = &index.sources[&c.source];
-    let mut u = RoaringBitmap::new();
-    for (_, _, b) in buckets(index, s, c, today) {
-        u |= b;
-    }
-    u
+    bucket::union(buckets(index, s, c, today).map(|(_, _, b)| b))
 }
 
 fn holders_of(index: &Index, phones: &RoaringBitmap) -> RoaringBitmap {

@@ -315,12 +315,12 @@ impl PyIndex {
     ) -> PyResult<Bound<'py, PyBytes>> {
         let s = self.inner.source(name).map_err(py_err)?;
         let day = day_of(day)?;
-        let mut b = roaring::RoaringBitmap::new();
-        for (&(c, d), bucket) in &s.buckets {
-            if d == day && county.is_none_or(|want| want == c) {
-                b |= bucket.as_ref();
-            }
-        }
+        let b = crate::bucket::union(
+            s.buckets
+                .iter()
+                .filter(|(&(c, d), _)| d == day && county.is_none_or(|want| want == c))
+                .map(|(_, b)| b.as_ref()),
+        );
         let mut out = Vec::with_capacity(b.serialized_size());
         b.serialize_into(&mut out)
             .expect("writing to a Vec cannot fail");

@@ -23,6 +23,7 @@ use std::sync::Arc;
 
 use roaring::RoaringBitmap;
 
+use crate::bucket::Bucket;
 use crate::errors::{MatcherError, Result};
 use crate::ids::{Hasher, Key};
 use crate::index::{Index, KeyedBy, Source};
@@ -75,6 +76,7 @@ pub fn to_bytes(index: &Index) -> Vec<u8> {
         for (&(county, day), b) in &s.buckets {
             body.extend_from_slice(&county.to_le_bytes());
             body.extend_from_slice(&day.to_le_bytes());
+            let b = b.to_bitmap();
             body.extend_from_slice(&(b.serialized_size() as u32).to_le_bytes());
             b.serialize_into(&mut body)
                 .expect("writing to a Vec cannot fail");
@@ -238,7 +240,7 @@ pub fn from_bytes(bytes: &[u8], secret: [u8; 32]) -> Result<Index> {
             if b.max().is_some_and(|m| u64::from(m) >= limit) {
                 return Err(err(format!("source {name:?}: an id is not registered")));
             }
-            buckets.insert((county, day), Arc::new(b));
+            buckets.insert((county, day), Arc::new(Bucket::from_bitmap(b)));
         }
         sources.insert(
             name,

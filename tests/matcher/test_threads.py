@@ -95,7 +95,9 @@ def test_readers_see_whole_versions_during_swaps() -> None:
     previous = first
     try:
         for k in range(1, VERSIONS + 1):
-            if stop.is_set() or time.monotonic() > deadline:
+            # every version is published however slow the machine: the deadline only bounds
+            # the wait for readers, so a loaded CI machine cannot fail the count below
+            if stop.is_set():
                 break
             nxt = version(k, previous.index)
             with lock:
