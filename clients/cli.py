@@ -6,6 +6,7 @@
     healthcode scan HC1.xxxx --verifier gate-7
     healthcode ingest close_contacts.csv --source close_contact
     healthcode explain 120101199001011234
+    healthcode what-if draft-rules.toml
     healthcode counters --follow
     healthcode status
 
@@ -52,6 +53,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from clients.channel import DEFAULT_TIMEOUT_S, Peers, describe_error, open_channel
+from clients.feedgen import COUNTIES, TIANJIN_DISTRICTS
 
 app = typer.Typer(
     name="healthcode",
@@ -219,6 +221,22 @@ def _print_verdict(verdict: colour_pb2.Verdict, *, remedies: bool = True) -> Non
         f"[dim]rule set {verdict.rule_set_version} · index version {verdict.index_version} · "
         f"day {verdict.day}[/]"
     )
+    if verdict.stale:
+        # Never silent: a verifier must know the colour may miss a stalled feed's rows.
+        feeds = ", ".join(
+            f"{f.source} ({_last_updated(f)})" for f in verdict.stale_feeds
+        ) or ", ".join(verdict.stale_sources)
+        out.print(f"[bold yellow]depends on stale feeds:[/] {feeds}")
+
+
+_CST = dt.timezone(dt.timedelta(hours=8))
+
+
+def _last_updated(f: colour_pb2.SourceFreshness) -> str:
+    if not f.HasField("last_updated"):
+        return "never updated"
+    when = f.last_updated.ToDatetime(dt.UTC).astimezone(_CST)
+    return f"last updated {when:%Y-%m-%d %H:%M} CST"
 
 
 # --- register / declare ----------------------------------------------------------------------
@@ -640,31 +658,209 @@ def explain(
         typer.Option("--shared-only", help="Only the rules other provinces see (R6)."),
     ] = False,
     principal: Annotated[str, typer.Option(help="The support agent's id.")] = "support-desk",
+    all_sources: Annotated[
+        bool,
+        typer.Option("--all-sources", help="List the freshness of every source, not only stale."),
+    ] = False,
 ) -> None:
-    """Explain a person's colour (R16): rules, sources, days, phones, what clears them.
+    """Explain a person's colour for the support desk (R16).
 
-    Every rule that fired, with its source, day and the (masked) phone it came through, what
-    was cleared and by what, and what would clear the rest."""
-    request = colour_pb2.EvaluateRequest(
+    Every rule that fired or was cleared, with the rows behind it (source, day, the masked
+    phone it came through, the county and its grading), what cleared it or would clear it,
+    and how fresh each source is. Names and numbers are masked."""
+    request = colour_pb2.ExplainRequest(
         actor=_staff(common_pb2.ACTOR_ROLE_VERIFIER, principal),
         person=common_pb2.PersonRef(id_number=id_number),
         shared_only=shared_only,
     )
     with _channel(_settings.peers.colour) as channel:
         try:
-            v = colour_pb2_grpc.ColourServiceStub(channel).Evaluate(request).verdict
+            x = colour_pb2_grpc.ColourServiceStub(channel).Explain(request)
         except grpc.RpcError as e:
             _fail(e, "explain")
+    v = x.verdict
     if not v.registered:
         out.print("this person is not in the index: no data, so no colour (register first)")
         raise typer.Exit(1)
-    scope = " (shared rules only)" if shared_only else ""
-    out.print(f"{_colour_badge(v.colour)}{scope}")
-    if not v.reasons:
+    scope = " (shared rules only: what other provinces see)" if shared_only else ""
+    who = " ".join(p for p in (x.masked_name, x.masked_id_number) if p)
+    out.print(f"{_colour_badge(v.colour)}  [bold]{who}[/]{scope}")
+    if x.masked_phones:
+        out.print(f"  phones in the name: {', '.join(x.masked_phones)}")
+    if not x.rules:
         out.print("no rule fired")
-    _print_verdict(v)
-    if v.stale_sources:
-        out.print(f"[yellow]stale or missing feeds:[/] {', '.join(v.stale_sources)}")
+    for rule in x.rules:
+        out.print(_rule_panel(rule))
+    out.print(_freshness_table(x.sources, only_stale=not all_sources))
+    out.print(
+        f"[dim]rule set {v.rule_set_version} · index version {v.index_version} · day {v.day}[/]"
+    )
+    if v.stale:
+        out.print(
+            f"[bold yellow]this colour depends on stale feeds:[/] {', '.join(v.stale_sources)}"
+        )
+
+
+_LEVEL = {1: "low", 2: "medium", 3: "high"}
+
+
+def _evidence_line(e: colour_pb2.Evidence) -> str:
+    parts = [f"{e.source} ({e.source_title_en} / {e.source_title_zh})", e.day or "on the list"]
+    if e.masked_phone:
+        parts.append(f"via phone {e.masked_phone}")
+    if e.county:
+        level = _LEVEL.get(e.county_level, "not graded")
+        parts.append(f"county {e.county} ({level} risk)")
+    if e.phone_cleared_by:
+        parts.append(f"[green]this phone cleared by {e.phone_cleared_by}[/]")
+    return " · ".join(parts)
+
+
+def _rule_panel(rule: colour_pb2.RuleExplanation) -> Panel:
+    counts = rule.outcome == colour_pb2.RULE_OUTCOME_FIRED
+    state = "[bold]counts[/]" if counts else "[green]cleared[/]"
+    window = f", window {rule.window}" if rule.window else ""
+    lines = [
+        f"{_colour_badge(rule.colour)} {state} · scope {rule.scope}{window}",
+        f"{rule.text_zh}",
+        f"{rule.text_en}",
+        "",
+        "rows:",
+        *[f"  - {_evidence_line(e)}" for e in rule.evidence],
+    ]
+    if rule.cleared_by:
+        lines.append("cleared by:")
+        lines += [f"  - {_evidence_line(e)}" for e in rule.cleared_by]
+    clears = ", ".join(rule.clearing_sources) or "nothing: it lapses when its window has passed"
+    lines += [
+        "",
+        f"what clears it ({clears}):",
+        f"  {rule.what_clears_zh}",
+        f"  {rule.what_clears_en}",
+    ]
+    return Panel("\n".join(lines), title=rule.rule_id, title_align="left", expand=False)
+
+
+def _freshness_table(sources: Sequence[colour_pb2.SourceFreshness], *, only_stale: bool) -> Table:
+    shown = [f for f in sources if f.stale or not only_stale]
+    title = "stale feeds" if only_stale else "feed freshness"
+    table = Table(title=f"{title} ({len(shown)} of {len(sources)} sources)")
+    table.add_column("source")
+    table.add_column("last updated (CST)")
+    table.add_column("max staleness", justify="right")
+    table.add_column("state")
+    for f in shown:
+        last = _last_updated(f).removeprefix("last updated ").removesuffix(" CST")
+        state = "[bold yellow]STALE[/]" if f.stale else "fresh"
+        table.add_row(f.source, last, f"{f.max_staleness_hours} h", state)
+    return table
+
+
+# --- what-if ---------------------------------------------------------------------------------
+
+
+_SHORT = {
+    common_pb2.COLOUR_GREEN: "green",
+    common_pb2.COLOUR_YELLOW: "yellow",
+    common_pb2.COLOUR_RED: "red",
+}
+
+
+def _district_name(county: int) -> str:
+    # Names for the synthetic data's districts; other codes are shown as they are.
+    if county in TIANJIN_DISTRICTS:
+        return f"{county} {TIANJIN_DISTRICTS[county][0]}"
+    if county in COUNTIES:
+        return f"{county} {COUNTIES[county][0]}"
+    return str(county)
+
+
+@app.command("what-if")
+def what_if(
+    file: Annotated[Path, typer.Argument(help="The draft rule set (TOML).")],
+    shared_only: Annotated[
+        bool,
+        typer.Option(
+            "--shared-only", help="Compare what other provinces see (shared rules only, R6)."
+        ),
+    ] = False,
+    district_source: Annotated[
+        str, typer.Option(help="The attribute source that places people in districts.")
+    ] = "residence",
+    top: Annotated[int, typer.Option(min=1, help="Districts to list, most changed first.")] = 16,
+    principal: Annotated[str, typer.Option(help="The operator's id.")] = "cli-admin",
+) -> None:
+    """Try a draft rule set over the whole population, beside the active one (admin).
+
+    Counts who would change colour (per colour pair, per rule, per district) and activates
+    nothing. Use `healthcode set-rules` to activate it afterwards."""
+    if not file.is_file():
+        raise typer.BadParameter(f"{file} is not a file", param_hint="FILE")
+    request = colour_pb2.WhatIfRequest(
+        actor=_staff(common_pb2.ACTOR_ROLE_ADMIN, principal),
+        text=file.read_text(encoding="utf-8"),
+        filename=file.name,
+        shared_only=shared_only,
+        district_source=district_source,
+    )
+    with _channel(_settings.peers.colour) as channel:
+        try:
+            # The draft is evaluated over everyone: give it longer than a display.
+            w = colour_pb2_grpc.ColourServiceStub(channel).WhatIf(
+                request, timeout=max(_settings.timeout, 120.0)
+            )
+        except grpc.RpcError as e:
+            _fail(e, "what-if")
+    scope = " (shared rules: what other provinces see)" if shared_only else ""
+    out.print(
+        f"what-if [bold]{w.active_version}[/] -> [bold]{w.draft_version}[/]{scope}: "
+        f"{w.person_count:,} persons, index version {w.index_version}, day {w.day}, "
+        f"{w.draft_check_count} checks; evaluated in {w.seconds:.2f} s. Nothing was activated."
+    )
+    matrix = Table(title=f"colour transitions ({w.changed:,} persons change)")
+    matrix.add_column("active \\ draft")
+    for name in ("green", "yellow", "red"):
+        matrix.add_column(name, justify="right")
+    matrix.add_column("total now", justify="right")
+    cells = {(t.from_colour, t.to_colour): t.persons for t in w.transitions}
+    for a in (common_pb2.COLOUR_GREEN, common_pb2.COLOUR_YELLOW, common_pb2.COLOUR_RED):
+        row = [cells.get((a, b), 0) for b in _SHORT]
+        matrix.add_row(_SHORT[a], *(f"{n:,}" for n in row), f"{sum(row):,}")
+    d = w.draft_counts
+    matrix.add_row("total draft", f"{d.green:,}", f"{d.yellow:,}", f"{d.red:,}", "")
+    out.print(matrix)
+    moved = [r for r in w.rules if r.starts or r.stops or r.differences]
+    if moved:
+        rules = Table(title="rules the draft changes (firing counted among persons who change)")
+        rules.add_column("rule")
+        rules.add_column("change", overflow="fold")
+        rules.add_column("starts firing", justify="right")
+        rules.add_column("stops firing", justify="right")
+        for r in moved:
+            rules.add_row(r.rule_id, "; ".join(r.differences), f"{r.starts:,}", f"{r.stops:,}")
+        out.print(rules)
+    if not w.district_source:
+        out.print(
+            f"[yellow]no districts: the index has no {district_source!r} rows "
+            "(ingest the public-security residence feed)[/]"
+        )
+        return
+    districts = Table(title=f"districts by {w.district_source} (most changed first)")
+    districts.add_column("district")
+    districts.add_column("changed", justify="right")
+    districts.add_column("transitions")
+    for dist in w.districts[:top]:
+        moves = ", ".join(
+            f"{_SHORT[t.from_colour]}->{_SHORT[t.to_colour]} {t.persons:,}"
+            for t in dist.transitions
+        )
+        districts.add_row(_district_name(dist.county), f"{dist.changed:,}", moves)
+    if w.changed_without_district:
+        districts.add_row("(no residence row)", f"{w.changed_without_district:,}", "")
+    out.print(districts)
+    f = w.district_freshness
+    if f.stale:
+        out.print(f"[yellow]the district source is stale ({_last_updated(f)})[/]")
 
 
 def _counters_table(c: display_pb2.WatchCountersResponse) -> Table:

@@ -48,6 +48,7 @@ from typer.testing import CliRunner
 from clients import cli, feedgen
 from clients.channel import Peers, describe_error, open_channel
 from clients.stack import DEFAULT_PORTS, SERVICES, Stack, StackError, free_port, port_in_use
+from services.rules import DEFAULT_RULE_SET_PATH
 
 console = Console()
 SHANGHAI = dt.timezone(dt.timedelta(hours=8))
@@ -235,11 +236,13 @@ def print_welcome(stack: Stack, people: DemoPeople, sample_feed: Path) -> None:
     if people.phone_red:
         lines.append(f"{hc} explain {people.phone_red}     # red through a linked phone (R7)")
     who = people.green or people.population[0].id_number
+    draft = write_sample_draft(sample_feed.with_name("draft_rules.toml"))
     lines += [
         f'TOKEN=$({hc} show {who} --token-only) && {hc} scan "$TOKEN"',
         f'{hc} scan "$TOKEN"     # again: refused, already scanned',
         f"{hc} ingest {sample_feed}     # makes {_mask(who)} a close contact",
         f"{hc} explain {who}",
+        f"{hc} what-if {draft}     # secondary contacts red: who would change, per district",
         f"{hc} counters --follow",
         f"{hc} --help",
         (
@@ -255,6 +258,17 @@ def print_welcome(stack: Stack, people: DemoPeople, sample_feed: Path) -> None:
 
 def _mask(id_number: str) -> str:
     return id_number[:2] + "*" * 14 + id_number[-2:]
+
+
+def write_sample_draft(path: Path) -> Path:
+    """The default rule set with secondary contacts turned red: a draft to try with what-if."""
+    text = DEFAULT_RULE_SET_PATH.read_text(encoding="utf-8")
+    text = text.replace('version = "2020.12.16-tianjin"', 'version = "demo-secondary-red"', 1)
+    text = text.replace(
+        'id = "secondary-contact"\ncolour = "yellow"', 'id = "secondary-contact"\ncolour = "red"', 1
+    )
+    path.write_text(text, encoding="utf-8")
+    return path
 
 
 def write_sample_feed(path: Path, id_number: str) -> Path:
@@ -313,6 +327,8 @@ def smoke_check(stack: Stack, people: DemoPeople) -> list[tuple[str, bool, str]]
     _wait_red(stack, newcomer)
     run("explain: red, with the reason", ["explain", newcomer], expect="close_contact")
     run("counters", ["counters"], expect="displays")
+    draft = write_sample_draft(stack.data_dir / "smoke_draft_rules.toml")
+    run("what-if: a draft over everyone", ["what-if", str(draft)], expect="Nothing was activated")
     if people.red:
         run("explain a demo red person", ["explain", people.red], expect="RED")
     return results

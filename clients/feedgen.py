@@ -253,7 +253,8 @@ def generate_feed(
 ) -> Iterator[Row]:
     """Rows for every catalogue source (or those named): about `rate` of the population per
     source, scaled by how common the source is. Clearing rows go mostly to people already
-    flagged, so that clears have something to clear."""
+    flagged, so that clears have something to clear. An attribute source (residence) gets one
+    row for every person."""
     names = list(SOURCES) if sources is None else list(sources)
     for n in names:
         if n not in SOURCES:

@@ -10,10 +10,10 @@ from healthcode.v1 import colour_pb2_grpc
 from services._common.config import load_secret
 from services._common.identifiers import Identifiers
 from services._common.logs import setup_logging
-from services._common.server import create_server, serve_forever
+from services._common.server import create_server, serve_forever, set_serving
 from services._common.telemetry import setup_tracing
 from services.colour.config import ColourConfig
-from services.colour.follower import IndexFollower, declaration_phone_masks
+from services.colour.follower import IndexFollower, declaration_people
 from services.colour.logic import ColourEngine, compile_rules, run_clock
 from services.colour.servicer import SERVICE_NAME, ColourServicer
 from services.rules import RuleSetError, load_rule_set
@@ -26,11 +26,11 @@ def main() -> None:
     setup_logging("colour", config.platform.log_level)
     setup_tracing("colour")
     secret = load_secret(config.platform.data_dir)
-    phone_masks, declaration_channel = declaration_phone_masks(config.declaration_addr)
+    people, declaration_channel = declaration_people(config.declaration_addr)
     engine = ColourEngine(
         secret,
         compile_rules(load_rule_set(config.initial_rule_set)),
-        phone_masks=phone_masks,
+        people=people,
         rule_set_file=config.active_rule_set_file,
     )
     if config.active_rule_set_file.is_file():
@@ -44,22 +44,27 @@ def main() -> None:
         except (RuleSetError, ValueError) as exc:
             log.error("kept rule set unusable, starting with the initial one: %s", exc)
     servicer = ColourServicer(engine, Identifiers.from_secret(secret))
+    server, port = create_server(
+        lambda s: colour_pb2_grpc.add_ColourServiceServicer_to_server(servicer, s),
+        [SERVICE_NAME],
+        port=config.port,
+        host=config.platform.host,
+        # NOT_SERVING until the first index arrives: a replica without one can only answer
+        # UNAVAILABLE, so load balancers and `make run` must not route to it yet
+        ready=False,
+    )
     follower = IndexFollower(
         engine,
         config.risk_index_addr,
         secret,
         initial_backoff_s=config.reconnect_initial_s,
         max_backoff_s=config.reconnect_max_s,
+        freshness_interval_s=config.freshness_interval_s,
+        on_installed=lambda _version: set_serving(server, True),
     )
     clock_stop = threading.Event()
     clock = threading.Thread(
         target=run_clock, args=(engine, clock_stop), name="verdict-clock", daemon=True
-    )
-    server, port = create_server(
-        lambda s: colour_pb2_grpc.add_ColourServiceServicer_to_server(servicer, s),
-        [SERVICE_NAME],
-        port=config.port,
-        host=config.platform.host,
     )
     follower.start()
     clock.start()

@@ -7,6 +7,7 @@
 | HEALTHCODE_DECLARATION_ADDR           | 127.0.0.1:50051 (masked phones, R7)   |
 | HEALTHCODE_COLOUR_RULE_SET            | services/rules/default.toml           |
 | HEALTHCODE_COLOUR_RECONNECT_MAX_S     | 5 (backoff ceiling, seconds)          |
+| HEALTHCODE_COLOUR_FRESHNESS_S         | 30 (ListSources poll, seconds)        |
 | HEALTHCODE_DATA_DIR, HEALTHCODE_SECRET, ... | see services/_common/config.py  |
 
 The rule set activated through SetRuleSet is kept in `<data_dir>/colour/rule_set.toml` and wins
@@ -34,6 +35,7 @@ class ColourConfig:
     active_rule_set_file: Path
     reconnect_initial_s: float
     reconnect_max_s: float
+    freshness_interval_s: float
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> ColourConfig:
@@ -43,6 +45,7 @@ class ColourConfig:
         if not rule_set.is_file():
             raise ConfigError(f"HEALTHCODE_COLOUR_RULE_SET: {rule_set} is not a file")
         reconnect_max = env_float(env, "HEALTHCODE_COLOUR_RECONNECT_MAX_S", 5.0, low=0.1)
+        freshness = env_float(env, "HEALTHCODE_COLOUR_FRESHNESS_S", 30.0, low=0.1)
         return cls(
             platform=platform,
             port=platform.ports.colour,
@@ -52,4 +55,5 @@ class ColourConfig:
             active_rule_set_file=platform.data_dir / "colour" / "rule_set.toml",
             reconnect_initial_s=min(0.1, reconnect_max),
             reconnect_max_s=reconnect_max,
+            freshness_interval_s=freshness,
         )

@@ -5,10 +5,16 @@ refuses a corrupt, truncated or foreign-keyed snapshot) only once its last chunk
 broken stream can never install half a version. When the stream breaks, the follower reconnects
 with exponential backoff and jitter, telling the risk index the version it holds; a replica that
 restarts holds none and is sent the latest snapshot first, so it catches up in one step.
+
+It also asks `ListSources` when each feed was last updated: after every version, and every
+`freshness_interval_s` on a thread of its own, because a stalled feed publishes no versions and
+that is exactly when its staleness must show (the engine judges staleness by the clock, so the
+verdicts turn stale even when the risk index cannot be reached).
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import random
 import threading
@@ -25,7 +31,7 @@ from healthcode.v1 import (
 )
 
 from services._common.telemetry import instrumented_channel
-from services.colour.logic import ColourEngine
+from services.colour.logic import ColourEngine, PersonCard
 
 log = logging.getLogger(__name__)
 
@@ -45,11 +51,15 @@ class IndexFollower:
         *,
         initial_backoff_s: float = 0.1,
         max_backoff_s: float = 5.0,
+        freshness_interval_s: float = 30.0,
+        on_installed: Callable[[int], None] | None = None,
     ) -> None:
         self._engine = engine
+        self._on_installed = on_installed
         self._secret = secret
         self._initial = initial_backoff_s
         self._max = max_backoff_s
+        self._freshness_interval = freshness_interval_s
         # A plain channel: the OpenTelemetry client interceptor turns a response stream into a
         # bare generator that cannot be cancelled, and stop() must cancel the watch. A stream
         # that lives for days is no use as one trace anyway.
@@ -59,10 +69,14 @@ class IndexFollower:
         self._lock = threading.Lock()
         self._call: grpc.Call | None = None
         self._thread = threading.Thread(target=self._run, name="index-follower", daemon=True)
+        self._freshness_thread = threading.Thread(
+            target=self._refresh_periodically, name="feed-freshness", daemon=True
+        )
         self.versions_installed = 0
 
     def start(self) -> None:
         self._thread.start()
+        self._freshness_thread.start()
 
     def stop(self) -> None:
         self._stop.set()
@@ -70,6 +84,8 @@ class IndexFollower:
             if self._call is not None:
                 self._call.cancel()
         self._thread.join(timeout=10)
+        if self._freshness_thread.is_alive():
+            self._freshness_thread.join(timeout=10)
         self._channel.close()
 
     def _run(self) -> None:
@@ -133,32 +149,50 @@ class IndexFollower:
             index = hm.Index.from_bytes(data, self._secret)
             if self._engine.install_index(index, version):
                 self.versions_installed += 1
+                if self._on_installed is not None:
+                    self._on_installed(version)
             installed = True
             self._refresh_staleness()
         return installed
 
-    def _refresh_staleness(self) -> None:
+    def _refresh_staleness(self) -> bool:
         try:
             response = self._stub.ListSources(risk_index_pb2.ListSourcesRequest(), timeout=5)
         except grpc.RpcError:
-            return  # keep the last known staleness; the next version retries
-        self._engine.set_stale_sources(frozenset(s.name for s in response.sources if s.stale))
+            # Keep the last known times: the engine still ages them by the clock.
+            return False
+        self._engine.set_feed_times(
+            {
+                s.name: s.last_updated.ToDatetime(dt.UTC) if s.HasField("last_updated") else None
+                for s in response.sources
+            }
+        )
+        return True
+
+    def _refresh_periodically(self) -> None:
+        while not self._stop.wait(self._freshness_interval):
+            self._refresh_staleness()
 
 
-def declaration_phone_masks(
+def declaration_people(
     declaration_addr: str,
-) -> tuple[Callable[[bytes], dict[bytes, str]], grpc.Channel]:
-    """A PhoneMasks function asking the declaration service for a person's linked phones."""
+) -> tuple[Callable[[bytes], PersonCard], grpc.Channel]:
+    """A PersonDirectory asking the declaration service for a person's masked record (name,
+    ID number, linked phones): asked only when a rule fired through a phone (R7) and by
+    Explain (R16)."""
     channel = instrumented_channel(declaration_addr)
     stub = declaration_pb2_grpc.DeclarationServiceStub(channel)
 
-    def phone_masks(person_key: bytes) -> dict[bytes, str]:
+    def person_card(person_key: bytes) -> PersonCard:
         response = stub.GetPerson(
             declaration_pb2.GetPersonRequest(
                 actor=_SERVICE_ACTOR, person=common_pb2.PersonRef(person_key=person_key)
             ),
             timeout=2,
         )
-        return {p.phone_key: p.masked_phone for p in response.person.phones}
+        p = response.person
+        return PersonCard(
+            p.masked_name, p.masked_id_number, {ph.phone_key: ph.masked_phone for ph in p.phones}
+        )
 
-    return phone_masks, channel
+    return person_card, channel

@@ -9,14 +9,43 @@ from healthcode.v1 import colour_pb2, colour_pb2_grpc, common_pb2
 
 from services._common.actors import Role
 from services._common.convert import actor_from_proto, person_from_proto, timestamp
-from services._common.errors import InvalidArgument, grpc_errors
+from services._common.errors import InvalidArgument, PermissionDenied, grpc_errors
 from services._common.identifiers import Identifiers
-from services.colour.logic import Assessment, ColourEngine
+from services.colour.logic import (
+    Assessment,
+    ColourEngine,
+    EvidenceView,
+    Explanation,
+    Freshness,
+    Matrix,
+    WhatIfOutcome,
+    changed_in,
+    source_title,
+)
 
 SERVICE_NAME = colour_pb2.DESCRIPTOR.services_by_name["ColourService"].full_name
 
 # healthcode_matcher.Colour (0 green, 1 yellow, 2 red) -> the proto enum (0 is UNSPECIFIED).
 _COLOUR = {0: common_pb2.COLOUR_GREEN, 1: common_pb2.COLOUR_YELLOW, 2: common_pb2.COLOUR_RED}
+
+
+# A rule's colour as written in its file -> the proto enum.
+_COLOUR_OF_NAME = {"yellow": common_pb2.COLOUR_YELLOW, "red": common_pb2.COLOUR_RED}
+
+
+def freshness_to_proto(f: Freshness) -> colour_pb2.SourceFreshness:
+    zh, en = f.titles
+    out = colour_pb2.SourceFreshness(
+        source=f.source,
+        title_zh=zh,
+        title_en=en,
+        max_staleness_hours=f.max_staleness_hours,
+        stale=f.stale,
+        clearing=f.clearing,
+    )
+    if f.last_updated is not None:
+        out.last_updated.CopyFrom(timestamp(f.last_updated))
+    return out
 
 
 def verdict_to_proto(a: Assessment) -> colour_pb2.Verdict:
@@ -28,6 +57,8 @@ def verdict_to_proto(a: Assessment) -> colour_pb2.Verdict:
         registered=a.registered,
         stale_sources=a.stale_sources,
         person_key=a.person_key,
+        stale=bool(a.stale_feeds),
+        stale_feeds=[freshness_to_proto(f) for f in a.stale_feeds],
     )
     for r in a.reasons:
         verdict.reasons.add(
@@ -55,9 +86,116 @@ def counts_to_proto(counts: tuple[int, int, int]) -> common_pb2.ColourCounts:
     return common_pb2.ColourCounts(green=counts[0], yellow=counts[1], red=counts[2])
 
 
+def _evidence_to_proto(e: EvidenceView) -> colour_pb2.Evidence:
+    zh, en = source_title(e.source)
+    return colour_pb2.Evidence(
+        source=e.source,
+        source_title_zh=zh,
+        source_title_en=en,
+        day="" if e.day is None else e.day.isoformat(),
+        masked_phone=e.masked_phone,
+        county=e.county,
+        # The matcher's grading (1 low, 2 medium, 3 high) is the proto's; 0 is "not graded".
+        county_level=common_pb2.CountyRiskLevel.ValueType(e.county_level),
+        phone_cleared_by=e.phone_cleared_by,
+    )
+
+
+def explanation_to_proto(x: Explanation) -> colour_pb2.ExplainResponse:
+    response = colour_pb2.ExplainResponse(
+        verdict=verdict_to_proto(x.assessment),
+        masked_name=x.masked_name,
+        masked_id_number=x.masked_id_number,
+        sources=[freshness_to_proto(f) for f in x.sources],
+        masked_phones=x.masked_phones,
+    )
+    for view in x.rules:
+        rule = view.rule
+        response.rules.add(
+            rule_id=rule.id,
+            colour=_COLOUR_OF_NAME[rule.colour],
+            scope=rule.scope,
+            outcome=(
+                colour_pb2.RULE_OUTCOME_CLEARED if view.cleared else colour_pb2.RULE_OUTCOME_FIRED
+            ),
+            text_zh=rule.text_zh,
+            text_en=rule.text_en,
+            window="" if rule.window is None else str(rule.window),
+            evidence=[_evidence_to_proto(e) for e in view.evidence],
+            cleared_by=[_evidence_to_proto(e) for e in view.cleared_by],
+            clearing_sources=list(dict.fromkeys(c.source for c in rule.clears)),
+            what_clears_zh=rule.what_clears_zh,
+            what_clears_en=rule.what_clears_en,
+        )
+    return response
+
+
+def _transitions(m: Matrix, *, changed_only: bool) -> list[colour_pb2.ColourTransition]:
+    return [
+        colour_pb2.ColourTransition(from_colour=_COLOUR[a], to_colour=_COLOUR[b], persons=n)
+        for a, row in enumerate(m)
+        for b, n in enumerate(row)
+        if not changed_only or (a != b and n)
+    ]
+
+
+def what_if_to_proto(w: WhatIfOutcome) -> colour_pb2.WhatIfResponse:
+    response = colour_pb2.WhatIfResponse(
+        active_version=w.active_version,
+        draft_version=w.draft.version,
+        index_version=w.index_version,
+        day=w.day.isoformat(),
+        person_count=w.person_count,
+        active_counts=counts_to_proto(w.active_counts),
+        draft_counts=counts_to_proto(w.draft_counts),
+        transitions=_transitions(w.colours, changed_only=False),
+        changed=w.changed,
+        rules=[
+            colour_pb2.RuleTransition(
+                rule_id=r.rule_id,
+                starts=r.starts,
+                stops=r.stops,
+                in_active=r.in_active,
+                in_draft=r.in_draft,
+                differences=r.differences,
+            )
+            for r in w.rules
+        ],
+        district_source=w.district_source,
+        districts=[
+            colour_pb2.DistrictTransitions(
+                county=county,
+                transitions=_transitions(m, changed_only=True),
+                changed=changed_in(m),
+            )
+            for county, m in w.districts
+        ],
+        changed_without_district=w.changed_without_district,
+        draft_check_count=w.draft_check_count,
+        seconds=w.seconds,
+    )
+    if w.district_freshness is not None:
+        response.district_freshness.CopyFrom(freshness_to_proto(w.district_freshness))
+    if w.draft.valid_from is not None:
+        response.draft_valid_from.CopyFrom(timestamp(w.draft.valid_from))
+    return response
+
+
 # Whoever may see a colour: the holder, their proxies, staff, partners and platform services.
 # (Roles are asserted, not authenticated, until the gateway issues credentials.)
 _EVALUATE_ROLES = frozenset(Role)
+# The explanation names sources, days and phones: the person (or whoever acts for them) and
+# staff. Partners (hospitals, exams, buses) and feeds need the colour, not the evidence.
+_EXPLAIN_ROLES = frozenset(
+    {
+        Role.CITIZEN,
+        Role.FAMILY_PROXY,
+        Role.GRID_WORKER,
+        Role.VERIFIER,
+        Role.ADMIN,
+        Role.SERVICE,
+    }
+)
 
 
 class ColourServicer(colour_pb2_grpc.ColourServiceServicer):
@@ -145,3 +283,37 @@ class ColourServicer(colour_pb2_grpc.ColourServiceServicer):
         if status.index_received_at is not None:
             response.index_received_at.CopyFrom(timestamp(status.index_received_at))
         return response
+
+    @grpc_errors
+    def Explain(
+        self, request: colour_pb2.ExplainRequest, context: grpc.ServicerContext
+    ) -> colour_pb2.ExplainResponse:
+        actor = actor_from_proto(request.actor, self._identifiers)
+        actor.require(_EXPLAIN_ROLES, "explain a colour")
+        person = person_from_proto(request.person, self._identifiers, "person")
+        if actor.role is Role.CITIZEN and actor.person_key != person.key:
+            raise PermissionDenied(
+                "a citizen may see only their own explanation; a family member acts as "
+                "family_proxy, the support desk as verifier"
+            )
+        explanation = self._engine.explain(
+            person.key, shared_only=request.shared_only, masked_id_number=person.masked
+        )
+        return explanation_to_proto(explanation)
+
+    @grpc_errors
+    def WhatIf(
+        self, request: colour_pb2.WhatIfRequest, context: grpc.ServicerContext
+    ) -> colour_pb2.WhatIfResponse:
+        actor_from_proto(request.actor, self._identifiers).require(
+            {Role.ADMIN}, "try a draft rule set"
+        )
+        if not request.text.strip():
+            raise InvalidArgument([("text", "the draft rule-set text (TOML) is required")])
+        outcome = self._engine.what_if(
+            request.text,
+            request.filename.strip() or "draft.toml",
+            shared_only=request.shared_only,
+            district_source=request.district_source,
+        )
+        return what_if_to_proto(outcome)

@@ -17,10 +17,26 @@ from clients.stack import Stack, StackError
 
 @pytest.fixture
 def stack(tmp_path: Path) -> Iterator[Stack]:
+    yield from _running_stack(tmp_path / "data")
+
+
+@pytest.fixture(scope="module")
+def module_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    """One stack shared by the tests of a module (they use distinct people): starting four
+    processes costs more than most tests."""
+    yield from _running_stack(tmp_path_factory.mktemp("stack") / "data")
+
+
+def _running_stack(data_dir: Path) -> Iterator[Stack]:
     s = Stack.on_free_ports(
-        tmp_path / "data",
-        # Fast reconnects: a test should not sit in a 5 s backoff after a hiccup.
-        {"HEALTHCODE_COLOUR_RECONNECT_MAX_S": "0.5", "HEALTHCODE_LOG_LEVEL": "INFO"},
+        data_dir,
+        {
+            # Fast reconnects: a test should not sit in a 5 s backoff after a hiccup.
+            "HEALTHCODE_COLOUR_RECONNECT_MAX_S": "0.5",
+            # Feed freshness is re-read every second, not every 30.
+            "HEALTHCODE_COLOUR_FRESHNESS_S": "1",
+            "HEALTHCODE_LOG_LEVEL": "INFO",
+        },
     )
     s.start()
     try:

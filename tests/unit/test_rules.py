@@ -97,7 +97,7 @@ def test_default_runs_between_30_and_42_checks_per_display(default: RuleSet) -> 
 
 
 def test_every_risk_raising_source_is_checked_by_some_rule(default: RuleSet) -> None:
-    raising = {n for n, s in SOURCES.items() if not s.clearing}
+    raising = {n for n, s in SOURCES.items() if s.raising}
     checked = {c.source for r in default.rules for c in r.checks}
     assert raising - checked == set()
 

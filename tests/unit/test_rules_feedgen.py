@@ -15,6 +15,7 @@ from typer.testing import CliRunner
 from clients import feedgen
 from clients.feedgen import (
     COUNTY_LEVELS,
+    TIANJIN_DISTRICTS,
     generate_feed,
     id_check_digit,
     make_population,
@@ -76,7 +77,9 @@ def test_feed_rows_follow_the_catalogue(rows: list[dict[str, object]]) -> None:
         if r["day"] is not None:
             assert 0 <= (TODAY - date.fromisoformat(str(r["day"]))).days <= 20
         assert (r["county"] is not None) == src.has_county, r
-        if r["county"] is not None:
+        if r["county"] is not None and src.attribute:
+            assert r["county"] in TIANJIN_DISTRICTS, r  # where the people live
+        elif r["county"] is not None:
             assert r["county"] in COUNTY_LEVELS
 
 
@@ -87,9 +90,15 @@ def test_feed_reaches_every_risk_level_on_county_sources(rows: list[dict[str, ob
 
 
 def test_clearing_rows_mostly_reach_flagged_people(rows: list[dict[str, object]]) -> None:
-    flagged = {r.get("id_number") for r in rows if not SOURCES[str(r["source"])].clearing}
+    flagged = {r.get("id_number") for r in rows if SOURCES[str(r["source"])].raising}
     nat = [r["id_number"] for r in rows if r["source"] == "nat_negative"]
     assert sum(n in flagged for n in nat) >= len(nat) // 2
+
+
+def test_everyone_has_one_residence_in_a_tianjin_district(rows: list[dict[str, object]]) -> None:
+    residents = [r["id_number"] for r in rows if r["source"] == "residence"]
+    assert len(residents) == len(set(residents)) == 500
+    assert len({r["county"] for r in rows if r["source"] == "residence"}) > 8
 
 
 def test_feed_is_deterministic_by_seed() -> None:
