@@ -51,7 +51,9 @@ test-python: setup
 	$(PY) -m pytest -q
 
 lint: setup
-	@if ls protos/healthcode/v1/*.proto >/dev/null 2>&1; then cd protos && ../$(VENV)/bin/buf lint; fi
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	cd protos && ../$(VENV)/bin/buf lint
 
 stubtest: setup
 	$(PY) -m mypy.stubtest healthcode_matcher._native --ignore-missing-stub

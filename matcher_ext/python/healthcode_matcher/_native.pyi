@@ -9,10 +9,8 @@ rows of sources without counties) and is refused.
 from collections.abc import Sequence
 from typing import Any, Self, final
 
-
 __version__: str
 __all__ = [
-    "__version__",
     "Evidence",
     "Hasher",
     "IdentifierError",
@@ -27,6 +25,7 @@ __all__ = [
     "SnapshotError",
     "Verdict",
     "Verdicts",
+    "__version__",
     "normalise_id_number",
     "normalise_phone",
     "synthetic_id_numbers",
@@ -244,7 +243,7 @@ class Evidence:
     def county(self) -> int | None: ...
     @property
     def role(self) -> str:
-        """"fired" (a check matched), "cleared" (a clearing check matched) or "phone_cleared"."""
+        """ "fired" (a check matched), "cleared" (a clearing check matched) or "phone_cleared"."""
 
 @final
 class Verdicts:
