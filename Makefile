@@ -3,7 +3,6 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
-SITE = $(shell $(PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
 RUST_SRC := $(wildcard matcher_ext/src/*.rs) matcher_ext/Cargo.toml matcher_ext/Cargo.lock
 PROTOS := $(wildcard protos/healthcode/v1/*.proto)
 PROTO_STAMP := protos/healthcode/v1/.generated
@@ -18,7 +17,8 @@ $(VENV)/.installed: pyproject.toml $(RUST_SRC)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[dev]'
 	# services/, clients/ and the generated healthcode.v1 package import from the checkout
-	printf '%s\n%s\n' "$(CURDIR)" "$(CURDIR)/protos" > $(SITE)/healthcode_checkout.pth
+	printf '%s\n%s\n' "$(CURDIR)" "$(CURDIR)/protos" \
+	  > "$$($(PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/healthcode_checkout.pth"
 	touch $@
 
 ## build-dev: rebuild the Rust extension in place after editing matcher_ext/src
