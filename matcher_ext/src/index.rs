@@ -48,7 +48,7 @@ impl KeyedBy {
     }
 }
 
-/// A bucket: the rows of one (county, day).
+/// A bucket: the rows of one (county, time), the time a day, or an hour for an hourly source.
 pub type BucketKey = (u32, u32);
 
 /// A named source: buckets of ids by (county, day).
@@ -58,6 +58,8 @@ pub struct Source {
     pub keyed_by: KeyedBy,
     /// Whether rows carry a county.
     pub has_county: bool,
+    /// Whether buckets are hours (for windows in hours) rather than days.
+    pub hourly: bool,
     /// The rows, by (county, day). Buckets are shared between versions until changed.
     pub buckets: BTreeMap<BucketKey, Arc<Bucket>>,
 }
@@ -197,18 +199,26 @@ impl Builder {
     }
 
     /// Declare a source. Declaring it again with the same traits is a no-op.
-    pub fn define_source(&mut self, name: &str, keyed_by: KeyedBy, has_county: bool) -> Result<()> {
+    pub fn define_source(
+        &mut self,
+        name: &str,
+        keyed_by: KeyedBy,
+        has_county: bool,
+        hourly: bool,
+    ) -> Result<()> {
         if name.is_empty() || name.len() > 64 {
             return Err(MatcherError::Invalid(
                 "a source name is 1 to 64 characters".into(),
             ));
         }
         if let Some(s) = self.next.sources.get(name) {
-            if s.keyed_by != keyed_by || s.has_county != has_county {
+            if s.keyed_by != keyed_by || s.has_county != has_county || s.hourly != hourly {
                 return Err(MatcherError::Invalid(format!(
-                    "source {name:?} is already defined as keyed by {} with has_county={}",
+                    "source {name:?} is already defined as keyed by {} with has_county={} \
+                     and hourly={}",
                     s.keyed_by.name(),
-                    s.has_county
+                    s.has_county,
+                    s.hourly
                 )));
             }
             return Ok(());
@@ -216,6 +226,7 @@ impl Builder {
         let s = Source {
             keyed_by,
             has_county,
+            hourly,
             buckets: BTreeMap::new(),
         };
         self.next.sources.insert(name.to_string(), Arc::new(s));
@@ -384,7 +395,7 @@ mod tests {
     fn versions_do_not_see_each_other() {
         let v0 = Index::new([1; 32]);
         let mut b = v0.builder();
-        b.define_source("confirmed", KeyedBy::Person, false)
+        b.define_source("confirmed", KeyedBy::Person, false, false)
             .unwrap();
         let p = b.add_person_key(42);
         b.add_rows("confirmed", &[p], 100, None).unwrap();
@@ -401,21 +412,24 @@ mod tests {
     #[test]
     fn bad_rows_change_nothing() {
         let mut b = Index::new([1; 32]).builder();
-        b.define_source("travel", KeyedBy::Person, true).unwrap();
+        b.define_source("travel", KeyedBy::Person, true, false)
+            .unwrap();
         let p = b.add_person_key(1);
         assert!(b.add_rows("travel", &[p], 5, None).is_err());
         assert!(b
             .add_rows("travel", &[p, 99], 5, Some(&[120101, 120102]))
             .is_err());
         assert!(b.add_rows("nope", &[p], 5, None).is_err());
-        assert!(b.define_source("travel", KeyedBy::Phone, true).is_err());
+        assert!(b
+            .define_source("travel", KeyedBy::Phone, true, false)
+            .is_err());
         assert!(b.peek().source("travel").unwrap().buckets.is_empty());
     }
 
     #[test]
     fn remove_rows_empties_buckets() {
         let mut b = Index::new([1; 32]).builder();
-        b.define_source("home_quarantine", KeyedBy::Person, false)
+        b.define_source("home_quarantine", KeyedBy::Person, false, false)
             .unwrap();
         let ids: Vec<u32> = (0..10).map(|k| b.add_person_key(k)).collect();
         b.add_rows("home_quarantine", &ids, UNDATED, None).unwrap();

@@ -32,8 +32,10 @@ pub const MAX_CHECKS: usize = 1024;
 pub struct Check {
     /// The source name.
     pub source: String,
-    /// The window in days ending today; `None` covers every bucket.
+    /// The window in days ending today; `None` covers every bucket (unless `hours` is set).
     pub days: Option<u32>,
+    /// Hourly sources only: the window in hours ending at the current hour.
+    pub hours: Option<u32>,
     /// County sources only: counties whose current level is at least this.
     pub min_level: Option<u8>,
 }
@@ -117,6 +119,18 @@ impl Plan {
                             at(&format!("{field}[{j}].days"))
                         )));
                     }
+                    if c.hours == Some(0) {
+                        return Err(MatcherError::Plan(format!(
+                            "{}: hours must be at least 1",
+                            at(&format!("{field}[{j}].hours"))
+                        )));
+                    }
+                    if c.days.is_some() && c.hours.is_some() {
+                        return Err(MatcherError::Plan(format!(
+                            "{}: give days or hours, not both",
+                            at(&format!("{field}[{j}]"))
+                        )));
+                    }
                     if matches!(c.min_level, Some(l) if l == 0 || l > 3) {
                         return Err(MatcherError::Plan(format!(
                             "{}: min_level is 1 (low), 2 (medium) or 3 (high)",
@@ -168,6 +182,12 @@ impl Plan {
                             r.id, c.source
                         )));
                     }
+                    if c.hours.is_some() && !s.hourly {
+                        return Err(MatcherError::Plan(format!(
+                            "rule {:?} ({field}[{j}].hours): source {:?} is daily; give days",
+                            r.id, c.source
+                        )));
+                    }
                 }
             }
         }
@@ -175,34 +195,61 @@ impl Plan {
     }
 }
 
-fn in_window(day: u32, today: u32, days: Option<u32>) -> bool {
-    match days {
-        _ if day == UNDATED => true,
-        None => true,
-        // `today - day` cannot overflow once `day <= today`; `day + n` could
-        Some(n) => day <= today && today - day < n,
+/// When a plan is evaluated: the day ends the windows of daily sources, the hour (one of that
+/// day's) those of hourly sources.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Now {
+    /// Day number (Asia/Shanghai).
+    pub today: u32,
+    /// Hour number (Asia/Shanghai); `hour / 24 == today`.
+    pub hour: u32,
+}
+
+impl Now {
+    /// The last hour of `today`: for callers that only know the day.
+    pub fn end_of(today: u32) -> Self {
+        Now {
+            today,
+            hour: today.saturating_mul(24).saturating_add(23),
+        }
     }
 }
 
-/// The buckets of a source that a check covers on `today`.
+/// Whether a bucket time `t` (a day, or an hour for an hourly source) is in the check's window:
+/// the last `n` units ending now. Undated rows are always in.
+fn in_window(t: u32, hourly: bool, c: &Check, now: Now) -> bool {
+    if t == UNDATED {
+        return true;
+    }
+    let (end, n) = match (hourly, c.days, c.hours) {
+        (_, None, None) => return true,
+        (false, Some(d), _) => (now.today, d),
+        (true, Some(d), _) => (now.hour, d.saturating_mul(24)),
+        (_, None, Some(h)) => (now.hour, h),
+    };
+    // `end - t` cannot overflow once `t <= end`; `t + n` could
+    t <= end && end - t < n
+}
+
+/// The buckets of a source that a check covers now.
 fn buckets<'a>(
     index: &'a Index,
     s: &'a Source,
     c: &'a Check,
-    today: u32,
+    now: Now,
 ) -> impl Iterator<Item = (u32, u32, &'a Bucket)> + 'a {
-    s.buckets.iter().filter_map(move |(&(county, day), b)| {
+    s.buckets.iter().filter_map(move |(&(county, t), b)| {
         let level_ok = match c.min_level {
             None => true,
             Some(l) => county != NO_COUNTY && index.level(county) >= l,
         };
-        (level_ok && in_window(day, today, c.days)).then_some((county, day, b.as_ref()))
+        (level_ok && in_window(t, s.hourly, c, now)).then_some((county, t, b.as_ref()))
     })
 }
 
-fn window_union(index: &Index, c: &Check, today: u32) -> RoaringBitmap {
+fn window_union(index: &Index, c: &Check, now: Now) -> RoaringBitmap {
     let s = &index.sources[&c.source];
-    bucket::union(buckets(index, s, c, today).map(|(_, _, b)| b))
+    bucket::union(buckets(index, s, c, now).map(|(_, _, b)| b))
 }
 
 fn holders_of(index: &Index, phones: &RoaringBitmap) -> RoaringBitmap {
@@ -219,14 +266,14 @@ fn holders_of(index: &Index, phones: &RoaringBitmap) -> RoaringBitmap {
 type CheckPersons = (RoaringBitmap, Option<RoaringBitmap>);
 
 /// (fired, cleared) persons of one rule.
-fn evaluate_rule(index: &Index, r: &Rule, today: u32) -> (RoaringBitmap, RoaringBitmap) {
+fn evaluate_rule(index: &Index, r: &Rule, now: Now) -> (RoaringBitmap, RoaringBitmap) {
     let keyed = |c: &Check| index.sources[&c.source].keyed_by;
     let mut phone_clear = RoaringBitmap::new();
     let mut person_clear = RoaringBitmap::new();
     for c in &r.clears {
         match keyed(c) {
-            KeyedBy::Phone => phone_clear |= window_union(index, c, today),
-            KeyedBy::Person => person_clear |= window_union(index, c, today),
+            KeyedBy::Phone => phone_clear |= window_union(index, c, now),
+            KeyedBy::Person => person_clear |= window_union(index, c, now),
         }
     }
     // each check as persons, with phone clears applied and (if they removed anything) without
@@ -234,7 +281,7 @@ fn evaluate_rule(index: &Index, r: &Rule, today: u32) -> (RoaringBitmap, Roaring
         .checks
         .iter()
         .map(|c| {
-            let u = window_union(index, c, today);
+            let u = window_union(index, c, now);
             match keyed(c) {
                 KeyedBy::Person => (u, None),
                 KeyedBy::Phone if phone_clear.is_empty() => (holders_of(index, &u), None),
@@ -324,12 +371,24 @@ pub struct Evidence {
     pub source: String,
     /// The latest matching day (`None`: an undated row).
     pub day: Option<u32>,
+    /// For an hourly source, the latest matching hour.
+    pub hour: Option<u32>,
     /// The linked phone the row was about.
     pub phone: Option<u32>,
     /// The county of the row.
     pub county: Option<u32>,
     /// "fired", "cleared" or "phone_cleared".
     pub role: &'static str,
+}
+
+/// The day of a bucket time (`None` for undated rows).
+fn day_of(s: &Source, t: u32) -> Option<u32> {
+    (t != UNDATED).then_some(if s.hourly { t / 24 } else { t })
+}
+
+/// The hour of a bucket time of an hourly source.
+fn hour_of(s: &Source, t: u32) -> Option<u32> {
+    (s.hourly && t != UNDATED).then_some(t)
 }
 
 /// A plan evaluated over an index on one day.
@@ -340,6 +399,8 @@ pub struct Verdicts {
     pub plan: Arc<Plan>,
     /// The day (Asia/Shanghai day number).
     pub today: u32,
+    /// The hour (Asia/Shanghai hour number, one of `today`'s).
+    pub hour: u32,
     entries: RankBits,
     fired: Vec<u64>,
     cleared: Vec<u64>,
@@ -350,11 +411,23 @@ pub struct Verdicts {
 impl Verdicts {
     /// Evaluate every person. Rules run in parallel.
     pub fn new(index: Arc<Index>, plan: Arc<Plan>, today: u32) -> Result<Self> {
+        Self::at(index, plan, Now::end_of(today))
+    }
+
+    /// Evaluate every person at an hour (which ends the windows of hourly sources).
+    pub fn at(index: Arc<Index>, plan: Arc<Plan>, now: Now) -> Result<Self> {
+        if now.hour / 24 != now.today {
+            return Err(MatcherError::Invalid(format!(
+                "hour {} is not an hour of day {}",
+                now.hour, now.today
+            )));
+        }
+        let Now { today, hour } = now;
         plan.bind_check(&index)?;
         let per_rule: Vec<(RoaringBitmap, RoaringBitmap)> = plan
             .rules
             .par_iter()
-            .map(|r| evaluate_rule(&index, r, today))
+            .map(|r| evaluate_rule(&index, r, now))
             .collect();
         let mut all = RoaringBitmap::new();
         for (f, c) in &per_rule {
@@ -383,12 +456,21 @@ impl Verdicts {
             index,
             plan,
             today,
+            hour,
             entries,
             fired,
             cleared,
             rule_counts,
             colour_counts,
         })
+    }
+
+    /// When these verdicts hold.
+    pub fn now(&self) -> Now {
+        Now {
+            today: self.today,
+            hour: self.hour,
+        }
     }
 
     /// The verdict of one person (an unknown id is an error).
@@ -482,7 +564,7 @@ impl Verdicts {
             let phone_cleared = |f: u32| {
                 phone_clears.iter().any(|c| {
                     let s = &index.sources[&c.source];
-                    buckets(index, s, c, self.today).any(|(_, _, b)| b.contains(f))
+                    buckets(index, s, c, self.now()).any(|(_, _, b)| b.contains(f))
                 })
             };
             for c in &r.checks {
@@ -493,7 +575,7 @@ impl Verdicts {
                 };
                 for phone in subjects {
                     let member = phone.unwrap_or(person);
-                    let latest = buckets(index, s, c, self.today)
+                    let latest = buckets(index, s, c, self.now())
                         .filter(|(_, _, b)| b.contains(member))
                         .max_by_key(|&(_, day, _)| if day == UNDATED { 0 } else { day + 1 });
                     if let Some((county, day, _)) = latest {
@@ -504,7 +586,8 @@ impl Verdicts {
                         out.push(Evidence {
                             rule: i,
                             source: c.source.clone(),
-                            day: (day != UNDATED).then_some(day),
+                            day: day_of(s, day),
+                            hour: hour_of(s, day),
                             phone,
                             county: (county != NO_COUNTY).then_some(county),
                             role,
@@ -517,14 +600,15 @@ impl Verdicts {
                 if s.keyed_by == KeyedBy::Phone {
                     continue; // shown as "phone_cleared" on the phone's own evidence
                 }
-                let latest = buckets(index, s, c, self.today)
+                let latest = buckets(index, s, c, self.now())
                     .filter(|(_, _, b)| b.contains(person))
                     .max_by_key(|&(_, day, _)| if day == UNDATED { 0 } else { day + 1 });
                 if let Some((county, day, _)) = latest {
                     out.push(Evidence {
                         rule: i,
                         source: c.source.clone(),
-                        day: (day != UNDATED).then_some(day),
+                        day: day_of(s, day),
+                        hour: hour_of(s, day),
                         phone: None,
                         county: (county != NO_COUNTY).then_some(county),
                         role: "cleared",
@@ -650,6 +734,7 @@ mod tests {
         Check {
             source: source.into(),
             days,
+            hours: None,
             min_level: None,
         }
     }
@@ -668,11 +753,11 @@ mod tests {
     #[test]
     fn risk_through_a_linked_phone_names_the_phone_and_clears_per_phone() {
         let mut b = Index::new([9; 32]).builder();
-        b.define_source("telecom_roaming", KeyedBy::Phone, true)
+        b.define_source("telecom_roaming", KeyedBy::Phone, true, false)
             .unwrap();
-        b.define_source("phone_community_verified", KeyedBy::Phone, false)
+        b.define_source("phone_community_verified", KeyedBy::Phone, false, false)
             .unwrap();
-        b.define_source("confirmed", KeyedBy::Person, false)
+        b.define_source("confirmed", KeyedBy::Person, false, false)
             .unwrap();
         let holder = b.add_person_key(1);
         let other = b.add_person_key(2);
@@ -693,6 +778,7 @@ mod tests {
                         vec![Check {
                             source: "telecom_roaming".into(),
                             days: Some(14),
+                            hours: None,
                             min_level: Some(3),
                         }],
                         vec![check("phone_community_verified", Some(7))],
@@ -743,7 +829,7 @@ mod tests {
     fn most_severe_uncleared_rule_wins() {
         let mut b = Index::new([9; 32]).builder();
         for s in ["close_contact", "declared_fever", "nat_negative"] {
-            b.define_source(s, KeyedBy::Person, false).unwrap();
+            b.define_source(s, KeyedBy::Person, false, false).unwrap();
         }
         let p = b.add_person_key(1);
         b.add_rows("close_contact", &[p], 50, None).unwrap();
@@ -818,9 +904,10 @@ mod tests {
     #[test]
     fn transitions_count_what_a_draft_changes() {
         let mut b = Index::new([9; 32]).builder();
-        b.define_source("close_contact", KeyedBy::Person, false)
+        b.define_source("close_contact", KeyedBy::Person, false, false)
             .unwrap();
-        b.define_source("residence", KeyedBy::Person, true).unwrap();
+        b.define_source("residence", KeyedBy::Person, true, false)
+            .unwrap();
         let ps: Vec<u32> = (0..10).map(|k| b.add_person_key(k)).collect();
         b.add_rows("close_contact", &ps[..4], 10, None).unwrap();
         b.add_rows(
@@ -861,6 +948,103 @@ mod tests {
         );
         assert_eq!(t.districts[&120102][2][1], 2);
         assert!(a.transitions(&d, Some("close_contact")).is_err());
+    }
+
+    /// A negative test within 48 hours clears; one 48 hours old does not.
+    #[test]
+    fn hourly_windows_are_exact_to_the_hour() {
+        let mut b = Index::new([9; 32]).builder();
+        b.define_source("close_contact", KeyedBy::Person, false, false)
+            .unwrap();
+        b.define_source("nat_negative", KeyedBy::Person, false, true)
+            .unwrap();
+        let (fresh, stale) = (b.add_person_key(1), b.add_person_key(2));
+        let now = Now {
+            today: 100,
+            hour: 100 * 24 + 10,
+        };
+        b.add_rows("close_contact", &[fresh, stale], 99, None)
+            .unwrap();
+        b.add_rows("nat_negative", &[fresh], now.hour - 47, None)
+            .unwrap();
+        b.add_rows("nat_negative", &[stale], now.hour - 48, None)
+            .unwrap();
+        let index = Arc::new(b.finish());
+        let clears = vec![Check {
+            source: "nat_negative".into(),
+            days: None,
+            hours: Some(48),
+            min_level: None,
+        }];
+        let plan = Plan::new(
+            "t".into(),
+            vec![rule(
+                "close-contact",
+                RED,
+                vec![check("close_contact", Some(14))],
+                clears,
+            )],
+        )
+        .unwrap();
+        let v = Verdicts::at(index.clone(), Arc::new(plan.clone()), now).unwrap();
+        assert_eq!(v.evaluate(fresh).unwrap().colour, GREEN);
+        assert_eq!(v.evaluate(stale).unwrap().colour, RED);
+        let ev = v.explain(fresh).unwrap();
+        let cleared = ev.iter().find(|e| e.role == "cleared").unwrap();
+        assert_eq!(
+            (cleared.hour, cleared.day),
+            (Some(now.hour - 47), Some((now.hour - 47) / 24))
+        );
+        // one hour later the fresh test is 48 hours old too
+        let later = Now {
+            today: 100,
+            hour: now.hour + 1,
+        };
+        assert_eq!(
+            Verdicts::at(index.clone(), Arc::new(plan.clone()), later)
+                .unwrap()
+                .colour_counts(),
+            [0, 0, 2]
+        );
+        // hours on a daily source, both units, and an hour outside the day are refused
+        let bad = vec![rule(
+            "x",
+            RED,
+            vec![Check {
+                source: "close_contact".into(),
+                days: None,
+                hours: Some(5),
+                min_level: None,
+            }],
+            vec![],
+        )];
+        assert!(Verdicts::at(
+            index.clone(),
+            Arc::new(Plan::new("t".into(), bad).unwrap()),
+            now
+        )
+        .is_err());
+        let both = vec![rule(
+            "x",
+            RED,
+            vec![Check {
+                source: "nat_negative".into(),
+                days: Some(1),
+                hours: Some(5),
+                min_level: None,
+            }],
+            vec![],
+        )];
+        assert!(Plan::new("t".into(), both).is_err());
+        assert!(Verdicts::at(
+            index,
+            Arc::new(plan),
+            Now {
+                today: 99,
+                hour: now.hour
+            }
+        )
+        .is_err());
     }
 
     #[test]

@@ -114,6 +114,14 @@ fn lines(raw: &[u8]) -> PyResult<Vec<&str>> {
     Ok(text.lines().filter(|l| !l.trim().is_empty()).collect())
 }
 
+fn unit_err(source: &str, hourly: bool) -> PyErr {
+    InvalidOperation::new_err(if hourly {
+        format!("source {source:?} is hourly: give hours (hour numbers), not days")
+    } else {
+        format!("source {source:?} is daily: give days, not hours")
+    })
+}
+
 fn day_of(day: Option<u32>) -> PyResult<u32> {
     match day {
         Some(UNDATED) => Err(InvalidOperation::new_err("day 4294967295 is reserved")),
@@ -279,6 +287,10 @@ impl PyIndex {
             .collect()
     }
 
+    fn source_is_hourly(&self, name: &str) -> PyResult<bool> {
+        Ok(self.inner.source(name).map_err(py_err)?.hourly)
+    }
+
     fn source_days(&self, name: &str) -> PyResult<Vec<Option<u32>>> {
         let s = self.inner.source(name).map_err(py_err)?;
         let mut days: Vec<u32> = s.buckets.keys().map(|&(_, d)| d).collect();
@@ -380,6 +392,25 @@ impl PyIndexBuilder {
         self.inner
             .as_mut()
             .ok_or_else(|| InvalidOperation::new_err("this builder was finished"))
+    }
+
+    fn is_hourly(&mut self, source: &str) -> PyResult<bool> {
+        Ok(self.b()?.peek().source(source).map_err(py_err)?.hourly)
+    }
+
+    /// The bucket time of each row: days for a daily source, hours for an hourly one.
+    fn row_times(
+        &mut self,
+        source: &str,
+        days: Option<Vec<Option<u32>>>,
+        hours: Option<Vec<Option<u32>>>,
+    ) -> PyResult<Vec<u32>> {
+        let times = match (self.is_hourly(source)?, days, hours) {
+            (false, Some(d), None) => d,
+            (true, None, Some(h)) => h,
+            (hourly, _, _) => return Err(unit_err(source, hourly)),
+        };
+        times.into_iter().map(day_of).collect()
     }
 
     fn keyed_by(&mut self, source: &str) -> PyResult<KeyedBy> {
@@ -509,13 +540,21 @@ impl PyIndexBuilder {
         b.add_card_key(k, holder).map_err(py_err)
     }
 
-    #[pyo3(signature = (name, keyed_by, has_county=false))]
-    fn define_source(&mut self, name: &str, keyed_by: &str, has_county: bool) -> PyResult<()> {
+    #[pyo3(signature = (name, keyed_by, has_county=false, hourly=false))]
+    fn define_source(
+        &mut self,
+        name: &str,
+        keyed_by: &str,
+        has_county: bool,
+        hourly: bool,
+    ) -> PyResult<()> {
         let k = KeyedBy::parse(keyed_by).map_err(py_err)?;
-        self.b()?.define_source(name, k, has_county).map_err(py_err)
+        self.b()?
+            .define_source(name, k, has_county, hourly)
+            .map_err(py_err)
     }
 
-    #[pyo3(signature = (source, ids, day=None, counties=None))]
+    #[pyo3(signature = (source, ids, day=None, counties=None, hour=None))]
     fn add_rows(
         &mut self,
         py: Python<'_>,
@@ -523,29 +562,34 @@ impl PyIndexBuilder {
         ids: &[u8],
         day: Option<u32>,
         counties: Option<&[u8]>,
+        hour: Option<u32>,
     ) -> PyResult<()> {
         let ids = u32s_of(ids, "ids")?;
         let counties = counties.map(|c| u32s_of(c, "counties")).transpose()?;
-        let day = day_of(day)?;
+        let hourly = self.is_hourly(source)?;
+        let day = match (hourly, day, hour) {
+            (false, d, None) => day_of(d)?,
+            (true, None, h) => day_of(h)?,
+            (false, _, Some(_)) => return Err(unit_err(source, false)),
+            (true, Some(_), _) => return Err(unit_err(source, true)),
+        };
         let b = self.b()?;
         py.detach(|| b.add_rows(source, &ids, day, counties.as_deref()))
             .map_err(py_err)
     }
 
-    #[pyo3(signature = (source, identifiers, days, counties=None))]
+    #[pyo3(signature = (source, identifiers, days=None, counties=None, hours=None))]
     fn add_rows_by_identifier(
         &mut self,
         py: Python<'_>,
         source: &str,
         identifiers: Vec<String>,
-        days: Vec<Option<u32>>,
+        days: Option<Vec<Option<u32>>>,
         counties: Option<Vec<u32>>,
+        hours: Option<Vec<Option<u32>>>,
     ) -> PyResult<usize> {
         let keyed_by = self.keyed_by(source)?;
-        let days = days
-            .into_iter()
-            .map(day_of)
-            .collect::<PyResult<Vec<u32>>>()?;
+        let days = self.row_times(source, days, hours)?;
         let b = self.b()?;
         let hasher = b.peek().hasher.clone();
         let raws: Vec<&str> = identifiers.iter().map(String::as_str).collect();
@@ -557,20 +601,18 @@ impl PyIndexBuilder {
         Ok(keys.len())
     }
 
-    #[pyo3(signature = (source, keys, days, counties=None))]
+    #[pyo3(signature = (source, keys, days=None, counties=None, hours=None))]
     fn add_rows_by_key(
         &mut self,
         py: Python<'_>,
         source: &str,
         keys: &[u8],
-        days: Vec<Option<u32>>,
+        days: Option<Vec<Option<u32>>>,
         counties: Option<Vec<u32>>,
+        hours: Option<Vec<Option<u32>>>,
     ) -> PyResult<usize> {
         let keys = keys_of(keys)?;
-        let days = days
-            .into_iter()
-            .map(day_of)
-            .collect::<PyResult<Vec<u32>>>()?;
+        let days = self.row_times(source, days, hours)?;
         let b = self.b()?;
         py.detach(|| b.add_rows_by_key(source, &keys, &days, counties.as_deref()))
             .map_err(py_err)?;
@@ -623,7 +665,7 @@ fn parse_check(rule: &str, field: &str, d: &Bound<'_, PyAny>) -> PyResult<Check>
         .map_err(|_| plan_err(rule, field, "a check is a dict"))?;
     for k in d.keys() {
         let k: String = k.extract()?;
-        if !matches!(k.as_str(), "source" | "days" | "min_level") {
+        if !matches!(k.as_str(), "source" | "days" | "hours" | "min_level") {
             return Err(plan_err(rule, field, &format!("unknown field {k:?}")));
         }
     }
@@ -640,6 +682,13 @@ fn parse_check(rule: &str, field: &str, d: &Bound<'_, PyAny>) -> PyResult<Check>
         ),
         _ => None,
     };
+    let hours: Option<u32> =
+        match d.get_item("hours")? {
+            Some(v) if !v.is_none() => Some(v.extract().map_err(|_| {
+                plan_err(rule, &format!("{field}.hours"), "a whole number of hours")
+            })?),
+            _ => None,
+        };
     let min_level: Option<u8> = match d.get_item("min_level")? {
         Some(v) if !v.is_none() => Some(
             v.extract()
@@ -650,6 +699,7 @@ fn parse_check(rule: &str, field: &str, d: &Bound<'_, PyAny>) -> PyResult<Check>
     Ok(Check {
         source,
         days,
+        hours,
         min_level,
     })
 }
@@ -816,6 +866,7 @@ struct PyEvidence {
     rule_id: String,
     source: String,
     day: Option<u32>,
+    hour: Option<u32>,
     phone_id: Option<u32>,
     county: Option<u32>,
     role: &'static str,
@@ -826,10 +877,12 @@ impl PyEvidence {
     fn __repr__(&self) -> String {
         let opt = |v: Option<u32>| v.map_or_else(|| "None".to_string(), |x| x.to_string());
         format!(
-            "Evidence(rule_id={:?}, source={:?}, day={}, phone_id={}, county={}, role={:?})",
+            "Evidence(rule_id={:?}, source={:?}, day={}, hour={}, phone_id={}, county={}, \
+             role={:?})",
             self.rule_id,
             self.source,
             opt(self.day),
+            opt(self.hour),
             opt(self.phone_id),
             opt(self.county),
             self.role
@@ -863,10 +916,21 @@ fn evaluate_id_number(v: &plan::Verdicts, id_number: &str) -> PyResult<Option<pl
 #[pymethods]
 impl PyVerdicts {
     #[new]
-    fn new(py: Python<'_>, index: &PyIndex, plan: &PyPlan, today: u32) -> PyResult<Self> {
+    #[pyo3(signature = (index, plan, today, hour=None))]
+    fn new(
+        py: Python<'_>,
+        index: &PyIndex,
+        plan: &PyPlan,
+        today: u32,
+        hour: Option<u32>,
+    ) -> PyResult<Self> {
         let (index, plan) = (index.inner.clone(), plan.inner.clone());
+        let now = match hour {
+            None => plan::Now::end_of(today),
+            Some(hour) => plan::Now { today, hour },
+        };
         let v = py
-            .detach(|| plan::Verdicts::new(index, plan, today))
+            .detach(|| plan::Verdicts::at(index, plan, now))
             .map_err(py_err)?;
         Ok(PyVerdicts { inner: Arc::new(v) })
     }
@@ -888,6 +952,11 @@ impl PyVerdicts {
     #[getter]
     fn today(&self) -> u32 {
         self.inner.today
+    }
+
+    #[getter]
+    fn hour(&self) -> u32 {
+        self.inner.hour
     }
 
     fn evaluate(&self, person_id: u32) -> PyResult<PyVerdict> {
@@ -931,6 +1000,7 @@ impl PyVerdicts {
                 rule_id: self.inner.plan.rules[e.rule].id.clone(),
                 source: e.source,
                 day: e.day,
+                hour: e.hour,
                 phone_id: e.phone,
                 county: e.county,
                 role: e.role,

@@ -9,7 +9,8 @@
 //!       phones:  n u32, n x key u128, n x holder u32 (u32::MAX = none)
 //!       cards:   n u32, n x key u128, n x holder u32
 //!       counties: n u32, n x (county u32, level u8)
-//!       sources: n u32, n x (name len u16, name, keyed_by u8 (0 person, 1 phone), has_county u8,
+//!       sources: n u32, n x (name len u16, name, keyed_by u8 (0 person, 1 phone),
+//!                flags u8 (bit 0 has_county, bit 1 hourly),
 //!                buckets u32, buckets x (county u32, day u32, bytes u32, portable roaring bitmap))
 //! ```
 //!
@@ -71,7 +72,7 @@ pub fn to_bytes(index: &Index) -> Vec<u8> {
             KeyedBy::Person => 0,
             KeyedBy::Phone => 1,
         });
-        body.push(u8::from(s.has_county));
+        body.push(u8::from(s.has_county) | (u8::from(s.hourly) << 1));
         body.extend_from_slice(&(s.buckets.len() as u32).to_le_bytes());
         for (&(county, day), b) in &s.buckets {
             body.extend_from_slice(&county.to_le_bytes());
@@ -221,7 +222,11 @@ pub fn from_bytes(bytes: &[u8], secret: [u8; 32]) -> Result<Index> {
             1 => KeyedBy::Phone,
             k => return Err(err(format!("source {name:?}: keyed_by {k} unknown"))),
         };
-        let has_county = c.u8("has_county")? != 0;
+        let flags = c.u8("source flags")?;
+        if flags > 3 {
+            return Err(err(format!("source {name:?}: unknown flags {flags:#x}")));
+        }
+        let (has_county, hourly) = (flags & 1 != 0, flags & 2 != 0);
         let limit = if keyed_by == KeyedBy::Person {
             n_persons
         } else {
@@ -247,6 +252,7 @@ pub fn from_bytes(bytes: &[u8], secret: [u8; 32]) -> Result<Index> {
             Arc::new(Source {
                 keyed_by,
                 has_county,
+                hourly,
                 buckets,
             }),
         );
@@ -270,9 +276,9 @@ mod tests {
 
     fn sample() -> Index {
         let mut b = Index::new([5; 32]).builder();
-        b.define_source("confirmed", KeyedBy::Person, false)
+        b.define_source("confirmed", KeyedBy::Person, false, false)
             .unwrap();
-        b.define_source("telecom_roaming", KeyedBy::Phone, true)
+        b.define_source("telecom_roaming", KeyedBy::Phone, true, false)
             .unwrap();
         let ps: Vec<u32> = (0..1000u128)
             .map(|k| b.add_person_key(((k * 0x9E37_79B9) << 70) | k))

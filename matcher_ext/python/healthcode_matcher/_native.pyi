@@ -1,6 +1,9 @@
 """Typed stubs of the Rust core. Checked against the runtime with `mypy.stubtest`.
 
-Days are whole days since 1970-01-01 *in Asia/Shanghai local time* (the caller converts).
+Days are whole days since 1970-01-01 *in Asia/Shanghai local time* (the caller converts); hours
+are whole hours since 1970-01-01 00:00 Asia/Shanghai (hour // 24 is the day). A source is daily
+(rows bucketed by day) or hourly (rows bucketed by hour, for windows such as "a negative test
+within 48 hours").
 Colours are ints: 0 green, 1 yellow, 2 red (see `healthcode_matcher.Colour`).
 County risk levels are ints: 0 none, 1 low, 2 medium, 3 high. County code 0 is reserved (it marks
 rows of sources without counties) and is refused.
@@ -106,10 +109,11 @@ class Index:
     def sources(self) -> list[tuple[str, str, bool]]:
         """(name, "person" | "phone", has_county) for every defined source."""
     def source_days(self, name: str) -> list[int | None]:
-        """Days that hold rows (None for the undated bucket)."""
+        """Bucket times that hold rows: days, or hours for an hourly source (None: undated)."""
+    def source_is_hourly(self, name: str) -> bool: ...
     def source_counties(self, name: str) -> list[int]: ...
     def source_bitmap(self, name: str, day: int | None = None, county: int | None = None) -> bytes:
-        """One day's rows (None: the undated bucket) in the portable roaring format (readable by
+        """One day's rows (an hour's for an hourly source; None: the undated bucket) in the portable roaring format (readable by
         pyroaring); for a county source one county's rows, or with `county=None` the union over
         every county."""
     def source_len(self, name: str) -> int:
@@ -147,8 +151,9 @@ class IndexBuilder:
         self,
         source: str,
         keys: bytes,
-        days: Sequence[int | None],
+        days: Sequence[int | None] | None = None,
         counties: Sequence[int] | None = None,
+        hours: Sequence[int | None] | None = None,
     ) -> int:
         """Like `add_rows_by_identifier`, with concatenated 16-byte keys instead of raw numbers."""
     def unlink_phone(self, phone: str) -> bool:
@@ -157,25 +162,32 @@ class IndexBuilder:
         """Link a real-name transit card to a person."""
     def add_card_key(self, key: bytes, holder: int) -> None:
         """Link a card, by its 16-byte keyed hash (`Hasher.card_key`), to a person."""
-    def define_source(self, name: str, keyed_by: str, has_county: bool = False) -> None:
-        """Declare a source ("person" or "phone" keyed). Redefining with other traits fails."""
+    def define_source(
+        self, name: str, keyed_by: str, has_county: bool = False, hourly: bool = False
+    ) -> None:
+        """Declare a source ("person" or "phone" keyed; daily, or hourly). Redefining it with
+        other traits fails."""
     def add_rows(
         self,
         source: str,
         ids: bytes,
         day: int | None = None,
         counties: bytes | None = None,
+        hour: int | None = None,
     ) -> None:
-        """Add dense ids (LE u32) on `day` (None: undated, always current). A county source needs
-        `counties` (LE u32, one per id)."""
+        """Add dense ids (LE u32) on `day` of a daily source, or at `hour` of an hourly one
+        (neither: undated, always current). A county source needs `counties` (LE u32, one per
+        id)."""
     def add_rows_by_identifier(
         self,
         source: str,
         identifiers: Sequence[str],
-        days: Sequence[int | None],
+        days: Sequence[int | None] | None = None,
         counties: Sequence[int] | None = None,
+        hours: Sequence[int | None] | None = None,
     ) -> int:
-        """Feed rows keyed by raw ID number (person source) or phone (phone source); unknown
+        """One day per row for a daily source, or one hour per row (`hours`) for an hourly one
+        (None: undated). Feed rows keyed by raw ID number (person source) or phone (phone source); unknown
         ones are registered at first sight. Validates every row first; raises
         IdentifierError naming the first bad row (0-based) and changes nothing. Returns rows."""
     def remove_rows(self, source: str, ids: bytes) -> None:
@@ -193,8 +205,9 @@ class Plan:
 
     Each rule is a dict: {"id": str, "colour": "yellow" | "red", "match": "any" | "all",
     "checks": [check, ...], "clears": [check, ...]}, where a check is
-    {"source": str, "days": int (optional; window ending today), "min_level": int (optional,
-    county sources only: 1 low, 2 medium, 3 high)}.
+    {"source": str, "days": int (optional; window ending today) or "hours": int (optional, hourly
+    sources only; window ending at the current hour), "min_level": int (optional, county sources
+    only: 1 low, 2 medium, 3 high)}. "days" on an hourly source means days * 24 hours.
     """
 
     def __new__(cls, rules: list[dict[str, Any]], version: str = ...) -> Self: ...
@@ -237,6 +250,9 @@ class Evidence:
     def day(self) -> int | None:
         """The latest day in the window with a row (None: undated row)."""
     @property
+    def hour(self) -> int | None:
+        """For an hourly source, the latest hour in the window with a row."""
+    @property
     def phone_id(self) -> int | None:
         """The linked phone the risk came through, for phone sources."""
     @property
@@ -249,14 +265,17 @@ class Evidence:
 class Verdicts:
     """A plan evaluated over a whole index on one day: immutable, shareable across threads."""
 
-    def __new__(cls, index: Index, plan: Plan, today: int) -> Self:
-        """Evaluate every person (parallel, GIL released)."""
+    def __new__(cls, index: Index, plan: Plan, today: int, hour: int | None = None) -> Self:
+        """Evaluate every person (parallel, GIL released) on `today` at `hour` (an hour of
+        `today`; default its last, 23:00-24:00), which ends the windows of hourly sources."""
     @property
     def index(self) -> Index: ...
     @property
     def plan(self) -> Plan: ...
     @property
     def today(self) -> int: ...
+    @property
+    def hour(self) -> int: ...
     def evaluate(self, person_id: int) -> Verdict: ...
     def colour(self, person_id: int) -> int:
         """Only the colour: the cheapest call."""
