@@ -187,7 +187,7 @@ def build(persons: int, phones: int, seed: int, table: Table) -> Population:
     registry_s = time.perf_counter() - start
 
     for name, source in SOURCES.items():
-        builder.define_source(name, source.keyed_by, source.has_county)
+        builder.define_source(name, source.keyed_by, source.has_county, hourly=source.hourly)
     rows_total, rows_s = 0, 0.0
     for feed in FEEDS:
         source = SOURCES[feed.name]
@@ -201,7 +201,11 @@ def build(persons: int, phones: int, seed: int, table: Table) -> Population:
             counties = random_counties(rng, len(ids)) if source.has_county else None
             ids_le = to_le(ids.to_array())
             start = time.perf_counter()
-            builder.add_rows(feed.name, ids_le, day, counties)
+            if source.hourly and day is not None:
+                # one bucket a day, at noon: the verdicts below are built at the day's last hour
+                builder.add_rows(feed.name, ids_le, None, counties, hour=day * 24 + 12)
+            else:
+                builder.add_rows(feed.name, ids_le, day, counties)
             rows_s += time.perf_counter() - start
             rows_total += len(ids)
         progress(f"source {feed.name}: {total:,} rows over {len(days)} bucket(s)")

@@ -54,6 +54,7 @@ from rich.table import Table
 
 from clients.channel import DEFAULT_TIMEOUT_S, Peers, describe_error, open_channel
 from clients.feedgen import COUNTIES, TIANJIN_DISTRICTS
+from services._common.days import hour_start
 
 app = typer.Typer(
     name="healthcode",
@@ -78,7 +79,17 @@ _COLOUR_STYLE = {
     "red": "bold white on red",
     "unknown": "bold white on grey37",
 }
-_ROW_FIELDS = {"source", "id_number", "phone", "day", "county", "person_key", "phone_key"}
+_ROW_FIELDS = {
+    "source",
+    "id_number",
+    "phone",
+    "day",
+    "county",
+    "person_key",
+    "phone_key",
+    "at",
+    "hour",
+}
 
 
 @dataclass
@@ -219,7 +230,7 @@ def _print_verdict(verdict: colour_pb2.Verdict, *, remedies: bool = True) -> Non
             out.print(f"  to clear [bold]{m.rule_id}[/]: {m.text_zh} / {how}")
     out.print(
         f"[dim]rule set {verdict.rule_set_version} · index version {verdict.index_version} · "
-        f"day {verdict.day}[/]"
+        f"{_when(verdict)}[/]"
     )
     if verdict.stale:
         # Never silent: a verifier must know the colour may miss a stalled feed's rows.
@@ -230,6 +241,11 @@ def _print_verdict(verdict: colour_pb2.Verdict, *, remedies: bool = True) -> Non
 
 
 _CST = dt.timezone(dt.timedelta(hours=8))
+
+
+def _when(verdict: colour_pb2.Verdict) -> str:
+    """When a verdict was evaluated: its hour (hourly windows end with it), else its day."""
+    return f"as of {verdict.hour} CST" if verdict.hour else f"day {verdict.day}"
 
 
 def _last_updated(f: colour_pb2.SourceFreshness) -> str:
@@ -487,8 +503,34 @@ def read_rows(path: Path, fmt: FileFormat) -> Iterator[tuple[int, dict[str, Any]
         yield n, rec
 
 
+class RowError(ValueError):
+    """A file row that cannot become a FeedRow (the message names the column)."""
+
+
+def event_time(rec: dict[str, Any]) -> dt.datetime | None:
+    """The time of a row of an hourly source: `at` (ISO 8601 with its offset, e.g.
+    2026-11-28T14:37:00+08:00) or `hour` (hours since 1970-01-01 00:00 Asia/Shanghai, as
+    `clients.feedgen` writes it); None when the row has neither."""
+    at, hour = rec.get("at"), rec.get("hour")
+    if at not in (None, ""):
+        try:
+            when = dt.datetime.fromisoformat(str(at).strip())
+        except ValueError:
+            raise RowError(f"at: {at!r} is not an ISO 8601 time") from None
+        if when.tzinfo is None:
+            raise RowError(f"at: {at!r} needs its offset (+08:00 or Z)")
+        return when
+    if hour not in (None, ""):
+        try:
+            return hour_start(int(str(hour).strip()))
+        except (TypeError, ValueError, OverflowError):
+            raise RowError(f"hour: {hour!r} is not an hour number") from None
+    return None
+
+
 def feed_row(rec: dict[str, Any]) -> risk_index_pb2.FeedRow:
-    """A file row -> FeedRow. Unknown columns become attributes (test result, lab, flight)."""
+    """A file row -> FeedRow. Unknown columns become attributes (test result, lab, flight).
+    Raises RowError for an `at` or `hour` it cannot read."""
     row = risk_index_pb2.FeedRow()
     if rec.get("id_number"):
         row.id_number = str(rec["id_number"])
@@ -496,6 +538,9 @@ def feed_row(rec: dict[str, Any]) -> risk_index_pb2.FeedRow:
         row.phone = str(rec["phone"])
     if rec.get("day"):
         row.day = str(rec["day"])
+    when = event_time(rec)
+    if when is not None:
+        row.at.FromDatetime(when.astimezone(dt.UTC))
     if rec.get("county") not in (None, ""):
         try:
             row.county = int(rec["county"])
@@ -570,7 +615,10 @@ def ingest(
     """Ingest risk feed rows (R4) from a CSV or JSONL file, with a progress bar.
 
     Columns: source, id_number or phone, day (YYYY-MM-DD, for dated sources), county (for
-    county sources); other columns are kept as attributes (lab, result, tracer). Rows go in
+    county sources); for hourly sources (nat_negative) the time of the event: at (ISO 8601
+    with its offset, 2026-11-28T14:37:00+08:00) or hour (an hour number, as feedgen writes
+    it), else the day counts from 00:00. Other columns are kept as attributes (lab, result,
+    tracer). Rows go in
     batches; a bad row refuses its batch and the error names its line in the file. Ingesting
     the same file again changes nothing (batch ids come from the content)."""
     if str(file) != "-" and not file.is_file():
@@ -586,7 +634,10 @@ def ingest(
         position = per_source.get(name, 0)
         per_source[name] = position + 1
         lines[(name, position)] = line
-        rows.append((name, feed_row(rec)))
+        try:
+            rows.append((name, feed_row(rec)))
+        except RowError as e:
+            raise typer.BadParameter(f"line {line}: {e}", param_hint="FILE") from None
     if not rows:
         out.print("no rows")
         return
@@ -693,7 +744,7 @@ def explain(
         out.print(_rule_panel(rule))
     out.print(_freshness_table(x.sources, only_stale=not all_sources))
     out.print(
-        f"[dim]rule set {v.rule_set_version} · index version {v.index_version} · day {v.day}[/]"
+        f"[dim]rule set {v.rule_set_version} · index version {v.index_version} · {_when(v)}[/]"
     )
     if v.stale:
         out.print(
@@ -705,7 +756,9 @@ _LEVEL = {1: "low", 2: "medium", 3: "high"}
 
 
 def _evidence_line(e: colour_pb2.Evidence) -> str:
-    parts = [f"{e.source} ({e.source_title_en} / {e.source_title_zh})", e.day or "on the list"]
+    # An hourly row (a negative test) shows its hour: "within 48 hours" counts hours.
+    when = f"{e.hour} CST" if e.hour else e.day or "on the list"
+    parts = [f"{e.source} ({e.source_title_en} / {e.source_title_zh})", when]
     if e.masked_phone:
         parts.append(f"via phone {e.masked_phone}")
     if e.county:
@@ -934,7 +987,8 @@ def status() -> None:
             out.print(
                 f"colour: rule set {s.rule_set_version} ({len(s.rule_ids)} rules), index version "
                 f"{s.index_version}, {s.person_count} persons: {s.counts.green} green, "
-                f"{s.counts.yellow} yellow, {s.counts.red} red (day {s.day})"
+                f"{s.counts.yellow} yellow, {s.counts.red} red "
+                f"({f'as of {s.hour} CST' if s.hour else f'day {s.day}'})"
             )
         except grpc.RpcError as e:
             out.print(f"colour: {describe_error(e)}", markup=False)

@@ -11,11 +11,19 @@ A row is a dict::
      "county": None}
     {"source": "telecom_roaming", "phone": "13812345678", "day": "2020-12-10", "county": 210211}
 
-`day` is an Asia/Shanghai date (ISO) or None for an undated list entry; `county` is a 6-digit
-administrative code on county sources only. The county risk levels are in `COUNTIES` (synthetic
-grading, not history).
+    {"source": "nat_negative", "id_number": "120101199001011234", "day": "2020-12-16",
+     "hour": 446697, "county": None}   # 09:00
 
-    python -m clients.feedgen feed --persons 1000 --seed 7 --today 2020-12-16 --out rows.jsonl
+`day` is an Asia/Shanghai date (ISO) or None for an undated list entry; `county` is a 6-digit
+administrative code on county sources only. Rows of hourly sources (`Source.hourly`: a negative
+test "within 48 hours") also carry `hour`, the hours since 1970-01-01 00:00 Asia/Shanghai
+(`hour // 24` is the day number of `day`); `clients.cli.feed_row` sends it as `FeedRow.at`.
+Hours are drawn up to a "now" hour, by default the last hour of `today` (23:00), which is also
+the hour `healthcode_matcher.Verdicts` evaluates at when given no hour. The county risk levels
+are in `COUNTIES` (synthetic grading, not history).
+
+    python -m clients.feedgen feed --persons 1000 --seed 7 --today 2020-12-16 --hour 14 \
+        --out rows.jsonl
     python -m clients.feedgen registry --persons 1000 --seed 7 --out registry.jsonl
     python -m clients.feedgen counties
 """
@@ -206,6 +214,21 @@ def make_population(
 # --- rows --------------------------------------------------------------------------------------
 
 
+def day_number(d: date) -> int:
+    """Days since 1970-01-01 of a (Shanghai) date, as the matcher counts them."""
+    return (d - _EPOCH).days
+
+
+def hour_date(hour: int) -> date:
+    """The Asia/Shanghai date of an hour number."""
+    return _EPOCH + timedelta(days=hour // 24)
+
+
+def last_hour(today: date) -> int:
+    """The hour number of 23:00 on `today`: the "now" of rows generated for a whole day."""
+    return day_number(today) * 24 + 23
+
+
 def row(
     source: str,
     *,
@@ -213,8 +236,11 @@ def row(
     phone: str | None = None,
     day: date | None = None,
     county: int | None = None,
+    hour: int | None = None,
 ) -> Row:
-    """One feed row, checked against the catalogue (keying, dating and county)."""
+    """One feed row, checked against the catalogue (keying, dating and county). A row of an
+    hourly source takes `hour` (an hour number; `day` follows from it) or only `day`, which
+    then counts from its 00:00, as the risk index counts a row sent with only a day."""
     src = SOURCES.get(source)
     if src is None:
         raise ValueError(f"unknown source {source!r}")
@@ -226,16 +252,22 @@ def row(
         if phone is None or id_number is not None:
             raise ValueError(f"{source} rows are keyed by phone")
         key = {"phone": phone}
+    if hour is not None:
+        if not src.hourly:
+            raise ValueError(f"{source} rows are counted in days: they have no hour")
+        if day is not None and day != hour_date(hour):
+            raise ValueError(f"{source} row: day {day} is not the date of hour {hour}")
+        day = hour_date(hour)
     if src.dated != (day is not None):
         raise ValueError(f"{source} rows {'need' if src.dated else 'have no'} a day")
     if src.has_county != (county is not None):
         raise ValueError(f"{source} rows {'need' if src.has_county else 'have no'} a county")
-    return {
-        "source": source,
-        **key,
-        "day": None if day is None else day.isoformat(),
-        "county": county,
-    }
+    out: Row = {"source": source, **key, "day": None if day is None else day.isoformat()}
+    if src.hourly:
+        assert day is not None
+        out["hour"] = hour if hour is not None else day_number(day) * 24
+    out["county"] = county
+    return out
 
 
 def counties_at_level(level: int) -> list[int]:
@@ -250,11 +282,14 @@ def generate_feed(
     rate: float = 0.01,
     sources: Iterable[str] | None = None,
     max_days_ago: int = 20,
+    now_hour: int | None = None,
 ) -> Iterator[Row]:
     """Rows for every catalogue source (or those named): about `rate` of the population per
     source, scaled by how common the source is. Clearing rows go mostly to people already
     flagged, so that clears have something to clear. An attribute source (residence) gets one
-    row for every person."""
+    row for every person. Rows of hourly sources get an hour no later than `now_hour` (an hour
+    of `today`; default 23:00), drawn from their own random stream so that the other sources'
+    rows do not depend on it."""
     names = list(SOURCES) if sources is None else list(sources)
     for n in names:
         if n not in SOURCES:
@@ -262,6 +297,10 @@ def generate_feed(
     # Raising sources first: clearing rows are drawn from the people they flagged.
     names.sort(key=lambda n: SOURCES[n].clearing)
     rng = random.Random(seed * 104_729 + today.toordinal())
+    hour_rng = random.Random(seed * 7_368_787 + today.toordinal())
+    now = last_hour(today) if now_hour is None else now_hour
+    if hour_date(now) != today:
+        raise ValueError(f"now_hour {now_hour} is not an hour of {today}")
     all_phones = [ph for p in population for ph in p.phones]
     pool = range(len(population))
     flagged_persons: list[int] = []
@@ -293,7 +332,11 @@ def generate_feed(
         for key in keys:
             day = today - timedelta(days=rng.randint(0, max_days_ago)) if src.dated else None
             county = rng.choices(county_codes, county_weights)[0] if src.has_county else None
-            yield row(name, **key, day=day, county=county)
+            hour = None
+            if src.hourly and day is not None:
+                latest = now % 24 if day == today else 23
+                hour = day_number(day) * 24 + hour_rng.randint(0, latest)
+            yield row(name, **key, day=day, county=county, hour=hour)
 
 
 def _residence_rows(source: str, population: Sequence[Person], seed: int) -> Iterator[Row]:
@@ -319,25 +362,62 @@ def _mix(rng: random.Random, flagged: list[_T], pool: Sequence[_T], want: int) -
 
 
 def rows_to_fire(
-    rule: Rule, person: Person, today: date, *, phone: str | None = None, days_ago: int = 0
+    rule: Rule,
+    person: Person,
+    today: date,
+    *,
+    phone: str | None = None,
+    days_ago: int = 0,
+    now_hour: int | None = None,
 ) -> list[Row]:
     """Rows that make every check of `rule` match for `person` (so both "any" and "all" rules
     fire). County checks get a county graded exactly `min_level`, so a medium-risk row does not
-    also fire the high-risk rule. Phone checks use `phone` (default: the person's first)."""
-    return [_row_for(c, person, today, phone=phone, days_ago=days_ago) for c in rule.checks]
+    also fire the high-risk rule. Phone checks use `phone` (default: the person's first). Rows
+    of hourly sources are timed `days_ago` days before `now_hour` (default 23:00 of `today`)."""
+    return [
+        _row_for(c, person, today, phone=phone, days_ago=days_ago, now_hour=now_hour)
+        for c in rule.checks
+    ]
 
 
 def rows_to_clear(
-    clear: Check, person: Person, today: date, *, phone: str | None = None, days_ago: int = 0
+    clear: Check,
+    person: Person,
+    today: date,
+    *,
+    phone: str | None = None,
+    days_ago: int = 0,
+    now_hour: int | None = None,
 ) -> Row:
     """The clearing row for one `clears` entry of a rule."""
-    return _row_for(clear, person, today, phone=phone, days_ago=days_ago)
+    return _row_for(clear, person, today, phone=phone, days_ago=days_ago, now_hour=now_hour)
 
 
-def _row_for(check: Check, person: Person, today: date, *, phone: str | None, days_ago: int) -> Row:
+def window_hours(check: Check) -> int | None:
+    """A check's window in hours, as the matcher counts it on an hourly source (a window in
+    days is that many times 24 hours); None without a window."""
+    return None if check.window is None else check.window.hours
+
+
+def _row_for(
+    check: Check,
+    person: Person,
+    today: date,
+    *,
+    phone: str | None,
+    days_ago: int,
+    now_hour: int | None = None,
+    hours_ago: int | None = None,
+) -> Row:
     src = SOURCES[check.source]
-    day = None
-    if src.dated:
+    day = hour = None
+    if src.hourly:
+        # Stay inside the window: the oldest hour it holds is (window - 1) hours back.
+        now = last_hour(today) if now_hour is None else now_hour
+        back = days_ago * 24 if hours_ago is None else hours_ago
+        reach = window_hours(check)
+        hour = now - (back if reach is None else min(back, reach - 1))
+    elif src.dated:
         # Stay inside the window: a 1-day window only holds today's rows.
         back = days_ago if check.days is None else min(days_ago, check.days - 1)
         day = today - timedelta(days=back)
@@ -348,8 +428,8 @@ def _row_for(check: Check, person: Person, today: date, *, phone: str | None, da
         ph = phone or (person.phones[0] if person.phones else None)
         if ph is None:
             raise ValueError(f"{check.source} needs a phone, and the person has none")
-        return row(check.source, phone=ph, day=day, county=county)
-    return row(check.source, id_number=person.id_number, day=day, county=county)
+        return row(check.source, phone=ph, day=day, county=county, hour=hour)
+    return row(check.source, id_number=person.id_number, day=day, county=county, hour=hour)
 
 
 @dataclass(frozen=True, slots=True)
@@ -365,12 +445,28 @@ class Scenario:
 
 
 def rule_scenarios(
-    rule_set: RuleSet, today: date, seed: int = 0, numbers: NumberGenerator = "python"
+    rule_set: RuleSet,
+    today: date,
+    seed: int = 0,
+    numbers: NumberGenerator = "python",
+    *,
+    now_hour: int | None = None,
+    margin_hours: int = 0,
 ) -> list[Scenario]:
     """For every rule: a person it fires for, a person just outside its window, and for every
     clear a person it clears, a person whose clear is too old, and (phone clears) a person
     whose other phone still counts. Everyone holds two phones; phone risk comes through the
-    second one, the seed's two-SIM case."""
+    second one, the seed's two-SIM case.
+
+    Rows of hourly sources are timed against `now_hour` (an hour of `today`; default 23:00,
+    the hour `Verdicts` takes when given none): a clear with an N-hour window sits just inside
+    it, N - 1 hours back, and the clear too old just outside, N hours back. `margin_hours`
+    moves the rows that must stay inside that many hours towards now, for a caller whose clock
+    may pass an hour boundary before the verdicts are read (end-to-end tests); rows outside a
+    window only move further out as time passes."""
+    now = last_hour(today) if now_hour is None else now_hour
+    if hour_date(now) != today:
+        raise ValueError(f"now_hour {now_hour} is not an hour of {today}")
     plans: list[tuple[str, Rule, int]] = []  # (kind, rule, index of the clear or -1)
     for rule in rule_set.rules:
         plans.append(("fires", rule, -1))
@@ -388,35 +484,55 @@ def rule_scenarios(
     out = []
     for (kind, rule, i), person in zip(plans, people, strict=True):
         second = person.phones[1]
-        rows = rows_to_fire(rule, person, today, phone=second)
+        rows = rows_to_fire(rule, person, today, phone=second, now_hour=now)
         if kind == "fires":
             out.append(Scenario(f"{rule.id}: fires", person, tuple(rows), fires=(rule.id,)))
             continue
         if kind == "outside":
-            rows = [_outside(c, person, today, second) for c in rule.checks]
+            rows = [_outside(c, person, today, second, now) for c in rule.checks]
             name = f"{rule.id}: outside its window"
             out.append(Scenario(name, person, tuple(rows), silent=(rule.id,)))
             continue
         clear = rule.clears[i]
         if kind == "cleared":
-            rows.append(rows_to_clear(clear, person, today, phone=second))
+            rows.append(_just_inside(clear, person, today, second, now, margin_hours))
             name = f"{rule.id}: cleared by {clear.source}"
             out.append(Scenario(name, person, tuple(rows), cleared=(rule.id,), silent=(rule.id,)))
         elif kind == "clear too old":
-            rows.append(_outside(clear, person, today, second))
+            rows.append(_outside(clear, person, today, second, now))
             name = f"{rule.id}: {clear.source} too old to clear"
             out.append(Scenario(name, person, tuple(rows), fires=(rule.id,)))
         else:
-            rows += rows_to_fire(rule, person, today, phone=person.phones[0])
-            rows.append(rows_to_clear(clear, person, today, phone=second))
+            rows += rows_to_fire(rule, person, today, phone=person.phones[0], now_hour=now)
+            rows.append(rows_to_clear(clear, person, today, phone=second, now_hour=now))
             name = f"{rule.id}: {clear.source} of one phone leaves the other"
             out.append(Scenario(name, person, tuple(rows), fires=(rule.id,)))
     return out
 
 
-def _outside(check: Check, person: Person, today: date, phone: str) -> Row:
-    # One day older than the window reaches; _row_for would clamp it back inside.
-    r = _row_for(check, person, today, phone=phone, days_ago=0)
+def _just_inside(
+    check: Check, person: Person, today: date, phone: str, now_hour: int, margin_hours: int
+) -> Row:
+    """A row of an hourly source at the oldest hour the check's window holds (less the margin);
+    a daily source's row today, as before."""
+    reach = window_hours(check)
+    if not SOURCES[check.source].hourly or reach is None:
+        return _row_for(check, person, today, phone=phone, days_ago=0, now_hour=now_hour)
+    back = max(0, reach - 1 - margin_hours)
+    return _row_for(
+        check, person, today, phone=phone, days_ago=0, now_hour=now_hour, hours_ago=back
+    )
+
+
+def _outside(check: Check, person: Person, today: date, phone: str, now_hour: int) -> Row:
+    # Just older than the window reaches (one day, or for an hourly source one hour); _row_for
+    # would clamp it back inside.
+    r = _row_for(check, person, today, phone=phone, days_ago=0, now_hour=now_hour)
+    if SOURCES[check.source].hourly:
+        reach = window_hours(check)
+        assert reach is not None
+        hour = now_hour - reach
+        return r | {"day": hour_date(hour).isoformat(), "hour": hour}
     assert check.days is not None
     return r | {"day": (today - timedelta(days=check.days)).isoformat()}
 
@@ -425,22 +541,20 @@ def _outside(check: Check, person: Person, today: date, phone: str) -> Row:
 
 
 class _Builder(Protocol):
-    def define_source(self, name: str, keyed_by: str, has_county: bool = False) -> None: ...
+    def define_source(
+        self, name: str, keyed_by: str, has_county: bool = False, hourly: bool = False
+    ) -> None: ...
     def add_persons(self, id_numbers: bytes) -> bytes: ...
     def add_phones(self, phones: bytes, holders: bytes | None = None) -> bytes: ...
     def add_rows_by_identifier(
         self,
         source: str,
         identifiers: Sequence[str],
-        days: Sequence[int | None],
+        days: Sequence[int | None] | None = None,
         counties: Sequence[int] | None = None,
+        hours: Sequence[int | None] | None = None,
     ) -> int: ...
     def set_county_level(self, county: int, level: int) -> None: ...
-
-
-def day_number(d: date) -> int:
-    """Days since 1970-01-01 of a (Shanghai) date, as the matcher counts them."""
-    return (d - _EPOCH).days
 
 
 def load_into(
@@ -450,9 +564,9 @@ def load_into(
     county_levels: dict[int, int] | None = None,
 ) -> None:
     """Define every catalogue source on an `IndexBuilder`, register the people with their
-    phones, add the rows and the county grading."""
+    phones, add the rows (by hour on hourly sources) and the county grading."""
     for name, src in SOURCES.items():
-        builder.define_source(name, src.keyed_by, src.has_county)
+        builder.define_source(name, src.keyed_by, src.has_county, hourly=src.hourly)
     if population:
         ids = builder.add_persons("\n".join(p.id_number for p in population).encode())
         person_ids = array("I")
@@ -469,21 +583,31 @@ def load_into(
             builder.add_phones("\n".join(ph for ph, _ in linked).encode(), holders.tobytes())
     by_source: dict[str, tuple[list[str], list[int | None], list[int]]] = {}
     for r in rows:
-        idents, days, counties = by_source.setdefault(r["source"], ([], [], []))
+        idents, times, counties = by_source.setdefault(r["source"], ([], [], []))
         idents.append(r["id_number"] if "id_number" in r else r["phone"])
-        days.append(None if r["day"] is None else day_number(date.fromisoformat(r["day"])))
+        day = None if r["day"] is None else day_number(date.fromisoformat(r["day"]))
+        if SOURCES[r["source"]].hourly:
+            # A row with only a day counts from its 00:00, as the risk index counts it.
+            hour = r.get("hour")
+            times.append(int(hour) if hour is not None else None if day is None else day * 24)
+        else:
+            times.append(day)
         if r.get("county") is not None:
             counties.append(int(r["county"]))
-    for source, (idents, days, counties) in by_source.items():
-        has_county = SOURCES[source].has_county
-        builder.add_rows_by_identifier(source, idents, days, counties if has_county else None)
+    for source, (idents, times, counties) in by_source.items():
+        src = SOURCES[source]
+        county_list = counties if src.has_county else None
+        if src.hourly:
+            builder.add_rows_by_identifier(source, idents, hours=times, counties=county_list)
+        else:
+            builder.add_rows_by_identifier(source, idents, times, county_list)
     for county, level in (COUNTY_LEVELS if county_levels is None else county_levels).items():
         builder.set_county_level(county, level)
 
 
 # --- output ------------------------------------------------------------------------------------
 
-_ROW_FIELDS = ["source", "id_number", "phone", "day", "county"]
+_ROW_FIELDS = ["source", "id_number", "phone", "day", "hour", "county"]
 
 
 def write_rows(rows: Iterable[Row], out: IO[str], fmt: str, fields: list[str] = _ROW_FIELDS) -> int:
@@ -547,6 +671,15 @@ def feed(
     today: Annotated[
         str, typer.Option(help="Asia/Shanghai date the feeds are as of (YYYY-MM-DD).")
     ] = "2020-12-16",
+    hour: Annotated[
+        int,
+        typer.Option(
+            min=0,
+            max=23,
+            help="Asia/Shanghai hour of --today the feeds are as of: rows of hourly sources "
+            "(nat_negative) are timed no later (the risk index refuses future times).",
+        ),
+    ] = 23,
     rate: Annotated[float, typer.Option(min=0.0, max=1.0, help="Share listed per source.")] = 0.01,
     source: Annotated[
         list[str] | None, typer.Option("--source", "-s", help="Only these sources (repeatable).")
@@ -564,8 +697,10 @@ def feed(
         if s not in SOURCES:
             raise typer.BadParameter(f"unknown source {s!r}", param_hint="--source")
     people = make_population(persons, seed, numbers=numbers.value)
+    now_hour = day_number(day) * 24 + hour
+    rows = generate_feed(people, day, seed, rate=rate, sources=source, now_hour=now_hour)
     with _open_out(out) as f:
-        n = write_rows(generate_feed(people, day, seed, rate=rate, sources=source), f, fmt.value)
+        n = write_rows(rows, f, fmt.value)
     typer.echo(f"{n} rows", err=True)
 
 

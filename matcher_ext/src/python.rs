@@ -921,9 +921,16 @@ impl PyVerdicts {
         py: Python<'_>,
         index: &PyIndex,
         plan: &PyPlan,
-        today: u32,
-        hour: Option<u32>,
+        today: i64,
+        hour: Option<i64>,
     ) -> PyResult<Self> {
+        // wide integers in, so a negative or huge day is a ValueError like every other refusal
+        let unit = |v: i64, what: &str| {
+            u32::try_from(v)
+                .map_err(|_| InvalidOperation::new_err(format!("{what} {v} is out of range")))
+        };
+        let today = unit(today, "day")?;
+        let hour = hour.map(|h| unit(h, "hour")).transpose()?;
         let (index, plan) = (index.inner.clone(), plan.inner.clone());
         let now = match hour {
             None => plan::Now::end_of(today),

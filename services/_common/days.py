@@ -1,4 +1,6 @@
-"""Calendar days as the platform counts them: whole days since 1970-01-01 in Asia/Shanghai.
+"""Calendar days as the platform counts them: whole days since 1970-01-01 in Asia/Shanghai; and
+hours, for hourly sources (a negative test "within 48 hours"): whole hours since 1970-01-01 00:00
+Asia/Shanghai, so that `hour // 24` is the hour's day number.
 
 Declarations reset at local midnight and every dated feed row is a local date, so one function
 turns wire dates ("YYYY-MM-DD") into day numbers (the matcher's unit) and back. The arithmetic
@@ -42,6 +44,30 @@ def day_date(day: int) -> dt.date:
 def format_day(day: int) -> str:
     """Day number -> "YYYY-MM-DD"."""
     return day_date(day).isoformat()
+
+
+def hour_number(value: dt.datetime) -> int:
+    """Hours since 1970-01-01 00:00 Asia/Shanghai of an aware datetime: its local day number
+    times 24 plus its local hour (the matcher's unit for hourly sources)."""
+    if value.tzinfo is None:
+        raise ValueError("datetime must be timezone-aware")
+    local = value.astimezone(SHANGHAI)
+    return day_number(local.date()) * 24 + local.hour
+
+
+def current_hour(now: dt.datetime | None = None) -> int:
+    """The current hour number in Asia/Shanghai."""
+    return hour_number(now or now_shanghai())
+
+
+def hour_start(hour: int) -> dt.datetime:
+    """The Asia/Shanghai start of an hour number (aware)."""
+    return dt.datetime.combine(day_date(hour // 24), dt.time(hour % 24), tzinfo=SHANGHAI)
+
+
+def format_hour(hour: int) -> str:
+    """Hour number -> "YYYY-MM-DD HH:00" (Asia/Shanghai)."""
+    return f"{format_day(hour // 24)} {hour % 24:02d}:00"
 
 
 def next_midnight(now: dt.datetime) -> dt.datetime:

@@ -25,6 +25,13 @@ class Source:
     clearing: bool = False  # a source that clears rules rather than raising them
     # Describes people (e.g. where they live) and is never a risk: rules may not use it.
     attribute: bool = False
+    # Rows carry a time, not only a date: the matcher buckets them by hour, so a window of N
+    # hours on this source is exact ("a negative test within 48 hours"). Only for dated sources.
+    hourly: bool = False
+
+    def __post_init__(self) -> None:
+        if self.hourly and not self.dated:
+            raise ValueError(f"source {self.name!r}: an hourly source must be dated")
 
     @property
     def raising(self) -> bool:
@@ -106,6 +113,7 @@ SOURCES: dict[str, Source] = {
             "核酸检测阴性",
             "negative nucleic-acid test",
             clearing=True,
+            hourly=True,  # a test result carries the time the sample was taken
         ),
         _S(
             "community_verified",

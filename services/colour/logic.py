@@ -3,12 +3,13 @@
 The engine holds two `healthcode_matcher.Matcher`s: one over the whole rule set (the local
 colour) and one over the rules shared with other provinces (R6: what a neighbouring province may
 see, so a city-only red never turns a traveller's code red elsewhere). Anything that changes a
-verdict - a new index version, a new rule set, a new Asia/Shanghai day - builds new `Verdicts`
-aside, off the request path, and swaps them in atomically: a reader sees the old or the new
-verdicts, never a mix, and never waits.
+verdict - a new index version, a new rule set, a new Asia/Shanghai hour (windows of hourly
+sources, "a negative test within 48 hours", end with the current hour; daily windows with the
+current day) - builds new `Verdicts` aside, off the request path, and swaps them in atomically: a
+reader sees the old or the new verdicts, never a mix, and never waits.
 
 A reader takes `matcher.current` once and answers everything from that one `Verdicts` (its
-index, plan and day), so the colour, the reasons and the versions it reports always agree.
+index, plan, day and hour), so the colour, the reasons and the versions it reports always agree.
 
 Freshness (issue 4, part 8): the follower tells the engine when each feed was last updated;
 staleness is judged at answer time against the catalogue's `max_staleness_hours`, so a feed that
@@ -34,6 +35,7 @@ from pathlib import Path
 
 import healthcode_matcher as hm
 
+from services._common.days import hour_number
 from services._common.errors import InvalidArgument, ResourceExhausted, Unavailable
 from services._common.sources import SOURCES, get_source
 from services.rules import Check, Rule, RuleSet, RuleSetError, parse_rule_set
@@ -80,6 +82,13 @@ class Freshness:
 
 def day_to_date(day: int) -> dt.date:
     return _EPOCH + dt.timedelta(days=day)
+
+
+def evidence_day(ev: hm.Evidence) -> dt.date | None:
+    """The date of a row behind a rule: its day, or for an hourly source its hour's date."""
+    if ev.hour is not None:
+        return day_to_date(ev.hour // 24)
+    return None if ev.day is None else day_to_date(ev.day)
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,6 +151,7 @@ class Assessment:
     index_version: int
     day: dt.date
     stale_feeds: tuple[Freshness, ...] = ()
+    hour: int | None = None  # the hour number the verdicts were evaluated at (an hour of `day`)
 
     @property
     def stale_sources(self) -> tuple[str, ...]:
@@ -158,6 +168,7 @@ class EvidenceView:
     county: int = 0
     county_level: int = 0  # the county's grading now: 0 none, 1 low, 2 medium, 3 high
     phone_cleared_by: str = ""  # a phone verification took this phone's row out of the rule
+    hour: int | None = None  # hourly sources: the hour number of the latest row in the window
 
 
 @dataclass(frozen=True, slots=True)
@@ -261,6 +272,7 @@ class ReplicaStatus:
     day: dt.date
     rule_counts: Mapping[str, int]
     stale_sources: tuple[str, ...]  # raising and clearing sources of the active set
+    hour: int | None = None  # the hour number the verdicts are for
 
 
 def _now() -> dt.datetime:
@@ -360,7 +372,7 @@ class ColourEngine:
                 previous = {}
             self._published = {**previous, index.version: published}
             try:
-                self._swap(index, self._rules, hm.day_number(self._now()))
+                self._swap(index, self._rules, self._now())
             except BaseException:
                 self._published = previous
                 raise
@@ -413,8 +425,9 @@ class ColourEngine:
         return raising | depends_on(rule_set, fired)
 
     def tick(self) -> bool:
-        """Rebuild the verdicts when the Asia/Shanghai day changed (windows are day-based), and
-        activate a pending rule set whose time has come. True if anything was swapped."""
+        """Rebuild the verdicts when the Asia/Shanghai hour changed (windows of hourly sources
+        end with the current hour, daily ones with the current day), and activate a pending
+        rule set whose time has come. True if anything was swapped."""
         now = self._now()
         with self._write_lock:
             swapped = False
@@ -427,9 +440,8 @@ class ColourEngine:
             if self._matcher is None:
                 return swapped
             current = self._matcher.current
-            day = hm.day_number(now)
-            if swapped or day != current.today:
-                self._swap(current.index, self._rules, day)
+            if swapped or hour_number(now) != current.hour:
+                self._swap(current.index, self._rules, now)
                 return True
         return swapped
 
@@ -459,7 +471,7 @@ class ColourEngine:
                 # Evaluating the draft over the whole population answers "how many people
                 # does this change turn yellow" before it goes live.
                 try:
-                    draft = hm.Verdicts(current.index, compiled.plan, current.today)
+                    draft = hm.Verdicts(current.index, compiled.plan, current.today, current.hour)
                 except (hm.InvalidOperation, hm.PlanError) as exc:
                     raise InvalidArgument([("text", str(exc))]) from None
                 counts, previous = draft.colour_counts(), current.colour_counts()
@@ -477,7 +489,7 @@ class ColourEngine:
             self._rules = compiled
             if self._matcher is not None:
                 current = self._matcher.current
-                self._swap(current.index, compiled, current.today, draft=draft)
+                self._swap(current.index, compiled, current, draft=draft)
             else:
                 self._remember(compiled)
         log.info("rule set %s activated (%d rules)", rule_set.version, len(rule_set.rules))
@@ -487,13 +499,20 @@ class ColourEngine:
         self,
         index: hm.Index,
         rules: CompiledRules,
-        day: int,
+        when: dt.datetime | hm.Verdicts,
         draft: hm.Verdicts | None = None,
     ) -> None:
-        # Caller holds the write lock. Build both first, then swap: both are ready before
-        # either goes live, so the two never lag each other by a build.
-        full = draft if draft is not None else hm.Verdicts(index, rules.plan, day)
-        shared = hm.Verdicts(index, rules.shared_plan, day)
+        """Evaluate `rules` over `index` at `when` (a moment, or the day and hour of verdicts
+        held) and swap them in. Caller holds the write lock."""
+        if isinstance(when, hm.Verdicts):
+            day, hour = when.today, when.hour
+        else:
+            hour = hour_number(when)
+            day = hour // 24
+        # Build both first, then swap: both are ready before either goes live, so the two never
+        # lag each other by a build.
+        full = draft if draft is not None else hm.Verdicts(index, rules.plan, day, hour)
+        shared = hm.Verdicts(index, rules.shared_plan, day, hour)
         self._remember(rules)
         if self._matcher is None or self._shared_matcher is None:
             self._matcher, self._shared_matcher = hm.Matcher(full), hm.Matcher(shared)
@@ -553,6 +572,7 @@ class ColourEngine:
                     self._published_version(verdicts),
                     day,
                     self._stale_feeds(self._depends_on(rule_set, ())),
+                    verdicts.hour,
                 ),
                 None,
                 [],
@@ -578,6 +598,7 @@ class ColourEngine:
             index_version=self._published_version(verdicts),
             day=day,
             stale_feeds=self._stale_feeds(self._depends_on(rule_set, verdict.rules)),
+            hour=verdicts.hour,
         )
         return assessment, verdict, evidence, masks
 
@@ -667,7 +688,7 @@ class ColourEngine:
             districts_from = self._district_source(index, district_source)
             start = time.perf_counter()
             try:
-                draft = hm.Verdicts(index, plan, active.today)
+                draft = hm.Verdicts(index, plan, active.today, active.hour)
             except (hm.InvalidOperation, hm.PlanError) as exc:
                 raise InvalidArgument([("text", str(exc))]) from None
             counted = active.transitions(draft, districts_from or None)
@@ -750,6 +771,7 @@ class ColourEngine:
                 person_count=0,
                 counts=(0, 0, 0),
                 day=day_to_date(hm.day_number(self._now())),
+                hour=hour_number(self._now()),
                 rule_counts={},
                 stale_sources=tuple(f.source for f in self._stale_feeds(rule_set.sources())),
             )
@@ -763,6 +785,7 @@ class ColourEngine:
             person_count=verdicts.index.person_count,
             counts=verdicts.colour_counts(),
             day=day_to_date(verdicts.today),
+            hour=verdicts.hour,
             rule_counts=verdicts.rule_counts(),
             stale_sources=tuple(f.source for f in self._stale_feeds(rule_set.sources())),
         )
@@ -869,7 +892,7 @@ def _reasons(
                 text_zh=rule.text_zh,
                 text_en=rule.text_en,
                 source=ev.source,
-                day=None if ev.day is None else day_to_date(ev.day),
+                day=evidence_day(ev),
                 masked_phone="" if ev.phone_id is None else masks.get(ev.phone_id, ""),
                 county=ev.county or 0,
                 cleared=ev.rule_id in cleared,
@@ -895,10 +918,11 @@ def _rule_views(
         rule = rule_set.rule(ev.rule_id)
         view = EvidenceView(
             source=ev.source,
-            day=None if ev.day is None else day_to_date(ev.day),
+            day=evidence_day(ev),
             masked_phone="" if ev.phone_id is None else masks.get(ev.phone_id, ""),
             county=ev.county or 0,
             county_level=0 if ev.county is None else levels.get(ev.county, 0),
+            hour=ev.hour,
         )
         if ev.role == "fired":
             rows.setdefault(ev.rule_id, []).append(view)
@@ -940,7 +964,8 @@ def source_title(name: str) -> tuple[str, str]:
 
 
 def run_clock(engine: ColourEngine, stop: threading.Event, interval: float = 5.0) -> None:
-    """Call `engine.tick()` until `stop` is set: midnight rollover and timed rule sets."""
+    """Call `engine.tick()` until `stop` is set: the hourly rebuild (windows move with the
+    Asia/Shanghai hour) and timed rule sets."""
     while not stop.wait(interval):
         try:
             engine.tick()

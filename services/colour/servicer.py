@@ -9,6 +9,7 @@ from healthcode.v1 import colour_pb2, colour_pb2_grpc, common_pb2
 
 from services._common.actors import Role
 from services._common.convert import actor_from_proto, person_from_proto, timestamp
+from services._common.days import format_hour
 from services._common.errors import InvalidArgument, PermissionDenied, grpc_errors
 from services._common.identifiers import Identifiers
 from services.colour.logic import (
@@ -59,6 +60,7 @@ def verdict_to_proto(a: Assessment) -> colour_pb2.Verdict:
         person_key=a.person_key,
         stale=bool(a.stale_feeds),
         stale_feeds=[freshness_to_proto(f) for f in a.stale_feeds],
+        hour="" if a.hour is None else format_hour(a.hour),
     )
     for r in a.reasons:
         verdict.reasons.add(
@@ -98,6 +100,7 @@ def _evidence_to_proto(e: EvidenceView) -> colour_pb2.Evidence:
         # The matcher's grading (1 low, 2 medium, 3 high) is the proto's; 0 is "not graded".
         county_level=common_pb2.CountyRiskLevel.ValueType(e.county_level),
         phone_cleared_by=e.phone_cleared_by,
+        hour="" if e.hour is None else format_hour(e.hour),
     )
 
 
@@ -279,6 +282,7 @@ class ColourServicer(colour_pb2_grpc.ColourServiceServicer):
             day=status.day.isoformat(),
             rule_counts=dict(status.rule_counts),
             stale_sources=status.stale_sources,
+            hour="" if status.hour is None else format_hour(status.hour),
         )
         if status.index_received_at is not None:
             response.index_received_at.CopyFrom(timestamp(status.index_received_at))

@@ -23,7 +23,7 @@ from services._common.days import check_county
 from services._common.errors import AlreadyExists, InvalidArgument
 from services._common.identifiers import Identifiers, check_key
 from services._common.sources import SOURCES, Source
-from services.risk_index.model import IngestResult, RawRow, SourceStats, State
+from services.risk_index.model import IngestResult, RawRow, SourceStats, State, bucket_hour
 from services.risk_index.repository import RiskIndexRepository
 from services.risk_index.validation import check_masked, validate_batch
 
@@ -107,7 +107,7 @@ def build_index(secret: bytes, state: State) -> Index:
     as the database's latest version so a replica sees one numbering."""
     builder = Index(secret).builder()
     for source in SOURCES.values():
-        builder.define_source(source.name, source.keyed_by, source.has_county)
+        builder.define_source(source.name, source.keyed_by, source.has_county, hourly=source.hourly)
     for key in state.persons:
         builder.add_person_key(key)
     for phone in state.phones:
@@ -118,7 +118,9 @@ def build_index(secret: bytes, state: State) -> Index:
     for county, level in state.county_levels.items():
         builder.set_county_level(county, level)
     for rows in state.rows:
-        _add_rows(builder, SOURCES[rows.source], bytes(rows.keys), rows.days, rows.counties)
+        _add_rows(
+            builder, SOURCES[rows.source], bytes(rows.keys), rows.days, rows.counties, rows.hours
+        )
     latest = state.latest.version if state.latest is not None else 0
     return builder.finish(version=latest) if latest > 0 else builder.finish()
 
@@ -129,12 +131,18 @@ def _add_rows(
     keys: bytes,
     row_days: Sequence[int | None],
     counties: Sequence[int],
+    row_hours: Sequence[int | None],
 ) -> None:
+    """Rows into the builder: by day for a daily source, by hour for an hourly one (a row
+    without an hour counts from its day's 00:00)."""
     if not row_days:
         return
-    builder.add_rows_by_key(
-        source.name, keys, list(row_days), list(counties) if source.has_county else None
-    )
+    county_list = list(counties) if source.has_county else None
+    if source.hourly:
+        hours = [bucket_hour(d, h) for d, h in zip(row_days, row_hours, strict=True)]
+        builder.add_rows_by_key(source.name, keys, hours=hours, counties=county_list)
+    else:
+        builder.add_rows_by_key(source.name, keys, list(row_days), county_list)
 
 
 class RiskIndex:
@@ -209,6 +217,7 @@ class RiskIndex:
             identifiers=self._identifiers,
             today=days.today(now),
             max_rows=self._max_batch_rows,
+            now=now,
         )
         digest = batch.digest()
         with self._write:
@@ -227,11 +236,12 @@ class RiskIndex:
             keys = b"".join(r.key for r in batch.rows)
             row_days = [r.day for r in batch.rows]
             counties = [r.county or 0 for r in batch.rows]
+            row_hours = [r.hour for r in batch.rows]
 
             def apply(builder: IndexBuilder) -> None:
                 if batch.replace:
                     builder.clear_source(batch.source)
-                _add_rows(builder, source_def, keys, row_days, counties)
+                _add_rows(builder, source_def, keys, row_days, counties, row_hours)
 
             self._apply(version, now, apply)
         logger.info(

@@ -22,11 +22,14 @@ class RawRow:
     day: str = ""
     county: int = 0
     attributes: Mapping[str, str] = field(default_factory=dict)
+    at: dt.datetime | None = None  # when the event happened (hourly sources); aware
 
 
 @dataclass(frozen=True, slots=True)
 class Row:
-    """A validated row: keyed, masked, with a day number (None: undated) and county (None)."""
+    """A validated row: keyed, masked, with a day number (None: undated) and county (None).
+    Rows of hourly sources also carry the hour number their `at` fell in (None: the feed gave
+    only a day, counted from its first hour; see `bucket_hour`)."""
 
     kind: str  # "person" or "phone"
     key: bytes
@@ -34,6 +37,15 @@ class Row:
     day: int | None
     county: int | None
     attributes: Mapping[str, str] = field(default_factory=dict)
+    hour: int | None = None
+
+
+def bucket_hour(day: int | None, hour: int | None) -> int | None:
+    """The hour an hourly source's row counts from: its own, else its day's 00:00 (a row with
+    only a day, or stored before rows had hours), else None (undated)."""
+    if hour is not None:
+        return hour
+    return None if day is None else day * 24
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,6 +65,9 @@ class Batch:
         for r in self.rows:
             h.update(r.kind.encode() + b"\0" + r.key)
             h.update(f"\0{r.day}\0{r.county}\0".encode())
+            if r.hour is not None:
+                # Only timed rows add to it: batches digested before hours existed still match.
+                h.update(f"h{r.hour}\0".encode())
             h.update(json.dumps(dict(r.attributes), sort_keys=True).encode() + b"\0")
         return h.digest()
 
@@ -119,6 +134,7 @@ class SourceRows:
     keys: bytearray = field(default_factory=bytearray)
     days: list[int | None] = field(default_factory=list)
     counties: list[int] = field(default_factory=list)
+    hours: list[int | None] = field(default_factory=list)  # as stored (None: no time given)
 
     def __len__(self) -> int:
         return len(self.days)

@@ -93,6 +93,15 @@ CREATE TABLE county_levels (
 """
 
 
+# Rows of hourly sources (a negative test "within 48 hours") keep the hour they were timed in.
+# A data directory from before hours opens as it was: its rows have no hour and count from their
+# day's 00:00, as a row sent with only a day does.
+SCHEMA_V2 = """
+-- Hours since 1970-01-01 00:00 Asia/Shanghai (hour / 24 = day); NULL: no time was given.
+ALTER TABLE feed_rows ADD COLUMN hour INTEGER;
+"""
+
+
 def _iso(value: dt.datetime) -> str:
     return value.astimezone(dt.UTC).isoformat()
 
@@ -102,7 +111,7 @@ def _from_iso(text: str) -> dt.datetime:
 
 
 class RiskIndexRepository(SqliteRepository):
-    MIGRATIONS = (SCHEMA_V1,)
+    MIGRATIONS = (SCHEMA_V1, SCHEMA_V2)
 
     # -- versions --------------------------------------------------------------------------
 
@@ -166,7 +175,7 @@ class RiskIndexRepository(SqliteRepository):
             )
             conn.executemany(
                 "INSERT INTO feed_rows (batch_id, seq, subject_kind, subject_key, masked, day, "
-                "county, attributes) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                "county, attributes, hour) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     (
                         batch.batch_id,
@@ -179,6 +188,7 @@ class RiskIndexRepository(SqliteRepository):
                         json.dumps(dict(r.attributes), ensure_ascii=False)
                         if r.attributes
                         else None,
+                        r.hour,
                     )
                     for seq, r in enumerate(batch.rows)
                 ),
@@ -348,7 +358,7 @@ class RiskIndexRepository(SqliteRepository):
             }
             by_source: dict[str, SourceRows] = {}
             for r in conn.execute(
-                "SELECT b.source, f.subject_key, f.day, f.county FROM feed_rows f "
+                "SELECT b.source, f.subject_key, f.day, f.county, f.hour FROM feed_rows f "
                 "JOIN batches b ON b.batch_id = f.batch_id "
                 "WHERE b.superseded_by IS NULL ORDER BY b.version, f.seq"
             ):
@@ -358,6 +368,7 @@ class RiskIndexRepository(SqliteRepository):
                 rows.keys += r[1]
                 rows.days.append(r[2])
                 rows.counties.append(r[3] if r[3] is not None else 0)
+                rows.hours.append(r[4])
             latest = _latest(conn)
         return State(persons, phones, cards, counties, list(by_source.values()), latest)
 

@@ -9,7 +9,7 @@ import grpc
 from healthcode.v1 import risk_index_pb2, risk_index_pb2_grpc
 
 from services._common.convert import actor_from_proto, timestamp
-from services._common.errors import grpc_errors
+from services._common.errors import InvalidArgument, grpc_errors
 from services._common.identifiers import Identifiers
 from services.risk_index.logic import RiskIndex
 from services.risk_index.model import RawRow
@@ -25,7 +25,7 @@ _SUBJECT_KIND = {
 }
 
 
-def raw_row(row: risk_index_pb2.FeedRow) -> RawRow:
+def raw_row(row: risk_index_pb2.FeedRow, field: str = "row") -> RawRow:
     subject = row.WhichOneof("subject") or ""
     value: str | bytes = getattr(row, subject) if subject else ""
     return RawRow(
@@ -35,7 +35,15 @@ def raw_row(row: risk_index_pb2.FeedRow) -> RawRow:
         day=row.day,
         county=row.county,
         attributes=dict(row.attributes),
+        at=_instant(row, f"{field}.at") if row.HasField("at") else None,
     )
+
+
+def _instant(row: risk_index_pb2.FeedRow, field: str) -> dt.datetime:
+    try:
+        return row.at.ToDatetime(dt.UTC)
+    except (ValueError, OverflowError):
+        raise InvalidArgument([(field, "not a valid time")]) from None
 
 
 class RiskIndexServicer(risk_index_pb2_grpc.RiskIndexServiceServicer):
@@ -52,7 +60,7 @@ class RiskIndexServicer(risk_index_pb2_grpc.RiskIndexServiceServicer):
             actor,
             request.source,
             request.batch_id,
-            [raw_row(r) for r in request.rows],
+            [raw_row(r, f"rows[{i}]") for i, r in enumerate(request.rows)],
             request.replace,
         )
         return risk_index_pb2.IngestBatchResponse(
@@ -131,6 +139,7 @@ class RiskIndexServicer(risk_index_pb2_grpc.RiskIndexServiceServicer):
                 has_county=s.has_county,
                 dated=s.dated,
                 clearing=s.clearing,
+                hourly=s.hourly,
                 max_staleness_hours=s.max_staleness_hours,
                 title_zh=s.title_zh,
                 title_en=s.title_en,

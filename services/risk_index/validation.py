@@ -5,10 +5,11 @@ batch in one round trip. Pure: no gRPC, no database, no matcher index.
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Mapping, Sequence
 
 from services._common.actors import Actor
-from services._common.days import check_county, parse_day
+from services._common.days import check_county, format_day, hour_number, parse_day
 from services._common.errors import InvalidArgument, ResourceExhausted
 from services._common.identifiers import Identifiers, check_key
 from services._common.logs import redact
@@ -22,6 +23,8 @@ MAX_ATTRIBUTE_VALUE_CHARS = 256
 MAX_MASKED_CHARS = 32
 # Feeds send recent history; a row older than this is almost surely a typo in the year.
 MAX_ROW_AGE_DAYS = 366
+# A lab's clock may run a little ahead of ours: a time up to this far in the future is taken.
+MAX_CLOCK_SKEW = dt.timedelta(minutes=5)
 
 _PERSON_SUBJECTS = ("id_number", "person_key")
 _PHONE_SUBJECTS = ("phone", "phone_key")
@@ -45,9 +48,11 @@ def validate_batch(
     identifiers: Identifiers,
     today: int,
     max_rows: int,
+    now: dt.datetime | None = None,
 ) -> Batch:
     """A validated batch, or InvalidArgument listing every problem, or ResourceExhausted when the
-    batch has more than `max_rows` rows (checked first: it costs nothing)."""
+    batch has more than `max_rows` rows (checked first: it costs nothing). `now` (aware) bounds
+    the `at` of rows of hourly sources; without it only their day is checked against `today`."""
     if len(rows) > max_rows:
         raise ResourceExhausted(
             f"a batch holds at most {max_rows} rows, this one has {len(rows)}; split it",
@@ -70,7 +75,7 @@ def validate_batch(
     if source is not None:
         for i, raw in enumerate(rows):
             try:
-                checked.append(validate_row(raw, source, f"rows[{i}]", identifiers, today))
+                checked.append(validate_row(raw, source, f"rows[{i}]", identifiers, today, now=now))
             except InvalidArgument as error:
                 violations.extend(error.violations)
     if violations:
@@ -80,7 +85,13 @@ def validate_batch(
 
 
 def validate_row(
-    raw: RawRow, source: Source, field: str, identifiers: Identifiers, today: int
+    raw: RawRow,
+    source: Source,
+    field: str,
+    identifiers: Identifiers,
+    today: int,
+    *,
+    now: dt.datetime | None = None,
 ) -> Row:
     """One row; InvalidArgument with every problem of the row."""
     violations: list[tuple[str, str]] = []
@@ -112,21 +123,8 @@ def validate_row(
         except InvalidArgument as error:
             violations.extend(error.violations)
 
-    day: int | None = None
-    if source.dated:
-        if not raw.day.strip():
-            violations.append((f"{field}.day", f"source {source.name!r} needs a day, YYYY-MM-DD"))
-        else:
-            try:
-                day = parse_day(
-                    raw.day, f"{field}.day", today_day=today, max_age_days=MAX_ROW_AGE_DAYS
-                )
-            except InvalidArgument as error:
-                violations.extend(error.violations)
-    elif raw.day.strip():
-        violations.append(
-            (f"{field}.day", f"source {source.name!r} is undated (a current list): leave it empty")
-        )
+    day, hour, problems = _check_time(raw, source, field, today, now)
+    violations.extend(problems)
 
     county: int | None = None
     if source.has_county:
@@ -141,7 +139,73 @@ def validate_row(
     if violations:
         raise InvalidArgument(violations)
     assert key is not None
-    return Row(source.keyed_by, key, masked, day, county, dict(raw.attributes))
+    return Row(source.keyed_by, key, masked, day, county, dict(raw.attributes), hour)
+
+
+def _check_time(
+    raw: RawRow, source: Source, field: str, today: int, now: dt.datetime | None
+) -> tuple[int | None, int | None, list[tuple[str, str]]]:
+    """(day, hour, problems) of a row: a day for dated sources, and for hourly ones the hour of
+    `at` (None when only a day was given: it counts from 00:00)."""
+    if raw.at is not None and not source.hourly:
+        unit = "a day" if source.dated else "no time (a current list)"
+        return (
+            None,
+            None,
+            [(f"{field}.at", f"source {source.name!r} rows carry {unit}: leave it unset")],
+        )
+    if raw.at is not None:
+        return _check_at(raw, field, today, now)
+    if not raw.day.strip():
+        if source.hourly:
+            why = (
+                f"source {source.name!r} counts hours: give the time of the event, or at least "
+                "its day (counted from 00:00)"
+            )
+            return None, None, [(f"{field}.at", why)]
+        if source.dated:
+            return None, None, [(f"{field}.day", f"source {source.name!r} needs a day, YYYY-MM-DD")]
+        return None, None, []
+    if not source.dated:
+        why = f"source {source.name!r} is undated (a current list): leave it empty"
+        return None, None, [(f"{field}.day", why)]
+    try:
+        day = parse_day(raw.day, f"{field}.day", today_day=today, max_age_days=MAX_ROW_AGE_DAYS)
+    except InvalidArgument as error:
+        return None, None, list(error.violations)
+    return day, None, []
+
+
+def _check_at(
+    raw: RawRow, field: str, today: int, now: dt.datetime | None
+) -> tuple[int | None, int | None, list[tuple[str, str]]]:
+    """(day, hour, problems) of an hourly source's row timed by `at`."""
+    at = raw.at
+    assert at is not None
+    if at.tzinfo is None:
+        return None, None, [(f"{field}.at", "a time must carry its offset (UTC or +08:00)")]
+    hour = hour_number(at)
+    day = hour // 24
+    problems: list[tuple[str, str]] = []
+    if now is not None and at > now + MAX_CLOCK_SKEW:
+        problems.append((f"{field}.at", f"{at.isoformat()} is in the future"))
+    elif now is None and day > today:
+        problems.append((f"{field}.at", f"{format_day(day)} is in the future"))
+    if day < today - MAX_ROW_AGE_DAYS:
+        problems.append((f"{field}.at", f"more than {MAX_ROW_AGE_DAYS} days ago"))
+    if raw.day.strip():
+        try:
+            given = parse_day(raw.day, f"{field}.day")
+        except InvalidArgument as error:
+            problems.extend(error.violations)
+        else:
+            if given != day:
+                why = (
+                    f"{raw.day.strip()} is not the Asia/Shanghai date of `at` "
+                    f"({format_day(day)}): leave it empty or make them agree"
+                )
+                problems.append((f"{field}.day", why))
+    return (None, None, problems) if problems else (day, hour, [])
 
 
 def check_masked(masked: str, field: str) -> str:

@@ -31,16 +31,21 @@ class Window:
 
     @property
     def days(self) -> int:
-        """Whole days for the matcher, which buckets rows by Asia/Shanghai date.
+        """Whole days, as the matcher applies the window to a daily source (rows bucketed by
+        Asia/Shanghai date).
 
-        A window of N hours becomes ceil(N / 24) days ending today, so on day T it covers the
-        days [T - d + 1, T]: between (d - 1) * 24 and d * 24 hours back depending on the time of
-        day. A 48-hour negative test is accepted from yesterday 00:00 onwards, never from the day
-        before yesterday, whatever the hour.
+        A window of N hours on a daily source becomes ceil(N / 24) days ending today, so on day
+        T it covers the days [T - d + 1, T]: between (d - 1) * 24 and d * 24 hours back
+        depending on the time of day. On an hourly source the window is exact (`hours`).
         """
         if self.unit == "days":
             return self.amount
         return math.ceil(self.amount / 24)
+
+    @property
+    def hours(self) -> int:
+        """The window in hours, exactly as written (N days are N * 24 hours)."""
+        return self.amount if self.unit == "hours" else self.amount * 24
 
     def __str__(self) -> str:
         return f"{self.amount} {self.unit}"
@@ -51,26 +56,44 @@ class Check:
     """One condition of a rule tested against one source (one 碰撞比对).
 
     `window` is the effective window (the check's own, else its rule's); None for an undated
-    source, whose rows are current list entries.
+    source, whose rows are current list entries. `hourly` is the source's trait (its rows are
+    bucketed by hour): there a window is exact to the hour, elsewhere it is whole days.
     """
 
     source: str
     window: Window | None = None
     min_level: int | None = None  # county sources only: 1 low, 2 medium, 3 high
+    hourly: bool = False
 
     @property
     def days(self) -> int | None:
+        """The window in whole days (hours rounded up): what a daily source is checked over,
+        and a day count that an hourly window fits in."""
         return None if self.window is None else self.window.days
+
+    @property
+    def hours(self) -> int | None:
+        """On an hourly source, the exact window in hours; None on a daily source or without a
+        window."""
+        return None if self.window is None or not self.hourly else self.window.hours
 
     def key(self) -> tuple[str, int | None, int | None]:
         """What the matcher evaluates: equal keys are one check on a display, whichever rule
-        uses them (48 hours and 2 days are the same check)."""
-        return (self.source, self.days, self.min_level)
+        uses them. The window is in hours on an hourly source (48 hours and 2 days are the same
+        check, 47 hours is another) and in whole days elsewhere (there 47 hours, 48 hours and 2
+        days are all the same check)."""
+        return (self.source, self.hours if self.hourly else self.days, self.min_level)
 
     def plan_dict(self) -> dict[str, Any]:
+        """The check as `healthcode_matcher.Plan` takes it: {"hours": N} for an hour window on
+        an hourly source (exact), else {"days": N} (an hour window on a daily source rounds up
+        to whole days; days on an hourly source are N * 24 hours to the matcher)."""
         d: dict[str, Any] = {"source": self.source}
-        if self.days is not None:
-            d["days"] = self.days
+        if self.window is not None:
+            if self.hourly and self.window.unit == "hours":
+                d["hours"] = self.window.amount
+            else:
+                d["days"] = self.window.days
         if self.min_level is not None:
             d["min_level"] = self.min_level
         return d

@@ -302,7 +302,7 @@ def _effective(c: _CheckFile, rule_window: Window | None) -> Check:
     src = SOURCES[c.source]
     window = _window(c.window_days, c.window_hours) or rule_window
     # Undated rows match whatever the window; dropping it keeps equal checks equal.
-    return Check(c.source, window if src.dated else None, c.min_level)
+    return Check(c.source, window if src.dated else None, c.min_level, src.hourly)
 
 
 def _key(c: _CheckFile, rule_window: Window | None) -> tuple[str, int | None, int | None]:

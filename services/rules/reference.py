@@ -2,11 +2,18 @@
 means, used to test the Rust matcher against it and to try a rule set on a handful of people.
 Quadratic and slow by design; production verdicts come from `healthcode_matcher.Verdicts`.
 
-Semantics (the matcher's): on day T a check with a window of d days matches rows dated
-T - d + 1 .. T and undated rows; `min_level` compares the row county's grade; a phone-keyed check
-matches through any phone in the person's name. A person-keyed clear clears the whole rule; a
-phone-keyed clear takes only that phone out of the rule's phone checks. The colour is the most
-severe rule that fired and was not cleared.
+Semantics (the matcher's): on day T a check with a window of d days on a daily source matches
+rows dated T - d + 1 .. T and undated rows. On an hourly source (`Source.hourly`) the window is
+exact to the hour: evaluated at hour H (an hour of T, by default its last, 23:00), a window of N
+hours (N * 24 for a window in days) matches rows at hours h with h <= H and H - h < N, and
+undated rows. Without a window every row matches. `min_level` compares the row county's grade; a
+phone-keyed check matches through any phone in the person's name. A person-keyed clear clears
+the whole rule; a phone-keyed clear takes only that phone out of the rule's phone checks. The
+colour is the most severe rule that fired and was not cleared.
+
+Hours are whole hours since 1970-01-01 00:00 Asia/Shanghai (`hour // 24` is the day number). A
+row may carry `"hour"` (an int); a row of an hourly source with only a `"day"` counts as 00:00 of
+that day, and a row of a daily source with only an `"hour"` counts on that hour's day.
 """
 
 from __future__ import annotations
@@ -14,7 +21,7 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import date
+from datetime import date, timedelta
 from typing import Any
 
 from services._common.sources import SOURCES
@@ -22,6 +29,19 @@ from services._common.sources import SOURCES
 from .model import Check, Rule, RuleSet
 
 _SEVERITY = {"green": 0, "yellow": 1, "red": 2}
+_EPOCH = date(1970, 1, 1)
+
+
+def hour_number(day: date, hour_of_day: int = 0) -> int:
+    """Hours since 1970-01-01 00:00 Asia/Shanghai of an hour of a (Shanghai) date."""
+    if not 0 <= hour_of_day < 24:
+        raise ValueError(f"hour of day {hour_of_day} is not in 0..23")
+    return (day - _EPOCH).days * 24 + hour_of_day
+
+
+def last_hour(day: date) -> int:
+    """The matcher's default evaluation hour on `day`: 23:00-24:00."""
+    return hour_number(day, 23)
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,24 +55,31 @@ class Feed:
     """Rows (as `clients.feedgen` writes them) indexed by (source, identifier)."""
 
     def __init__(self, rows: Iterable[Mapping[str, Any]], county_levels: Mapping[int, int]):
-        self._rows: dict[tuple[str, str], list[tuple[date | None, int | None]]] = defaultdict(list)
+        # Each row's time in its source's unit: a date (daily) or an hour number (hourly).
+        self._rows: dict[tuple[str, str], list[tuple[date | int | None, int | None]]] = defaultdict(
+            list
+        )
         self._levels = dict(county_levels)
         for r in rows:
             key = r["id_number"] if "id_number" in r else r["phone"]
-            day = None if r.get("day") is None else date.fromisoformat(r["day"])
-            self._rows[(r["source"], key)].append((day, r.get("county")))
+            self._rows[(r["source"], key)].append((_row_time(r), r.get("county")))
 
-    def matches(self, check: Check, identifier: str, today: date) -> bool:
+    def matches(self, check: Check, identifier: str, today: date, hour: int | None = None) -> bool:
+        """Whether a row of `identifier` matches `check` on `today` at `hour` (an hour number
+        of `today`; None: its last hour)."""
+        now = last_hour(today) if hour is None else hour
         return any(
-            self._in_window(check, day, today) and self._graded(check, county)
-            for day, county in self._rows.get((check.source, identifier), ())
+            self._in_window(check, at, today, now) and self._graded(check, county)
+            for at, county in self._rows.get((check.source, identifier), ())
         )
 
     @staticmethod
-    def _in_window(check: Check, day: date | None, today: date) -> bool:
-        if day is None or check.days is None:
+    def _in_window(check: Check, at: date | int | None, today: date, hour: int) -> bool:
+        if at is None or check.window is None:
             return True  # undated: currently on the list; no window: every bucket
-        return day <= today and (today - day).days < check.days
+        if isinstance(at, int):  # an hourly source: exact to the hour
+            return at <= hour and hour - at < check.window.hours
+        return at <= today and (today - at).days < check.window.days
 
     def _graded(self, check: Check, county: int | None) -> bool:
         if check.min_level is None:
@@ -60,18 +87,42 @@ class Feed:
         return county is not None and self._levels.get(county, 0) >= check.min_level
 
 
+def _row_time(r: Mapping[str, Any]) -> date | int | None:
+    """A row's time in its source's unit (see the module docstring)."""
+    src = SOURCES.get(r["source"])
+    hour = r.get("hour")
+    day = None if r.get("day") is None else date.fromisoformat(r["day"])
+    if src is not None and src.hourly:
+        if hour is not None:
+            return int(hour)
+        return None if day is None else hour_number(day)
+    if day is None and hour is not None:
+        return _EPOCH + timedelta(days=int(hour) // 24)
+    return day
+
+
 def evaluate(
-    rule_set: RuleSet, feed: Feed, id_number: str, phones: Sequence[str], today: date
+    rule_set: RuleSet,
+    feed: Feed,
+    id_number: str,
+    phones: Sequence[str],
+    today: date,
+    hour: int | None = None,
 ) -> Outcome:
+    """The outcome for one person on `today` at `hour` (an hour number of `today`, which ends
+    the windows of hourly sources; None: the last hour of `today`, as the matcher defaults)."""
+    now = last_hour(today) if hour is None else hour
+    if now // 24 != (today - _EPOCH).days:
+        raise ValueError(f"hour {now} is not an hour of {today.isoformat()}")
     fired: list[str] = []
     cleared: list[str] = []
     colour = "green"
     for rule in rule_set.rules:
-        raw = _matched(rule, feed, id_number, phones, today)
+        raw = _matched(rule, feed, id_number, phones, today, now)
         if not raw:
             continue
         person_cleared = any(
-            feed.matches(c, id_number, today)
+            feed.matches(c, id_number, today, now)
             for c in rule.clears
             if SOURCES[c.source].keyed_by == "person"
         )
@@ -79,10 +130,10 @@ def evaluate(
             ph
             for ph in phones
             for c in rule.clears
-            if SOURCES[c.source].keyed_by == "phone" and feed.matches(c, ph, today)
+            if SOURCES[c.source].keyed_by == "phone" and feed.matches(c, ph, today, now)
         }
         remaining = [ph for ph in phones if ph not in phone_cleared]
-        if person_cleared or not _matched(rule, feed, id_number, remaining, today):
+        if person_cleared or not _matched(rule, feed, id_number, remaining, today, now):
             cleared.append(rule.id)
             continue
         fired.append(rule.id)
@@ -91,11 +142,13 @@ def evaluate(
     return Outcome(colour, tuple(fired), tuple(cleared))
 
 
-def _matched(rule: Rule, feed: Feed, id_number: str, phones: Sequence[str], today: date) -> bool:
+def _matched(
+    rule: Rule, feed: Feed, id_number: str, phones: Sequence[str], today: date, hour: int
+) -> bool:
     def one(c: Check) -> bool:
         if SOURCES[c.source].keyed_by == "phone":
-            return any(feed.matches(c, ph, today) for ph in phones)
-        return feed.matches(c, id_number, today)
+            return any(feed.matches(c, ph, today, hour) for ph in phones)
+        return feed.matches(c, id_number, today, hour)
 
     results = (one(c) for c in rule.checks)
     return all(results) if rule.match == "all" else any(results)

@@ -27,6 +27,7 @@ from clients import feedgen
 from clients.channel import open_channel
 from clients.cli import feed_row
 from clients.stack import Stack
+from services._common.days import SHANGHAI, hour_number
 from tests.e2e.waits import eventually
 
 FEED = common_pb2.Actor(role=common_pb2.ACTOR_ROLE_FEED, principal="e2e-feeds")
@@ -210,6 +211,14 @@ def declarable(r: feedgen.Row, today: dt.date) -> bool:
     if r["source"] in ("declared_fever", "declared_symptoms"):
         return bool(r["day"] == today.isoformat())
     return (today - dt.date.fromisoformat(r["day"])).days <= 30
+
+
+def verdict_hour(verdict: colour_pb2.Verdict) -> int:
+    """The hour number a verdict was evaluated at (its `hour`, "YYYY-MM-DD HH:00" Asia/Shanghai):
+    what an expectation about a timed row must be computed against, whatever the test's clock
+    said when it made the row."""
+    when = dt.datetime.strptime(verdict.hour, "%Y-%m-%d %H:%M").replace(tzinfo=SHANGHAI)
+    return hour_number(when)
 
 
 def colour_name(colour: int) -> str:

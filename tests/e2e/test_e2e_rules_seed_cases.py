@@ -20,6 +20,7 @@ from healthcode.v1 import colour_pb2, common_pb2
 
 from clients import feedgen
 from clients.stack import Stack
+from services._common.days import format_hour, hour_number
 from services.rules import DEFAULT_RULE_SET_PATH, load_rule_set
 from tests.e2e.rules_support import ADMIN, Stubs, stubs
 from tests.e2e.waits import SHANGHAI, eventually, today
@@ -147,11 +148,15 @@ def test_exam_candidate_a_verified_negative_test_turns_the_next_display_green(
     remedy = next(m for m in at_the_gate.verdict.remedies if m.rule_id == "high-risk-county-travel")
     assert "nat_negative" in remedy.clearing_sources
 
-    # 30 minutes before the exam: the lab's verified negative result is ingested ...
-    version = services.ingest(
-        [feedgen.row("nat_negative", id_number=candidate.id_number, day=_today())],
-        "lab-exam-candidate",
-    )
+    # 30 minutes before the exam: the lab's verified negative result, sampled two hours ago
+    # (timed, as the lab sends it: "within 48 hours" counts hours), is ingested ...
+    sampled = dt.datetime.now(SHANGHAI) - dt.timedelta(hours=2)
+    lab_row = {
+        "source": "nat_negative",
+        "id_number": candidate.id_number,
+        "at": sampled.isoformat(),
+    }
+    version = services.ingest([lab_row], "lab-exam-candidate")
     # ... and once the colour replica serves that index version, the very next display is
     # green: no cache, no second try.
     services.wait_colour(version)
@@ -163,6 +168,15 @@ def test_exam_candidate_a_verified_negative_test_turns_the_next_display_green(
     }
     # The exam gate scans that code and sees the live green.
     assert services.scan(green.token).verdict.colour == GREEN
+    # The support desk sees which test, and its hour.
+    rule = next(
+        r
+        for r in services.explain(candidate.id_number).rules
+        if r.rule_id == "high-risk-county-travel"
+    )
+    assert [(e.source, e.hour) for e in rule.cleared_by] == [
+        ("nat_negative", format_hour(hour_number(sampled)))
+    ]
 
 
 def test_a_future_dated_rule_set_activates_by_itself(services: Stubs) -> None:

@@ -6,6 +6,10 @@ phone still counts. Each person registers at the declaration service; their rows
 feed at the risk index, or for the declared_* sources as today's declaration at the
 declaration service. Then the display service's Show must give the colour and the reasons the
 plain-Python reference gives for those rows, and Explain must report the same cleared rules.
+
+Negative tests count to the hour: their rows are timed from one "now" taken at import, the ones
+that must clear sit one hour inside their window (so an hour boundary passing during the run
+cannot push them out), and the reference is evaluated at the hour the colour replica reports.
 """
 
 from __future__ import annotations
@@ -19,15 +23,26 @@ from healthcode.v1 import colour_pb2, common_pb2
 
 from clients import feedgen
 from clients.stack import Stack
+from services._common.days import hour_number
 from services._common.sources import SOURCES
 from services.rules import DEFAULT_RULE_SET_PATH, load_rule_set
-from services.rules.reference import Feed, evaluate
-from tests.e2e.rules_support import OUTBOX, Stubs, colour_name, declarable, stubs
+from services.rules.reference import Feed, Outcome, evaluate
+from tests.e2e.rules_support import (
+    OUTBOX,
+    Stubs,
+    colour_name,
+    declarable,
+    stubs,
+    verdict_hour,
+)
 from tests.e2e.waits import SHANGHAI
 
-TODAY = dt.datetime.now(SHANGHAI).date()
+NOW = dt.datetime.now(SHANGHAI)  # taken once
+TODAY = NOW.date()
 DEFAULT = load_rule_set(DEFAULT_RULE_SET_PATH)
-SCENARIOS = feedgen.rule_scenarios(DEFAULT, TODAY, seed=8080)
+SCENARIOS = feedgen.rule_scenarios(
+    DEFAULT, TODAY, seed=8080, now_hour=hour_number(NOW), margin_hours=1
+)
 
 
 @pytest.fixture(scope="module")
@@ -70,15 +85,16 @@ def test_the_scenarios_reach_every_source_of_the_default_rule_set() -> None:
 @pytest.mark.parametrize("scenario", SCENARIOS, ids=[sc.name for sc in SCENARIOS])
 def test_scenario_through_the_real_services(loaded: Stubs, scenario: feedgen.Scenario) -> None:
     person = scenario.person
-    want = evaluate(
-        DEFAULT,
-        Feed(scenario.rows, feedgen.COUNTY_LEVELS),
-        person.id_number,
-        person.phones,
-        TODAY,
-    )
+    feed = Feed(scenario.rows, feedgen.COUNTY_LEVELS)
+
+    def expected(verdict: colour_pb2.Verdict) -> Outcome:
+        # What the rows mean at the hour (and day) the replica evaluated them.
+        at = verdict_hour(verdict)
+        return evaluate(DEFAULT, feed, person.id_number, person.phones, feedgen.hour_date(at), at)
+
     shown = loaded.show(person.id_number)
     v = shown.verdict
+    want = expected(v)
     assert colour_name(v.colour) == want.colour, (scenario.name, v)
     counting = {r.rule_id for r in v.reasons if not r.cleared}
     assert counting == set(want.fired), scenario.name
@@ -98,6 +114,7 @@ def test_scenario_through_the_real_services(loaded: Stubs, scenario: feedgen.Sce
     assert all(p not in str(shown) for p in person.phones)
 
     explained = loaded.explain(person.id_number)
+    want = expected(explained.verdict)
     cleared = {r.rule_id for r in explained.rules if r.outcome == colour_pb2.RULE_OUTCOME_CLEARED}
     assert cleared == set(want.cleared), scenario.name
     for rule_id in scenario.cleared:

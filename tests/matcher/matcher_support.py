@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 SECRET = bytes(range(32))
 OTHER_SECRET = bytes(range(1, 33))
 TODAY = 19_000  # 2022-01-08
+LAST_HOUR = TODAY * 24 + 23  # the default evaluation hour on TODAY
 
 
 def u32(ids: Iterable[int]) -> bytes:
@@ -65,13 +66,14 @@ class SourceSpec:
     keyed_by: str  # "person" | "phone"
     has_county: bool
     by_identifier: bool  # fed with raw identifiers (add_rows_by_identifier), else dense ids
+    hourly: bool = False  # buckets keyed by hour, not day
 
 
 @dataclass(frozen=True)
 class RowSpec:
     source: int
     member: int  # index into the scenario's persons or phones (may be a newcomer)
-    day: int | None
+    at: int | None  # a day, or an hour for an hourly source (None: undated)
     county: int
 
 
@@ -96,6 +98,11 @@ class Scenario:
     steps: tuple[StepSpec, ...]
     rules: tuple[dict[str, Any], ...]
     seed: int
+    hour: int | None = None  # the evaluation hour on TODAY (None: the default, its last)
+
+    @property
+    def evaluation_hour(self) -> int:
+        return LAST_HOUR if self.hour is None else self.hour
 
 
 COUNTIES = 5  # county codes 1..5 (0 is reserved by the index)
@@ -116,10 +123,24 @@ def scenarios(draw: st.DrawFn, max_persons: int = 25, max_rules: int = 8) -> Sce
             draw(st.sampled_from(["person", "phone"])),
             draw(st.booleans()),
             draw(st.booleans()),
+            draw(st.booleans()),
         )
         for i in range(source_count)
     )
     day = st.none() | st.integers(TODAY - 30, TODAY + 3)
+    # Hourly sources: the evaluation hour, the hour windows the plan will use, and row times
+    # drawn around that hour so that rows often sit exactly on a window's edge (N hours back
+    # is out, N - 1 is in), also for day windows (24 * N hours).
+    hour = draw(st.none() | st.integers(TODAY * 24, LAST_HOUR))
+    now = LAST_HOUR if hour is None else hour
+    hour_windows = draw(st.lists(st.integers(1, 24 * 31), min_size=1, max_size=3))
+    edges = sorted({w + d for w in hour_windows for d in (-1, 0, 1)})
+    hours_back = st.one_of(
+        st.integers(-5, 24 * 32),
+        st.sampled_from(edges),
+        st.integers(1, 30).flatmap(lambda n: st.sampled_from([24 * n - 1, 24 * n])),
+    )
+    hour_at = st.none() | hours_back.map(lambda back: now - back)
 
     def member_of(source: SourceSpec) -> st.SearchStrategy[int]:
         upfront = persons if source.keyed_by == "person" else phones
@@ -134,9 +155,9 @@ def scenarios(draw: st.DrawFn, max_persons: int = 25, max_rules: int = 8) -> Sce
 
     def draw_row() -> RowSpec:
         index = draw(fed)
-        return RowSpec(
-            index, draw(member_of(sources[index])), draw(day), draw(st.integers(1, COUNTIES))
-        )
+        source = sources[index]
+        at = draw(hour_at if source.hourly else day)
+        return RowSpec(index, draw(member_of(source)), at, draw(st.integers(1, COUNTIES)))
 
     has_rows = any(usable(s) for s in sources)
     steps = []
@@ -173,6 +194,7 @@ def scenarios(draw: st.DrawFn, max_persons: int = 25, max_rules: int = 8) -> Sce
 
     any_source = st.sampled_from(sources)
     window = st.none() | st.integers(1, 30)
+    hour_window = st.sampled_from(hour_windows) | st.integers(1, 24 * 31)
     min_level = st.none() | st.integers(1, 3)
 
     def draw_checks(least: int, most: int) -> list[dict[str, Any]]:
@@ -180,7 +202,9 @@ def scenarios(draw: st.DrawFn, max_persons: int = 25, max_rules: int = 8) -> Sce
         for _ in range(draw(st.integers(least, most))):
             source = draw(any_source)
             check: dict[str, Any] = {"source": source.name}
-            if (days := draw(window)) is not None:
+            if source.hourly and draw(st.booleans()):
+                check["hours"] = draw(hour_window)
+            elif (days := draw(window)) is not None:
                 check["days"] = days
             if source.has_county and (level := draw(min_level)) is not None:
                 check["min_level"] = level
@@ -210,6 +234,7 @@ def scenarios(draw: st.DrawFn, max_persons: int = 25, max_rules: int = 8) -> Sce
         tuple(steps),
         tuple(rules),
         draw(st.integers(0, 2**31)),
+        hour,
     )
 
 
@@ -255,8 +280,11 @@ class ScenarioRun:
             holder = s.holders[phone]
             model.link_phone(dense_id, None if holder is None else self.person_ids[holder])
         for source in s.sources:
-            builder.define_source(source.name, source.keyed_by, source.has_county)
-            model.add_source(source.name, source.keyed_by, source.has_county)
+            if source.hourly:
+                builder.define_source(source.name, source.keyed_by, source.has_county, hourly=True)
+            else:
+                builder.define_source(source.name, source.keyed_by, source.has_county)
+            model.add_source(source.name, source.keyed_by, source.has_county, source.hourly)
 
         for step in s.steps:
             self._apply(builder, model, step)
@@ -264,6 +292,8 @@ class ScenarioRun:
             self._learn_newcomers(index, model, step)
             assert index.person_count == model.person_count
             assert index.phone_count == len(self.phone_ids)
+            for source in s.sources:
+                assert index.source_is_hourly(source.name) is source.hourly
             self.index, self.model = index, model
             yield index, model
             builder = index.builder()
@@ -304,32 +334,33 @@ class ScenarioRun:
                     raws[r.member] if (person_keyed or r.member % 2) else "+86 " + raws[r.member]
                     for r in rows
                 ]
-                counted = builder.add_rows_by_identifier(
-                    source.name,
-                    identifiers,
-                    [r.day for r in rows],
-                    [r.county for r in rows] if source.has_county else None,
-                )
+                times = [r.at for r in rows]
+                counties = [r.county for r in rows] if source.has_county else None
+                if source.hourly:
+                    counted = builder.add_rows_by_identifier(
+                        source.name, identifiers, counties=counties, hours=times
+                    )
+                else:
+                    counted = builder.add_rows_by_identifier(
+                        source.name, identifiers, times, counties
+                    )
                 assert counted == len(rows)
                 # The model learns newcomer ids after `finish()`; park the rows until then.
                 self._pending.setdefault(id(step), []).append((source, rows))
             else:
                 known = self.person_ids if person_keyed else self.phone_ids
                 rows = [r for r in rows if r.member in known]
-                for day in sorted({r.day for r in rows}, key=lambda d: (d is not None, d or 0)):
-                    todays = [r for r in rows if r.day == day]
-                    builder.add_rows(
-                        source.name,
-                        u32(known[r.member] for r in todays),
-                        day,
-                        u32(r.county for r in todays) if source.has_county else None,
-                    )
-                    model.add_rows(
-                        source.name,
-                        [known[r.member] for r in todays],
-                        day,
-                        [r.county for r in todays] if source.has_county else None,
-                    )
+                for at in sorted({r.at for r in rows}, key=lambda d: (d is not None, d or 0)):
+                    bucket = [r for r in rows if r.at == at]
+                    ids = [known[r.member] for r in bucket]
+                    counties = [r.county for r in bucket] if source.has_county else None
+                    packed = u32(counties) if counties is not None else None
+                    if source.hourly:
+                        builder.add_rows(source.name, u32(ids), counties=packed, hour=at)
+                        model.add_rows(source.name, ids, counties=counties, hour=at)
+                    else:
+                        builder.add_rows(source.name, u32(ids), at, packed)
+                        model.add_rows(source.name, ids, at, counties)
 
     def _learn_newcomers(self, index: hm.Index, model: MemoryIndexView, step: StepSpec) -> None:
         for source, rows in self._pending.pop(id(step), []):
@@ -348,24 +379,37 @@ class ScenarioRun:
                         self.phone_ids[r.member] = found
                         model.link_phone(found, None)
                     dense_id = self.phone_ids[r.member]
-                model.add_rows(
-                    source.name, [dense_id], r.day, [r.county] if source.has_county else None
-                )
+                counties = [r.county] if source.has_county else None
+                if source.hourly:
+                    model.add_rows(source.name, [dense_id], counties=counties, hour=r.at)
+                else:
+                    model.add_rows(source.name, [dense_id], r.at, counties)
         model.person_count = len(self.person_ids)
         assert sorted(self.person_ids.values()) == list(range(len(self.person_ids)))
 
 
 def compare_everything(
-    index: hm.Index, model: MemoryIndexView, rules: Sequence[dict[str, Any]], today: int
+    index: hm.Index,
+    model: MemoryIndexView,
+    rules: Sequence[dict[str, Any]],
+    today: int,
+    hour: int | None = None,
 ) -> hm.Verdicts:
     """Assert that the Rust verdicts, the reference over the Rust index and the reference over
-    the Python model agree for every registered person, in every form. Returns the verdicts."""
+    the Python model agree for every registered person, in every form, on `today` at `hour`
+    (None: the matcher's default, the day's last hour). Returns the verdicts."""
     plan = hm.Plan(list(rules), version="model")
-    verdicts = hm.Verdicts(index, plan, today)
+    if hour is None:
+        verdicts = hm.Verdicts(index, plan, today)
+        assert verdicts.hour == today * 24 + 23
+    else:
+        verdicts = hm.Verdicts(index, plan, today, hour)
+        assert verdicts.hour == hour
+    assert verdicts.today == today
     rule_ids = plan.rule_ids
     assert rule_ids == [r["id"] for r in rules]
-    over_index = ReferenceEvaluator(index, rules, today)
-    over_model = ReferenceEvaluator(model, rules, today)
+    over_index = ReferenceEvaluator(index, rules, today, hour)
+    over_model = ReferenceEvaluator(model, rules, today, hour)
     persons = list(range(index.person_count))
     batch_bitmap = _all_persons(index.person_count)
     batch = over_index.evaluate_batch(batch_bitmap)

@@ -1,9 +1,10 @@
 """Model test: the Rust matcher agrees with the plain-Python reference.
 
 Random populations, phone links (moved and unlinked between versions), person / phone / county
-sources (fed by dense id or by raw identifier, with first-sight registration), rows on random
-days (some in the future, some undated), county level changes, removals, cleared sources, and
-random plans (any / all, windows, clears, min_level). After every index version three
+sources (fed by dense id or by raw identifier, with first-sight registration; daily or hourly),
+rows on random days or hours (some in the future, some undated, many exactly on a window's
+edge), county level changes, removals, cleared sources, and random plans (any / all, day and
+hour windows, clears, min_level) evaluated at a random hour. After every index version three
 evaluators must give the same colour, fired mask and cleared mask for every person: the Rust
 `Verdicts` (evaluate, colour, evaluate_many, colour_counts, rule_counts), the reference reading
 the Rust index, and the reference reading a pure-Python model of the same scenario (which also
@@ -36,8 +37,8 @@ from pyroaring import BitMap
 def test_matcher_agrees_with_reference(scenario: Scenario) -> None:
     run = ScenarioRun(scenario)
     for index, model in run.versions():
-        verdicts = compare_everything(index, model, scenario.rules, TODAY)
-        check_evidence(index, model, verdicts, scenario.rules)
+        verdicts = compare_everything(index, model, scenario.rules, TODAY, scenario.hour)
+        check_evidence(index, model, verdicts, scenario.rules, scenario.hour)
         non_green = BitMap.deserialize(verdicts.non_green())
         assert non_green == BitMap(
             p for p in range(index.person_count) if verdicts.colour(p) != hm.Colour.GREEN
@@ -48,10 +49,14 @@ def test_matcher_agrees_with_reference(scenario: Scenario) -> None:
 @given(
     scenarios(max_persons=25, max_rules=8),
     st.integers(TODAY - 40, TODAY + 10),
+    st.none() | st.integers(0, 23),
 )
-def test_agreement_holds_on_any_evaluation_day(scenario: Scenario, today: int) -> None:
+def test_agreement_holds_on_any_evaluation_day(
+    scenario: Scenario, today: int, hour_of_day: int | None
+) -> None:
+    hour = None if hour_of_day is None else today * 24 + hour_of_day
     for index, model in ScenarioRun(scenario).versions():
-        compare_everything(index, model, scenario.rules, today)
+        compare_everything(index, model, scenario.rules, today, hour)
 
 
 def check_evidence(
@@ -59,11 +64,12 @@ def check_evidence(
     model: MemoryIndexView,
     verdicts: hm.Verdicts,
     rules: tuple[dict[str, Any], ...],
+    hour: int | None = None,
 ) -> None:
     """Every piece of evidence is true of the data, and every fired or cleared rule has some."""
     by_id = {rule["id"]: rule for rule in rules}
     traits = {name: (kind, has_county) for name, kind, has_county in model.sources()}
-    ref = ReferenceEvaluator(model, rules, TODAY)
+    ref = ReferenceEvaluator(model, rules, TODAY, hour)
     for person in range(index.person_count):
         verdict = verdicts.evaluate(person)
         evidence = verdicts.explain(person)
@@ -101,7 +107,7 @@ def check_one_evidence(
         assert item.phone_id in phones, f"evidence phone {item.phone_id} not linked"
         member = item.phone_id
         phone_clear = [
-            ref.window_union(c["source"], c.get("days"), c.get("min_level"))
+            ref.window_union(c["source"], c.get("days"), c.get("min_level"), hours=c.get("hours"))
             for c in rule.get("clears", [])
             if traits[c["source"]][0] == "phone"
         ]
@@ -110,44 +116,55 @@ def check_one_evidence(
     else:
         assert item.phone_id is None and item.role != "phone_cleared"
         member = person
-    assert any(evidence_is_true(model, c, member, item.day, item.county) for c in candidates), (
-        f"evidence {rule['id']}/{item.source}/{item.day}/{item.county} is not in the data"
+    # An hourly source's evidence names the hour, and its day is that hour's day.
+    if model.source_is_hourly(item.source):
+        when = item.hour
+        assert item.day == (None if when is None else when // 24), f"day {item.day} of {when}"
+    else:
+        when = item.day
+        assert item.hour is None, f"hour {item.hour} on evidence from daily {item.source}"
+    assert any(evidence_is_true(model, ref, c, member, when, item.county) for c in candidates), (
+        f"evidence {rule['id']}/{item.source}/{when}/{item.county} is not in the data"
     )
 
 
 def evidence_is_true(
     model: MemoryIndexView,
+    ref: ReferenceEvaluator,
     check: dict[str, Any],
     member: int,
-    day: int | None,
+    when: int | None,
     county: int | None,
 ) -> bool:
-    """The member has a row on `day` (in `county`, of a level the check accepts) inside the
-    check's window, and `day` is the latest dated row there ("the latest day in the window with
-    a row"); None only when the member has no dated row in the window."""
+    """The member has a row at `when` (a day, or an hour on an hourly source; in `county`, of a
+    level the check accepts) inside the check's window, and `when` is the latest dated row
+    there ("the latest day in the window with a row"); None only when the member has no dated
+    row in the window."""
     source = check["source"]
-    days, min_level = check.get("days"), check.get("min_level")
+    min_level = check.get("min_level")
     levels = model.county_levels()
     if county is not None and min_level is not None and levels.get(county, 0) < min_level:
         return False
-    lowest = None if days is None else TODAY - days + 1
-    rows_on = [
+    span = ref.window_span(source, check.get("days"), check.get("hours"))
+    end = ref.window_end(source)
+    lowest = None if span is None else end - span + 1
+    rows_at = [
         candidate
         for candidate in model.source_days(source)
-        if (candidate is None or lowest is None or lowest <= candidate <= TODAY)
+        if (candidate is None or lowest is None or lowest <= candidate <= end)
         and member in BitMap.deserialize(model.source_bitmap(source, candidate, county))
     ]
-    if day not in rows_on:
+    if when not in rows_at:
         return False
-    dated = [d for d in rows_on if d is not None]
-    return day == max(dated) if dated else day is None
+    dated = [d for d in rows_at if d is not None]
+    return when == max(dated) if dated else when is None
 
 
 @settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(st.integers(0, 2**31), st.integers(1, 3))
-def test_large_population_agrees_in_batch(seed: int, min_level: int) -> None:
+@given(st.integers(0, 2**31), st.integers(1, 3), st.integers(0, 23))
+def test_large_population_agrees_in_batch(seed: int, min_level: int, hour_of_day: int) -> None:
     """Thousands of persons, so the parallel (rayon) paths of `Verdicts` and `evaluate_many`
-    run; every verdict still matches the reference."""
+    run; every verdict still matches the reference. Negative tests are hourly."""
     import random
 
     rng = random.Random(seed)
@@ -167,15 +184,29 @@ def test_large_population_agrees_in_batch(seed: int, min_level: int) -> None:
         ("roaming", "phone", True, 9_000),
         ("phone_verified", "phone", False, 2_000),
     ]
+    now = TODAY * 24 + hour_of_day
     for name, keyed, has_county, size in specs:
-        builder.define_source(name, keyed, has_county)
-        model.add_source(name, keyed, has_county)
+        hourly = name == "nat_negative"
+        builder.define_source(name, keyed, has_county, hourly=hourly)
+        model.add_source(name, keyed, has_county, hourly=hourly)
         limit = persons if keyed == "person" else phones
-        for day in [None, *range(TODAY - 20, TODAY + 1, 3)]:
-            ids = rng.sample(range(limit), size // 8)
+        if hourly:
+            # Every hour from four days back to two ahead, so each window edge has rows.
+            times: list[int | None] = [None, *range(now - 96, now + 3)]
+            per_bucket = size // 40
+        else:
+            times = [None, *range(TODAY - 20, TODAY + 1, 3)]
+            per_bucket = size // 8
+        for at in times:
+            ids = rng.sample(range(limit), per_bucket)
             where = [rng.randrange(1, counties + 1) for _ in ids] if has_county else None
-            builder.add_rows(name, u32(ids), day, u32(where) if where else None)
-            model.add_rows(name, ids, day, where)
+            packed = u32(where) if where else None
+            if hourly:
+                builder.add_rows(name, u32(ids), counties=packed, hour=at)
+                model.add_rows(name, ids, counties=where, hour=at)
+            else:
+                builder.add_rows(name, u32(ids), at, packed)
+                model.add_rows(name, ids, at, where)
     for county in rng.sample(range(1, counties + 1), 12):
         level = rng.randint(1, 3)
         builder.set_county_level(county, level)
@@ -187,7 +218,7 @@ def test_large_population_agrees_in_batch(seed: int, min_level: int) -> None:
             "id": "contact",
             "colour": "yellow",
             "checks": [{"source": "contact", "days": 14}],
-            "clears": [{"source": "nat_negative", "days": 3}],
+            "clears": [{"source": "nat_negative", "hours": 48}],
         },
         {
             "id": "risk-area",
@@ -200,19 +231,25 @@ def test_large_population_agrees_in_batch(seed: int, min_level: int) -> None:
             "clears": [{"source": "phone_verified"}, {"source": "nat_negative", "days": 2}],
         },
         {
+            "id": "confirmed-recent-test",
+            "colour": "yellow",
+            "checks": [{"source": "confirmed"}],
+            "clears": [{"source": "nat_negative", "hours": 1}],
+        },
+        {
             "id": "contact-and-travel",
             "colour": "red",
             "match": "all",
             "checks": [{"source": "contact", "days": 7}, {"source": "travel", "days": 7}],
         },
     ]
-    compare_everything(index, model, rules, TODAY)
+    compare_everything(index, model, rules, TODAY, now)
     # A level change alone moves verdicts: raise every county and compare again.
     builder = index.builder()
     for county in range(1, counties + 1):
         builder.set_county_level(county, 3)
         model.set_county_level(county, 3)
-    compare_everything(builder.finish(), model, rules, TODAY)
+    compare_everything(builder.finish(), model, rules, TODAY, now)
 
 
 def window_case(days: int, today: int) -> tuple[hm.Index, list[dict[str, Any]]]:

@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 from pyroaring import BitMap
 
 T = 100
+H = T * 24 + 23  # the default evaluation hour: the last hour of day T
 
 
 def test_doctests_run() -> None:
@@ -135,6 +136,74 @@ def test_match_all_needs_every_check(view: MemoryIndexView) -> None:
     assert result[10] == ReferenceVerdict(0, 0, 1)
 
 
+# -- hourly sources --------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def hourly() -> MemoryIndexView:
+    v = MemoryIndexView(person_count=8)
+    v.add_source("contact", "person")
+    v.add_source("nat", "person", hourly=True)
+    v.add_rows("contact", range(8), day=T)
+    now = T * 24 + 10
+    for person, hour in [(1, now), (2, now - 47), (3, now - 48), (4, now + 1), (5, None)]:
+        v.add_rows("nat", [person], hour=hour)
+    v.add_rows("nat", [6], hour=(T - 3) * 24)  # three days ago, 00:00
+    return v
+
+
+def cleared_at(view: MemoryIndexView, clear: dict[str, Any], hour: int | None) -> set[int]:
+    rule = {"id": "r", "colour": "yellow", "checks": [{"source": "contact"}], "clears": [clear]}
+    ref = ReferenceEvaluator(view, [rule], T, hour)
+    return {p for p in range(view.person_count) if ref.evaluate(p).cleared_mask}
+
+
+def test_an_hour_window_ends_at_the_evaluation_hour(hourly: MemoryIndexView) -> None:
+    now = T * 24 + 10
+    nat48 = {"source": "nat", "hours": 48}
+    # 47 hours back is in, 48 is out; an hour ahead of the evaluation hour is not yet in.
+    assert cleared_at(hourly, nat48, now) == {1, 2, 5}
+    assert cleared_at(hourly, nat48, now + 1) == {1, 4, 5}
+    assert cleared_at(hourly, nat48, now - 1) == {2, 3, 5}
+    assert cleared_at(hourly, {"source": "nat", "hours": 1}, now) == {1, 5}
+    # The default hour is the last of the day.
+    assert cleared_at(hourly, nat48, None) == cleared_at(hourly, nat48, T * 24 + 23)
+
+
+def test_days_on_an_hourly_source_are_24_hours_each(hourly: MemoryIndexView) -> None:
+    now = T * 24 + 10
+    for days in (1, 2, 3, 4):
+        by_days = cleared_at(hourly, {"source": "nat", "days": days}, now)
+        assert by_days == cleared_at(hourly, {"source": "nat", "hours": 24 * days}, now)
+    # Three days ago at 00:00 is 82 hours before 10:00 today: in a 4-day window, not a 3-day.
+    assert 6 not in cleared_at(hourly, {"source": "nat", "days": 3}, now)
+    assert 6 in cleared_at(hourly, {"source": "nat", "days": 4}, now)
+    assert cleared_at(hourly, {"source": "nat"}, now) == {1, 2, 3, 4, 5, 6}
+
+
+def test_hourly_rows_need_hours_and_daily_rows_days(hourly: MemoryIndexView) -> None:
+    assert hourly.source_is_hourly("nat") and not hourly.source_is_hourly("contact")
+    with pytest.raises(ValueError, match="hourly"):
+        hourly.add_rows("nat", [1], day=T)
+    with pytest.raises(ValueError, match="daily"):
+        hourly.add_rows("contact", [1], hour=H)
+    with pytest.raises(KeyError):
+        hourly.source_is_hourly("nothing")
+
+
+def test_bad_hour_plans_are_refused(hourly: MemoryIndexView) -> None:
+    def plan(check: dict[str, Any]) -> list[dict[str, Any]]:
+        return [{"id": "x", "colour": "red", "checks": [check]}]
+
+    with pytest.raises(ValueError, match="not an hourly source"):
+        ReferenceEvaluator(hourly, plan({"source": "contact", "hours": 5}), T)
+    with pytest.raises(ValueError, match="not both"):
+        ReferenceEvaluator(hourly, plan({"source": "nat", "hours": 5, "days": 1}), T)
+    for hour in (T * 24 - 1, (T + 1) * 24):
+        with pytest.raises(ValueError, match="not an hour of day"):
+            ReferenceEvaluator(hourly, plan({"source": "nat", "hours": 5}), T, hour)
+
+
 def test_bad_plans_are_refused(view: MemoryIndexView) -> None:
     with pytest.raises(ValueError, match="unknown source"):
         ReferenceEvaluator(view, [{"id": "x", "colour": "red", "checks": [{"source": "no"}]}], T)
@@ -147,7 +216,7 @@ def test_bad_plans_are_refused(view: MemoryIndexView) -> None:
 
 # -- random cases against a literal reading of the semantics ------------------------------------
 
-Row = tuple[int, int | None, int]  # member, day, county
+Row = tuple[int, int | None, int]  # member, day (an hour on an hourly source), county
 
 
 def literal(
@@ -156,18 +225,28 @@ def literal(
     levels: dict[int, int],
     rows: dict[str, list[Row]],
     keyed: dict[str, str],
+    hourly: set[str],
     rules: list[dict[str, Any]],
+    hour: int,
 ) -> dict[int, ReferenceVerdict]:
     """The semantics read word by word, over rows and Python sets: no bitmaps, no precompute."""
 
+    def in_window(check: dict[str, Any], at: int | None) -> bool:
+        days: int | None = check.get("days")
+        hours: int | None = check.get("hours")
+        if at is None:
+            return True
+        if check["source"] in hourly:
+            n = hours if days is None else days * 24
+            return n is None or (at <= hour and hour - at < n)
+        return days is None or T - days + 1 <= at <= T
+
     def covered(check: dict[str, Any]) -> set[int]:
-        days = check.get("days")
         min_level = check.get("min_level")
         return {
             member
-            for member, day, county in rows[check["source"]]
-            if (day is None or days is None or T - days + 1 <= day <= T)
-            and (min_level is None or levels.get(county, 0) >= min_level)
+            for member, at, county in rows[check["source"]]
+            if in_window(check, at) and (min_level is None or levels.get(county, 0) >= min_level)
         }
 
     result = {}
@@ -213,20 +292,31 @@ def cases(draw: st.DrawFn) -> tuple[Any, ...]:
         if (holder := draw(st.none() | st.integers(0, persons - 1))) is not None
     }
     levels = draw(st.dictionaries(st.integers(1, 4), st.integers(0, 3)))
+    hour = T * 24 + draw(st.integers(0, 23))
     keyed: dict[str, str] = {}
     county_sources: set[str] = set()
+    hourly: set[str] = set()
     rows: dict[str, list[Row]] = {}
+    # Hour windows and row ages share small values, so rows land on window edges often.
+    hours_back = st.integers(-3, 100)
     for i in range(draw(st.integers(1, 5))):
         name = f"s{i}"
         keyed[name] = draw(st.sampled_from(["person", "phone"]))
         if draw(st.booleans()):
             county_sources.add(name)
+        if draw(st.booleans()):
+            hourly.add(name)
+        at = (
+            hours_back.map(lambda back: hour - back)
+            if name in hourly
+            else st.integers(T - 20, T + 2)
+        )
         limit = persons if keyed[name] == "person" else max(phones, 1)
         rows[name] = draw(
             st.lists(
                 st.tuples(
                     st.integers(0, limit - 1),
-                    st.none() | st.integers(T - 20, T + 2),
+                    st.none() | at,
                     st.integers(1, 4) if name in county_sources else st.just(-1),
                 ),
                 max_size=20,
@@ -238,7 +328,11 @@ def cases(draw: st.DrawFn) -> tuple[Any, ...]:
         def build(draw2: st.DrawFn) -> dict[str, Any]:
             name = draw2(st.sampled_from(sorted(keyed)))
             out: dict[str, Any] = {"source": name}
-            if (days := draw2(st.none() | st.integers(1, 20))) is not None:
+            unit = draw2(st.sampled_from(["days", "hours"] if name in hourly else ["days"]))
+            if unit == "hours":
+                if (hours := draw2(st.none() | st.integers(1, 100))) is not None:
+                    out["hours"] = hours
+            elif (days := draw2(st.none() | st.integers(1, 20))) is not None:
                 out["days"] = days
             if name in county_sources and (level := draw2(st.none() | st.integers(0, 3))):
                 out["min_level"] = level
@@ -256,24 +350,29 @@ def cases(draw: st.DrawFn) -> tuple[Any, ...]:
         }
         for i in range(draw(st.integers(1, 6)))
     ]
-    return persons, holders, levels, rows, keyed, county_sources, rules
+    return persons, holders, levels, rows, keyed, county_sources, hourly, rules, hour
 
 
 @settings(max_examples=300, deadline=None)
 @given(cases())
 def test_reference_forms_agree_with_the_literal_semantics(case: tuple[Any, ...]) -> None:
-    persons, holders, levels, rows, keyed, county_sources, rules = case
+    persons, holders, levels, rows, keyed, county_sources, hourly, rules, hour = case
     view = MemoryIndexView(person_count=persons)
     for name, source_rows in rows.items():
-        view.add_source(name, keyed[name], has_county=name in county_sources)
-        for member, day, county in source_rows:
-            view.add_rows(name, [member], day, [county] if name in county_sources else None)
+        is_hourly = name in hourly
+        view.add_source(name, keyed[name], has_county=name in county_sources, hourly=is_hourly)
+        for member, at, county in source_rows:
+            counties = [county] if name in county_sources else None
+            if is_hourly:
+                view.add_rows(name, [member], counties=counties, hour=at)
+            else:
+                view.add_rows(name, [member], at, counties)
     for phone, holder in holders.items():
         view.link_phone(phone, holder)
     for county, level in levels.items():
         view.set_county_level(county, level)
-    expected = literal(persons, holders, levels, rows, keyed, rules)
-    ref = ReferenceEvaluator(view, rules, T)
+    expected = literal(persons, holders, levels, rows, keyed, hourly, rules, hour)
+    ref = ReferenceEvaluator(view, rules, T, hour)
     assert {p: ref.evaluate(p) for p in range(persons)} == expected
     batch = ref.evaluate_batch(BitMap(range(persons)))
     assert batch.verdicts() == expected

@@ -14,6 +14,7 @@ import healthcode_matcher as hm
 import pytest
 from healthcode.v1 import colour_pb2, colour_pb2_grpc, common_pb2
 
+from services._common.days import hour_number
 from services._common.errors import InvalidArgument, field_violations
 from services._common.identifiers import Identifiers
 from services._common.server import create_server, stop
@@ -49,6 +50,7 @@ class Clock:
 
 NOW = dt.datetime(2020, 12, 16, 10, 0, tzinfo=hm.SHANGHAI)
 TODAY = hm.day_number(NOW)
+HOUR = hour_number(NOW)  # 10:00
 
 
 def people(key: bytes) -> PersonCard:
@@ -62,11 +64,12 @@ Rows = dict[str, list[tuple[str, int | None, int | None]]]
 
 def build(rows: Rows, *, residence: bool = True) -> hm.Index:
     """Every catalogue source, IDS registered, PHONES[0:2] held by IDS[1]; residence rows place
-    IDS[0:3] in Binhai and IDS[3:] in Heping (unless `residence` is False)."""
+    IDS[0:3] in Binhai and IDS[3:] in Heping (unless `residence` is False). A row gives a day
+    number, or an hour number for an hourly source (nat_negative)."""
     builder = hm.Index(SECRET).builder()
     for name, spec in SOURCES.items():
         if residence or not spec.attribute:
-            builder.define_source(name, spec.keyed_by, spec.has_county)
+            builder.define_source(name, spec.keyed_by, spec.has_county, hourly=spec.hourly)
     for id_number in IDS:
         builder.add_person(id_number)
     holder = builder.add_person(IDS[1])
@@ -79,12 +82,12 @@ def build(rows: Rows, *, residence: bool = True) -> hm.Index:
         )
     for source, entries in rows.items():
         counties = [e[2] for e in entries] if SOURCES[source].has_county else None
-        builder.add_rows_by_identifier(
-            source,
-            [e[0] for e in entries],
-            [e[1] for e in entries],
-            None if counties is None else [c or 0 for c in counties],
-        )
+        county_list = None if counties is None else [c or 0 for c in counties]
+        ids, times = [e[0] for e in entries], [e[1] for e in entries]
+        if SOURCES[source].hourly:
+            builder.add_rows_by_identifier(source, ids, hours=times, counties=county_list)
+        else:
+            builder.add_rows_by_identifier(source, ids, times, county_list)
     return builder.finish()
 
 
@@ -159,12 +162,12 @@ def test_verifying_the_second_phone_clears_and_the_explanation_says_which_phone(
     }
 
 
-def test_a_person_level_clear_is_listed_with_its_day(engine: ColourEngine) -> None:
+def test_a_person_level_clear_is_listed_with_its_day_and_hour(engine: ColourEngine) -> None:
     engine.install_index(
         build(
             {
                 "secondary_contact": [(IDS[0], TODAY - 3, None)],
-                "nat_negative": [(IDS[0], TODAY, None)],
+                "nat_negative": [(IDS[0], HOUR - 20, None)],  # 2020-12-15 14:00
             }
         )
     )
@@ -175,7 +178,11 @@ def test_a_person_level_clear_is_listed_with_its_day(engine: ColourEngine) -> No
     assert [(e.source, e.day) for e in view.evidence] == [
         ("secondary_contact", dt.date(2020, 12, 13))
     ]
-    assert [(e.source, e.day) for e in view.cleared_by] == [("nat_negative", dt.date(2020, 12, 16))]
+    assert [(e.source, e.day, e.hour) for e in view.cleared_by] == [
+        ("nat_negative", dt.date(2020, 12, 15), HOUR - 20)
+    ]
+    # A daily row has no hour.
+    assert [e.hour for e in view.evidence] == [None]
 
 
 def test_explain_gives_the_freshness_of_every_source_of_the_rule_set(
@@ -277,7 +284,7 @@ def test_what_if_counts_transitions_per_colour_rule_and_district(engine: ColourE
         build(
             {
                 "secondary_contact": [*contacts, (IDS[5], TODAY, None)],
-                "nat_negative": [(IDS[5], TODAY, None)],
+                "nat_negative": [(IDS[5], HOUR, None)],
                 "close_contact": [(IDS[3], TODAY, None)],  # red either way
             }
         )
@@ -454,6 +461,34 @@ def test_explain_rpc_masks_everything_and_flags_the_stale_feed(
     listed = {f.source: f for f in x.sources}
     assert listed["telecom_roaming"].stale and not listed["close_contact"].stale
     assert listed["close_contact"].last_updated.ToDatetime(dt.UTC) == NOW.astimezone(dt.UTC)
+
+
+def test_explain_rpc_gives_the_hour_of_a_negative_test_and_of_the_verdict(
+    engine: ColourEngine, stub: colour_pb2_grpc.ColourServiceStub
+) -> None:
+    engine.install_index(
+        build(
+            {
+                "secondary_contact": [(IDS[2], TODAY - 1, None)],
+                "nat_negative": [(IDS[2], HOUR - 20, None)],
+            }
+        ),
+        version=99,
+    )
+    x = stub.Explain(
+        colour_pb2.ExplainRequest(actor=SUPPORT, person=common_pb2.PersonRef(id_number=IDS[2])),
+        timeout=5,
+    )
+    assert x.verdict.colour == common_pb2.COLOUR_GREEN
+    assert (x.verdict.day, x.verdict.hour) == ("2020-12-16", "2020-12-16 10:00")
+    (rule,) = x.rules
+    assert rule.outcome == colour_pb2.RULE_OUTCOME_CLEARED
+    assert [(e.source, e.day, e.hour) for e in rule.cleared_by] == [
+        ("nat_negative", "2020-12-15", "2020-12-15 14:00")
+    ]
+    assert [(e.source, e.hour) for e in rule.evidence] == [("secondary_contact", "")]
+    status = stub.GetStatus(colour_pb2.GetStatusRequest(), timeout=5)
+    assert (status.day, status.hour) == ("2020-12-16", "2020-12-16 10:00")
 
 
 def test_evaluate_rpc_carries_the_stale_flag_for_verifiers(

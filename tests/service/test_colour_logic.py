@@ -1,6 +1,6 @@
 """The colour engine without the network: verdicts follow index versions, rule sets and the
-Asia/Shanghai day; an invalid rule set changes nothing; reasons say which rule, source, day and
-phone."""
+Asia/Shanghai hour (hourly windows) and day; an invalid rule set changes nothing; reasons say
+which rule, source, day and phone."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from pathlib import Path
 import healthcode_matcher as hm
 import pytest
 
+from services._common.days import hour_number
 from services._common.errors import InvalidArgument, Unavailable
 from services._common.sources import SOURCES
 from services.colour.logic import ColourEngine, compile_rules
@@ -57,16 +58,21 @@ class Clock:
 def index_with(
     rows: dict[str, list[tuple[str, int | None]]], base: hm.Index | None = None
 ) -> hm.Index:
-    """A new index version: every catalogue source, IDS registered, PHONES[0] held by IDS[1]."""
+    """A new index version: every catalogue source, IDS registered, PHONES[0] held by IDS[1].
+    Rows give a day number, or an hour number for an hourly source (nat_negative)."""
     builder = (base or hm.Index(SECRET)).builder()
     if base is None:
         for name, source in SOURCES.items():
-            builder.define_source(name, source.keyed_by, source.has_county)
+            builder.define_source(name, source.keyed_by, source.has_county, hourly=source.hourly)
         for id_number in IDS:
             builder.add_person(id_number)
         builder.add_phone(PHONES[0], builder.add_person(IDS[1]))
-    for source, entries in rows.items():
-        builder.add_rows_by_identifier(source, [e[0] for e in entries], [e[1] for e in entries])
+    for name, entries in rows.items():
+        ids, times = [e[0] for e in entries], [e[1] for e in entries]
+        if SOURCES[name].hourly:
+            builder.add_rows_by_identifier(name, ids, hours=times)
+        else:
+            builder.add_rows_by_identifier(name, ids, times)
     return builder.finish()
 
 
@@ -89,6 +95,10 @@ def engine(clock: Clock, tmp_path: Path) -> ColourEngine:
 
 def today(clock: Clock) -> int:
     return hm.day_number(clock())
+
+
+def hour(clock: Clock) -> int:
+    return hour_number(clock())
 
 
 def test_no_index_means_unavailable_not_green(engine: ColourEngine) -> None:
@@ -148,7 +158,7 @@ def test_a_negative_test_clears_a_rule_that_it_may_clear(
     engine.install_index(index_with({"close_contact": [(IDS[0], today(clock) - 1)]}))
     assert engine.evaluate(HASHER.person_key(IDS[0])).colour == hm.Colour.RED
     engine.install_index(
-        index_with({"nat_negative": [(IDS[0], today(clock))]}, base=engine_index(engine))
+        index_with({"nat_negative": [(IDS[0], hour(clock))]}, base=engine_index(engine))
     )
     a = engine.evaluate(HASHER.person_key(IDS[0]))
     assert a.colour == hm.Colour.GREEN
@@ -173,6 +183,48 @@ def test_midnight_rebuilds_the_verdicts_so_windows_move(engine: ColourEngine, cl
     a = engine.evaluate(HASHER.person_key(IDS[0]))
     # Day 15 after the contact: the 14-day red lapsed, the 21-day monitoring still holds.
     assert a.colour == hm.Colour.YELLOW and a.day == dt.date(2020, 12, 17)
+
+
+def test_every_new_hour_rebuilds_the_verdicts_so_hourly_windows_move(
+    engine: ColourEngine, clock: Clock
+) -> None:
+    # 10:00: a close contact yesterday, a negative test 47 hours ago (inside "48 hours": this
+    # hour and the 47 before it) and one 48 hours ago for another contact (just outside).
+    engine.set_rule_set(NAT_CLEARS_CLOSE_CONTACT, "t.toml", dry_run=False)
+    now = hour(clock)
+    engine.install_index(
+        index_with(
+            {
+                "close_contact": [(IDS[0], today(clock) - 1), (IDS[2], today(clock) - 1)],
+                "nat_negative": [(IDS[0], now - 47), (IDS[2], now - 48)],
+            }
+        )
+    )
+    inside, outside = HASHER.person_key(IDS[0]), HASHER.person_key(IDS[2])
+    a = engine.evaluate(inside)
+    assert a.colour == hm.Colour.GREEN and a.hour == now
+    assert engine.evaluate(outside).colour == hm.Colour.RED
+    clock.now += dt.timedelta(minutes=59)  # 10:59: the same hour, nothing to rebuild
+    assert not engine.tick()
+    assert engine.evaluate(inside).colour == hm.Colour.GREEN
+    clock.now += dt.timedelta(minutes=1)  # 11:00, the same day: the 47-hour test is 48 now
+    assert engine.tick()
+    a = engine.evaluate(inside)
+    assert (a.colour, a.hour, a.day) == (hm.Colour.RED, now + 1, dt.date(2020, 12, 16))
+    assert engine.status().hour == now + 1
+
+
+def test_a_new_index_is_evaluated_at_the_current_hour(engine: ColourEngine, clock: Clock) -> None:
+    engine.set_rule_set(NAT_CLEARS_CLOSE_CONTACT, "t.toml", dry_run=False)
+    engine.install_index(index_with({"close_contact": [(IDS[0], today(clock))]}))
+    # The replica's clock reached 11:00 before its tick ran; the next version still counts hours
+    # up to 11:00, not the hour the previous verdicts were built at.
+    clock.now += dt.timedelta(hours=1)
+    engine.install_index(
+        index_with({"nat_negative": [(IDS[0], hour(clock))]}, base=engine_index(engine))
+    )
+    a = engine.evaluate(HASHER.person_key(IDS[0]))
+    assert a.colour == hm.Colour.GREEN and a.hour == hour(clock)
 
 
 def test_an_invalid_rule_set_is_refused_with_the_problem_and_the_old_one_stays(

@@ -114,7 +114,7 @@ class StandInRiskIndex(risk_index_pb2_grpc.RiskIndexServiceServicer):
 def first_index() -> hm.Index:
     builder = hm.Index(SECRET).builder()
     for name, source in SOURCES.items():
-        builder.define_source(name, source.keyed_by, source.has_county)
+        builder.define_source(name, source.keyed_by, source.has_county, hourly=source.hourly)
     for id_number in IDS:
         builder.add_person(id_number)
     builder.add_phone(PHONES[0], builder.add_person(IDS[1]))

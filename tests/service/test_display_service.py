@@ -86,7 +86,7 @@ def build_index(close_contacts: list[str], base: hm.Index | None = None) -> hm.I
     builder = (base or hm.Index(SECRET)).builder()
     if base is None:
         for name, source in SOURCES.items():
-            builder.define_source(name, source.keyed_by, source.has_county)
+            builder.define_source(name, source.keyed_by, source.has_county, hourly=source.hourly)
         for id_number in (HOLDER, CONTACT, OTHER):
             builder.add_person(id_number)
     if close_contacts:

@@ -3,6 +3,7 @@ a restart that loses nothing, health, reflection and trace propagation."""
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -175,6 +176,40 @@ def test_list_sources_counts_rows(running: Running) -> None:
     assert listed["telecom_roaming"].has_county
     assert listed["nat_negative"].clearing
     assert listed["confirmed"].row_count == 0 and listed["confirmed"].stale
+
+
+def test_a_negative_test_carries_its_time_and_is_kept_in_its_hour(running: Running) -> None:
+    now = dt.datetime.now(dt.UTC)  # taken once; the row's hour follows from `at`, not the clock
+    timed = risk_index_pb2.FeedRow(id_number=IDS[0])
+    timed.at.FromDatetime(now - dt.timedelta(hours=47))
+    untimed = risk_index_pb2.FeedRow(id_number=IDS[1], day=TODAY)
+    reply = ingest(running.stub, "nat_negative", "lab-1", [timed, untimed])
+    assert reply.row_count == 2
+    buckets = running.index.current.index.source_days("nat_negative")
+    # A row with only a day counts from that day's 00:00.
+    assert sorted(b for b in buckets if b is not None) == [
+        days.hour_number(now - dt.timedelta(hours=47)),
+        days.day_number(dt.date.fromisoformat(TODAY)) * 24,
+    ]
+    listed = {
+        s.name: s for s in running.stub.ListSources(risk_index_pb2.ListSourcesRequest()).sources
+    }
+    assert listed["nat_negative"].hourly and not listed["close_contact"].hourly
+
+
+def test_a_negative_test_without_a_time_or_in_the_future_is_refused(running: Running) -> None:
+    future = risk_index_pb2.FeedRow(id_number=IDS[0])
+    future.at.FromDatetime(dt.datetime.now(dt.UTC) + dt.timedelta(days=1))
+    with pytest.raises(grpc.RpcError) as caught:
+        ingest(
+            running.stub,
+            "nat_negative",
+            "lab-1",
+            [risk_index_pb2.FeedRow(id_number=IDS[1]), future],
+        )
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert [f for f, _ in field_violations(caught.value)] == ["rows[0].at", "rows[1].at"]
+    assert running.stub.GetIndexVersion(risk_index_pb2.GetIndexVersionRequest()).version == 0
 
 
 def assemble(stream: Iterator[risk_index_pb2.WatchIndexResponse]) -> tuple[int, bytes]:

@@ -180,13 +180,17 @@ def test_plan_rules_are_plain_dicts_the_matcher_takes(default: RuleSet) -> None:
         assert set(p) == {"id", "colour", "match", "checks", "clears"}
         assert p["colour"] in ("yellow", "red") and p["match"] in ("any", "all")
         for c in p["checks"] + p["clears"]:
-            assert set(c) <= {"source", "days", "min_level"}
+            assert set(c) <= {"source", "days", "hours", "min_level"}
+            assert not {"days", "hours"} <= set(c)
             assert c["source"] in SOURCES
             assert isinstance(c.get("days", 1), int) and c.get("days", 1) > 0
+            assert isinstance(c.get("hours", 1), int) and c.get("hours", 1) > 0
+            # "hours" only on an hourly source (the matcher refuses it elsewhere).
+            assert "hours" not in c or SOURCES[c["source"]].hourly
     by_id = {p["id"]: p for p in plan}
     assert by_id["fever-clinic-visit"]["checks"] == [{"source": "fever_clinic", "days": 3}]
     assert by_id["home-quarantine"]["checks"] == [{"source": "home_quarantine"}]
-    assert {"source": "nat_negative", "days": 2} in by_id["medium-risk-county-travel"]["clears"]
+    assert {"source": "nat_negative", "hours": 48} in by_id["medium-risk-county-travel"]["clears"]
     assert by_id["high-risk-county-roaming"]["checks"] == [
         {"source": "telecom_roaming", "days": 14, "min_level": 3}
     ]
@@ -222,13 +226,106 @@ def test_hour_windows_compile_to_whole_days_rounding_up(window: Window, days: in
     assert window.days == days
 
 
+@pytest.mark.parametrize(
+    ("window", "hours"),
+    [(Window(1, "hours"), 1), (Window(47, "hours"), 47), (Window(2, "days"), 48)],
+)
+def test_window_hours_are_exact(window: Window, hours: int) -> None:
+    assert window.hours == hours
+
+
+def test_only_test_results_are_hourly() -> None:
+    assert {n for n, s in SOURCES.items() if s.hourly} == {"nat_negative"}
+    assert all(s.dated for s in SOURCES.values() if s.hourly)
+    with pytest.raises(ValueError, match="hourly source must be dated"):
+        dataclasses.replace(SOURCES["home_quarantine"], hourly=True)
+
+
+def _plan_clears(clears: list[dict[str, Any]], **rule: Any) -> list[dict[str, Any]]:
+    rs = parse_rule_set(to_toml(one_rule(clears=clears, **rule)))
+    plan = rs.plan_rules()[0]
+    return [*plan["checks"], *plan["clears"]]
+
+
+def test_window_hours_on_an_hourly_source_compile_to_exact_hours() -> None:
+    assert _plan_clears([{"source": "nat_negative", "window_hours": 47}]) == [
+        {"source": "close_contact", "days": 14},
+        {"source": "nat_negative", "hours": 47},
+    ]
+    assert _plan_clears([{"source": "nat_negative", "window_hours": 48}])[1] == {
+        "source": "nat_negative",
+        "hours": 48,
+    }
+
+
+def test_window_days_on_an_hourly_source_stay_days() -> None:
+    # The matcher reads {"days": N} on an hourly source as N * 24 hours, exactly.
+    assert _plan_clears([{"source": "nat_negative", "window_days": 2}])[1] == {
+        "source": "nat_negative",
+        "days": 2,
+    }
+
+
+def test_window_hours_on_a_daily_source_round_up_to_days() -> None:
+    got = _plan_clears(
+        [{"source": "quarantine_released", "window_hours": 25}],
+        window_days=None,
+        window_hours=49,
+    )
+    assert got == [
+        {"source": "close_contact", "days": 3},  # 49 hours: 3 whole days
+        {"source": "quarantine_released", "days": 2},  # 25 hours: 2 whole days
+    ]
+
+
+def test_check_hours_and_days_of_compiled_checks() -> None:
+    rs = parse_rule_set(
+        to_toml(
+            one_rule(
+                clears=[{"source": "nat_negative", "window_hours": 30}],
+                window_days=None,
+                window_hours=30,
+            )
+        )
+    )
+    [raising], [clear] = rs.rules[0].checks, rs.rules[0].clears
+    assert (raising.hourly, raising.days, raising.hours) == (False, 2, None)
+    assert (clear.hourly, clear.days, clear.hours) == (True, 2, 30)
+    assert raising.key() == ("close_contact", 2, None)
+    assert clear.key() == ("nat_negative", 30, None)
+
+
+def test_every_negative_test_clear_of_the_default_set_is_exact(default: RuleSet) -> None:
+    clears = [c for r in default.rules for c in r.clears if c.source == "nat_negative"]
+    assert clears and all(c.window is not None and c.window.unit == "hours" for c in clears)
+    for rule in default.plan_rules():
+        for c in rule["clears"]:
+            if c["source"] == "nat_negative":
+                assert set(c) == {"source", "hours"}
+                assert c["hours"] in (24, 48, 72, 168)
+
+
 def test_48_hours_and_2_days_are_one_check_on_a_display() -> None:
     doc = one_rule(clears=[{"source": "nat_negative", "window_hours": 48}])
     second = copy.deepcopy(doc["rules"][0])
     second.update(id="other", clears=[{"source": "nat_negative", "window_days": 2}])
     doc["rules"].append(second)
     rs = parse_rule_set(to_toml(doc))
-    assert rs.check_count == 2  # close_contact/14 and nat_negative/2
+    assert rs.check_count == 2  # close_contact/14 days and nat_negative/48 hours
+
+
+def test_47_hours_is_another_check_on_an_hourly_source_but_not_on_a_daily_one() -> None:
+    doc = one_rule(clears=[{"source": "nat_negative", "window_hours": 47}])
+    second = copy.deepcopy(doc["rules"][0])
+    second.update(id="other", clears=[{"source": "nat_negative", "window_days": 2}])
+    doc["rules"].append(second)
+    assert parse_rule_set(to_toml(doc)).check_count == 3  # nat_negative 47 h and 48 h
+
+    daily = one_rule(clears=[{"source": "quarantine_released", "window_hours": 47}])
+    other = copy.deepcopy(daily["rules"][0])
+    other.update(id="other", clears=[{"source": "quarantine_released", "window_days": 2}])
+    daily["rules"].append(other)
+    assert parse_rule_set(to_toml(daily)).check_count == 2  # both are 2 whole days
 
 
 def test_rule_window_is_the_default_for_checks_but_not_for_clears() -> None:
@@ -512,3 +609,62 @@ def test_load_rule_set_reads_a_file(tmp_path: Path) -> None:
     rs = load_rule_set(path)
     assert rs.filename == str(path)
     assert rs.rule_ids == ("close-contact",)
+
+
+# --- the plain-Python oracle counts hourly sources to the hour ----------------------------------
+
+
+def _hour(d: date, hour_of_day: int) -> int:
+    return (d - date(1970, 1, 1)).days * 24 + hour_of_day
+
+
+def _contact_cleared_within_48_hours(
+    nat_row: dict[str, Any], today: date, hour: int | None
+) -> bool:
+    rs = parse_rule_set(to_toml(one_rule(clears=[{"source": "nat_negative", "window_hours": 48}])))
+    me = "120101199001011239"
+    rows = [
+        {"source": "close_contact", "id_number": me, "day": today.isoformat(), "county": None},
+        {"source": "nat_negative", "id_number": me, "county": None} | nat_row,
+    ]
+    outcome = evaluate(rs, Feed(rows, {}), me, [], today, hour)
+    assert outcome.colour in ("green", "red")
+    return outcome.colour == "green"
+
+
+@pytest.mark.parametrize(
+    ("tested_at", "now", "cleared"),
+    [
+        (10, 10, True),
+        (10 - 47, 10, True),
+        (10 - 48, 10, False),  # exactly 48 hours old: out
+        (11, 10, False),  # not yet taken at 10:00
+        (10 - 48, 9, True),  # an hour earlier it still counted
+    ],
+)
+def test_the_oracle_counts_a_negative_test_to_the_hour(
+    tested_at: int, now: int, cleared: bool
+) -> None:
+    today = date(2020, 12, 16)
+    hour = _hour(today, 0) + tested_at
+    row = {"day": (date(1970, 1, 1) + timedelta(days=hour // 24)).isoformat(), "hour": hour}
+    assert _contact_cleared_within_48_hours(row, today, _hour(today, now)) is cleared
+
+
+def test_the_oracle_reads_a_day_only_row_of_an_hourly_source_as_its_midnight() -> None:
+    today = date(2020, 12, 16)
+    yesterday = {"day": (today - timedelta(days=1)).isoformat()}
+    before = {"day": (today - timedelta(days=2)).isoformat()}
+    # Yesterday 00:00 is 47 hours before today 23:00; the day before is 71 hours.
+    assert _contact_cleared_within_48_hours(yesterday, today, None) is True
+    assert _contact_cleared_within_48_hours(before, today, None) is False
+    assert _contact_cleared_within_48_hours(before, today, _hour(today, 0)) is False
+    assert _contact_cleared_within_48_hours(
+        {"day": None, "hour": _hour(today, 5)}, today, _hour(today, 6)
+    )
+
+
+def test_the_oracle_refuses_an_hour_of_another_day() -> None:
+    today = date(2020, 12, 16)
+    with pytest.raises(ValueError, match="not an hour of 2020-12-16"):
+        _contact_cleared_within_48_hours({"day": None}, today, _hour(today, 24))

@@ -170,3 +170,18 @@ def test_cli_counties_and_unknown_source() -> None:
     assert len(result.stdout.strip().splitlines()) == len(COUNTY_LEVELS)
     bad = runner.invoke(feedgen.app, ["feed", "--numbers", "python", "-s", "nope"])
     assert bad.exit_code != 0
+
+
+def test_rows_of_hourly_sources_carry_their_hour(rows: list[dict[str, object]]) -> None:
+    last = ((TODAY - date(1970, 1, 1)).days + 1) * 24 - 1  # 23:00 today, the default "now"
+    timed = [r for r in rows if SOURCES[str(r["source"])].hourly]
+    assert timed, "the feed should have negative tests"
+    hours = set()
+    for r in timed:
+        hour = r["hour"]
+        assert isinstance(hour, int) and hour <= last, r
+        day = date.fromisoformat(str(r["day"]))
+        assert hour // 24 == (day - date(1970, 1, 1)).days, r
+        hours.add(hour % 24)
+    assert len(hours) > 1, "hours of the day should vary"
+    assert all("hour" not in r for r in rows if not SOURCES[str(r["source"])].hourly)

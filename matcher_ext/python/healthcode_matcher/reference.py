@@ -5,10 +5,18 @@ uses it as the baseline. It reads an index only through the public, portable sur
 portable roaring bytes, county levels, phone links), so it shares no code with the Rust core.
 
 Semantics (the contract the Rust matcher implements). Days are whole days since 1970-01-01,
-Asia/Shanghai. A check ``{"source": S, "days": N, "min_level": L}`` evaluated on day ``T`` covers
-the buckets of ``S`` whose day lies in ``[T-N+1, T]`` plus the undated bucket (always current);
-without ``"days"`` it covers every bucket. ``min_level`` (county sources only) keeps the counties
-whose current level is at least ``L`` (a county with no level is level 0).
+Asia/Shanghai; hours are whole hours since 1970-01-01 00:00 Asia/Shanghai (``hour // 24`` is the
+day). A source is *daily* (buckets keyed by day) or *hourly* (buckets keyed by hour). A plan is
+evaluated on day ``T`` at hour ``H``, an hour of ``T`` (by default its last, ``T * 24 + 23``).
+
+* On a daily source, a check ``{"source": S, "days": N}`` covers the buckets whose day lies in
+  ``[T-N+1, T]``; ``"hours"`` is refused there.
+* On an hourly source, ``{"source": S, "hours": N}`` covers the buckets whose hour lies in
+  ``[H-N+1, H]`` (a row exactly N hours old is out); ``{"source": S, "days": N}`` is the same
+  with ``N * 24`` hours. Giving both is refused.
+* Either way the undated bucket is always covered (always current), and a check without a window
+  covers every bucket. ``min_level`` (county sources only) keeps the counties whose current level
+  is at least ``L`` (a county with no level is level 0).
 
 * A person-keyed check holds if the person is in the union of its buckets.
 * A phone-keyed check holds if some phone linked to the person is in the union and that phone is
@@ -39,6 +47,16 @@ Two forms:
 ReferenceVerdict(colour=2, fired_mask=1, cleared_mask=0)
 >>> ref.evaluate_batch(BitMap([0, 1, 2])).colour_counts()
 (2, 0, 1)
+
+An hourly source: a negative test 48 hours old no longer clears "within 48 hours".
+
+>>> view.add_source("nat_negative", "person", hourly=True)
+>>> view.add_rows("nat_negative", [1], hour=100 * 24 + 10 - 48)
+>>> rules[0]["clears"] = [{"source": "nat_negative", "hours": 48}]
+>>> ReferenceEvaluator(view, rules, today=100, hour=100 * 24 + 9).evaluate(1)
+ReferenceVerdict(colour=0, fired_mask=0, cleared_mask=1)
+>>> ReferenceEvaluator(view, rules, today=100, hour=100 * 24 + 10).evaluate(1)
+ReferenceVerdict(colour=2, fired_mask=1, cleared_mask=0)
 """
 
 from __future__ import annotations
@@ -67,7 +85,8 @@ class IndexView(Protocol):
     does :class:`MemoryIndexView` (a pure-Python model used by the tests).
 
     `source_bitmap(name, day, None)` on a county source is the union of that day's buckets over
-    every county; the reference relies on it when a check has no ``min_level``.
+    every county; the reference relies on it when a check has no ``min_level``. On an hourly
+    source `source_days` lists hours and `source_bitmap` takes an hour in `day`.
     """
 
     @property
@@ -76,6 +95,8 @@ class IndexView(Protocol):
     def sources(self) -> list[tuple[str, str, bool]]: ...
 
     def source_days(self, name: str) -> list[int | None]: ...
+
+    def source_is_hourly(self, name: str) -> bool: ...
 
     def source_counties(self, name: str) -> list[int]: ...
 
@@ -170,16 +191,29 @@ class BatchVerdicts:
 
 class ReferenceEvaluator:
     """A rule plan (plain data, as given to `healthcode_matcher.Plan`) evaluated over an index
-    on day ``today``.
+    on day ``today`` at ``hour`` (an hour of ``today``, by default its last), the hour that ends
+    the windows of hourly sources.
 
     Building the evaluator reads every bucket the plan needs and computes each check's window
     union once; :meth:`evaluate` and :meth:`evaluate_batch` then only test membership.
     """
 
-    def __init__(self, index: IndexView, rules: Sequence[Mapping[str, Any]], today: int) -> None:
+    def __init__(
+        self,
+        index: IndexView,
+        rules: Sequence[Mapping[str, Any]],
+        today: int,
+        hour: int | None = None,
+    ) -> None:
+        if hour is None:
+            hour = today * 24 + 23
+        elif hour // 24 != today:
+            raise ValueError(f"hour {hour} is not an hour of day {today}")
         self._index = index
         self.today = today
+        self.hour = hour
         self._traits = {name: (keyed, has_county) for name, keyed, has_county in index.sources()}
+        self._hourly = {name: index.source_is_hourly(name) for name in self._traits}
         self._levels = index.county_levels()
         self._unions: dict[tuple[str, int | None, int | None], BitMap] = {}
         self.rule_ids: list[str] = []
@@ -220,23 +254,49 @@ class ReferenceEvaluator:
             raise ValueError(f"rule {rule_id!r}: unknown source {source!r}")
         keyed, has_county = self._traits[source]
         days = check.get("days")
+        hours = check.get("hours")
         min_level = check.get("min_level")
         if min_level is not None and not has_county:
             raise ValueError(f"rule {rule_id!r}: min_level on {source!r}, not a county source")
-        return self.window_union(source, days, min_level), keyed == "phone"
+        if hours is not None and not self._hourly[source]:
+            raise ValueError(f"rule {rule_id!r}: hours on {source!r}, not an hourly source")
+        if hours is not None and days is not None:
+            raise ValueError(f"rule {rule_id!r}: give days or hours on {source!r}, not both")
+        return self.window_union(source, days, min_level, hours=hours), keyed == "phone"
 
-    def window_union(self, source: str, days: int | None, min_level: int | None) -> BitMap:
-        """The members of `source` over the window of `days` ending today (every bucket if
-        None) plus the undated bucket, restricted to counties of level >= `min_level`."""
-        key = (source, days, min_level)
+    def window_span(self, source: str, days: int | None, hours: int | None = None) -> int | None:
+        """The window of a check in the unit of the source's buckets (days on a daily source,
+        hours on an hourly one); None: no window, every bucket."""
+        if self._hourly[source]:
+            return hours if days is None else days * 24
+        return days
+
+    def window_end(self, source: str) -> int:
+        """The newest bucket a window reaches: today, or the evaluation hour (hourly)."""
+        return self.hour if self._hourly[source] else self.today
+
+    def window_union(
+        self,
+        source: str,
+        days: int | None,
+        min_level: int | None,
+        *,
+        hours: int | None = None,
+    ) -> BitMap:
+        """The members of `source` over the window of `days` (or `hours`, hourly sources only)
+        ending now (every bucket if neither) plus the undated bucket, restricted to counties of
+        level >= `min_level`."""
+        span = self.window_span(source, days, hours)
+        key = (source, span, min_level)
         cached = self._unions.get(key)
         if cached is not None:
             return cached
         _, has_county = self._traits[source]
-        lowest = None if days is None else self.today - days + 1
+        end = self.window_end(source)
+        lowest = None if span is None else end - span + 1
 
-        def in_window(day: int | None) -> bool:
-            return day is None or lowest is None or lowest <= day <= self.today
+        def in_window(bucket: int | None) -> bool:
+            return bucket is None or lowest is None or lowest <= bucket <= end
 
         source_days = [day for day in self._index.source_days(source) if in_window(day)]
         parts: list[BitMap] = []
@@ -251,8 +311,8 @@ class ReferenceEvaluator:
         self._unions[key] = union
         return union
 
-    def _bucket(self, source: str, day: int | None, county: int | None) -> BitMap:
-        return BitMap.deserialize(self._index.source_bitmap(source, day, county))
+    def _bucket(self, source: str, bucket: int | None, county: int | None) -> BitMap:
+        return BitMap.deserialize(self._index.source_bitmap(source, bucket, county))
 
     def _holders_of(self, phones: BitMap) -> BitMap:
         """Persons holding at least one phone of `phones`."""
@@ -385,16 +445,23 @@ class MemoryIndexView:
 
     person_count: int
     _traits: dict[str, tuple[str, bool]] = field(default_factory=dict)
+    _hourly: set[str] = field(default_factory=set)
     _buckets: dict[str, dict[tuple[int | None, int | None], BitMap]] = field(default_factory=dict)
     _levels: dict[int, int] = field(default_factory=dict)
     _holder: dict[int, int] = field(default_factory=dict)
     _phones: dict[int, set[int]] = field(default_factory=dict)  # holder -> their phones
 
-    def add_source(self, name: str, keyed_by: str, has_county: bool = False) -> None:
-        """Declare a source keyed by "person" or "phone"."""
+    def add_source(
+        self, name: str, keyed_by: str, has_county: bool = False, hourly: bool = False
+    ) -> None:
+        """Declare a source keyed by "person" or "phone", bucketed by day or by hour."""
         if keyed_by not in ("person", "phone"):
             raise ValueError(f"keyed_by must be 'person' or 'phone', not {keyed_by!r}")
         self._traits[name] = (keyed_by, has_county)
+        if hourly:
+            self._hourly.add(name)
+        else:
+            self._hourly.discard(name)
         self._buckets.setdefault(name, {})
 
     def add_rows(
@@ -403,17 +470,25 @@ class MemoryIndexView:
         ids: Iterable[int],
         day: int | None = None,
         counties: Iterable[int] | None = None,
+        hour: int | None = None,
     ) -> None:
-        """Add dense ids on `day` (None: undated); a county source needs one county per id."""
+        """Add dense ids on `day` of a daily source or at `hour` of an hourly one (neither:
+        undated); a county source needs one county per id."""
         _, has_county = self._traits[name]
+        hourly = name in self._hourly
+        if hourly and day is not None:
+            raise ValueError(f"source {name!r} is hourly: give an hour, not a day")
+        if not hourly and hour is not None:
+            raise ValueError(f"source {name!r} is daily: give a day, not an hour")
+        bucket = hour if hourly else day
         buckets = self._buckets[name]
         if has_county:
             if counties is None:
                 raise ValueError(f"source {name!r} needs counties")
             for member, county in zip(ids, counties, strict=True):
-                buckets.setdefault((county, day), BitMap()).add(member)
+                buckets.setdefault((county, bucket), BitMap()).add(member)
         else:
-            buckets.setdefault((None, day), BitMap()).update(ids)
+            buckets.setdefault((None, bucket), BitMap()).update(ids)
 
     def remove_rows(self, name: str, ids: Iterable[int]) -> None:
         """Remove dense ids from every bucket of a source."""
@@ -442,15 +517,21 @@ class MemoryIndexView:
         return [(name, keyed, has_county) for name, (keyed, has_county) in self._traits.items()]
 
     def source_days(self, name: str) -> list[int | None]:
+        """Bucket times holding rows: days, or hours on an hourly source (None: undated)."""
         days = {day for (_, day), bm in self._buckets[name].items() if bm}
         return sorted(days, key=lambda d: (d is not None, d or 0))
+
+    def source_is_hourly(self, name: str) -> bool:
+        if name not in self._traits:
+            raise KeyError(f"unknown source {name!r}")
+        return name in self._hourly
 
     def source_counties(self, name: str) -> list[int]:
         return sorted({c for (c, _), bm in self._buckets[name].items() if c is not None and bm})
 
     def source_bitmap(self, name: str, day: int | None = None, county: int | None = None) -> bytes:
-        """One day's bucket; for a county source one county's, or with county=None the union
-        over counties (as the Rust index does)."""
+        """One day's bucket (an hour's on an hourly source); for a county source one county's,
+        or with county=None the union over counties (as the Rust index does)."""
         _, has_county = self._traits[name]
         if has_county and county is None:
             parts = [bm for (_, d), bm in self._buckets[name].items() if d == day]
