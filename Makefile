@@ -7,7 +7,7 @@ RUST_SRC := $(wildcard matcher_ext/src/*.rs) matcher_ext/Cargo.toml matcher_ext/
 PROTOS := $(wildcard protos/healthcode/v1/*.proto)
 PROTO_STAMP := protos/healthcode/v1/.generated
 
-.PHONY: setup build-dev proto run test test-rust test-python lint stubtest bench bench-matcher bench-whatif clean
+.PHONY: setup build-dev proto run test test-rust test-python lint stubtest bench bench-matcher bench-whatif bench-display clean
 
 ## setup: the virtualenv, every pinned package, the Rust extension and the generated code
 setup: $(VENV)/.installed $(PROTO_STAMP)
@@ -65,6 +65,10 @@ bench-matcher: setup
 ## bench-whatif: a draft rule set over 18 M persons beside the active one (target < 5 s)
 bench-whatif: setup
 	$(PY) -m bench.bench_whatif
+
+## bench-display: Show/Scan per second through the four real services, beside a gRPC health baseline
+bench-display: setup
+	$(PY) -m bench.bench_display
 
 bench: bench-matcher bench-whatif
 
