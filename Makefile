@@ -3,11 +3,11 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
-RUST_SRC := $(wildcard matcher_ext/src/*.rs) matcher_ext/Cargo.toml matcher_ext/Cargo.lock
+RUST_SRC := $(wildcard matcher_ext/src/*.rs matcher_ext/src/python/*.rs) matcher_ext/Cargo.toml matcher_ext/Cargo.lock
 PROTOS := $(wildcard protos/healthcode/v1/*.proto)
 PROTO_STAMP := protos/healthcode/v1/.generated
 
-.PHONY: setup build-dev proto run test test-rust test-python lint stubtest bench bench-matcher bench-whatif bench-display clean
+.PHONY: setup build-dev proto run test test-rust test-python lint typecheck stubtest bench bench-matcher bench-whatif bench-display clean
 
 ## setup: the virtualenv, every pinned package, the Rust extension and the generated code
 setup: $(VENV)/.installed $(PROTO_STAMP)
@@ -42,7 +42,7 @@ run: setup
 	$(PY) -m clients.demo
 
 ## test: every test, Rust and Python
-test: setup test-rust lint stubtest test-python
+test: setup test-rust lint typecheck stubtest test-python
 
 test-rust:
 	cd matcher_ext && cargo clippy --quiet --all-targets -- -D warnings && cargo test --quiet
@@ -54,6 +54,10 @@ lint: setup
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	cd protos && ../$(VENV)/bin/buf lint
+
+## typecheck: mypy over the whole tree (files and paths in pyproject.toml)
+typecheck: setup
+	$(PY) -m mypy
 
 stubtest: setup
 	$(PY) -m mypy.stubtest healthcode_matcher._native --ignore-missing-stub

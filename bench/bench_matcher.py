@@ -37,6 +37,8 @@ import healthcode_matcher as hm
 from healthcode_matcher.reference import ReferenceEvaluator
 from pyroaring import BitMap
 
+from services._common.days import day_number
+
 FULL_PERSONS = 18_000_000
 FULL_PHONES = 25_000_000
 QUICK_PERSONS = 200_000
@@ -45,7 +47,7 @@ QUICK_PHONES = 300_000
 # the index; an offset of 2**11 keeps their generation at C speed).
 COUNTIES = 2_048
 COUNTY_BASE = 2_048
-TODAY = hm.day_number(dt.date(2021, 1, 15))  # the Tianjin report's winter
+TODAY = day_number(dt.date(2021, 1, 15))  # the Tianjin report's winter
 CHUNK = 1_000_000  # identifiers registered per call, so the input never sits in memory twice
 
 

@@ -57,13 +57,15 @@ from bench.bench_matcher import (
     timed,
     to_le,
 )
+from services._common.days import SHANGHAI, day_number
 from services._common.sources import SOURCES
-from services.colour.logic import ColourEngine, compile_rules
+from services.colour.engine import ColourEngine
+from services.colour.rulestore import compile_rules
 from services.rules import DEFAULT_RULE_SET_PATH, RuleSet, parse_rule_set
 
 # Hebei's outbreak: Tianjin tightened its rules.
-NOON = dt.datetime(2021, 1, 6, 12, 0, tzinfo=hm.SHANGHAI)
-TODAY = hm.day_number(NOON)
+NOON = dt.datetime(2021, 1, 6, 12, 0, tzinfo=SHANGHAI)
+TODAY = day_number(NOON)
 # Tianjin's districts (GB/T 2260 120101..120119) and rough population weights: every code is
 # 120100 + k, so the low byte of the little-endian u32 is 0x24 + k and no carry reaches the rest.
 DISTRICTS = {1: 4, 2: 7, 3: 8, 4: 8, 5: 6, 6: 4, 10: 6, 11: 9}
@@ -265,9 +267,7 @@ def run(args: argparse.Namespace) -> str:
         f"**{secs(what_if_s)}**",
         "target < 5 s at 18 M",
     )
-    changed = sum(
-        n for a, row in enumerate(counted["colours"]) for b, n in enumerate(row) if a != b
-    )
+    changed = counted.changed
     del active, draft
     release_free_memory()
 

@@ -12,14 +12,14 @@ EvaluateStream) are long-lived by design and get none.
 
 from __future__ import annotations
 
-import os
-from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
 from typing import Any, NamedTuple
 
 import grpc
 from google.rpc import error_details_pb2
-from grpc_status import rpc_status
+
+from services._common.config import Peers
+from services._common.status import details_of
 
 DEFAULT_TIMEOUT_S = 10.0
 
@@ -28,43 +28,6 @@ _OPTIONS: list[tuple[str, int | str]] = [
     ("grpc.max_receive_message_length", 64 << 20),
     ("grpc.max_send_message_length", 64 << 20),
 ]
-
-
-@dataclass(frozen=True, slots=True)
-class Peers:
-    """Where the four services are ("host:port")."""
-
-    declaration: str = "127.0.0.1:50051"
-    risk_index: str = "127.0.0.1:50052"
-    colour: str = "127.0.0.1:50053"
-    display: str = "127.0.0.1:50054"
-
-    @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None) -> Peers:
-        """The same variables the services read (HEALTHCODE_<SERVICE>_ADDR, else _PORT)."""
-        env = os.environ if env is None else env
-
-        def addr(name: str, default_port: int) -> str:
-            explicit = env.get(f"HEALTHCODE_{name}_ADDR", "").strip()
-            if explicit:
-                return explicit
-            port = env.get(f"HEALTHCODE_{name}_PORT", "").strip() or str(default_port)
-            return f"127.0.0.1:{port}"
-
-        return cls(
-            declaration=addr("DECLARATION", 50051),
-            risk_index=addr("RISK_INDEX", 50052),
-            colour=addr("COLOUR", 50053),
-            display=addr("DISPLAY", 50054),
-        )
-
-    def items(self) -> list[tuple[str, str]]:
-        return [
-            ("declaration", self.declaration),
-            ("risk_index", self.risk_index),
-            ("colour", self.colour),
-            ("display", self.display),
-        ]
 
 
 class _CallDetails(NamedTuple):
@@ -126,42 +89,19 @@ def describe_error(error: grpc.RpcError) -> str:
         lines.append("  (is the service running? `healthcode status` checks all four)")
     if code == grpc.StatusCode.DEADLINE_EXCEEDED:
         lines.append("  (the service did not answer in time; --timeout raises the limit)")
-    status = rpc_status.from_call(error)
-    if status is None:
-        return "\n".join(lines)
-    for packed in status.details:
-        if packed.Is(error_details_pb2.BadRequest.DESCRIPTOR):
-            bad = error_details_pb2.BadRequest()
-            packed.Unpack(bad)
-            for v in bad.field_violations:
-                lines.append(
-                    f"  - {v.field}: {v.description}" if v.field else f"  - {v.description}"
-                )
-        elif packed.Is(error_details_pb2.PreconditionFailure.DESCRIPTOR):
-            failure = error_details_pb2.PreconditionFailure()
-            packed.Unpack(failure)
-            for p in failure.violations:
-                lines.append(f"  - {p.subject}: {p.description}")
-        elif packed.Is(error_details_pb2.QuotaFailure.DESCRIPTOR):
-            quota = error_details_pb2.QuotaFailure()
-            packed.Unpack(quota)
-            for q in quota.violations:
-                lines.append(f"  - {q.subject}: {q.description}")
-        elif packed.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
-            info = error_details_pb2.ErrorInfo()
-            packed.Unpack(info)
-            lines.append(f"  reason: {info.reason}")
+    for detail in details_of(error):
+        if isinstance(detail, error_details_pb2.BadRequest):
+            lines.extend(
+                f"  - {v.field}: {v.description}" if v.field else f"  - {v.description}"
+                for v in detail.field_violations
+            )
+        elif isinstance(
+            detail, error_details_pb2.PreconditionFailure | error_details_pb2.QuotaFailure
+        ):
+            lines.extend(f"  - {v.subject}: {v.description}" for v in detail.violations)
+        elif isinstance(detail, error_details_pb2.ErrorInfo):
+            lines.append(f"  reason: {detail.reason}")
     return "\n".join(lines)
 
 
-def error_reason(error: grpc.RpcError) -> str:
-    """The google.rpc.ErrorInfo reason of a failed call ("TOKEN_EXPIRED"), or ""."""
-    status = rpc_status.from_call(error) if isinstance(error, grpc.Call) else None
-    if status is None:
-        return ""
-    for packed in status.details:
-        if packed.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
-            info = error_details_pb2.ErrorInfo()
-            packed.Unpack(info)
-            return info.reason
-    return ""
+__all__ = ["DEFAULT_TIMEOUT_S", "Peers", "describe_error", "open_channel"]

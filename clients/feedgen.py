@@ -46,6 +46,7 @@ from typing import IO, TYPE_CHECKING, Annotated, Any, Literal, Protocol, TypeVar
 import typer
 from stdnum.cn import ric
 
+from services._common.days import day_number, hour_date, hour_of_date, last_hour
 from services._common.sources import SOURCES
 
 if TYPE_CHECKING:
@@ -103,6 +104,8 @@ _REGIONS = (
 )
 _PHONE_PREFIXES = [*range(130, 140), *range(150, 154), *range(155, 160), 166, 176, 177, 178]
 _PHONE_PREFIXES += [*range(180, 184), *range(185, 190), 198, 199]
+# Mobile prefixes of the synthetic phones (clients.population numbers its city's phones by them).
+PHONE_PREFIXES = tuple(_PHONE_PREFIXES)
 # How common each source is, relative to `rate`: cases are rare, declarations and tests common.
 _RELATIVE_RATE = {
     "confirmed": 0.05,
@@ -119,7 +122,6 @@ _RELATIVE_RATE = {
     "telecom_roaming": 3.0,
     "nat_negative": 5.0,
 }
-_EPOCH = date(1970, 1, 1)
 _GB11643_WEIGHTS = [pow(2, 17 - i, 11) for i in range(17)]
 
 
@@ -214,21 +216,6 @@ def make_population(
 # --- rows --------------------------------------------------------------------------------------
 
 
-def day_number(d: date) -> int:
-    """Days since 1970-01-01 of a (Shanghai) date, as the matcher counts them."""
-    return (d - _EPOCH).days
-
-
-def hour_date(hour: int) -> date:
-    """The Asia/Shanghai date of an hour number."""
-    return _EPOCH + timedelta(days=hour // 24)
-
-
-def last_hour(today: date) -> int:
-    """The hour number of 23:00 on `today`: the "now" of rows generated for a whole day."""
-    return day_number(today) * 24 + 23
-
-
 def row(
     source: str,
     *,
@@ -265,7 +252,7 @@ def row(
     out: Row = {"source": source, **key, "day": None if day is None else day.isoformat()}
     if src.hourly:
         assert day is not None
-        out["hour"] = hour if hour is not None else day_number(day) * 24
+        out["hour"] = hour if hour is not None else hour_of_date(day)
     out["county"] = county
     return out
 
@@ -335,7 +322,7 @@ def generate_feed(
             hour = None
             if src.hourly and day is not None:
                 latest = now % 24 if day == today else 23
-                hour = day_number(day) * 24 + hour_rng.randint(0, latest)
+                hour = hour_of_date(day, hour_rng.randint(0, latest))
             yield row(name, **key, day=day, county=county, hour=hour)
 
 
@@ -697,7 +684,7 @@ def feed(
         if s not in SOURCES:
             raise typer.BadParameter(f"unknown source {s!r}", param_hint="--source")
     people = make_population(persons, seed, numbers=numbers.value)
-    now_hour = day_number(day) * 24 + hour
+    now_hour = hour_of_date(day, hour)
     rows = generate_feed(people, day, seed, rate=rate, sources=source, now_hour=now_hour)
     with _open_out(out) as f:
         n = write_rows(rows, f, fmt.value)

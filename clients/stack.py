@@ -22,11 +22,12 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from healthcode.v1 import colour_pb2, colour_pb2_grpc
 
 from clients.channel import Peers, open_channel
+from services._common.config import Ports
 
 REPO = Path(__file__).resolve().parent.parent
 # Start order: the risk index first (colour follows it, declaration registers people in it).
 SERVICES = ("risk_index", "declaration", "colour", "display")
-DEFAULT_PORTS = {"declaration": 50051, "risk_index": 50052, "colour": 50053, "display": 50054}
+DEFAULT_PORTS = Ports().as_dict()
 
 
 class StackError(RuntimeError):
@@ -70,12 +71,7 @@ class Stack:
 
     @property
     def peers(self) -> Peers:
-        return Peers(
-            declaration=f"127.0.0.1:{self.ports['declaration']}",
-            risk_index=f"127.0.0.1:{self.ports['risk_index']}",
-            colour=f"127.0.0.1:{self.ports['colour']}",
-            display=f"127.0.0.1:{self.ports['display']}",
-        )
+        return Peers.on_loopback(Ports(**self.ports))
 
     def log_path(self, name: str) -> Path:
         return self.data_dir / "logs" / f"{name}.log"

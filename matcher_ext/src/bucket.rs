@@ -12,6 +12,17 @@ use roaring::RoaringBitmap;
 pub const SPARSE_MAX: usize = 4096;
 
 /// The ids of one (county, day).
+///
+/// ```
+/// use healthcode_matcher::bucket::{union, Bucket, SPARSE_MAX};
+///
+/// let mut small = Bucket::from_sorted(vec![3, 9]);
+/// small.insert_sorted(&[1, 9]);
+/// assert_eq!(small, Bucket::Sparse(vec![1, 3, 9]));
+/// let big = Bucket::from_sorted((0..2 * SPARSE_MAX as u32).collect());
+/// assert!(matches!(big, Bucket::Dense(_)));
+/// assert_eq!(union([&small, &big].into_iter()).len(), 2 * SPARSE_MAX as u64);
+/// ```
 #[derive(Clone, Debug, PartialEq)]
 pub enum Bucket {
     /// Sorted, distinct ids; at most `SPARSE_MAX`.

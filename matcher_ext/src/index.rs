@@ -1,5 +1,30 @@
 //! One index version: the registry, the sources as (county, day) buckets of ids, and county
 //! risk levels. Versions are immutable; the next one is built aside from a cheap clone.
+//!
+//! Numbering: [`Index::new`] is the *root*, version 0 with nothing in it. A [`Builder`] started
+//! from any version finishes as the next number, or as a number the caller chooses
+//! ([`Builder::finish_as`]) above the one it started from. The root alone may also be finished
+//! as version 0 itself, so a publisher can define its sources on the empty index and publish
+//! that as version 0: no other version ever had that number.
+//!
+//! ```
+//! use healthcode_matcher::index::{Index, KeyedBy, UNDATED};
+//!
+//! let root = Index::new([7; 32]);
+//! let mut b = root.builder();
+//! b.define_source("confirmed", KeyedBy::Person, false, false)?;
+//! let v0 = b.finish_as(0)?; // the empty index, its sources defined
+//! assert_eq!((v0.version, v0.sources.len()), (0, 1));
+//!
+//! let mut b = v0.builder();
+//! let p = b.add_person_key(42);
+//! b.add_rows("confirmed", &[p], UNDATED, None)?;
+//! assert!(b.check_version(0).is_err()); // 0 is taken now
+//! let v1 = b.finish();
+//! assert_eq!(v1.version, 1);
+//! assert_eq!(v0.source("confirmed")?.members().len(), 0, "v0 never sees v1's rows");
+//! # Ok::<(), healthcode_matcher::errors::MatcherError>(())
+//! ```
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -72,9 +97,26 @@ impl Source {
 }
 
 /// One immutable index version.
+///
+/// ```
+/// use healthcode_matcher::index::{Index, KeyedBy};
+///
+/// let v0 = Index::new([7; 32]);
+/// let mut b = v0.builder();
+/// b.define_source("travel", KeyedBy::Person, true, false)?;
+/// let p = b.add_person_key(1);
+/// b.add_rows("travel", &[p], 19_000, Some(&[120101]))?;
+/// b.set_county_level(120101, 3)?;
+/// let v1 = b.finish();
+/// assert_eq!(v1.version, 1);
+/// assert_eq!(v1.level(120101), 3);
+/// assert!(v1.check_person(p).is_ok() && v0.check_person(p).is_err());
+/// assert!(v1.source("nope").is_err());
+/// # Ok::<(), healthcode_matcher::errors::MatcherError>(())
+/// ```
 #[derive(Clone)]
 pub struct Index {
-    /// The version number; each `finish` of a builder adds one.
+    /// The version number: 0 for the root, then the builder's choice (one more by default).
     pub version: u64,
     /// The deployment's keyed hash.
     pub hasher: Hasher,
@@ -84,6 +126,8 @@ pub struct Index {
     pub sources: BTreeMap<String, Arc<Source>>,
     /// County code -> risk level (0 none, 1 low, 2 medium, 3 high).
     pub county_levels: Arc<HashMap<u32, u8>>,
+    /// True only for the index [`Index::new`] made: no builder finished it, no snapshot held it.
+    root: bool,
 }
 
 impl std::fmt::Debug for Index {
@@ -98,7 +142,7 @@ impl std::fmt::Debug for Index {
 }
 
 impl Index {
-    /// An empty version 0.
+    /// The root: an empty version 0 keyed with `secret`.
     pub fn new(secret: [u8; 32]) -> Self {
         Index {
             version: 0,
@@ -106,12 +150,39 @@ impl Index {
             registry: Registry::default(),
             sources: BTreeMap::new(),
             county_levels: Arc::new(HashMap::new()),
+            root: true,
         }
+    }
+
+    /// A version read back from storage (a snapshot): never the root, whatever its number.
+    pub(crate) fn restored(
+        version: u64,
+        hasher: Hasher,
+        registry: Registry,
+        sources: BTreeMap<String, Arc<Source>>,
+        county_levels: HashMap<u32, u8>,
+    ) -> Self {
+        Index {
+            version,
+            hasher,
+            registry,
+            sources,
+            county_levels: Arc::new(county_levels),
+            root: false,
+        }
+    }
+
+    /// Whether this is the root made by [`Index::new`], which a builder may finish as version 0.
+    pub fn is_root(&self) -> bool {
+        self.root
     }
 
     /// The next version, to change aside.
     pub fn builder(&self) -> Builder {
-        Builder { next: self.clone() }
+        Builder {
+            next: self.clone(),
+            from_root: self.root,
+        }
     }
 
     /// A source by name, or a clear error.
@@ -137,8 +208,26 @@ impl Index {
 }
 
 /// A private, mutable next version.
+///
+/// ```
+/// use healthcode_matcher::index::{Index, KeyedBy};
+///
+/// let v1 = Index::new([7; 32]).builder().finish();
+/// let mut b = v1.builder();
+/// b.define_source("roaming", KeyedBy::Phone, true, false)?;
+/// let holder = b.add_person_key(1);
+/// let phone = b.add_phone_key(2, Some(holder))?;
+/// b.add_rows("roaming", &[phone], 19_000, Some(&[120116]))?;
+/// assert!(b.add_rows("roaming", &[phone], 19_000, None).is_err(), "a county per row");
+/// assert!(b.check_version(1).is_err(), "numbers only go up");
+/// let v7 = b.finish_as(7)?;
+/// assert_eq!(v7.version, 7);
+/// assert_eq!(v7.registry.phones_of(holder), vec![phone]);
+/// # Ok::<(), healthcode_matcher::errors::MatcherError>(())
+/// ```
 pub struct Builder {
     next: Index,
+    from_root: bool,
 }
 
 impl Builder {
@@ -150,19 +239,29 @@ impl Builder {
     /// Freeze into the next numbered version.
     pub fn finish(mut self) -> Index {
         self.next.version += 1;
+        self.next.root = false;
         self.next
     }
 
-    /// Freeze under a version number chosen by the caller (the risk index's own, durable
-    /// numbering), which must be above the version this one was built from.
-    pub fn finish_as(mut self, version: u64) -> Result<Index> {
-        if version < self.next.version + 1 {
-            return Err(MatcherError::Invalid(format!(
-                "version {version} does not follow version {}",
-                self.next.version
-            )));
+    /// Whether [`Builder::finish_as`] would accept `version`: above the version this builder
+    /// started from, or 0 when it started from the root (no version had that number yet).
+    pub fn check_version(&self, version: u64) -> Result<()> {
+        let from = self.next.version;
+        if version > from || (version == 0 && self.from_root) {
+            Ok(())
+        } else {
+            Err(MatcherError::Invalid(format!(
+                "version {version} does not follow version {from}"
+            )))
         }
+    }
+
+    /// Freeze under a version number chosen by the caller (the risk index's own, durable
+    /// numbering); see [`Builder::check_version`].
+    pub fn finish_as(mut self, version: u64) -> Result<Index> {
+        self.check_version(version)?;
         self.next.version = version;
+        self.next.root = false;
         Ok(self.next)
     }
 

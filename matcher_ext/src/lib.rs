@@ -4,8 +4,8 @@
 //! keyed 128-bit hashes, each mapped to a dense `u32` ([`registry`]). Risk sources are roaring
 //! bitmaps of those ids, bucketed by day and county ([`index`]). A rule plan is evaluated over a
 //! whole index version at once ([`plan`]), and a version can be written to and read from a
-//! checksummed snapshot ([`snapshot`]). The Python module lives in `python.rs`, behind the
-//! `python` feature, so `cargo test` needs no interpreter.
+//! checksummed snapshot ([`snapshot`]). The Python module lives in `python/` (one file per
+//! Python type), behind the `python` feature, so `cargo test` needs no interpreter.
 #![warn(missing_docs)]
 
 pub mod bucket;

@@ -56,6 +56,37 @@ pub struct Rule {
 }
 
 /// A validated rule plan.
+///
+/// ```
+/// use healthcode_matcher::plan::{Check, Plan, Rule, GREEN, RED, YELLOW};
+///
+/// let check = |source: &str, days| Check {
+///     source: source.into(),
+///     days,
+///     hours: None,
+///     min_level: None,
+/// };
+/// let rule = |id: &str, colour, source| Rule {
+///     id: id.into(),
+///     colour,
+///     match_all: false,
+///     checks: vec![check(source, Some(14))],
+///     clears: vec![],
+/// };
+/// let plan = Plan::new(
+///     "2022-04".into(),
+///     vec![rule("fever", YELLOW, "declared_fever"), rule("contact", RED, "close_contact")],
+/// )?;
+/// // bit i of a fired mask is rule i; the most severe fired rule gives the colour
+/// assert_eq!(plan.colour_of(0b00), GREEN);
+/// assert_eq!(plan.colour_of(0b01), YELLOW);
+/// assert_eq!(plan.colour_of(0b11), RED);
+/// assert_eq!(plan.check_count(), 2);
+///
+/// let twice = Plan::new("x".into(), vec![rule("a", RED, "s"), rule("a", RED, "t")]);
+/// assert!(twice.unwrap_err().to_string().contains("rule \"a\" (id)"));
+/// # Ok::<(), healthcode_matcher::errors::MatcherError>(())
+/// ```
 #[derive(Clone, Debug)]
 pub struct Plan {
     /// A label of the rule set it came from.
@@ -392,6 +423,46 @@ fn hour_of(s: &Source, t: u32) -> Option<u32> {
 }
 
 /// A plan evaluated over an index on one day.
+///
+/// ```
+/// use std::sync::Arc;
+/// use healthcode_matcher::index::{Index, KeyedBy};
+/// use healthcode_matcher::plan::{Check, Plan, Rule, Verdicts, GREEN, RED};
+///
+/// let mut b = Index::new([7; 32]).builder();
+/// b.define_source("close_contact", KeyedBy::Person, false, false)?;
+/// b.define_source("nat_negative", KeyedBy::Person, false, false)?;
+/// let (ann, bo, cy) = (b.add_person_key(1), b.add_person_key(2), b.add_person_key(3));
+/// b.add_rows("close_contact", &[ann, bo], 100, None)?;
+/// b.add_rows("nat_negative", &[bo], 101, None)?;
+/// let index = Arc::new(b.finish());
+///
+/// let check = |source: &str, days| Check {
+///     source: source.into(),
+///     days: Some(days),
+///     hours: None,
+///     min_level: None,
+/// };
+/// let plan = Arc::new(Plan::new(
+///     "t".into(),
+///     vec![Rule {
+///         id: "close-contact".into(),
+///         colour: RED,
+///         match_all: false,
+///         checks: vec![check("close_contact", 14)],
+///         clears: vec![check("nat_negative", 2)],
+///     }],
+/// )?);
+/// let v = Verdicts::new(index, plan, 102)?;
+/// assert_eq!(v.evaluate(ann)?.colour, RED);
+/// let cleared = v.evaluate(bo)?;
+/// assert_eq!((cleared.colour, cleared.fired, cleared.cleared), (GREEN, 0, 0b1));
+/// assert_eq!(v.explain(bo)?.iter().map(|e| e.role).collect::<Vec<_>>(), ["fired", "cleared"]);
+/// assert_eq!(v.colour_counts(), [2, 0, 1]);
+/// assert_eq!(v.non_green().iter().collect::<Vec<_>>(), [ann]);
+/// assert!(v.evaluate(cy + 1).is_err(), "an unknown person is an error, not green");
+/// # Ok::<(), healthcode_matcher::errors::MatcherError>(())
+/// ```
 pub struct Verdicts {
     /// The index evaluated.
     pub index: Arc<Index>,
@@ -621,6 +692,35 @@ impl Verdicts {
 }
 
 /// How a draft plan would change colours, against the active plan over the same index.
+///
+/// ```
+/// use std::sync::Arc;
+/// use healthcode_matcher::index::{Index, KeyedBy, UNDATED};
+/// use healthcode_matcher::plan::{Check, Plan, Rule, Verdicts, GREEN, RED, YELLOW};
+///
+/// let mut b = Index::new([7; 32]).builder();
+/// b.define_source("close_contact", KeyedBy::Person, false, false)?;
+/// b.define_source("residence", KeyedBy::Person, true, false)?;
+/// let ps: Vec<u32> = (0..5).map(|k| b.add_person_key(k)).collect();
+/// b.add_rows("close_contact", &ps[..2], 100, None)?;
+/// b.add_rows("residence", &ps, UNDATED, Some(&[120101, 120102, 120101, 120101, 120101]))?;
+/// let index = Arc::new(b.finish());
+///
+/// let plan = |colour| -> Result<_, healthcode_matcher::errors::MatcherError> {
+///     let check = Check { source: "close_contact".into(), days: Some(14), hours: None, min_level: None };
+///     let rule = Rule { id: "cc".into(), colour, match_all: false, checks: vec![check], clears: vec![] };
+///     Ok(Arc::new(Plan::new("p".into(), vec![rule])?))
+/// };
+/// let active = Verdicts::new(index.clone(), plan(RED)?, 100)?;
+/// let draft = Verdicts::new(index, plan(YELLOW)?, 100)?;
+/// let t = active.transitions(&draft, Some("residence"))?;
+/// assert_eq!(t.colours[RED as usize][YELLOW as usize], 2);
+/// assert_eq!(t.colours[GREEN as usize][GREEN as usize], 3);
+/// assert_eq!(t.changed(), 2);
+/// assert_eq!(t.rules["cc"], (0, 0), "the rule fires in both; only its colour moved");
+/// assert_eq!(t.districts[&120102][RED as usize][YELLOW as usize], 1);
+/// # Ok::<(), healthcode_matcher::errors::MatcherError>(())
+/// ```
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Transitions {
     /// Persons by (active colour, draft colour).
@@ -631,6 +731,22 @@ pub struct Transitions {
     /// Per district (a county of the district source): persons whose colour changes, by
     /// (active colour, draft colour).
     pub districts: std::collections::BTreeMap<u32, [[u64; 3]; 3]>,
+}
+
+impl Transitions {
+    /// Persons whose colour changes (off the diagonal of `colours`).
+    pub fn changed(&self) -> u64 {
+        changed_in(&self.colours)
+    }
+}
+
+/// Persons off the diagonal of a (from colour, to colour) matrix.
+pub fn changed_in(m: &[[u64; 3]; 3]) -> u64 {
+    (0..3)
+        .flat_map(|a| (0..3).map(move |b| (a, b)))
+        .filter(|(a, b)| a != b)
+        .map(|(a, b)| m[a][b])
+        .sum()
 }
 
 impl Verdicts {

@@ -86,6 +86,18 @@ fn table_hash(key: Key) -> u64 {
 
 /// Keys -> dense ids. Keys are kept in full (128 bits) and compared in full, so two different
 /// identifiers never share an id.
+///
+/// ```
+/// use healthcode_matcher::registry::IdTable;
+///
+/// let mut t = IdTable::default();
+/// assert_eq!(t.intern(7 << 100), (0, true));
+/// assert_eq!(t.intern(7 << 100), (0, false));
+/// assert_eq!(t.get(7), None, "the same low bits, another key");
+/// let again = IdTable::from_keys(t.keys().collect()).unwrap();
+/// assert_eq!(again.get(7 << 100), Some(0));
+/// assert!(IdTable::from_keys(vec![1, 2, 1]).is_err(), "a key listed twice is refused");
+/// ```
 #[derive(Clone)]
 pub struct IdTable {
     keys: ChunkedVec<Key>,
@@ -186,6 +198,21 @@ impl IdTable {
 }
 
 /// Persons, phones and cards, with the links between them.
+///
+/// ```
+/// use healthcode_matcher::registry::Registry;
+///
+/// let mut r = Registry::default();
+/// let (ann, bo) = (r.intern_person(0xA), r.intern_person(0xB));
+/// assert_eq!((ann, bo), (0, 1), "dense ids at first sight");
+/// assert_eq!(r.intern_person(0xA), ann, "and the same id ever after");
+/// let sim = r.intern_phone(0xA); // phones are their own id space
+/// r.link_phone(sim, ann);
+/// let before = r.clone(); // a cheap copy: the next version changes aside
+/// r.link_phone(sim, bo);
+/// assert_eq!((r.phones_of(ann), r.phones_of(bo)), (vec![], vec![sim]));
+/// assert_eq!(before.phone_holder(sim), Some(ann));
+/// ```
 #[derive(Clone, Default)]
 pub struct Registry {
     /// Resident ID number keys.

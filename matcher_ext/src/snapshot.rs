@@ -172,7 +172,25 @@ impl<'a> Cursor<'a> {
     }
 }
 
-/// Parse a snapshot held in memory.
+/// Parse a snapshot held in memory. Every count is checked against what is left, and the
+/// checksum and the secret's fingerprint before anything is built.
+///
+/// ```
+/// use healthcode_matcher::index::{Index, KeyedBy};
+/// use healthcode_matcher::snapshot::{from_bytes, to_bytes};
+///
+/// let mut b = Index::new([7; 32]).builder();
+/// b.define_source("confirmed", KeyedBy::Person, false, false)?;
+/// let p = b.add_person_key(1);
+/// b.add_rows("confirmed", &[p], 19_000, None)?;
+/// let bytes = to_bytes(&b.finish_as(3)?);
+/// let back = from_bytes(&bytes, [7; 32])?;
+/// assert_eq!((back.version, back.registry.persons.len()), (3, 1));
+/// assert!(!back.is_root(), "a stored version is never the root");
+/// assert!(from_bytes(&bytes, [8; 32]).is_err(), "another deployment's secret");
+/// assert!(from_bytes(&bytes[..bytes.len() - 1], [7; 32]).is_err(), "truncated");
+/// # Ok::<(), healthcode_matcher::errors::MatcherError>(())
+/// ```
 pub fn from_bytes(bytes: &[u8], secret: [u8; 32]) -> Result<Index> {
     if bytes.len() < 16 || &bytes[..8] != MAGIC {
         return Err(err("not a health-code index snapshot (bad magic)"));
@@ -267,13 +285,13 @@ pub fn from_bytes(bytes: &[u8], secret: [u8; 32]) -> Result<Index> {
     if !c.buf.is_empty() {
         return Err(err("trailing bytes after the last source"));
     }
-    Ok(Index {
+    Ok(Index::restored(
         version,
         hasher,
         registry,
         sources,
-        county_levels: Arc::new(county_levels),
-    })
+        county_levels,
+    ))
 }
 
 #[cfg(test)]

@@ -40,6 +40,15 @@ class Actor:
                 f"{action} needs one of the roles {names}; caller is {self.role}"
             )
 
+    def acts_for(self, person_key: bytes, allowed: Collection[Role], action: str) -> None:
+        """PermissionDenied unless the role may perform `action` for this person: a citizen
+        only for themself (a family member acts as family_proxy, staff in a staff role)."""
+        self.require(allowed, action)
+        if self.role is Role.CITIZEN and self.person_key != person_key:
+            raise PermissionDenied(
+                f"a citizen may {action} only for themself; a family member acts as family_proxy"
+            )
+
 
 # The platform's own services act as SERVICE; tests and tools may reuse this.
 SYSTEM = Actor(Role.SERVICE, "healthcode")

@@ -33,14 +33,24 @@ class ConfigError(ValueError):
     """A configuration value is missing or unusable; the message names the variable."""
 
 
+# The four services, in the order Ports and Peers list them.
+SERVICE_NAMES = ("declaration", "risk_index", "colour", "display")
+
+
 @dataclass(frozen=True, slots=True)
 class Ports:
-    """The port each service listens on."""
+    """The port each service listens on. The defaults are the one place they are written."""
 
     declaration: int = 50051
     risk_index: int = 50052
     colour: int = 50053
     display: int = 50054
+
+    def as_tuple(self) -> tuple[int, int, int, int]:
+        return (self.declaration, self.risk_index, self.colour, self.display)
+
+    def as_dict(self) -> dict[str, int]:
+        return dict(zip(SERVICE_NAMES, self.as_tuple(), strict=True))
 
 
 DEFAULT_PORTS = Ports()
@@ -48,12 +58,26 @@ DEFAULT_PORTS = Ports()
 
 @dataclass(frozen=True, slots=True)
 class Peers:
-    """Where each service is reached by its peers ("host:port")."""
+    """Where each service is reached by its peers and clients ("host:port")."""
 
-    declaration: str
-    risk_index: str
-    colour: str
-    display: str
+    declaration: str = f"127.0.0.1:{DEFAULT_PORTS.declaration}"
+    risk_index: str = f"127.0.0.1:{DEFAULT_PORTS.risk_index}"
+    colour: str = f"127.0.0.1:{DEFAULT_PORTS.colour}"
+    display: str = f"127.0.0.1:{DEFAULT_PORTS.display}"
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Peers:
+        """HEALTHCODE_<SERVICE>_ADDR, else 127.0.0.1 and HEALTHCODE_<SERVICE>_PORT or the
+        default port: what the services themselves read."""
+        return PlatformConfig.from_env(env).peers
+
+    @classmethod
+    def on_loopback(cls, ports: Ports) -> Peers:
+        return cls(*(f"127.0.0.1:{port}" for port in ports.as_tuple()))
+
+    def items(self) -> list[tuple[str, str]]:
+        """(service, address) in the order of `SERVICE_NAMES`."""
+        return list(zip(SERVICE_NAMES, (getattr(self, n) for n in SERVICE_NAMES), strict=True))
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,7 +12,7 @@ from services._common.errors import InvalidArgument
 from services._common.identifiers import Identified, Identifiers, check_key
 from services._common.logs import redact
 
-_ROLES: dict[int, Role] = {
+_ROLES: dict[common_pb2.ActorRole.ValueType, Role] = {
     common_pb2.ACTOR_ROLE_CITIZEN: Role.CITIZEN,
     common_pb2.ACTOR_ROLE_FAMILY_PROXY: Role.FAMILY_PROXY,
     common_pb2.ACTOR_ROLE_GRID_WORKER: Role.GRID_WORKER,

@@ -3,9 +3,9 @@ hours, for hourly sources (a negative test "within 48 hours"): whole hours since
 Asia/Shanghai, so that `hour // 24` is the hour's day number.
 
 Declarations reset at local midnight and every dated feed row is a local date, so one function
-turns wire dates ("YYYY-MM-DD") into day numbers (the matcher's unit) and back. The arithmetic
-is the same as `healthcode_matcher.day_number`, kept here so services that do not load the
-native extension agree with it.
+turns wire dates ("YYYY-MM-DD") into day numbers (the matcher's unit) and back. This module is
+the one place that arithmetic is written: services, clients, feed generators, the plain-Python
+rule reference and the tests all use it; the matcher takes the numbers it makes.
 """
 
 from __future__ import annotations
@@ -39,6 +39,24 @@ def today(now: dt.datetime | None = None) -> int:
 
 def day_date(day: int) -> dt.date:
     return EPOCH + dt.timedelta(days=day)
+
+
+def hour_of_date(day: dt.date, hour_of_day: int = 0) -> int:
+    """The hour number of an hour of an (Asia/Shanghai) date."""
+    if not 0 <= hour_of_day < 24:
+        raise ValueError(f"hour of day {hour_of_day} is not in 0..23")
+    return day_number(day) * 24 + hour_of_day
+
+
+def last_hour(day: dt.date) -> int:
+    """23:00 on `day`: the matcher's default evaluation hour, and the "now" of rows made for a
+    whole day."""
+    return hour_of_date(day, 23)
+
+
+def hour_date(hour: int) -> dt.date:
+    """The Asia/Shanghai date of an hour number."""
+    return day_date(hour // 24)
 
 
 def format_day(day: int) -> str:

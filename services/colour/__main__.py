@@ -11,10 +11,13 @@ from services._common.config import load_secret
 from services._common.identifiers import Identifiers
 from services._common.logs import setup_logging
 from services._common.server import create_server, serve_forever, set_serving
-from services._common.telemetry import setup_tracing
+from services._common.telemetry import instrumented_channel, setup_tracing
 from services.colour.config import ColourConfig
-from services.colour.follower import IndexFollower, declaration_people
-from services.colour.logic import ColourEngine, compile_rules, run_clock
+from services.colour.engine import ColourEngine, run_clock
+from services.colour.follower import IndexFollower
+from services.colour.logic import ColourDesk
+from services.colour.peers import DeclarationPeer
+from services.colour.rulestore import compile_rules
 from services.colour.servicer import SERVICE_NAME, ColourServicer
 from services.rules import RuleSetError, load_rule_set
 
@@ -26,11 +29,11 @@ def main() -> None:
     setup_logging("colour", config.platform.log_level)
     setup_tracing("colour")
     secret = load_secret(config.platform.data_dir)
-    people, declaration_channel = declaration_people(config.declaration_addr)
+    declaration_channel = instrumented_channel(config.declaration_addr)
     engine = ColourEngine(
         secret,
         compile_rules(load_rule_set(config.initial_rule_set)),
-        people=people,
+        people=DeclarationPeer(declaration_channel).person_card,
         rule_set_file=config.active_rule_set_file,
     )
     if config.active_rule_set_file.is_file():
@@ -43,7 +46,7 @@ def main() -> None:
             )
         except (RuleSetError, ValueError) as exc:
             log.error("kept rule set unusable, starting with the initial one: %s", exc)
-    servicer = ColourServicer(engine, Identifiers.from_secret(secret))
+    servicer = ColourServicer(ColourDesk(engine), Identifiers.from_secret(secret))
     server, port = create_server(
         lambda s: colour_pb2_grpc.add_ColourServiceServicer_to_server(servicer, s),
         [SERVICE_NAME],

@@ -22,20 +22,12 @@ from collections.abc import Callable
 
 import grpc
 import healthcode_matcher as hm
-from healthcode.v1 import (
-    common_pb2,
-    declaration_pb2,
-    declaration_pb2_grpc,
-    risk_index_pb2,
-    risk_index_pb2_grpc,
-)
+from healthcode.v1 import risk_index_pb2, risk_index_pb2_grpc
 
-from services._common.telemetry import instrumented_channel
-from services.colour.logic import ColourEngine, PersonCard
+from services.colour.engine import ColourEngine
 
 log = logging.getLogger(__name__)
 
-_SERVICE_ACTOR = common_pb2.Actor(role=common_pb2.ACTOR_ROLE_SERVICE, principal="colour")
 # Chunks are at most 1 MiB; leave room for the envelope.
 _CHANNEL_OPTIONS: list[tuple[str, int | str]] = [("grpc.max_receive_message_length", 8 << 20)]
 
@@ -147,7 +139,11 @@ class IndexFollower:
                     f"version {version}: got {len(data)} bytes, expected {message.total_size}"
                 )
             index = hm.Index.from_bytes(data, self._secret)
-            if self._engine.install_index(index, version):
+            if index.version != version:
+                raise hm.SnapshotError(
+                    f"version {version}: the snapshot says it is version {index.version}"
+                )
+            if self._engine.install_index(index):
                 self.versions_installed += 1
                 if self._on_installed is not None:
                     self._on_installed(version)
@@ -172,27 +168,3 @@ class IndexFollower:
     def _refresh_periodically(self) -> None:
         while not self._stop.wait(self._freshness_interval):
             self._refresh_staleness()
-
-
-def declaration_people(
-    declaration_addr: str,
-) -> tuple[Callable[[bytes], PersonCard], grpc.Channel]:
-    """A PersonDirectory asking the declaration service for a person's masked record (name,
-    ID number, linked phones): asked only when a rule fired through a phone (R7) and by
-    Explain (R16)."""
-    channel = instrumented_channel(declaration_addr)
-    stub = declaration_pb2_grpc.DeclarationServiceStub(channel)
-
-    def person_card(person_key: bytes) -> PersonCard:
-        response = stub.GetPerson(
-            declaration_pb2.GetPersonRequest(
-                actor=_SERVICE_ACTOR, person=common_pb2.PersonRef(person_key=person_key)
-            ),
-            timeout=2,
-        )
-        p = response.person
-        return PersonCard(
-            p.masked_name, p.masked_id_number, {ph.phone_key: ph.masked_phone for ph in p.phones}
-        )
-
-    return person_card, channel

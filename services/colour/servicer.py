@@ -7,14 +7,14 @@ from collections.abc import Iterator
 import grpc
 from healthcode.v1 import colour_pb2, colour_pb2_grpc, common_pb2
 
-from services._common.actors import Role
 from services._common.convert import actor_from_proto, person_from_proto, timestamp
 from services._common.days import format_hour
-from services._common.errors import InvalidArgument, PermissionDenied, grpc_errors
+from services._common.errors import InvalidArgument
 from services._common.identifiers import Identifiers
-from services.colour.logic import (
+from services._common.status import grpc_errors
+from services.colour.logic import ColourDesk
+from services.colour.model import (
     Assessment,
-    ColourEngine,
     EvidenceView,
     Explanation,
     Freshness,
@@ -184,26 +184,9 @@ def what_if_to_proto(w: WhatIfOutcome) -> colour_pb2.WhatIfResponse:
     return response
 
 
-# Whoever may see a colour: the holder, their proxies, staff, partners and platform services.
-# (Roles are asserted, not authenticated, until the gateway issues credentials.)
-_EVALUATE_ROLES = frozenset(Role)
-# The explanation names sources, days and phones: the person (or whoever acts for them) and
-# staff. Partners (hospitals, exams, buses) and feeds need the colour, not the evidence.
-_EXPLAIN_ROLES = frozenset(
-    {
-        Role.CITIZEN,
-        Role.FAMILY_PROXY,
-        Role.GRID_WORKER,
-        Role.VERIFIER,
-        Role.ADMIN,
-        Role.SERVICE,
-    }
-)
-
-
 class ColourServicer(colour_pb2_grpc.ColourServiceServicer):
-    def __init__(self, engine: ColourEngine, identifiers: Identifiers) -> None:
-        self._engine = engine
+    def __init__(self, desk: ColourDesk, identifiers: Identifiers) -> None:
+        self._desk = desk
         self._identifiers = identifiers
 
     @grpc_errors
@@ -211,9 +194,10 @@ class ColourServicer(colour_pb2_grpc.ColourServiceServicer):
         self, request: colour_pb2.EvaluateRequest, context: grpc.ServicerContext
     ) -> colour_pb2.EvaluateResponse:
         actor = actor_from_proto(request.actor, self._identifiers)
-        actor.require(_EVALUATE_ROLES, "evaluate a colour")
         key = person_from_proto(request.person, self._identifiers, "person").key
-        assessment = self._engine.evaluate(key, shared_only=request.shared_only)
+        assessment = self._desk.evaluate(
+            actor, key, shared_only=request.shared_only, min_version=request.min_index_version
+        )
         return colour_pb2.EvaluateResponse(verdict=verdict_to_proto(assessment))
 
     @grpc_errors
@@ -222,13 +206,11 @@ class ColourServicer(colour_pb2_grpc.ColourServiceServicer):
         request_iterator: Iterator[colour_pb2.EvaluateStreamRequest],
         context: grpc.ServicerContext,
     ) -> Iterator[colour_pb2.EvaluateStreamResponse]:
-        first = True
+        evaluate = None
         for request in request_iterator:
-            if first:
+            if evaluate is None:
                 # The actor rides on the first entry; a 50,000-candidate list need not repeat it.
-                actor = actor_from_proto(request.actor, self._identifiers)
-                actor.require(_EVALUATE_ROLES, "evaluate colours")
-                first = False
+                evaluate = self._desk.evaluator(actor_from_proto(request.actor, self._identifiers))
             try:
                 key = person_from_proto(request.person, self._identifiers, "person").key
             except InvalidArgument as bad:
@@ -240,7 +222,7 @@ class ColourServicer(colour_pb2_grpc.ColourServiceServicer):
                     ],
                 )
                 continue
-            assessment = self._engine.evaluate(key, shared_only=request.shared_only)
+            assessment = evaluate(key, shared_only=request.shared_only)
             yield colour_pb2.EvaluateStreamResponse(
                 correlation_id=request.correlation_id, verdict=verdict_to_proto(assessment)
             )
@@ -249,13 +231,12 @@ class ColourServicer(colour_pb2_grpc.ColourServiceServicer):
     def SetRuleSet(
         self, request: colour_pb2.SetRuleSetRequest, context: grpc.ServicerContext
     ) -> colour_pb2.SetRuleSetResponse:
-        actor_from_proto(request.actor, self._identifiers).require(
-            {Role.ADMIN}, "change the rule set"
+        outcome = self._desk.set_rule_set(
+            actor_from_proto(request.actor, self._identifiers),
+            request.text,
+            request.filename,
+            dry_run=request.dry_run,
         )
-        if not request.text.strip():
-            raise InvalidArgument([("text", "the rule-set text (TOML) is required")])
-        filename = request.filename.strip() or "rule_set.toml"
-        outcome = self._engine.set_rule_set(request.text, filename, dry_run=request.dry_run)
         response = colour_pb2.SetRuleSetResponse(
             version=outcome.rule_set.version,
             rule_count=len(outcome.rule_set.rules),
@@ -272,7 +253,7 @@ class ColourServicer(colour_pb2_grpc.ColourServiceServicer):
     def GetStatus(
         self, request: colour_pb2.GetStatusRequest, context: grpc.ServicerContext
     ) -> colour_pb2.GetStatusResponse:
-        status = self._engine.status()
+        status = self._desk.status()
         response = colour_pb2.GetStatusResponse(
             rule_set_version=status.rule_set_version,
             rule_ids=status.rule_ids,
@@ -293,15 +274,9 @@ class ColourServicer(colour_pb2_grpc.ColourServiceServicer):
         self, request: colour_pb2.ExplainRequest, context: grpc.ServicerContext
     ) -> colour_pb2.ExplainResponse:
         actor = actor_from_proto(request.actor, self._identifiers)
-        actor.require(_EXPLAIN_ROLES, "explain a colour")
         person = person_from_proto(request.person, self._identifiers, "person")
-        if actor.role is Role.CITIZEN and actor.person_key != person.key:
-            raise PermissionDenied(
-                "a citizen may see only their own explanation; a family member acts as "
-                "family_proxy, the support desk as verifier"
-            )
-        explanation = self._engine.explain(
-            person.key, shared_only=request.shared_only, masked_id_number=person.masked
+        explanation = self._desk.explain(
+            actor, person, shared_only=request.shared_only, min_version=request.min_index_version
         )
         return explanation_to_proto(explanation)
 
@@ -309,14 +284,10 @@ class ColourServicer(colour_pb2_grpc.ColourServiceServicer):
     def WhatIf(
         self, request: colour_pb2.WhatIfRequest, context: grpc.ServicerContext
     ) -> colour_pb2.WhatIfResponse:
-        actor_from_proto(request.actor, self._identifiers).require(
-            {Role.ADMIN}, "try a draft rule set"
-        )
-        if not request.text.strip():
-            raise InvalidArgument([("text", "the draft rule-set text (TOML) is required")])
-        outcome = self._engine.what_if(
+        outcome = self._desk.what_if(
+            actor_from_proto(request.actor, self._identifiers),
             request.text,
-            request.filename.strip() or "draft.toml",
+            request.filename,
             shared_only=request.shared_only,
             district_source=request.district_source,
         )

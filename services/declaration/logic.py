@@ -21,10 +21,10 @@ from services._common.errors import (
     FailedPrecondition,
     InvalidArgument,
     NotFound,
-    PermissionDenied,
 )
 from services._common.identifiers import Identified, Identifiers, check_name
 from services._common.logs import redact
+from services._common.temperature import body_temperature, is_fever
 from services.declaration.model import (
     SYMPTOMS,
     Declaration,
@@ -46,8 +46,6 @@ ACTING_ROLES = (Role.CITIZEN, Role.FAMILY_PROXY, Role.GRID_WORKER)
 READING_ROLES = (*ACTING_ROLES, Role.ADMIN, Role.SERVICE)
 PHONE_ROLES = (*ACTING_ROLES, Role.ADMIN)
 
-FEVER_CELSIUS = 37.3  # at or above: a declared fever
-MIN_CELSIUS, MAX_CELSIUS = 34.0, 43.0
 MAX_PHONES = 10
 MAX_VISITS = 100
 MAX_PLACE_CHARS = 200
@@ -62,15 +60,6 @@ def utc_now() -> dt.datetime:
 
 def recorded(actor: Actor) -> RecordedActor:
     return RecordedActor(actor.role, actor.principal, actor.masked_id_number)
-
-
-def check_acts_for(actor: Actor, person_key: bytes, allowed: Sequence[Role], action: str) -> None:
-    """The role may do `action`, and a citizen only for themself."""
-    actor.require(allowed, action)
-    if actor.role is Role.CITIZEN and actor.person_key != person_key:
-        raise PermissionDenied(
-            f"a citizen may {action} only for themself; a family member acts as family_proxy"
-        )
 
 
 class Declarations:
@@ -117,7 +106,7 @@ class Declarations:
         if violations:
             raise InvalidArgument(violations)
         assert person is not None and checked_name is not None
-        check_acts_for(actor, person.key, ACTING_ROLES, "register")
+        actor.acts_for(person.key, ACTING_ROLES, "register")
 
         existing = self._repo.get_person(person.key)
         if existing is not None and existing.name != checked_name:
@@ -171,7 +160,7 @@ class Declarations:
 
     def add_phone(self, actor: Actor, person: Identified, raw_phone: str) -> Person:
         phone = self._ids.phone(raw_phone, "phone")
-        check_acts_for(actor, person.key, PHONE_ROLES, "add a phone")
+        actor.acts_for(person.key, PHONE_ROLES, "add a phone")
         current = self._registered(person)
         if any(p.key == phone.key for p in current.phones):
             return current  # already linked: adding again is a harmless replay
@@ -191,7 +180,7 @@ class Declarations:
         return stored
 
     def remove_phone(self, actor: Actor, person: Identified, phone: Identified) -> Person:
-        check_acts_for(actor, person.key, PHONE_ROLES, "remove a phone")
+        actor.acts_for(person.key, PHONE_ROLES, "remove a phone")
         current = self._registered(person)
         stored = self._repo.remove_phone(
             person.key, phone.key, self._clock(), [_unlink_phone_message(phone.key)]
@@ -203,7 +192,7 @@ class Declarations:
 
     def link_card(self, actor: Actor, person: Identified, raw_card: str) -> Person:
         card = self._ids.card(raw_card, "transit_card")
-        check_acts_for(actor, person.key, PHONE_ROLES, "link a transit card")
+        actor.acts_for(person.key, PHONE_ROLES, "link a transit card")
         current = self._registered(person)
         if current.card_key == card.key:
             return current
@@ -222,7 +211,7 @@ class Declarations:
     def get_person(
         self, actor: Actor, person: Identified, recent: int = 0
     ) -> tuple[Person, list[Declaration]]:
-        check_acts_for(actor, person.key, READING_ROLES, "read a person's record")
+        actor.acts_for(person.key, READING_ROLES, "read a person's record")
         if recent > MAX_RECENT:
             raise InvalidArgument([("recent_declarations", f"at most {MAX_RECENT}")])
         current = self._registered(person)
@@ -238,7 +227,7 @@ class Declarations:
         now = self._clock()
         today = days.today(now)
         symptoms, temperature, visits, contact_day = validate_declaration(data, today)
-        check_acts_for(actor, person.key, ACTING_ROLES, "declare")
+        actor.acts_for(person.key, ACTING_ROLES, "declare")
         current = self._registered(person)
         opens = next_midnight(now)
         if self._repo.declared_on(person.key, today):
@@ -292,12 +281,10 @@ def validate_declaration(
             symptoms.append(s)
     temperature = None
     if data.temperature_celsius is not None:
-        # The wire carries a float32: 37.3 arrives as 37.29999923; round to what was read.
-        temperature = round(float(data.temperature_celsius), 1)
-        if not MIN_CELSIUS <= temperature <= MAX_CELSIUS:
-            violations.append(
-                ("temperature_celsius", f"between {MIN_CELSIUS} and {MAX_CELSIUS} degrees Celsius")
-            )
+        temperature = _collect(
+            violations,
+            partial(body_temperature, data.temperature_celsius, "temperature_celsius"),
+        )
     if len(data.visits) > MAX_VISITS:
         violations.append(("visits", f"at most {MAX_VISITS} visits"))
     visits: list[Visit] = []
@@ -345,7 +332,7 @@ def derived_rows(
 ) -> dict[str, list[tuple[int, int]]]:
     """Declaration-derived feed rows by source: (day, county) pairs, county 0 when none."""
     rows: dict[str, list[tuple[int, int]]] = {}
-    if temperature is not None and temperature >= FEVER_CELSIUS:
+    if is_fever(temperature):
         rows["declared_fever"] = [(today, 0)]
     if symptoms:
         rows["declared_symptoms"] = [(today, 0)]

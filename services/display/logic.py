@@ -16,35 +16,26 @@ servicer wires in.
 from __future__ import annotations
 
 import datetime as dt
-import threading
 import time
-from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from services._common.days import SHANGHAI, day_number
-from services._common.errors import (
-    AlreadyExists,
-    DomainError,
-    FailedPrecondition,
-    InvalidArgument,
-    Unauthenticated,
-    Unavailable,
-)
-from services.display.store import (
-    LOOKUP,
-    OK,
-    SCAN,
-    SHOW,
-    TOKEN_REPLAYED,
-    DisplayEvent,
-    DisplayLog,
-)
-from services.display.tokens import CodeTokens, TokenClaims, TokenError, TokenExpired
+from services._common.actors import Actor, Role
+from services._common.cache import cached_lookup
+from services._common.days import SHANGHAI, check_county, day_number
+from services._common.errors import InvalidArgument, Unavailable
+from services._common.logs import redact
+from services._common.temperature import body_temperature, is_fever
+from services.display.store import LOOKUP, OK, SCAN, SHOW, DisplayEvent, DisplayLog
+from services.display.tokens import CodeTokens, TokenClaims, TokenError, TokenExpired, TokenReplayed
 
-# At or above this (°C) a bus scanner raises an alert (R11).
-FEVER_CELSIUS = 37.3
+# Who may do what (roles are asserted by the caller until credentials carry them, issue 10).
+# The holder, or a proxy showing a code for someone without a smartphone (R3).
+SHOW_ROLES = frozenset({Role.CITIZEN, Role.FAMILY_PROXY, Role.GRID_WORKER})
+SCAN_ROLES = frozenset({Role.VERIFIER, Role.PARTNER})
+# Reading someone's colour from their ID card is staff work (代查, R10).
+LOOKUP_ROLES = frozenset({Role.VERIFIER})
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,60 +83,31 @@ class Scanned:
     claims: TokenClaims | None  # None for a look-up by ID card
 
 
-class TokenRefused(DomainError):
-    """Mixin for token refusals: `reason` is the machine-readable cause (google.rpc.ErrorInfo)."""
-
-    reason = "TOKEN_INVALID"
-
-
-class TokenMalformedError(TokenRefused, InvalidArgument):
-    reason = "TOKEN_MALFORMED"
-
-
-class TokenForgedError(TokenRefused, Unauthenticated):
-    reason = "TOKEN_FORGED"
-
-
-class TokenExpiredError(TokenRefused, FailedPrecondition):
-    reason = "TOKEN_EXPIRED"
-
-
-class TokenReplayedError(TokenRefused, AlreadyExists):
-    reason = "TOKEN_REPLAYED"
-
-
-def _refusal(error: TokenError) -> TokenRefused:
-    message = str(error)
-    if error.reason == "TOKEN_MALFORMED":
-        return TokenMalformedError([("token", message)], f"not a health-code token: {message}")
-    if error.reason == "TOKEN_EXPIRED":
-        return TokenExpiredError(f"{message}: ask the holder to refresh their code")
-    return TokenForgedError(f"{message}: the code is not genuine")
+def place(device_id: str, where: str, county: int, field: str) -> Place:
+    """Where a display or scan happened, validated; InvalidArgument names every bad field."""
+    violations: list[tuple[str, str]] = []
+    device_id = device_id.strip()
+    if not device_id:
+        violations.append((f"{field}.device_id", "the device id is required"))
+    elif len(device_id) > 64 or not device_id.isprintable():
+        violations.append((f"{field}.device_id", "1-64 printable characters"))
+    where = where.strip()
+    if len(where) > 200 or not where.isprintable():
+        violations.append((f"{field}.place", "at most 200 printable characters"))
+    if county:
+        try:
+            check_county(county, f"{field}.county")
+        except InvalidArgument as bad:
+            violations.extend(bad.violations)
+    if violations:
+        raise InvalidArgument(violations)
+    # redact(): a place typed by staff must not smuggle a phone or ID number into the log.
+    return Place(redact(device_id), redact(where), county)
 
 
-class HolderCache:
-    """Masked names change rarely and a gate scans thousands of codes: keep them briefly."""
-
-    def __init__(self, max_entries: int = 100_000, ttl_s: float = 60.0) -> None:
-        self._entries: OrderedDict[bytes, tuple[float, Holder]] = OrderedDict()
-        self._max = max_entries
-        self._ttl = ttl_s
-        self._lock = threading.Lock()
-
-    def get(self, key: bytes, load: Callable[[bytes], Holder]) -> Holder:
-        now = time.monotonic()
-        with self._lock:
-            hit = self._entries.get(key)
-            if hit is not None and now - hit[0] < self._ttl:
-                self._entries.move_to_end(key)
-                return hit[1]
-        holder = load(key)
-        with self._lock:
-            self._entries[key] = (now, holder)
-            self._entries.move_to_end(key)
-            while len(self._entries) > self._max:
-                self._entries.popitem(last=False)
-        return holder
+def actor_label(actor: Actor) -> str:
+    """Who acted, as logged: the role and the opaque principal or the masked ID number."""
+    return f"{actor.role}:{actor.principal or actor.masked_id_number}"
 
 
 def _now_ms() -> int:
@@ -159,7 +121,7 @@ class DisplayDesk:
         self,
         tokens: CodeTokens,
         log: DisplayLog,
-        live_colour: Callable[[bytes], LiveColour],
+        live_colour: Callable[[bytes, int], LiveColour],  # (person key, min index version)
         holder_of: Callable[[bytes], Holder],
         *,
         clock_ms: Callable[[], int] = _now_ms,
@@ -168,16 +130,19 @@ class DisplayDesk:
         self._tokens = tokens
         self._log = log
         self._live_colour = live_colour
-        self._holders = HolderCache()
-        self._holder_of = holder_of
+        # Only people found registered are kept, so an unregistered person is always told
+        # (NOT_FOUND from the declaration service) when they try to show a code.
+        self._holder_of = cached_lookup(holder_of)
         self._clock_ms = clock_ms
         self._unknown_retry_s = unknown_retry_s
 
-    def show(self, person_key: bytes, where: Place, actor: str) -> Shown:
-        # Only people found registered are cached, so an unregistered person is always told
-        # (NOT_FOUND from the declaration service) when they try to show a code.
-        holder = self._holders.get(person_key, self._holder_of)
-        live = self._colour_of(person_key)
+    def show(self, actor: Actor, person_key: bytes, where: Place, min_version: int = 0) -> Shown:
+        """Sign a short-lived token for the holder, after logging the display durably. With
+        `min_version`, the colour is from that index version or a later one (read your
+        writes: the candidate's cleared code right after the negative test's ingest)."""
+        actor.acts_for(person_key, SHOW_ROLES, "show a code")
+        holder = self._holder_of(person_key)
+        live = self._colour_of(person_key, min_version)
         now = self._clock_ms()
         token, claims = self._tokens.issue(person_key, now)
         recorded = self._log.record(
@@ -186,8 +151,12 @@ class DisplayDesk:
         return Shown(live, holder, token, claims, recorded.event_id)
 
     def scan(
-        self, token: str, where: Place, actor: str, temperature: float | None = None
+        self, actor: Actor, token: str, where: Place, temperature: float | None = None
     ) -> Scanned:
+        """The live colour of a token's holder; a refused token is logged with why, then
+        raised (its `reason` says why)."""
+        actor.require(SCAN_ROLES, "scan codes")
+        reading = _reading(temperature)
         now = self._clock_ms()
         try:
             claims = self._tokens.verify(token, now)
@@ -197,36 +166,36 @@ class DisplayDesk:
             self._log.record(
                 self._event(SCAN, error.reason, now, key, None, where, actor, None, None)
             )
-            raise _refusal(error) from None
-        holder = self._holders.get(claims.person_key, self._holder_of)
+            raise
+        holder = self._holder_of(claims.person_key)
         live = self._colour_of(claims.person_key)
         recorded = self._log.record(
             self._event(SCAN, OK, now, claims.person_key, holder, where, actor, live, claims)
         )
         if not recorded.accepted:
-            raise TokenReplayedError(
-                "this code was already scanned once: a code is valid for one scan; "
-                "ask the holder to show a fresh one"
-            )
-        return Scanned(live, holder, _fever(temperature), recorded.event_id, claims)
+            raise TokenReplayed()
+        return Scanned(live, holder, is_fever(reading), recorded.event_id, claims)
 
     def look_up(
-        self, person_key: bytes, where: Place, actor: str, temperature: float | None = None
+        self, actor: Actor, person_key: bytes, where: Place, temperature: float | None = None
     ) -> Scanned:
-        holder = self._holders.get(person_key, self._holder_of)
+        """A verifier reads a person's live colour from their ID card (代查, R10)."""
+        actor.require(LOOKUP_ROLES, "look people up by ID card")
+        reading = _reading(temperature)
+        holder = self._holder_of(person_key)
         live = self._colour_of(person_key)
         now = self._clock_ms()
         recorded = self._log.record(
             self._event(LOOKUP, OK, now, person_key, holder, where, actor, live, None)
         )
-        return Scanned(live, holder, _fever(temperature), recorded.event_id, None)
+        return Scanned(live, holder, is_fever(reading), recorded.event_id, None)
 
-    def _colour_of(self, person_key: bytes) -> LiveColour:
+    def _colour_of(self, person_key: bytes, min_version: int = 0) -> LiveColour:
         # A person registered a moment ago may not be in the index version the colour replica
         # holds yet; a short bounded wait spares them a confusing error.
         deadline = time.monotonic() + self._unknown_retry_s
         while True:
-            live = self._live_colour(person_key)
+            live = self._live_colour(person_key, min_version)
             if live.colour is not None:
                 return live
             if time.monotonic() >= deadline:
@@ -244,7 +213,7 @@ class DisplayDesk:
         person_key: bytes | None,
         holder: Holder | None,
         where: Place,
-        actor: str,
+        actor: Actor,
         live: LiveColour | None,
         claims: TokenClaims | None,
     ) -> DisplayEvent:
@@ -258,7 +227,7 @@ class DisplayDesk:
             place=where.place,
             masked_id=holder.masked_id_number if holder else "",
             masked_name=holder.masked_name if holder else "",
-            actor=actor,
+            actor=actor_label(actor),
             colour=None if live is None else live.colour,
             index_version=None if live is None else live.index_version,
             rule_set_version=None if live is None else live.rule_set_version,
@@ -267,23 +236,5 @@ class DisplayDesk:
         )
 
 
-def _fever(temperature: float | None) -> bool:
-    return temperature is not None and temperature >= FEVER_CELSIUS
-
-
-__all__ = [
-    "FEVER_CELSIUS",
-    "TOKEN_REPLAYED",
-    "DisplayDesk",
-    "Holder",
-    "HolderCache",
-    "LiveColour",
-    "Place",
-    "Scanned",
-    "Shown",
-    "TokenExpiredError",
-    "TokenForgedError",
-    "TokenMalformedError",
-    "TokenRefused",
-    "TokenReplayedError",
-]
+def _reading(temperature: float | None) -> float | None:
+    return None if temperature is None else body_temperature(temperature, "temperature_celsius")

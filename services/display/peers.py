@@ -34,9 +34,11 @@ class ColourPeer:
         self._stub = colour_pb2_grpc.ColourServiceStub(channel)
         self._timeout = timeout_s
 
-    def live_colour(self, person_key: bytes) -> LiveColour:
+    def live_colour(self, person_key: bytes, min_version: int = 0) -> LiveColour:
         request = colour_pb2.EvaluateRequest(
-            actor=_ACTOR, person=common_pb2.PersonRef(person_key=person_key)
+            actor=_ACTOR,
+            person=common_pb2.PersonRef(person_key=person_key),
+            min_index_version=min_version,
         )
         try:
             verdict = self._stub.Evaluate(request, timeout=self._timeout).verdict

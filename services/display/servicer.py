@@ -6,69 +6,25 @@ import time
 from collections.abc import Iterator
 
 import grpc
-from google.protobuf import any_pb2
-from google.rpc import code_pb2, error_details_pb2, status_pb2
-from grpc_status import rpc_status
 from healthcode.v1 import colour_pb2, common_pb2, display_pb2, display_pb2_grpc
 
-from services._common.actors import Actor, Role
 from services._common.convert import actor_from_proto, person_from_proto
-from services._common.days import check_county, format_day, parse_day, today
-from services._common.errors import (
-    InvalidArgument,
-    PermissionDenied,
-    grpc_errors,
-    status_code_of,
-)
+from services._common.days import format_day, parse_day, today
+from services._common.errors import InvalidArgument
 from services._common.identifiers import Identifiers
-from services._common.logs import redact
-from services.display.logic import DisplayDesk, Place, TokenRefused
+from services._common.status import grpc_errors
+from services.display.logic import DisplayDesk, Place, place
 from services.display.store import DayCounters, DisplayLog
 from services.display.tokens import CodeTokens
 
 SERVICE_NAME = display_pb2.DESCRIPTOR.services_by_name["DisplayService"].full_name
-ERROR_DOMAIN = "display.healthcode.v1"
 
-# The holder, or a proxy showing a code for someone without a smartphone (R3).
-_SHOW_ROLES = {Role.CITIZEN, Role.FAMILY_PROXY, Role.GRID_WORKER}
-_SCAN_ROLES = {Role.VERIFIER, Role.PARTNER}
 # WatchCounters sends at least this often, so a dashboard sees `as_of` move on a quiet night.
 _HEARTBEAT_S = 15.0
 
 
 def place_of(device: display_pb2.Device, field: str) -> Place:
-    violations: list[tuple[str, str]] = []
-    device_id = device.device_id.strip()
-    if not device_id:
-        violations.append((f"{field}.device_id", "the device id is required"))
-    elif len(device_id) > 64 or not device_id.isprintable():
-        violations.append((f"{field}.device_id", "1-64 printable characters"))
-    place = device.place.strip()
-    if len(place) > 200 or not place.isprintable():
-        violations.append((f"{field}.place", "at most 200 printable characters"))
-    if device.county:
-        try:
-            check_county(device.county, f"{field}.county")
-        except InvalidArgument as bad:
-            violations.extend(bad.violations)
-    if violations:
-        raise InvalidArgument(violations)
-    # redact(): a place typed by staff must not smuggle a phone or ID number into the log.
-    return Place(redact(device_id), redact(place), device.county)
-
-
-def actor_label(actor: Actor) -> str:
-    """Who acted, as logged: the role and the opaque principal or the masked ID number."""
-    return f"{actor.role}:{actor.principal or actor.masked_id_number}"
-
-
-def _temperature(request: display_pb2.ScanRequest) -> float | None:
-    if not request.HasField("temperature_celsius"):
-        return None
-    t = request.temperature_celsius
-    if not 30.0 <= t <= 45.0:
-        raise InvalidArgument([("temperature_celsius", "a body temperature is 30.0-45.0 °C")])
-    return float(t)
+    return place(device.device_id, device.place, device.county, field)
 
 
 def counters_to_proto(c: DayCounters) -> display_pb2.WatchCountersResponse:
@@ -101,29 +57,6 @@ def _pause(context: grpc.ServicerContext, seconds: float) -> None:
         time.sleep(min(left, 0.2))
 
 
-def _abort_refused(context: grpc.ServicerContext, error: TokenRefused) -> None:
-    # The status code alone tells a scanner what to do; ErrorInfo.reason names the cause for
-    # scanner software that shows its own message.
-    code = status_code_of(error)
-    status = status_pb2.Status(code=code.value[0], message=error.message)
-    info = any_pb2.Any()
-    info.Pack(error_details_pb2.ErrorInfo(reason=error.reason, domain=ERROR_DOMAIN))
-    status.details.append(info)
-    if isinstance(error, InvalidArgument):
-        bad = any_pb2.Any()
-        bad.Pack(
-            error_details_pb2.BadRequest(
-                field_violations=[
-                    error_details_pb2.BadRequest.FieldViolation(field=f, description=d)
-                    for f, d in error.violations
-                ]
-            )
-        )
-        status.details.append(bad)
-    assert status.code != code_pb2.OK
-    context.abort_with_status(rpc_status.to_status(status))
-
-
 class DisplayServicer(display_pb2_grpc.DisplayServiceServicer):
     def __init__(
         self,
@@ -142,12 +75,10 @@ class DisplayServicer(display_pb2_grpc.DisplayServiceServicer):
         self, request: display_pb2.ShowRequest, context: grpc.ServicerContext
     ) -> display_pb2.ShowResponse:
         actor = actor_from_proto(request.actor, self._identifiers)
-        actor.require(_SHOW_ROLES, "show a code")
         key = person_from_proto(request.person, self._identifiers, "person").key
-        if actor.role == Role.CITIZEN and actor.person_key != key:
-            raise PermissionDenied("a citizen shows their own code; a proxy acts for others")
-        where = place_of(request.device, "device")
-        shown = self._desk.show(key, where, actor_label(actor))
+        shown = self._desk.show(
+            actor, key, place_of(request.device, "device"), request.min_index_version
+        )
         response = display_pb2.ShowResponse(
             verdict=shown.live.detail if shown.live.detail is not None else colour_pb2.Verdict(),
             masked_name=shown.holder.masked_name,
@@ -163,23 +94,17 @@ class DisplayServicer(display_pb2_grpc.DisplayServiceServicer):
     def Scan(
         self, request: display_pb2.ScanRequest, context: grpc.ServicerContext
     ) -> display_pb2.ScanResponse:
-        caller = actor_from_proto(request.actor, self._identifiers)
-        caller.require(_SCAN_ROLES, "scan codes")
+        actor = actor_from_proto(request.actor, self._identifiers)
         where = place_of(request.device, "device")
-        temperature = _temperature(request)
-        actor = actor_label(caller)
+        temperature = (
+            request.temperature_celsius if request.HasField("temperature_celsius") else None
+        )
         which = request.WhichOneof("credential")
         if which == "token":
-            try:
-                scanned = self._desk.scan(request.token, where, actor, temperature)
-            except TokenRefused as error:
-                _abort_refused(context, error)
-                raise  # unreachable: abort raises
+            scanned = self._desk.scan(actor, request.token, where, temperature)
         elif which == "person":
-            # Reading someone's colour from their ID card is staff work (代查, R10).
-            caller.require({Role.VERIFIER}, "look people up by ID card")
             key = person_from_proto(request.person, self._identifiers, "person").key
-            scanned = self._desk.look_up(key, where, actor, temperature)
+            scanned = self._desk.look_up(actor, key, where, temperature)
         else:
             raise InvalidArgument([("credential", "give the scanned token or an ID card")])
         response = display_pb2.ScanResponse(

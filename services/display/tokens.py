@@ -23,6 +23,14 @@ from pathlib import Path
 from nacl.exceptions import BadSignatureError
 from nacl.signing import SigningKey, VerifyKey
 
+from services._common.errors import (
+    AlreadyExists,
+    DomainError,
+    FailedPrecondition,
+    InvalidArgument,
+    Unauthenticated,
+)
+
 PREFIX = "HC1."
 _VERSION = 1
 _BODY = struct.Struct(">B16sQQ16s")
@@ -33,33 +41,53 @@ CLOCK_SKEW_MS = 5_000
 MAX_TTL_MS = 60_000
 
 
-class TokenError(ValueError):
-    """A token that must not be honoured; the subclass says why (and so the status code)."""
+class TokenError(DomainError):
+    """A token that must not be honoured. The subclass says why: its `reason` travels to the
+    scanner as google.rpc.ErrorInfo and is the outcome logged; its base class sets the status
+    code (so a scanner knows what to do from the code alone)."""
 
     reason = "TOKEN_INVALID"
 
 
-class TokenMalformed(TokenError):
+class TokenMalformed(TokenError, InvalidArgument):
     """Not a code token at all (wrong prefix, encoding, length or version)."""
 
     reason = "TOKEN_MALFORMED"
 
+    def __init__(self, message: str) -> None:
+        super().__init__([("token", message)], f"not a health-code token: {message}")
 
-class TokenForged(TokenError):
+
+class TokenForged(TokenError, Unauthenticated):
     """Well-formed, but the signature is not ours: forged or altered."""
 
     reason = "TOKEN_FORGED"
 
+    def __init__(self, message: str) -> None:
+        super().__init__(f"{message}: the code is not genuine")
 
-class TokenExpired(TokenError):
+
+class TokenExpired(TokenError, FailedPrecondition):
     """Genuine, but older than its expiry (a screenshot or a stale screen). Being genuine, its
     claims can be trusted, so the refused scan is logged against the holder."""
 
     reason = "TOKEN_EXPIRED"
 
     def __init__(self, message: str, claims: TokenClaims) -> None:
-        super().__init__(message)
+        super().__init__(f"{message}: ask the holder to refresh their code")
         self.claims = claims
+
+
+class TokenReplayed(TokenError, AlreadyExists):
+    """Genuine and fresh, but scanned once already: a code is valid for one scan."""
+
+    reason = "TOKEN_REPLAYED"
+
+    def __init__(self) -> None:
+        super().__init__(
+            "this code was already scanned once: a code is valid for one scan; "
+            "ask the holder to show a fresh one"
+        )
 
 
 @dataclass(frozen=True, slots=True)

@@ -21,7 +21,11 @@ def main() -> None:
     repository = RiskIndexRepository(config.db_path)
     identifiers = Identifiers.from_secret(config.secret)
     risk_index = RiskIndex(
-        repository, identifiers, config.secret, max_batch_rows=config.max_batch_rows
+        repository,
+        identifiers,
+        config.secret,
+        max_batch_rows=config.max_batch_rows,
+        publish_interval_s=config.publish_interval_s,
     )
     servicer = RiskIndexServicer(risk_index, identifiers)
     server, _port = create_server(

@@ -6,6 +6,7 @@
 | HEALTHCODE_RISK_INDEX_DB          | <data_dir>/risk_index/risk_index.sqlite3  |
 | HEALTHCODE_MAX_BATCH_ROWS         | 50000 (larger batches: RESOURCE_EXHAUSTED) |
 | HEALTHCODE_RISK_INDEX_WORKERS     | 32 (server threads; each watcher holds one) |
+| HEALTHCODE_RISK_INDEX_PUBLISH_INTERVAL_S | 1 (at most one index version per interval; 0: one per change) |
 | HEALTHCODE_DATA_DIR, HEALTHCODE_SECRET, ... | see services/_common/config.py  |
 """
 
@@ -16,7 +17,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from services._common.config import PlatformConfig, env_int, load_secret
+from services._common.config import PlatformConfig, env_float, env_int, load_secret
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,6 +28,7 @@ class RiskIndexConfig:
     max_batch_rows: int
     workers: int
     secret: bytes
+    publish_interval_s: float
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> RiskIndexConfig:
@@ -40,4 +42,7 @@ class RiskIndexConfig:
             max_batch_rows=env_int(env, "HEALTHCODE_MAX_BATCH_ROWS", 50_000, low=1),
             workers=env_int(env, "HEALTHCODE_RISK_INDEX_WORKERS", 32, low=2, high=1024),
             secret=load_secret(platform.data_dir, env),
+            publish_interval_s=env_float(
+                env, "HEALTHCODE_RISK_INDEX_PUBLISH_INTERVAL_S", 1.0, low=0.0
+            ),
         )

@@ -1,10 +1,18 @@
 """The risk index: accepts changes (feed batches, county levels, the person/phone/card registry),
-stores each durably with a new version number, then builds and publishes the next matcher
-`Index` for colour replicas to follow. No gRPC here.
+stores each durably under the number of the version that will carry it, then builds and
+publishes that version of the matcher `Index` for replicas to follow. No gRPC here.
 
-Ordering: one writer lock covers "commit to the database" and "build the next index", so
-version N's index is exactly version N-1's plus change N. If building fails after the commit,
-the index is rebuilt from the database, which already holds the change.
+Coalesced versions: with a publish interval (HEALTHCODE_RISK_INDEX_PUBLISH_INTERVAL_S, 1 s by
+default), every change accepted within one interval is carried by the same next version, built
+and published at most once per interval: a city registering hundreds of people a second makes
+one version a second, not hundreds. With no interval each change publishes its own version at
+once (as the unit tests use it). A write's answer names the version that carries it, so a reader
+can ask for "at least version N" (read your writes).
+
+Ordering: one writer lock covers "commit to the database" and "stage the change", and the
+publisher takes it to build and publish, so version N's index is exactly version N-1's plus the
+changes committed under N, in commit order. If building fails, the index is rebuilt from the
+database, which already holds every staged change.
 """
 
 from __future__ import annotations
@@ -20,12 +28,20 @@ from healthcode_matcher import Index, IndexBuilder
 from services._common import days
 from services._common.actors import Actor, Role
 from services._common.days import check_county
-from services._common.errors import AlreadyExists, InvalidArgument
+from services._common.errors import AlreadyExists, InvalidArgument, ResourceExhausted
 from services._common.identifiers import Identifiers, check_key
 from services._common.sources import SOURCES, Source
-from services.risk_index.model import IngestResult, RawRow, SourceStats, State, bucket_hour
+from services.risk_index.model import (
+    IngestResult,
+    KeyedPerson,
+    RawRow,
+    RegisteredPeople,
+    SourceStats,
+    State,
+    bucket_hour,
+)
 from services.risk_index.repository import RiskIndexRepository
-from services.risk_index.validation import check_masked, validate_batch
+from services.risk_index.validation import check_masked, check_people, validate_batch
 
 logger = logging.getLogger(__name__)
 
@@ -121,8 +137,8 @@ def build_index(secret: bytes, state: State) -> Index:
         _add_rows(
             builder, SOURCES[rows.source], bytes(rows.keys), rows.days, rows.counties, rows.hours
         )
-    latest = state.latest.version if state.latest is not None else 0
-    return builder.finish(version=latest) if latest > 0 else builder.finish()
+    # Version 0 is the empty index: a new risk index publishes it with every source defined.
+    return builder.finish(version=state.latest.version if state.latest is not None else 0)
 
 
 def _add_rows(
@@ -156,6 +172,7 @@ class RiskIndex:
         *,
         max_batch_rows: int = 50_000,
         clock: Callable[[], dt.datetime] = utc_now,
+        publish_interval_s: float = 0.0,
     ) -> None:
         self._repository = repository
         self._identifiers = identifiers
@@ -165,12 +182,28 @@ class RiskIndex:
         self._write = threading.Lock()
         self._publication = Publication(self._rebuild())
         logger.info("index rebuilt at version %d", self._publication.current.version)
+        # Changes committed under the next version and not yet in a published index, in order.
+        self._staged: list[Callable[[IndexBuilder], object]] = []
+        self._interval = publish_interval_s
+        self._staged_event = threading.Event()
+        self._stopping = threading.Event()
+        self._publisher: threading.Thread | None = None
+        if publish_interval_s > 0:
+            self._publisher = threading.Thread(
+                target=self._publish_periodically, name="index-publisher", daemon=True
+            )
+            self._publisher.start()
 
     # -- reading -----------------------------------------------------------------------------
 
     @property
     def current(self) -> Published:
         return self._publication.current
+
+    @property
+    def accepted_version(self) -> int:
+        """The version that carries every change accepted so far."""
+        return self._next_version if self._staged else self.current.version
 
     def watch(self, known_version: int, is_active: Callable[[], bool]) -> Iterator[Published]:
         """The current version (unless the watcher holds it already), then each new one. A slow
@@ -231,7 +264,7 @@ class RiskIndex:
                 return IngestResult(
                     known.batch_id, known.version, known.row_count, True, known.received_at
                 )
-            version = self._repository.insert_batch(batch, digest, now)
+            version = self._repository.insert_batch(batch, digest, now, self._next_version)
             source_def = SOURCES[batch.source]
             keys = b"".join(r.key for r in batch.rows)
             row_days = [r.day for r in batch.rows]
@@ -243,7 +276,7 @@ class RiskIndex:
                     builder.clear_source(batch.source)
                 _add_rows(builder, source_def, keys, row_days, counties, row_hours)
 
-            self._apply(version, now, apply)
+            self._stage(apply)
         logger.info(
             "batch %s: %d rows of %s from %s -> version %d",
             batch.batch_id,
@@ -267,10 +300,10 @@ class RiskIndex:
             raise InvalidArgument(violations)
         now = self._clock()
         with self._write:
-            version = self._repository.set_county_level(county, level, now)
+            version = self._repository.set_county_level(county, level, now, self._next_version)
             if version is None:
                 return self.current.version
-            self._apply(version, now, lambda b: b.set_county_level(county, level))
+            self._stage(lambda b: b.set_county_level(county, level))
         logger.info("county %d -> %s, version %d", county, COUNTY_LEVELS[level], version)
         return version
 
@@ -279,10 +312,10 @@ class RiskIndex:
         key, masked = self._person(person_key, masked, "person_key", "masked_id_number")
         now = self._clock()
         with self._write:
-            version = self._repository.register_person(key, masked, now)
+            version = self._repository.register_person(key, masked, now, self._next_version)
             if version is None:
                 return self.current.version, False
-            self._apply(version, now, lambda b: b.add_person_key(key))
+            self._stage(lambda b: b.add_person_key(key))
         return version, True
 
     def link_phone(
@@ -311,7 +344,9 @@ class RiskIndex:
             raise InvalidArgument(violations)
         now = self._clock()
         with self._write:
-            version = self._repository.link_phone(person[0], person[1], phone[0], phone[1], now)
+            version = self._repository.link_phone(
+                person[0], person[1], phone[0], phone[1], now, self._next_version
+            )
             if version is None:
                 return self.current.version
 
@@ -319,7 +354,7 @@ class RiskIndex:
                 holder = builder.add_person_key(person[0])
                 builder.add_phone_key(phone[0], holder)
 
-            self._apply(version, now, apply)
+            self._stage(apply)
         return version
 
     def unlink_phone(self, actor: Actor, phone_key: bytes) -> tuple[int, bool]:
@@ -327,10 +362,10 @@ class RiskIndex:
         key = check_key(phone_key, "phone_key")
         now = self._clock()
         with self._write:
-            version = self._repository.unlink_phone(key, now)
+            version = self._repository.unlink_phone(key, now, self._next_version)
             if version is None:
                 return self.current.version, False
-            self._apply(version, now, lambda b: b.unlink_phone_key(key))
+            self._stage(lambda b: b.unlink_phone_key(key))
         return version, True
 
     def link_card(
@@ -356,19 +391,71 @@ class RiskIndex:
             raise InvalidArgument(violations)
         now = self._clock()
         with self._write:
-            version = self._repository.link_card(person[0], person[1], card[0], card[1], now)
+            version = self._repository.link_card(
+                person[0], person[1], card[0], card[1], now, self._next_version
+            )
             if version is None:
                 return self.current.version
 
             def apply(builder: IndexBuilder) -> None:
                 builder.add_card_key(card[0], builder.add_person_key(person[0]))
 
-            self._apply(version, now, apply)
+            self._stage(apply)
         return version
 
+    def register_people(self, actor: Actor, people: Sequence[KeyedPerson]) -> RegisteredPeople:
+        """People with their phones and cards, in one change (the declaration service's bulk
+        import). Every key and masked form is checked first; one bad entry refuses the call."""
+        actor.require(REGISTRY_ROLES, "RegisterPeople")
+        if len(people) > self._max_batch_rows:
+            raise ResourceExhausted(
+                f"{len(people)} people in one call; send at most {self._max_batch_rows}",
+                [("people", f"at most {self._max_batch_rows} a call")],
+            )
+        checked = check_people(people)
+        now = self._clock()
+        with self._write:
+            created, linked, changed = self._repository.register_people(
+                checked, now, self._next_version
+            )
+            if not changed:
+                return RegisteredPeople(self.current.version, 0, 0)
+            version = self._next_version
+
+            def apply(builder: IndexBuilder) -> None:
+                for person in changed:
+                    holder = builder.add_person_key(person.key)
+                    for phone_key, _ in person.phones:
+                        builder.add_phone_key(phone_key, holder)
+                    for card_key, _ in person.cards:
+                        builder.add_card_key(card_key, holder)
+
+            self._stage(apply)
+        logger.info(
+            "%d people registered in bulk (%d new, %d links) -> version %d",
+            len(checked),
+            created,
+            linked,
+            version,
+        )
+        return RegisteredPeople(version, created, linked)
+
     def close(self) -> None:
-        """Wake and end every watcher (server shutdown)."""
+        """Publish what is staged, stop the publisher, and wake and end every watcher (server
+        shutdown)."""
+        self._stopping.set()
+        self._staged_event.set()
+        if self._publisher is not None:
+            self._publisher.join(timeout=10)
+        with self._write:
+            self._publish_staged()
         self._publication.close()
+
+    def flush(self) -> int:
+        """Publish every staged change now; the current version."""
+        with self._write:
+            self._publish_staged()
+        return self.current.version
 
     # -- internals ---------------------------------------------------------------------------
 
@@ -390,21 +477,52 @@ class RiskIndex:
             raise InvalidArgument(violations)
         return checked_key, checked_masked
 
-    def _apply(
-        self, version: int, now: dt.datetime, change: Callable[[IndexBuilder], object]
-    ) -> None:
-        """Build version `version` from the current one plus `change` and publish it. Called
-        with the write lock held, after the change is durable."""
+    @property
+    def _next_version(self) -> int:
+        """The version that carries a change committed now: the one after the published one
+        (every change staged since shares it)."""
+        return self.current.version + 1
+
+    def _stage(self, change: Callable[[IndexBuilder], object]) -> None:
+        """Queue a committed change for the next version. Called with the write lock held,
+        after the change is durable."""
+        self._staged.append(change)
+        if self._interval <= 0:
+            self._publish_staged()
+        else:
+            self._staged_event.set()
+
+    def _publish_staged(self) -> None:
+        """Build the next version from the current one plus every staged change and publish
+        it. Called with the write lock held."""
+        if not self._staged:
+            return
+        changes, self._staged = self._staged, []
+        version = self._next_version
         try:
             builder = self.current.index.builder()
-            change(builder)
+            for change in changes:
+                change(builder)
+            now = self._clock()
             published = Published(version, now, builder.finish(version=version))
+            self._repository.mark_published(version, now)
         except Exception:
-            # The database already holds the change: rebuild from it rather than publish an
+            # The database already holds the changes: rebuild from it rather than publish an
             # index that disagrees with the source of truth.
-            logger.exception("applying version %d failed; rebuilding from the database", version)
+            logger.exception("building version %d failed; rebuilding from the database", version)
             published = self._rebuild()
         self._publication.publish(published)
+        logger.debug("version %d published (%d changes)", version, len(changes))
+
+    def _publish_periodically(self) -> None:
+        """At most one version per interval, and only when something was staged."""
+        while not self._stopping.is_set():
+            self._staged_event.wait()
+            self._staged_event.clear()
+            if self._stopping.wait(self._interval):
+                return
+            with self._write:
+                self._publish_staged()
 
     def _rebuild(self) -> Published:
         state = self._repository.load_state()

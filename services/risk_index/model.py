@@ -106,6 +106,25 @@ class VersionRecord:
 
 
 @dataclass(frozen=True, slots=True)
+class KeyedPerson:
+    """One person of a bulk registration, by key, with (key, masked) phones and cards."""
+
+    key: bytes
+    masked: str
+    phones: Sequence[tuple[bytes, str]] = ()
+    cards: Sequence[tuple[bytes, str]] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class RegisteredPeople:
+    """What a bulk registration did, and the version that carries it."""
+
+    version: int
+    created: int
+    linked: int
+
+
+@dataclass(frozen=True, slots=True)
 class SourceStats:
     row_count: int
     batch_count: int

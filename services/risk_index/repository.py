@@ -18,6 +18,7 @@ from services.risk_index.model import (
     Batch,
     BatchRecord,
     CardLink,
+    KeyedPerson,
     PhoneLink,
     SourceRows,
     SourceStats,
@@ -119,14 +120,24 @@ class RiskIndexRepository(SqliteRepository):
         with self.reading() as conn:
             return _latest(conn)
 
-    def _next_version(self, conn: sqlite3.Connection, change: str, now: dt.datetime) -> int:
-        row = conn.execute("SELECT COALESCE(MAX(version), 0) + 1 FROM versions").fetchone()
-        version = int(row[0])
+    @staticmethod
+    def _open_version(conn: sqlite3.Connection, version: int, change: str, now: dt.datetime) -> int:
+        """Record that `version` carries a change. Several changes accepted within one publish
+        interval share a version (its row names the first of them); each commits with it, so
+        a restart rebuilds every acknowledged change into that version."""
         conn.execute(
-            "INSERT INTO versions (version, published_at, change) VALUES (?, ?, ?)",
+            "INSERT INTO versions (version, published_at, change) VALUES (?, ?, ?) "
+            "ON CONFLICT (version) DO NOTHING",
             (version, _iso(now), change),
         )
         return version
+
+    def mark_published(self, version: int, when: dt.datetime) -> None:
+        """When `version` was published (until then its row says when its first change came)."""
+        with self.transaction() as conn:
+            conn.execute(
+                "UPDATE versions SET published_at = ? WHERE version = ?", (_iso(when), version)
+            )
 
     # -- batches ---------------------------------------------------------------------------
 
@@ -147,10 +158,10 @@ class RiskIndexRepository(SqliteRepository):
             version=int(row["version"]),
         )
 
-    def insert_batch(self, batch: Batch, digest: bytes, now: dt.datetime) -> int:
-        """Store a batch, its rows and a new version in one transaction; the version."""
+    def insert_batch(self, batch: Batch, digest: bytes, now: dt.datetime, version: int) -> int:
+        """Store a batch and its rows, carried by `version`, in one transaction."""
         with self.transaction() as conn:
-            version = self._next_version(conn, f"batch:{batch.batch_id}", now)
+            self._open_version(conn, version, f"batch:{batch.batch_id}", now)
             if batch.replace:
                 conn.execute(
                     "UPDATE batches SET superseded_by = ? WHERE source = ? "
@@ -228,12 +239,14 @@ class RiskIndexRepository(SqliteRepository):
         found = conn.execute("SELECT 1 FROM persons WHERE person_key = ?", (key,)).fetchone()
         return found is not None
 
-    def register_person(self, key: bytes, masked: str, now: dt.datetime) -> int | None:
-        """A new version if the person is new, else None (nothing changed)."""
+    def register_person(
+        self, key: bytes, masked: str, now: dt.datetime, version: int
+    ) -> int | None:
+        """`version` if the person is new, else None (nothing changed)."""
         with self.transaction() as conn:
             if self._has_person(conn, key):
                 return None
-            version = self._next_version(conn, "person", now)
+            self._open_version(conn, version, "person", now)
             self._ensure_person(conn, key, masked, now, version)
             return version
 
@@ -244,6 +257,7 @@ class RiskIndexRepository(SqliteRepository):
         phone_key: bytes,
         masked_phone: str,
         now: dt.datetime,
+        version: int,
     ) -> int | None:
         with self.transaction() as conn:
             current = conn.execute(
@@ -251,7 +265,7 @@ class RiskIndexRepository(SqliteRepository):
             ).fetchone()
             if current is not None and current["holder_key"] == person_key:
                 return None
-            version = self._next_version(conn, "phone", now)
+            self._open_version(conn, version, "phone", now)
             self._ensure_person(conn, person_key, masked_id_number, now, version)
             conn.execute(
                 "INSERT INTO phones (phone_key, masked_phone, holder_key, changed_at, version) "
@@ -262,14 +276,14 @@ class RiskIndexRepository(SqliteRepository):
             )
             return version
 
-    def unlink_phone(self, phone_key: bytes, now: dt.datetime) -> int | None:
+    def unlink_phone(self, phone_key: bytes, now: dt.datetime, version: int) -> int | None:
         with self.transaction() as conn:
             current = conn.execute(
                 "SELECT holder_key FROM phones WHERE phone_key = ?", (phone_key,)
             ).fetchone()
             if current is None or current["holder_key"] is None:
                 return None
-            version = self._next_version(conn, "phone", now)
+            self._open_version(conn, version, "phone", now)
             conn.execute(
                 "UPDATE phones SET holder_key = NULL, changed_at = ?, version = ? "
                 "WHERE phone_key = ?",
@@ -284,6 +298,7 @@ class RiskIndexRepository(SqliteRepository):
         card_key: bytes,
         masked_card: str,
         now: dt.datetime,
+        version: int,
     ) -> int | None:
         with self.transaction() as conn:
             current = conn.execute(
@@ -291,7 +306,7 @@ class RiskIndexRepository(SqliteRepository):
             ).fetchone()
             if current is not None and current["holder_key"] == person_key:
                 return None
-            version = self._next_version(conn, "card", now)
+            self._open_version(conn, version, "card", now)
             self._ensure_person(conn, person_key, masked_id_number, now, version)
             conn.execute(
                 "INSERT INTO cards (card_key, masked_card, holder_key, changed_at, version) "
@@ -302,14 +317,16 @@ class RiskIndexRepository(SqliteRepository):
             )
             return version
 
-    def set_county_level(self, county: int, level: int, now: dt.datetime) -> int | None:
+    def set_county_level(
+        self, county: int, level: int, now: dt.datetime, version: int
+    ) -> int | None:
         with self.transaction() as conn:
             current = conn.execute(
                 "SELECT level FROM county_levels WHERE county = ?", (county,)
             ).fetchone()
             if current is not None and int(current["level"]) == level:
                 return None
-            version = self._next_version(conn, f"county:{county}", now)
+            self._open_version(conn, version, f"county:{county}", now)
             conn.execute(
                 "INSERT INTO county_levels (county, level, changed_at, version) "
                 "VALUES (?, ?, ?, ?) ON CONFLICT (county) DO UPDATE SET "
@@ -318,6 +335,60 @@ class RiskIndexRepository(SqliteRepository):
                 (county, level, _iso(now), version),
             )
             return version
+
+    def register_people(
+        self, people: Sequence[KeyedPerson], now: dt.datetime, version: int
+    ) -> tuple[int, int, list[KeyedPerson]]:
+        """Store people and their phone and card links in one transaction, carried by
+        `version`: (people created, links changed, what changed). Known people and links that
+        already hold are left as they are."""
+        when = _iso(now)
+        with self.transaction() as conn:
+            created = linked = 0
+            changed: list[KeyedPerson] = []
+            for person in people:
+                cursor = conn.execute(
+                    "INSERT INTO persons (person_key, masked_id_number, registered_at, version) "
+                    "VALUES (?, ?, ?, ?) ON CONFLICT (person_key) DO NOTHING",
+                    (person.key, person.masked, when, version),
+                )
+                new = cursor.rowcount > 0
+                created += new
+                phones = [
+                    p for p in person.phones if not self._holds(conn, "phones", p[0], person.key)
+                ]
+                cards = [
+                    c for c in person.cards if not self._holds(conn, "cards", c[0], person.key)
+                ]
+                conn.executemany(
+                    "INSERT INTO phones (phone_key, masked_phone, holder_key, changed_at, version) "
+                    "VALUES (?, ?, ?, ?, ?) ON CONFLICT (phone_key) DO UPDATE SET "
+                    "holder_key = excluded.holder_key, masked_phone = excluded.masked_phone, "
+                    "changed_at = excluded.changed_at, version = excluded.version",
+                    [(key, masked, person.key, when, version) for key, masked in phones],
+                )
+                conn.executemany(
+                    "INSERT INTO cards (card_key, masked_card, holder_key, changed_at, version) "
+                    "VALUES (?, ?, ?, ?, ?) ON CONFLICT (card_key) DO UPDATE SET "
+                    "holder_key = excluded.holder_key, masked_card = excluded.masked_card, "
+                    "changed_at = excluded.changed_at, version = excluded.version",
+                    [(key, masked, person.key, when, version) for key, masked in cards],
+                )
+                linked += len(phones) + len(cards)
+                if new or phones or cards:
+                    changed.append(KeyedPerson(person.key, person.masked, phones, cards))
+            if changed:
+                self._open_version(conn, version, f"people:{len(changed)}", now)
+            return created, linked, changed
+
+    @staticmethod
+    def _holds(conn: sqlite3.Connection, table: str, key: bytes, holder: bytes) -> bool:
+        column = "phone_key" if table == "phones" else "card_key"
+        row = conn.execute(
+            f"SELECT holder_key FROM {table} WHERE {column} = ?",  # table and column are ours
+            (key,),
+        ).fetchone()
+        return row is not None and row["holder_key"] == holder
 
     def masked_phones(self, keys: Sequence[bytes]) -> dict[bytes, str]:
         """Masked forms of phones by key (for explanations)."""

@@ -9,10 +9,11 @@ import grpc
 from healthcode.v1 import risk_index_pb2, risk_index_pb2_grpc
 
 from services._common.convert import actor_from_proto, timestamp
-from services._common.errors import InvalidArgument, grpc_errors
+from services._common.errors import InvalidArgument
 from services._common.identifiers import Identifiers
+from services._common.status import grpc_errors
 from services.risk_index.logic import RiskIndex
-from services.risk_index.model import RawRow
+from services.risk_index.model import KeyedPerson, RawRow
 
 SERVICE_NAME = risk_index_pb2.DESCRIPTOR.services_by_name["RiskIndexService"].full_name
 
@@ -127,6 +128,26 @@ class RiskIndexServicer(risk_index_pb2_grpc.RiskIndexServiceServicer):
         return risk_index_pb2.LinkCardResponse(index_version=version)
 
     @grpc_errors
+    def RegisterPeople(
+        self, request: risk_index_pb2.RegisterPeopleRequest, context: grpc.ServicerContext
+    ) -> risk_index_pb2.RegisterPeopleResponse:
+        done = self._index.register_people(
+            actor_from_proto(request.actor, self._ids),
+            [
+                KeyedPerson(
+                    p.person_key,
+                    p.masked_id_number,
+                    [(ph.phone_key, ph.masked_phone) for ph in p.phones],
+                    [(c.card_key, c.masked_card) for c in p.cards],
+                )
+                for p in request.people
+            ],
+        )
+        return risk_index_pb2.RegisterPeopleResponse(
+            index_version=done.version, created=done.created, linked=done.linked
+        )
+
+    @grpc_errors
     def ListSources(
         self, request: risk_index_pb2.ListSourcesRequest, context: grpc.ServicerContext
     ) -> risk_index_pb2.ListSourcesResponse:
@@ -162,6 +183,7 @@ class RiskIndexServicer(risk_index_pb2_grpc.RiskIndexServiceServicer):
             person_count=current.index.person_count,
             phone_count=current.index.phone_count,
             card_count=current.index.card_count,
+            accepted_version=self._index.accepted_version,
         )
 
     @grpc_errors

@@ -14,7 +14,7 @@ from services._common.errors import InvalidArgument, ResourceExhausted
 from services._common.identifiers import Identifiers, check_key
 from services._common.logs import redact
 from services._common.sources import Source, get_source
-from services.risk_index.model import Batch, RawRow, Row
+from services.risk_index.model import Batch, KeyedPerson, RawRow, Row
 
 MAX_BATCH_ID_CHARS = 128
 MAX_ATTRIBUTES = 16
@@ -231,4 +231,43 @@ def check_attributes(attributes: Mapping[str, str], field: str) -> list[tuple[st
             out.append((f"{field}[{k}]", f"at most {MAX_ATTRIBUTE_VALUE_CHARS} characters"))
         elif redact(v) != v or redact(k) != k:
             out.append((f"{field}[{k}]", "must not hold an ID or phone number"))
+    return out
+
+
+def check_people(people: Sequence[KeyedPerson]) -> list[KeyedPerson]:
+    """Every key and masked form of a bulk registration, or InvalidArgument naming each bad
+    field (people[3].phones[1].phone_key)."""
+    violations: list[tuple[str, str]] = []
+    out: list[KeyedPerson] = []
+
+    def checked(key: bytes, masked: str, field: str, key_name: str, masked_name: str) -> bool:
+        before = len(violations)
+        for check in (
+            lambda: check_key(key, f"{field}.{key_name}"),
+            lambda: check_masked(masked, f"{field}.{masked_name}"),
+        ):
+            try:
+                check()
+            except InvalidArgument as error:
+                violations.extend(error.violations)
+        return len(violations) == before
+
+    for i, person in enumerate(people):
+        f = f"people[{i}]"
+        ok = checked(person.key, person.masked, f, "person_key", "masked_id_number")
+        for j, (key, masked) in enumerate(person.phones):
+            ok &= checked(key, masked, f"{f}.phones[{j}]", "phone_key", "masked_phone")
+        for j, (key, masked) in enumerate(person.cards):
+            ok &= checked(key, masked, f"{f}.cards[{j}]", "card_key", "masked_card")
+        if ok:
+            out.append(
+                KeyedPerson(
+                    bytes(person.key),
+                    person.masked.strip(),
+                    [(bytes(k), m.strip()) for k, m in person.phones],
+                    [(bytes(k), m.strip()) for k, m in person.cards],
+                )
+            )
+    if violations:
+        raise InvalidArgument(violations)
     return out

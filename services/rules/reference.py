@@ -21,27 +21,17 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import date, timedelta
+from datetime import date
 from typing import Any
 
+from services._common.days import day_number, hour_date, hour_of_date, last_hour
 from services._common.sources import SOURCES
 
 from .model import Check, Rule, RuleSet
 
 _SEVERITY = {"green": 0, "yellow": 1, "red": 2}
-_EPOCH = date(1970, 1, 1)
-
-
-def hour_number(day: date, hour_of_day: int = 0) -> int:
-    """Hours since 1970-01-01 00:00 Asia/Shanghai of an hour of a (Shanghai) date."""
-    if not 0 <= hour_of_day < 24:
-        raise ValueError(f"hour of day {hour_of_day} is not in 0..23")
-    return (day - _EPOCH).days * 24 + hour_of_day
-
-
-def last_hour(day: date) -> int:
-    """The matcher's default evaluation hour on `day`: 23:00-24:00."""
-    return hour_number(day, 23)
+# An hour of a date, as the matcher numbers hours.
+hour_number = hour_of_date
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,7 +87,7 @@ def _row_time(r: Mapping[str, Any]) -> date | int | None:
             return int(hour)
         return None if day is None else hour_number(day)
     if day is None and hour is not None:
-        return _EPOCH + timedelta(days=int(hour) // 24)
+        return hour_date(int(hour))
     return day
 
 
@@ -112,7 +102,7 @@ def evaluate(
     """The outcome for one person on `today` at `hour` (an hour number of `today`, which ends
     the windows of hourly sources; None: the last hour of `today`, as the matcher defaults)."""
     now = last_hour(today) if hour is None else hour
-    if now // 24 != (today - _EPOCH).days:
+    if now // 24 != day_number(today):
         raise ValueError(f"hour {now} is not an hour of {today.isoformat()}")
     fired: list[str] = []
     cleared: list[str] = []

@@ -14,6 +14,17 @@ import pytest
 
 from clients.stack import Stack, StackError
 
+HERE = Path(__file__).parent
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Every test in this folder is `e2e` (real processes), so `pytest -m "not e2e"` runs the
+    rest; marked here, before `-m` deselects, so a new file cannot forget it."""
+    for item in items:
+        if item.path.is_relative_to(HERE):
+            item.add_marker(pytest.mark.e2e)
+
 
 @pytest.fixture
 def stack(tmp_path: Path) -> Iterator[Stack]:

@@ -150,11 +150,12 @@ class Stubs:
         )
 
     def wait_colour(self, version: int | None = None) -> int:
-        """Until the colour replica holds `version` (default: the risk index's latest)."""
+        """Until the colour replica holds `version` (default: the one carrying everything the
+        risk index has accepted)."""
         if version is None:
             version = self.risk_index.GetIndexVersion(
                 risk_index_pb2.GetIndexVersionRequest()
-            ).version
+            ).accepted_version
         eventually(
             f"the colour replica to hold index version {version}",
             lambda: self.colour.GetStatus(colour_pb2.GetStatusRequest()).index_version,
@@ -164,9 +165,14 @@ class Stubs:
 
     # -- reading ------------------------------------------------------------------------------
 
-    def show(self, id_number: str) -> display_pb2.ShowResponse:
+    def show(self, id_number: str, min_index_version: int = 0) -> display_pb2.ShowResponse:
         return self.display.Show(
-            display_pb2.ShowRequest(actor=citizen(id_number), person=ref(id_number), device=DEVICE)
+            display_pb2.ShowRequest(
+                actor=citizen(id_number),
+                person=ref(id_number),
+                device=DEVICE,
+                min_index_version=min_index_version,
+            )
         )
 
     def scan(self, token: str) -> display_pb2.ScanResponse:

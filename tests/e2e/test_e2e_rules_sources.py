@@ -121,10 +121,13 @@ def test_scenario_through_the_real_services(loaded: Stubs, scenario: feedgen.Sce
         assert rule_id in cleared
     fired = {r.rule_id for r in explained.rules if r.outcome == colour_pb2.RULE_OUTCOME_FIRED}
     assert fired == set(want.fired)
-    for rule in explained.rules:
-        assert rule.evidence, rule.rule_id  # every rule says which rows made it fire
-        expected_clears = list(dict.fromkeys(c.source for c in DEFAULT.rule(rule.rule_id).clears))
-        assert list(rule.clearing_sources) == expected_clears
+    for explained_rule in explained.rules:
+        # Every rule says which rows made it fire, and what clears it.
+        assert explained_rule.evidence, explained_rule.rule_id
+        clears = DEFAULT.rule(explained_rule.rule_id).clears
+        assert list(explained_rule.clearing_sources) == list(
+            dict.fromkeys(c.source for c in clears)
+        )
 
 
 def test_the_shared_status_never_has_a_local_rule(loaded: Stubs) -> None:

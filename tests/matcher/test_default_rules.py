@@ -24,6 +24,7 @@ from clients.feedgen import (
     row,
     rule_scenarios,
 )
+from services._common.days import day_number
 from services._common.sources import SOURCES
 from services.rules import DEFAULT_RULE_SET_PATH, RuleSet, load_rule_set
 from services.rules.reference import Feed, Outcome, evaluate, hour_number
@@ -46,7 +47,7 @@ def _u32(values: Iterable[int]) -> bytes:
 
 
 def _day(text: str) -> int:
-    return hm.day_number(date.fromisoformat(text))
+    return day_number(date.fromisoformat(text))
 
 
 def build_index(people: Sequence[Person], rows: Iterable[dict[str, Any]]) -> Any:
@@ -93,8 +94,8 @@ def build_index(people: Sequence[Person], rows: Iterable[dict[str, Any]]) -> Any
 def verdicts(index: Any, rs: RuleSet, hour: int | None = None) -> Any:
     plan = hm.Plan(rs.plan_rules(), rs.version)
     if hour is None:
-        return hm.Verdicts(index, plan, hm.day_number(TODAY))
-    return hm.Verdicts(index, plan, hm.day_number(TODAY), hour)
+        return hm.Verdicts(index, plan, day_number(TODAY))
+    return hm.Verdicts(index, plan, day_number(TODAY), hour)
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,9 @@ from stdnum import numdb
 from stdnum.cn import ric
 from stdnum.exceptions import ValidationError
 
-TODAY = dt.datetime.now(hm.SHANGHAI).date()
+from services._common.days import SHANGHAI
+
+TODAY = dt.datetime.now(SHANGHAI).date()
 FIRST_BIRTH_DATE = dt.date(1900, 1, 1)
 
 

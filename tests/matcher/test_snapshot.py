@@ -63,7 +63,7 @@ def index() -> hm.Index:
 
 def all_verdicts(index: hm.Index) -> list[tuple[int, int, int]]:
     verdicts = hm.Verdicts(index, hm.Plan(RULES), TODAY)
-    out = []
+    out: list[tuple[int, int, int]] = []
     for person in range(index.person_count):
         v = verdicts.evaluate(person)
         out.append((v.colour, v.fired_mask, v.cleared_mask))

@@ -5,7 +5,6 @@ installed directly, the declaration service is a stand-in function)."""
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -14,22 +13,21 @@ import healthcode_matcher as hm
 import pytest
 from healthcode.v1 import colour_pb2, colour_pb2_grpc, common_pb2
 
-from services._common.days import hour_number
-from services._common.errors import InvalidArgument, field_violations
+from services._common.days import SHANGHAI, day_number, hour_number
+from services._common.errors import InvalidArgument
 from services._common.identifiers import Identifiers
-from services._common.server import create_server, stop
 from services._common.sources import SOURCES
-from services.colour.logic import (
-    ColourEngine,
-    PersonCard,
-    compile_rules,
-    depends_on,
-    rule_differences,
-)
+from services._common.status import field_violations
+from services.colour.engine import ColourEngine
+from services.colour.freshness import depends_on
+from services.colour.logic import ColourDesk
+from services.colour.model import PersonCard
+from services.colour.rulestore import compile_rules
 from services.colour.servicer import SERVICE_NAME, ColourServicer
+from services.colour.whatif import rule_differences
 from services.rules import DEFAULT_RULE_SET_PATH, Window, load_rule_set
+from tests.support import SECRET, Clock, StartServer
 
-SECRET = b"e" * 32
 HASHER = hm.Hasher(SECRET)
 IDS = hm.synthetic_id_numbers(6, 4242).decode().split()
 PHONES = hm.synthetic_phones(3, 4242).decode().split()
@@ -40,16 +38,8 @@ DALIAN_HIGH = 210211  # graded high below
 BINHAI, HEPING = 120116, 120101
 
 
-class Clock:
-    def __init__(self, now: dt.datetime) -> None:
-        self.now = now
-
-    def __call__(self) -> dt.datetime:
-        return self.now
-
-
-NOW = dt.datetime(2020, 12, 16, 10, 0, tzinfo=hm.SHANGHAI)
-TODAY = hm.day_number(NOW)
+NOW = dt.datetime(2020, 12, 16, 10, 0, tzinfo=SHANGHAI)
+TODAY = day_number(NOW)
 HOUR = hour_number(NOW)  # 10:00
 
 
@@ -62,7 +52,7 @@ def people(key: bytes) -> PersonCard:
 Rows = dict[str, list[tuple[str, int | None, int | None]]]
 
 
-def build(rows: Rows, *, residence: bool = True) -> hm.Index:
+def build(rows: Rows, *, residence: bool = True, version: int = 1) -> hm.Index:
     """Every catalogue source, IDS registered, PHONES[0:2] held by IDS[1]; residence rows place
     IDS[0:3] in Binhai and IDS[3:] in Heping (unless `residence` is False). A row gives a day
     number, or an hour number for an hourly source (nat_negative)."""
@@ -88,7 +78,7 @@ def build(rows: Rows, *, residence: bool = True) -> hm.Index:
             builder.add_rows_by_identifier(source, ids, hours=times, counties=county_list)
         else:
             builder.add_rows_by_identifier(source, ids, times, county_list)
-    return builder.finish()
+    return builder.finish(version=version)
 
 
 @pytest.fixture
@@ -233,7 +223,7 @@ def test_a_stalled_feed_turns_stale_by_the_clock_without_a_new_version(
     engine.install_index(build({}))
     engine.set_feed_times({name: NOW - dt.timedelta(hours=1) for name in SOURCES})
     assert engine.evaluate(key(3)).stale_sources == ()
-    clock.now = NOW + dt.timedelta(hours=23, minutes=30)  # 24.5 h after the last batch
+    clock.set(NOW + dt.timedelta(hours=23, minutes=30))  # 24.5 h after the last batch
     a = engine.evaluate(key(3))
     assert "close_contact" in a.stale_sources  # 24 h limit
     assert "grassroots_screening" not in a.stale_sources  # 72 h limit
@@ -405,7 +395,7 @@ def citizen(n: int) -> common_pb2.Actor:
 
 
 @pytest.fixture
-def stub(engine: ColourEngine) -> Iterator[colour_pb2_grpc.ColourServiceStub]:
+def stub(engine: ColourEngine, start_server: StartServer) -> colour_pb2_grpc.ColourServiceStub:
     engine.install_index(
         build(
             {
@@ -415,17 +405,12 @@ def stub(engine: ColourEngine) -> Iterator[colour_pb2_grpc.ColourServiceStub]:
         )
     )
     engine.set_feed_times({name: NOW for name in SOURCES if name != "telecom_roaming"})
-    servicer = ColourServicer(engine, Identifiers.from_secret(SECRET))
-    server, port = create_server(
+    servicer = ColourServicer(ColourDesk(engine), Identifiers.from_secret(SECRET))
+    served = start_server(
         lambda s: colour_pb2_grpc.add_ColourServiceServicer_to_server(servicer, s),
         [SERVICE_NAME],
     )
-    channel = grpc.insecure_channel(f"127.0.0.1:{port}")
-    try:
-        yield colour_pb2_grpc.ColourServiceStub(channel)
-    finally:
-        channel.close()
-        stop(server, grace=None)
+    return colour_pb2_grpc.ColourServiceStub(served.channel)
 
 
 def test_explain_rpc_masks_everything_and_flags_the_stale_feed(
@@ -471,9 +456,9 @@ def test_explain_rpc_gives_the_hour_of_a_negative_test_and_of_the_verdict(
             {
                 "secondary_contact": [(IDS[2], TODAY - 1, None)],
                 "nat_negative": [(IDS[2], HOUR - 20, None)],
-            }
-        ),
-        version=99,
+            },
+            version=2,  # after the stub's version 1
+        )
     )
     x = stub.Explain(
         colour_pb2.ExplainRequest(actor=SUPPORT, person=common_pb2.PersonRef(id_number=IDS[2])),

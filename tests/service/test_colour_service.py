@@ -4,8 +4,9 @@ speaks the WatchIndex contract (snapshots in small chunks, new versions, broken 
 from __future__ import annotations
 
 import threading
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
+from functools import partial
+from typing import Any
 
 import grpc
 import healthcode_matcher as hm
@@ -18,23 +19,26 @@ from healthcode.v1 import (
     risk_index_pb2_grpc,
 )
 
-from services._common.errors import field_violations
+from services._common.days import today
 from services._common.identifiers import Identifiers
-from services._common.server import create_server, stop
 from services._common.sources import SOURCES
+from services._common.status import field_violations
+from services.colour.engine import ColourEngine
 from services.colour.follower import IndexFollower
-from services.colour.logic import ColourEngine, compile_rules
+from services.colour.logic import ColourDesk
+from services.colour.model import PersonCard
+from services.colour.rulestore import compile_rules
 from services.colour.servicer import SERVICE_NAME, ColourServicer
 from services.rules import DEFAULT_RULE_SET_PATH, load_rule_set
+from tests.support import SECRET, Served, StartServer, wait_until
 
-SECRET = b"c" * 32
+HASHER = hm.Hasher(SECRET)
 IDS = hm.synthetic_id_numbers(5, 21).decode().split()
 PHONES = hm.synthetic_phones(1, 21).decode().split()
-HASHER = hm.Hasher(SECRET)
 SERVICE = common_pb2.Actor(role=common_pb2.ACTOR_ROLE_SERVICE, principal="test")
 ADMIN = common_pb2.Actor(role=common_pb2.ACTOR_ROLE_ADMIN, principal="ops-1")
-# The stand-in numbers versions as the real risk index does: its own durable counter, which
-# need not match the Index's build counter. Replies must quote the risk index's number.
+# The stand-in numbers versions as the real risk index does: from its own durable counter,
+# written into each index (`finish(version=...)`), so replies quote that number.
 V = 1000
 
 NAT_RULES = """
@@ -53,14 +57,6 @@ what_clears_en = "A verified negative test from the last 48 hours."
 """
 
 
-def wait_until(what: str, predicate: Callable[[], bool], timeout_s: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout_s} s waiting until {what}")
-        time.sleep(0.02)
-
-
 class StandInRiskIndex(risk_index_pb2_grpc.RiskIndexServiceServicer):
     """Streams the latest published version (in tiny chunks, to exercise reassembly), then each
     new one; can break a stream after its next version to exercise reconnects."""
@@ -77,6 +73,9 @@ class StandInRiskIndex(risk_index_pb2_grpc.RiskIndexServiceServicer):
             self.latest = index
             self._changed.notify_all()
 
+    def _moved_from(self, version: int) -> bool:
+        return self.latest.version != version
+
     def WatchIndex(
         self, request: risk_index_pb2.WatchIndexRequest, context: grpc.ServicerContext
     ) -> Iterator[risk_index_pb2.WatchIndexResponse]:
@@ -84,21 +83,21 @@ class StandInRiskIndex(risk_index_pb2_grpc.RiskIndexServiceServicer):
         sent = request.known_version
         while context.is_active():
             with self._changed:
-                self._changed.wait_for(lambda s=sent: self.latest.version + V != s, timeout=0.2)
+                self._changed.wait_for(partial(self._moved_from, sent), timeout=0.2)
                 index = self.latest
-            if index.version + V == sent:
+            if index.version == sent:
                 continue
             data = index.to_bytes()
             parts = [data[i : i + self.chunk_bytes] for i in range(0, len(data), self.chunk_bytes)]
             for n, part in enumerate(parts):
                 yield risk_index_pb2.WatchIndexResponse(
-                    version=index.version + V,
+                    version=index.version,
                     chunk_index=n,
                     data=part,
                     last_chunk=n == len(parts) - 1,
                     total_size=len(data),
                 )
-            sent = index.version + V
+            sent = index.version
             if self.break_next:
                 self.break_next = False
                 context.abort(grpc.StatusCode.UNAVAILABLE, "stand-in broke the stream")
@@ -118,8 +117,8 @@ def first_index() -> hm.Index:
     for id_number in IDS:
         builder.add_person(id_number)
     builder.add_phone(PHONES[0], builder.add_person(IDS[1]))
-    builder.add_rows_by_identifier("close_contact", [IDS[0]], [hm.today() - 1])
-    return builder.finish()
+    builder.add_rows_by_identifier("close_contact", [IDS[0]], [today() - 1])
+    return builder.finish(version=V + 1)
 
 
 def next_version(base: hm.Index, source: str, id_number: str, day: int | None) -> hm.Index:
@@ -135,25 +134,23 @@ class Replica:
         self.engine = ColourEngine(
             SECRET,
             compile_rules(load_rule_set(DEFAULT_RULE_SET_PATH)),
-            phone_masks=lambda key: {HASHER.phone_key(PHONES[0]): "139****9999"},
+            people=lambda key: PersonCard("", "", {HASHER.phone_key(PHONES[0]): "139****9999"}),
         )
-        servicer = ColourServicer(self.engine, Identifiers.from_secret(SECRET))
-        self.server, port = create_server(
+        servicer = ColourServicer(ColourDesk(self.engine), Identifiers.from_secret(SECRET))
+        self.served = Served.start(
             lambda s: colour_pb2_grpc.add_ColourServiceServicer_to_server(servicer, s),
             [SERVICE_NAME],
         )
         self.follower = IndexFollower(
             self.engine, risk_index_addr, SECRET, initial_backoff_s=0.05, max_backoff_s=0.2
         )
-        self.channel = grpc.insecure_channel(f"127.0.0.1:{port}")
-        self.stub = colour_pb2_grpc.ColourServiceStub(self.channel)
+        self.stub = colour_pb2_grpc.ColourServiceStub(self.served.channel)
 
     def close(self) -> None:
         self.follower.stop()
-        self.channel.close()
-        stop(self.server, grace=None)
+        self.served.close()
 
-    def evaluate(self, id_number: str, **kw: object) -> colour_pb2.Verdict:
+    def evaluate(self, id_number: str, **kw: Any) -> colour_pb2.Verdict:
         request = colour_pb2.EvaluateRequest(
             actor=SERVICE, person=common_pb2.PersonRef(id_number=id_number), **kw
         )
@@ -164,14 +161,13 @@ class Replica:
 
 
 @pytest.fixture
-def risk_index() -> Iterator[tuple[StandInRiskIndex, str]]:
-    stand_in = StandInRiskIndex(first_index())
-    server, port = create_server(
+def risk_index(start_server: StartServer) -> tuple[StandInRiskIndex, str]:
+    stand_in = StandInRiskIndex(first_index())  # type: ignore[abstract]  # only the watch
+    served = start_server(
         lambda s: risk_index_pb2_grpc.add_RiskIndexServiceServicer_to_server(stand_in, s),
         ["healthcode.v1.RiskIndexService"],
     )
-    yield stand_in, f"127.0.0.1:{port}"
-    stop(server, grace=None)
+    return stand_in, served.address
 
 
 @pytest.fixture
@@ -263,14 +259,14 @@ def test_the_replica_follows_new_versions_and_reconnects_after_a_break(
     replica.follower.start()
     wait_until("the replica holds version 1", lambda: replica.index_version() == V + 1)
     stand_in.break_next = True
-    v2 = next_version(stand_in.latest, "suspected", IDS[3], hm.today())
+    v2 = next_version(stand_in.latest, "suspected", IDS[3], today())
     stand_in.publish(v2)
     wait_until("the replica holds version 2", lambda: replica.index_version() == V + 2)
     assert replica.evaluate(IDS[3]).colour == common_pb2.COLOUR_RED
     # The stream broke after version 2: the follower reconnects saying it holds 2 ...
     wait_until("the follower reconnected", lambda: stand_in.known_versions[-1:] == [V + 2])
     # ... and still gets what is published next.
-    stand_in.publish(next_version(v2, "secondary_contact", IDS[4], hm.today()))
+    stand_in.publish(next_version(v2, "secondary_contact", IDS[4], today()))
     wait_until("the replica holds version 3", lambda: replica.index_version() == V + 3)
     assert replica.evaluate(IDS[4]).colour == common_pb2.COLOUR_YELLOW
 
@@ -279,8 +275,8 @@ def test_a_restarted_replica_catches_up_to_the_latest_version(
     risk_index: tuple[StandInRiskIndex, str],
 ) -> None:
     stand_in, addr = risk_index
-    v2 = next_version(stand_in.latest, "suspected", IDS[3], hm.today())
-    stand_in.publish(next_version(v2, "suspected", IDS[4], hm.today()))
+    v2 = next_version(stand_in.latest, "suspected", IDS[3], today())
+    stand_in.publish(next_version(v2, "suspected", IDS[4], today()))
     fresh = Replica(addr)
     try:
         fresh.follower.start()
@@ -297,7 +293,7 @@ def test_risk_through_a_phone_shows_the_masked_phone(
     stand_in, _ = risk_index
     builder = stand_in.latest.builder()
     builder.set_county_level(210211, 3)
-    builder.add_rows_by_identifier("telecom_roaming", [PHONES[0]], [hm.today()], [210211])
+    builder.add_rows_by_identifier("telecom_roaming", [PHONES[0]], [today()], [210211])
     stand_in.publish(builder.finish())
     replica.follower.start()
     wait_until("the replica holds version 2", lambda: replica.index_version() == V + 2)

@@ -3,10 +3,10 @@ risk index: bad input, replays, the once-a-day rule, an outage of the risk index
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import grpc
 import healthcode_matcher
@@ -21,9 +21,8 @@ from healthcode.v1 import (
 )
 
 from services._common import days
-from services._common.errors import details_of, field_violations
-from services._common.identifiers import Identifiers
-from services._common.server import create_server, stop
+from services._common.identifiers import Identifiers, mask_id_number, mask_phone
+from services._common.status import details_of, field_violations
 from services._common.telemetry import instrumented_channel
 from services.declaration.logic import Declarations
 from services.declaration.outbox import OutboxWorker
@@ -33,33 +32,27 @@ from services.risk_index.logic import RiskIndex
 from services.risk_index.repository import RiskIndexRepository
 from services.risk_index.servicer import SERVICE_NAME as RISK_INDEX_SERVICE
 from services.risk_index.servicer import RiskIndexServicer
+from tests.support import SECRET, Served, wait_until
 
-SECRET = bytes(range(32))
 IDS = healthcode_matcher.synthetic_id_numbers(20, 9).decode().split()
 PHONES = healthcode_matcher.synthetic_phones(20, 9).decode().split()
 GRID = common_pb2.Actor(role=common_pb2.ACTOR_ROLE_GRID_WORKER, principal="grid-0042")
 TODAY = days.today()
 
 
-def wait_for(condition: Callable[[], bool], what: str, timeout: float = 20.0) -> None:
-    """Wait for background delivery (a bound on waiting, not a timing assertion)."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"gave up waiting for {what}")
-        time.sleep(0.02)
-
-
 @dataclass
 class RiskIndexProcess:
-    server: grpc.Server
-    port: int
+    served: Served
     index: RiskIndex
     repo: RiskIndexRepository
 
+    @property
+    def port(self) -> int:
+        return self.served.port
+
     def close(self) -> None:
         self.index.close()
-        stop(self.server, None)
+        self.served.close()
         self.repo.close()
 
 
@@ -68,26 +61,24 @@ def start_risk_index(data: Path, port: int = 0) -> RiskIndexProcess:
     ids = Identifiers.from_secret(SECRET)
     index = RiskIndex(repo, ids, SECRET)
     servicer = RiskIndexServicer(index, ids)
-    server, bound = create_server(
+    served = Served.start(
         lambda s: risk_index_pb2_grpc.add_RiskIndexServiceServicer_to_server(servicer, s),
         [RISK_INDEX_SERVICE],
         port=port,
     )
-    return RiskIndexProcess(server, bound, index, repo)
+    return RiskIndexProcess(served, index, repo)
 
 
 @dataclass
 class DeclarationProcess:
-    server: grpc.Server
+    served: Served
     repo: DeclarationRepository
     outbox: OutboxWorker
     peer: grpc.Channel
-    channel: grpc.Channel
     stub: declaration_pb2_grpc.DeclarationServiceStub
 
     def close(self) -> None:
-        self.channel.close()
-        stop(self.server, None)
+        self.served.close()
         self.outbox.stop()
         self.peer.close()
         self.repo.close()
@@ -105,14 +96,13 @@ def start_declaration(data: Path, risk_index_port: int) -> DeclarationProcess:
     )
     declarations = Declarations(repo, ids, on_outbox=outbox.wake)
     servicer = DeclarationServicer(declarations, ids)
-    server, port = create_server(
+    served = Served.start(
         lambda s: declaration_pb2_grpc.add_DeclarationServiceServicer_to_server(servicer, s),
         [SERVICE_NAME],
     )
     outbox.start()
-    channel = grpc.insecure_channel(f"127.0.0.1:{port}")
     return DeclarationProcess(
-        server, repo, outbox, peer, channel, declaration_pb2_grpc.DeclarationServiceStub(channel)
+        served, repo, outbox, peer, declaration_pb2_grpc.DeclarationServiceStub(served.channel)
     )
 
 
@@ -126,7 +116,7 @@ def stack(tmp_path: Path) -> Iterator[tuple[DeclarationProcess, RiskIndexProcess
 
 
 def register(
-    stub: declaration_pb2_grpc.DeclarationServiceStub, i: int, phones: list[str], **kw: object
+    stub: declaration_pb2_grpc.DeclarationServiceStub, i: int, phones: list[str], **kw: Any
 ) -> declaration_pb2.RegisterResponse:
     return stub.Register(  # type: ignore[no-any-return]
         declaration_pb2.RegisterRequest(
@@ -147,14 +137,14 @@ def test_register_reaches_the_risk_index(
     assert reply.created
     person = reply.person
     assert person.masked_name == "张*"
-    assert person.masked_id_number == healthcode_matcher.mask_id_number(IDS[0])
+    assert person.masked_id_number == mask_id_number(IDS[0])
     assert [p.masked_phone for p in person.phones] == [
-        healthcode_matcher.mask_phone(PHONES[0]),
-        healthcode_matcher.mask_phone(PHONES[1]),
+        mask_phone(PHONES[0]),
+        mask_phone(PHONES[1]),
     ]
     assert person.registered_by.role == common_pb2.ACTOR_ROLE_GRID_WORKER
     assert person.registered_by.principal == "grid-0042"
-    wait_for(lambda: decl.repo.pending_count() == 0, "the outbox to drain")
+    wait_until("the outbox is drained", lambda: decl.repo.pending_count() == 0)
     index = risk.index.current.index
     pid = index.person_id(IDS[0])
     assert pid is not None
@@ -215,7 +205,7 @@ def test_family_proxy_registers_an_elderly_person(
         declaration_pb2.RegisterRequest(actor=proxy, name="王奶奶", id_number=IDS[5])
     )
     assert reply.person.registered_by.role == common_pb2.ACTOR_ROLE_FAMILY_PROXY
-    assert reply.person.registered_by.masked_id_number == healthcode_matcher.mask_id_number(IDS[4])
+    assert reply.person.registered_by.masked_id_number == mask_id_number(IDS[4])
     assert list(reply.person.phones) == []
 
 
@@ -250,7 +240,7 @@ def test_one_declaration_per_day(stack: tuple[DeclarationProcess, RiskIndexProce
     assert isinstance(failure, error_details_pb2.PreconditionFailure)
     assert failure.violations[0].type == "DAILY_DECLARATION"
 
-    wait_for(lambda: decl.repo.pending_count() == 0, "the outbox to drain")
+    wait_until("the outbox is drained", lambda: decl.repo.pending_count() == 0)
     index = risk.index.current.index
     for source in ("declared_fever", "declared_symptoms", "declared_travel"):
         assert index.source_len(source) == 1, source
@@ -299,15 +289,13 @@ def test_phones_added_and_removed(stack: tuple[DeclarationProcess, RiskIndexProc
             phone=common_pb2.PhoneRef(phone_key=added.person.phones[0].phone_key),
         )
     )
-    assert [p.masked_phone for p in removed.person.phones] == [
-        healthcode_matcher.mask_phone(PHONES[10])
-    ]
+    assert [p.masked_phone for p in removed.person.phones] == [mask_phone(PHONES[10])]
     with pytest.raises(grpc.RpcError) as caught:
         decl.stub.AddPhone(
             declaration_pb2.AddPhoneRequest(actor=GRID, person=by_id(9), phone="123")
         )
     assert [f for f, _ in field_violations(caught.value)] == ["phone"]
-    wait_for(lambda: decl.repo.pending_count() == 0, "the outbox to drain")
+    wait_until("the outbox is drained", lambda: decl.repo.pending_count() == 0)
     index = risk.index.current.index
     pid = index.person_id(IDS[9])
     assert pid is not None and index.phones_of(pid) == [index.phone_id(PHONES[10])]
@@ -326,11 +314,11 @@ def test_nothing_is_lost_while_the_risk_index_is_down(tmp_path: Path) -> None:
             declaration_pb2.DeclareRequest(actor=GRID, person=by_id(11), case_contact=True)
         )
         assert decl.repo.pending_count() == 3
-        wait_for(lambda: decl.repo.pending()[0].attempts > 0, "a failed delivery")
+        wait_until("a delivery has failed", lambda: decl.repo.pending()[0].attempts > 0)
 
         risk = start_risk_index(tmp_path, port=port)
         try:
-            wait_for(lambda: decl.repo.pending_count() == 0, "the outbox to drain")
+            wait_until("the outbox is drained", lambda: decl.repo.pending_count() == 0)
             index = risk.index.current.index
             pid = index.person_id(IDS[11])
             assert pid is not None and index.phones_of(pid) == [index.phone_id(PHONES[11])]
@@ -353,14 +341,12 @@ def test_restart_loses_nothing(tmp_path: Path) -> None:
             declaration_pb2.GetPersonRequest(actor=GRID, person=by_id(12), recent_declarations=5)
         )
         assert got.person.last_declared_day == days.format_day(TODAY)
-        assert [p.masked_phone for p in got.person.phones] == [
-            healthcode_matcher.mask_phone(PHONES[12])
-        ]
+        assert [p.masked_phone for p in got.person.phones] == [mask_phone(PHONES[12])]
         assert len(got.declarations) == 1
         with pytest.raises(grpc.RpcError) as caught:
             decl.stub.Declare(declaration_pb2.DeclareRequest(actor=GRID, person=by_id(12)))
         assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
-        wait_for(lambda: decl.repo.pending_count() == 0, "the outbox to drain")
+        wait_until("the outbox is drained", lambda: decl.repo.pending_count() == 0)
         assert risk.index.current.index.person_id(IDS[12]) is not None
     finally:
         decl.close()
@@ -370,12 +356,8 @@ def test_restart_loses_nothing(tmp_path: Path) -> None:
 def test_risk_index_reports_persons(stack: tuple[DeclarationProcess, RiskIndexProcess]) -> None:
     decl, risk = stack
     register(decl.stub, 13, [])
-    wait_for(lambda: decl.repo.pending_count() == 0, "the outbox to drain")
-    channel = grpc.insecure_channel(f"127.0.0.1:{risk.port}")
-    try:
-        version = risk_index_pb2_grpc.RiskIndexServiceStub(channel).GetIndexVersion(
-            risk_index_pb2.GetIndexVersionRequest()
-        )
-        assert version.person_count == 1 and version.version >= 1
-    finally:
-        channel.close()
+    wait_until("the outbox is drained", lambda: decl.repo.pending_count() == 0)
+    version = risk_index_pb2_grpc.RiskIndexServiceStub(risk.served.channel).GetIndexVersion(
+        risk_index_pb2.GetIndexVersionRequest()
+    )
+    assert version.person_count == 1 and version.version >= 1

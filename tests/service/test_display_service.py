@@ -7,10 +7,10 @@ import base64
 import datetime as dt
 import sqlite3
 import threading
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import grpc
 import healthcode_matcher as hm
@@ -27,11 +27,13 @@ from healthcode.v1 import (
 )
 from nacl.signing import SigningKey, VerifyKey
 
-from services._common.errors import field_violations
-from services._common.identifiers import Identifiers
-from services._common.server import create_server, stop
+from services._common.days import today
+from services._common.identifiers import Identifiers, mask_id_number
 from services._common.sources import SOURCES
-from services.colour.logic import ColourEngine, compile_rules
+from services._common.status import field_violations
+from services.colour.engine import ColourEngine
+from services.colour.logic import ColourDesk
+from services.colour.rulestore import compile_rules
 from services.colour.servicer import ColourServicer
 from services.display.logic import DisplayDesk
 from services.display.peers import ColourPeer, DeclarationPeer
@@ -39,11 +41,11 @@ from services.display.servicer import SERVICE_NAME, DisplayServicer
 from services.display.store import DisplayLog
 from services.display.tokens import MAX_TTL_MS, CodeTokens
 from services.rules import DEFAULT_RULE_SET_PATH, load_rule_set
+from tests.support import SECRET, Clock, StartServer
 
-SECRET = b"d" * 32
+HASHER = hm.Hasher(SECRET)
 IDS = hm.synthetic_id_numbers(4, 31).decode().split()
 HOLDER, CONTACT, OTHER, UNREGISTERED = IDS
-HASHER = hm.Hasher(SECRET)
 VERIFIER = common_pb2.Actor(role=common_pb2.ACTOR_ROLE_VERIFIER, principal="gate-7")
 GATE = display_pb2.Device(device_id="scanner-7", place="Tianjin West station, gate 7")
 PHONE = display_pb2.Device(device_id="phone-1", place="home", county=120101)
@@ -74,14 +76,6 @@ class StandInDeclaration(declaration_pb2_grpc.DeclarationServiceServicer):
         )
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.offset_ms = 0
-
-    def __call__(self) -> int:
-        return int(time.time() * 1000) + self.offset_ms
-
-
 def build_index(close_contacts: list[str], base: hm.Index | None = None) -> hm.Index:
     builder = (base or hm.Index(SECRET)).builder()
     if base is None:
@@ -91,7 +85,7 @@ def build_index(close_contacts: list[str], base: hm.Index | None = None) -> hm.I
             builder.add_person(id_number)
     if close_contacts:
         builder.add_rows_by_identifier(
-            "close_contact", close_contacts, [hm.today()] * len(close_contacts)
+            "close_contact", close_contacts, [today()] * len(close_contacts)
         )
     return builder.finish()
 
@@ -116,7 +110,7 @@ class Platform:
             timeout=10,
         )
 
-    def scan(self, token: str, **kw: object) -> display_pb2.ScanResponse:
+    def scan(self, token: str, **kw: Any) -> display_pb2.ScanResponse:
         request = display_pb2.ScanRequest(actor=VERIFIER, token=token, device=GATE, **kw)
         return self.stub.Scan(request, timeout=10)
 
@@ -126,48 +120,44 @@ class Platform:
 
 
 @pytest.fixture
-def platform(tmp_path: Path) -> Iterator[Platform]:
+def platform(tmp_path: Path, clock: Clock, start_server: StartServer) -> Iterator[Platform]:
     identifiers = Identifiers.from_secret(SECRET)
     engine = ColourEngine(SECRET, compile_rules(load_rule_set(DEFAULT_RULE_SET_PATH)))
     engine.install_index(build_index([CONTACT]))
-    colour_servicer = ColourServicer(engine, identifiers)
+    colour_servicer = ColourServicer(ColourDesk(engine), identifiers)
     names = {HASHER.person_key(HOLDER): "张**", HASHER.person_key(CONTACT): "李*"}
     names[HASHER.person_key(OTHER)] = "王*"
-    declaration = StandInDeclaration(names)
+    declaration = StandInDeclaration(names)  # type: ignore[abstract]  # only GetPerson
 
     def add_peers(server: grpc.Server) -> None:
         colour_pb2_grpc.add_ColourServiceServicer_to_server(colour_servicer, server)
         declaration_pb2_grpc.add_DeclarationServiceServicer_to_server(declaration, server)
 
-    peers, peer_port = create_server(
+    peers = start_server(
         add_peers, ["healthcode.v1.ColourService", "healthcode.v1.DeclarationService"]
     )
-    peer_channel = grpc.insecure_channel(f"127.0.0.1:{peer_port}")
-    clock = Clock()
     tokens = CodeTokens(SigningKey(b"\x07" * 32))
     db_path = tmp_path / "display" / "display.db"
     log = DisplayLog(db_path)
     desk = DisplayDesk(
         tokens,
         log,
-        ColourPeer(peer_channel, 5).live_colour,
-        DeclarationPeer(peer_channel, 5).holder_of,
-        clock_ms=clock,
+        ColourPeer(peers.channel, 5).live_colour,
+        DeclarationPeer(peers.channel, 5).holder_of,
+        clock_ms=clock.ms,
         unknown_retry_s=0.2,
     )
     servicer = DisplayServicer(desk, log, tokens, identifiers)
-    server, port = create_server(
+    display = start_server(
         lambda s: display_pb2_grpc.add_DisplayServiceServicer_to_server(servicer, s),
         [SERVICE_NAME],
         max_workers=32,
     )
-    channel = grpc.insecure_channel(f"127.0.0.1:{port}")
-    yield Platform(engine, display_pb2_grpc.DisplayServiceStub(channel), clock, db_path, tokens)
-    channel.close()
-    stop(server, grace=None)
+    yield Platform(
+        engine, display_pb2_grpc.DisplayServiceStub(display.channel), clock, db_path, tokens
+    )
+    display.close()  # before the log it writes to
     log.close()
-    peer_channel.close()
-    stop(peers, grace=None)
 
 
 def reason_of(error: grpc.RpcError) -> str:
@@ -213,7 +203,7 @@ def test_every_display_is_logged_before_the_reply_without_raw_numbers(
             "phone-1",
             "home",
             0,
-            "citizen:" + hm.mask_id_number(HOLDER),
+            "citizen:" + mask_id_number(HOLDER),
         )
     ]
     raw = b"".join(p.read_bytes() for p in platform.db_path.parent.iterdir())
@@ -251,7 +241,7 @@ def test_a_replayed_token_is_already_exists(platform: Platform) -> None:
 
 def test_an_expired_token_is_failed_precondition(platform: Platform) -> None:
     token = platform.show(HOLDER).token
-    platform.clock.offset_ms = MAX_TTL_MS + 1
+    platform.clock.advance(dt.timedelta(milliseconds=MAX_TTL_MS + 1))
     with pytest.raises(grpc.RpcError) as refused:
         platform.scan(token)
     assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
@@ -265,7 +255,7 @@ def test_an_expired_token_is_failed_precondition(platform: Platform) -> None:
 
 def test_a_forged_token_is_unauthenticated(platform: Platform) -> None:
     forger = CodeTokens(SigningKey(b"\x08" * 32))
-    forged, _ = forger.issue(HASHER.person_key(HOLDER), platform.clock())
+    forged, _ = forger.issue(HASHER.person_key(HOLDER), platform.clock.ms())
     with pytest.raises(grpc.RpcError) as refused:
         platform.scan(forged)
     assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
@@ -330,6 +320,16 @@ def test_bad_device_and_temperature_are_invalid_argument(platform: Platform) -> 
     assert platform.scan(token, temperature_celsius=37.5).temperature_alert
 
 
+@pytest.mark.parametrize(("reading", "alert"), [(37.3, True), (37.2, False)])
+def test_a_bus_scanner_alerts_from_exactly_the_declared_fever_threshold(
+    platform: Platform, reading: float, alert: bool
+) -> None:
+    # The wire carries a float32: 37.3 arrives as 37.29999923. A scanner alerts exactly where
+    # a declaration counts a fever (services/_common/temperature.py owns both).
+    token = platform.show(HOLDER).token
+    assert platform.scan(token, temperature_celsius=reading).temperature_alert is alert
+
+
 def test_staff_look_up_by_id_card(platform: Platform) -> None:
     looked_up = platform.stub.Scan(
         display_pb2.ScanRequest(
@@ -376,5 +376,5 @@ def test_watch_counters_streams_totals_per_colour_and_day(platform: Platform) ->
     assert last.displays_by_colour.green == 1 and last.displays_by_colour.red == 1
     assert last.scans_by_colour.green == 1
     assert last.applicants == 2 and last.total_applicants == 2 and last.total_displays == 2
-    assert last.day == (dt.date(1970, 1, 1) + dt.timedelta(days=hm.today())).isoformat()
+    assert last.day == (dt.date(1970, 1, 1) + dt.timedelta(days=today())).isoformat()
     assert received[0].displays == 0  # the first update is the state at subscription

@@ -19,9 +19,8 @@ from opentelemetry import trace
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from services._common import days
-from services._common.errors import details_of, field_violations
-from services._common.identifiers import Identifiers
-from services._common.server import create_server, stop
+from services._common.identifiers import Identifiers, mask_id_number
+from services._common.status import details_of, field_violations
 from services._common.telemetry import instrumented_channel, setup_tracing
 from services.risk_index.logic import RiskIndex
 from services.risk_index.repository import RiskIndexRepository
@@ -31,8 +30,8 @@ from services.risk_index.servicer import (
     RiskIndexServicer,
     snapshot_chunks,
 )
+from tests.support import SECRET, Served
 
-SECRET = bytes(range(32))
 IDS = healthcode_matcher.synthetic_id_numbers(50, 5).decode().split()
 PHONES = healthcode_matcher.synthetic_phones(5, 5).decode().split()
 FEED = common_pb2.Actor(role=common_pb2.ACTOR_ROLE_FEED, principal="national-db")
@@ -41,17 +40,23 @@ TODAY = days.format_day(days.today())
 
 @dataclass
 class Running:
-    server: grpc.Server
-    port: int
+    served: Served
     index: RiskIndex
     repo: RiskIndexRepository
-    channel: grpc.Channel
     stub: risk_index_pb2_grpc.RiskIndexServiceStub
 
+    @property
+    def port(self) -> int:
+        return self.served.port
+
+    @property
+    def channel(self) -> grpc.Channel:
+        return self.served.channel
+
     def close(self) -> None:
-        self.channel.close()
+        # The index first: it ends the WatchIndex streams the server is still serving.
         self.index.close()
-        stop(self.server, None)
+        self.served.close()
         self.repo.close()
 
 
@@ -60,15 +65,12 @@ def start(data: Path, max_rows: int = 50_000, port: int = 0) -> Running:
     ids = Identifiers.from_secret(SECRET)
     index = RiskIndex(repo, ids, SECRET, max_batch_rows=max_rows)
     servicer = RiskIndexServicer(index, ids)
-    server, bound = create_server(
+    served = Served.start(
         lambda s: risk_index_pb2_grpc.add_RiskIndexServiceServicer_to_server(servicer, s),
         [SERVICE_NAME],
         port=port,
     )
-    channel = grpc.insecure_channel(f"127.0.0.1:{bound}")
-    return Running(
-        server, bound, index, repo, channel, risk_index_pb2_grpc.RiskIndexServiceStub(channel)
-    )
+    return Running(served, index, repo, risk_index_pb2_grpc.RiskIndexServiceStub(served.channel))
 
 
 @pytest.fixture()
@@ -307,7 +309,7 @@ def test_database_holds_keys_and_masks_only(running: Running, tmp_path: Path) ->
     )
     dump = "\n".join(sqlite3.connect(tmp_path / "risk_index.sqlite3").iterdump())
     assert IDS[0] not in dump and PHONES[0] not in dump
-    assert healthcode_matcher.mask_id_number(IDS[0]) in dump
+    assert mask_id_number(IDS[0]) in dump
     assert json.dumps({"lab": "TJ-3"}) in dump
 
 

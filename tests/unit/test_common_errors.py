@@ -7,7 +7,6 @@ import pytest
 from google.rpc import error_details_pb2, status_pb2
 
 from services._common.errors import (
-    MAX_VIOLATIONS,
     AlreadyExists,
     FailedPrecondition,
     InvalidArgument,
@@ -16,10 +15,8 @@ from services._common.errors import (
     ResourceExhausted,
     Unauthenticated,
     Unavailable,
-    grpc_errors,
-    status_code_of,
-    to_status,
 )
+from services._common.status import MAX_VIOLATIONS, grpc_errors, status_code_of, to_status
 
 
 @pytest.mark.parametrize(

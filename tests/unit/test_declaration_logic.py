@@ -17,29 +17,21 @@ from services._common.errors import (
     NotFound,
     PermissionDenied,
 )
-from services._common.identifiers import Identified, Identifiers
+from services._common.identifiers import Identified, Identifiers, mask_id_number, mask_phone
 from services.declaration.logic import Declarations, derived_rows
 from services.declaration.model import DeclarationInput
 from services.declaration.repository import DeclarationRepository
+from tests.support import SECRET, Clock
 
-SECRET = bytes(range(32))
 IDS = healthcode_matcher.synthetic_id_numbers(10, 3).decode().split()
 PHONES = healthcode_matcher.synthetic_phones(10, 3).decode().split()
 GRID = Actor(Role.GRID_WORKER, "grid-0042")
 
 
-class Clock:
-    def __init__(self) -> None:
-        # 23:30 in Shanghai on 10 May 2024.
-        self.now = dt.datetime(2024, 5, 10, 15, 30, tzinfo=dt.UTC)
-
-    def __call__(self) -> dt.datetime:
-        return self.now
-
-
 @pytest.fixture()
 def clock() -> Clock:
-    return Clock()
+    # 23:30 in Shanghai on 10 May 2024.
+    return Clock(dt.datetime(2024, 5, 10, 15, 30, tzinfo=dt.UTC))
 
 
 @pytest.fixture()
@@ -75,8 +67,8 @@ def test_register_stores_keys_and_masks_and_queues_the_index(
     assert created
     assert person.key == ref(ids, IDS[0]).key
     assert [p.masked for p in person.phones] == [
-        healthcode_matcher.mask_phone(PHONES[0]),
-        healthcode_matcher.mask_phone(PHONES[1]),
+        mask_phone(PHONES[0]),
+        mask_phone(PHONES[1]),
     ]
     assert person.masked_card == "******1234"
     assert person.registered_by.role is Role.CITIZEN
@@ -133,7 +125,7 @@ def test_a_citizen_registers_only_themself(service: Declarations, ids: Identifie
     proxy = Actor(Role.FAMILY_PROXY, "", proxy.person_key, proxy.masked_id_number)
     person, _ = service.register(proxy, "丙", IDS[6], [])
     assert person.registered_by.role is Role.FAMILY_PROXY
-    assert person.registered_by.masked_id_number == healthcode_matcher.mask_id_number(IDS[5])
+    assert person.registered_by.masked_id_number == mask_id_number(IDS[5])
     with pytest.raises(PermissionDenied):
         service.register(Actor(Role.VERIFIER, "v1"), "丁", IDS[7], [])
 
@@ -150,7 +142,7 @@ def test_one_declaration_per_shanghai_day(
         service.declare(GRID, person, DeclarationInput())
     assert "2024-05-11T00:00:00+08:00" in caught.value.message
     assert caught.value.violations[0][0] == "DAILY_DECLARATION"
-    clock.now += dt.timedelta(minutes=31)  # 00:01 in Shanghai: a new day
+    clock.advance(dt.timedelta(minutes=31))  # 00:01 in Shanghai: a new day
     declaration, _ = service.declare(GRID, person, DeclarationInput())
     assert declaration.day == 19854
 
@@ -184,7 +176,7 @@ def test_declaration_feeds_the_declared_sources(
     assert travel["rows"] == [
         {
             "person_key": ref(ids, IDS[0]).key.hex(),
-            "masked": healthcode_matcher.mask_id_number(IDS[0]),
+            "masked": mask_id_number(IDS[0]),
             "day": "2024-05-08",
             "county": 420106,
         }

@@ -22,8 +22,8 @@ from services._common.storage import _statements
 from services.risk_index.logic import RiskIndex
 from services.risk_index.model import RawRow
 from services.risk_index.repository import SCHEMA_V1, RiskIndexRepository
+from tests.support import SECRET
 
-SECRET = bytes(range(32))
 IDS = healthcode_matcher.synthetic_id_numbers(6, 23).decode().split()
 FEED = Actor(Role.FEED, "lab-feed")
 SHANGHAI = days.SHANGHAI

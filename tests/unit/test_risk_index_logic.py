@@ -20,8 +20,8 @@ from services._common.identifiers import Identifiers
 from services.risk_index.logic import RiskIndex
 from services.risk_index.model import RawRow
 from services.risk_index.repository import RiskIndexRepository
+from tests.support import SECRET
 
-SECRET = bytes(range(32))
 IDS = healthcode_matcher.synthetic_id_numbers(20, 11).decode().split()
 PHONES = healthcode_matcher.synthetic_phones(5, 11).decode().split()
 FEED = Actor(Role.FEED, "national-db")

@@ -4,13 +4,23 @@ Days are whole days since 1970-01-01 *in Asia/Shanghai local time* (the caller c
 are whole hours since 1970-01-01 00:00 Asia/Shanghai (hour // 24 is the day). A source is daily
 (rows bucketed by day) or hourly (rows bucketed by hour, for windows such as "a negative test
 within 48 hours").
-Colours are ints: 0 green, 1 yellow, 2 red (see `healthcode_matcher.Colour`).
+Colours are plain ints typed `Literal[0, 1, 2]`: 0 green, 1 yellow, 2 red, the values of the
+IntEnum `healthcode_matcher.Colour` (so `Colour(verdict.colour)` names one and
+`verdict.colour == Colour.RED` compares).
 County risk levels are ints: 0 none, 1 low, 2 medium, 3 high. County code 0 is reserved (it marks
 rows of sources without counties) and is refused.
+Index versions: `Index(secret)` is the root, an empty version 0. A builder finishes as the next
+number, or as a higher one of the caller's; a builder started from the root may also finish as
+version 0, so the first published version can be the empty index with its sources defined.
 """
 
 from collections.abc import Sequence
-from typing import Any, Self, final
+from typing import Any, Literal, Self, TypeAlias, final
+
+# A colour as the runtime returns it: 0 green, 1 yellow, 2 red (`healthcode_matcher.Colour`).
+_Colour: TypeAlias = Literal[0, 1, 2]
+# Counts by [from colour][to colour]: rows the active plan's colour, columns the draft's.
+_Matrix: TypeAlias = tuple[tuple[int, int, int], tuple[int, int, int], tuple[int, int, int]]
 
 __version__: str
 __all__ = [
@@ -26,6 +36,7 @@ __all__ = [
     "Plan",
     "PlanError",
     "SnapshotError",
+    "Transitions",
     "Verdict",
     "Verdicts",
     "__version__",
@@ -83,7 +94,8 @@ class Index:
     """One immutable, numbered index version: registry, sources and county levels."""
 
     def __new__(cls, secret: bytes) -> Self:
-        """An empty index (version 0) keyed with `secret` (32 bytes)."""
+        """The root: an empty index, version 0, keyed with `secret` (32 bytes). Only a builder
+        started from it may `finish(version=0)`."""
     @property
     def version(self) -> int: ...
     @property
@@ -196,8 +208,12 @@ class IndexBuilder:
         """Drop every row of a source (it stays defined)."""
     def set_county_level(self, county: int, level: int) -> None: ...
     def finish(self, version: int | None = None) -> Index:
-        """Freeze into the next version: this one's plus one, or `version` (the caller's own
-        durable numbering), which must be higher than the version built from."""
+        """Freeze into the next version: the one built from plus one, or `version` (the
+        caller's own durable numbering), which must be higher than the version built from, or
+        0 when the builder was started from the root `Index(secret)` (version 0 is then the
+        empty index with whatever this builder defined, e.g. its sources; no other version can
+        have had that number). A refused number raises InvalidOperation and the builder stays
+        usable."""
 
 @final
 class Plan:
@@ -217,7 +233,8 @@ class Plan:
     def rule_ids(self) -> list[str]: ...
     @property
     def check_count(self) -> int: ...
-    def colour_of_mask(self, mask: int) -> int: ...
+    def colour_of_mask(self, mask: int) -> _Colour:
+        """The colour of a fired mask (bit i: rule i): its most severe rule's."""
 
 @final
 class Verdict:
@@ -226,7 +243,7 @@ class Verdict:
     @property
     def person_id(self) -> int: ...
     @property
-    def colour(self) -> int: ...
+    def colour(self) -> _Colour: ...
     @property
     def fired_mask(self) -> int: ...
     @property
@@ -258,8 +275,9 @@ class Evidence:
     @property
     def county(self) -> int | None: ...
     @property
-    def role(self) -> str:
-        """ "fired" (a check matched), "cleared" (a clearing check matched) or "phone_cleared"."""
+    def role(self) -> Literal["fired", "cleared", "phone_cleared"]:
+        """ "fired" (a check matched), "cleared" (a clearing check matched) or "phone_cleared"
+        (the check matched through a phone that a phone-keyed clearing source cleared)."""
 
 @final
 class Verdicts:
@@ -277,7 +295,7 @@ class Verdicts:
     @property
     def hour(self) -> int: ...
     def evaluate(self, person_id: int) -> Verdict: ...
-    def colour(self, person_id: int) -> int:
+    def colour(self, person_id: int) -> _Colour:
         """Only the colour: the cheapest call."""
     def evaluate_id_number(self, id_number: str) -> Verdict | None:
         """Validate, hash, look up and evaluate. None if the person is not registered."""
@@ -288,15 +306,33 @@ class Verdicts:
         """(green, yellow, red) over every registered person."""
     def rule_counts(self) -> dict[str, int]:
         """Persons for whom each rule fired (after clearing)."""
-    def transitions(self, draft: Verdicts, district_source: str | None = None) -> dict[str, Any]:
-        """What-if: compare with a draft plan's verdicts over the same index and day.
-
-        {"colours": 3x3 counts [active colour][draft colour] over every person,
-         "rules": {rule id: (starts firing, stops firing) among persons whose colour changes},
-         "districts": {county: 3x3 counts of persons whose colour changes}} (districts from a
-        person-keyed county source such as a residence list). GIL released."""
+    def transitions(self, draft: Verdicts, district_source: str | None = None) -> Transitions:
+        """What-if: compare with a draft plan's verdicts over the same index version (these
+        are the active ones). `district_source` names a person-keyed county source, such as a
+        residence list, to count changes per district. GIL released."""
     def non_green(self) -> bytes:
         """Portable roaring bitmap of persons that are yellow or red."""
+
+@final
+class Transitions:
+    """What a draft plan would change against the active one, from `Verdicts.transitions`.
+    In each matrix rows are the active colour and columns the draft's (0 green, 1 yellow,
+    2 red)."""
+
+    @property
+    def colours(self) -> _Matrix:
+        """Persons by [active colour][draft colour], over every registered person."""
+    @property
+    def rules(self) -> dict[str, tuple[int, int]]:
+        """Rule id (of either plan) -> (starts firing, stops firing), counted among persons
+        whose colour changes."""
+    @property
+    def districts(self) -> dict[int, _Matrix]:
+        """County -> the same matrix over the persons living there whose colour changes; only
+        counties with a change, and none without a district source."""
+    @property
+    def changed(self) -> int:
+        """Persons whose colour changes (off the diagonal of `colours`)."""
 
 @final
 class Matcher:
@@ -308,5 +344,5 @@ class Matcher:
     def swap(self, verdicts: Verdicts) -> Verdicts:
         """Install new verdicts atomically; returns the previous ones."""
     def evaluate(self, person_id: int) -> Verdict: ...
-    def colour(self, person_id: int) -> int: ...
+    def colour(self, person_id: int) -> _Colour: ...
     def evaluate_id_number(self, id_number: str) -> Verdict | None: ...

@@ -10,16 +10,18 @@ from pathlib import Path
 import healthcode_matcher as hm
 import pytest
 
-from services._common.days import hour_number
+from services._common.days import SHANGHAI, day_number, hour_number
 from services._common.errors import InvalidArgument, Unavailable
 from services._common.sources import SOURCES
-from services.colour.logic import ColourEngine, compile_rules
+from services.colour.engine import ColourEngine
+from services.colour.model import PersonCard
+from services.colour.rulestore import compile_rules
 from services.rules import DEFAULT_RULE_SET_PATH, load_rule_set
+from tests.support import SECRET, Clock
 
-SECRET = b"k" * 32
+HASHER = hm.Hasher(SECRET)
 IDS = hm.synthetic_id_numbers(4, 11).decode().split()
 PHONES = hm.synthetic_phones(2, 11).decode().split()
-HASHER = hm.Hasher(SECRET)
 
 NAT_CLEARS_CLOSE_CONTACT = """
 version = "test-nat-clears"
@@ -47,14 +49,6 @@ what_clears_en = "Removal from the list."
 """
 
 
-class Clock:
-    def __init__(self, now: dt.datetime) -> None:
-        self.now = now
-
-    def __call__(self) -> dt.datetime:
-        return self.now
-
-
 def index_with(
     rows: dict[str, list[tuple[str, int | None]]], base: hm.Index | None = None
 ) -> hm.Index:
@@ -78,7 +72,7 @@ def index_with(
 
 @pytest.fixture
 def clock() -> Clock:
-    return Clock(dt.datetime(2020, 12, 16, 10, 0, tzinfo=hm.SHANGHAI))
+    return Clock(dt.datetime(2020, 12, 16, 10, 0, tzinfo=SHANGHAI))
 
 
 @pytest.fixture
@@ -88,13 +82,13 @@ def engine(clock: Clock, tmp_path: Path) -> ColourEngine:
         SECRET,
         rules,
         now=clock,
-        phone_masks=lambda key: {HASHER.phone_key(PHONES[0]): "138****0000"},
+        people=lambda key: PersonCard("", "", {HASHER.phone_key(PHONES[0]): "138****0000"}),
         rule_set_file=tmp_path / "colour" / "rule_set.toml",
     )
 
 
 def today(clock: Clock) -> int:
-    return hm.day_number(clock())
+    return day_number(clock())
 
 
 def hour(clock: Clock) -> int:
@@ -178,7 +172,7 @@ def test_midnight_rebuilds_the_verdicts_so_windows_move(engine: ColourEngine, cl
     engine.install_index(index_with({"close_contact": [(IDS[0], today(clock) - 13)]}))
     assert engine.evaluate(HASHER.person_key(IDS[0])).colour == hm.Colour.RED
     assert not engine.tick()  # same day: nothing to do
-    clock.now += dt.timedelta(days=1)
+    clock.advance(dt.timedelta(days=1))
     assert engine.tick()
     a = engine.evaluate(HASHER.person_key(IDS[0]))
     # Day 15 after the contact: the 14-day red lapsed, the 21-day monitoring still holds.
@@ -204,10 +198,10 @@ def test_every_new_hour_rebuilds_the_verdicts_so_hourly_windows_move(
     a = engine.evaluate(inside)
     assert a.colour == hm.Colour.GREEN and a.hour == now
     assert engine.evaluate(outside).colour == hm.Colour.RED
-    clock.now += dt.timedelta(minutes=59)  # 10:59: the same hour, nothing to rebuild
+    clock.advance(dt.timedelta(minutes=59))  # 10:59: the same hour, nothing to rebuild
     assert not engine.tick()
     assert engine.evaluate(inside).colour == hm.Colour.GREEN
-    clock.now += dt.timedelta(minutes=1)  # 11:00, the same day: the 47-hour test is 48 now
+    clock.advance(dt.timedelta(minutes=1))  # 11:00, the same day: the 47-hour test is 48 now
     assert engine.tick()
     a = engine.evaluate(inside)
     assert (a.colour, a.hour, a.day) == (hm.Colour.RED, now + 1, dt.date(2020, 12, 16))
@@ -219,7 +213,7 @@ def test_a_new_index_is_evaluated_at_the_current_hour(engine: ColourEngine, cloc
     engine.install_index(index_with({"close_contact": [(IDS[0], today(clock))]}))
     # The replica's clock reached 11:00 before its tick ran; the next version still counts hours
     # up to 11:00, not the hour the previous verdicts were built at.
-    clock.now += dt.timedelta(hours=1)
+    clock.advance(dt.timedelta(hours=1))
     engine.install_index(
         index_with({"nat_negative": [(IDS[0], hour(clock))]}, base=engine_index(engine))
     )
@@ -279,7 +273,7 @@ def test_a_future_rule_set_waits_for_its_time(engine: ColourEngine, clock: Clock
     outcome = engine.set_rule_set(future, "f.toml", dry_run=False)
     assert not outcome.activated
     assert engine.evaluate(HASHER.person_key(IDS[2])).colour == hm.Colour.RED
-    clock.now = dt.datetime(2020, 12, 17, 0, 0, 1, tzinfo=hm.SHANGHAI)
+    clock.set(dt.datetime(2020, 12, 17, 0, 0, 1, tzinfo=SHANGHAI))
     assert engine.tick()
     assert engine.status().rule_set_version == "test-nat-clears"
     assert engine.evaluate(HASHER.person_key(IDS[2])).colour == hm.Colour.YELLOW

@@ -1,0 +1,362 @@
+"""One replica's verdicts (赋码, R5, R6): the live matcher over the latest index and the active
+rule set. Who may ask is decided in `logic`; this only answers.
+
+The engine holds two `healthcode_matcher.Matcher`s: one over the whole rule set (the local
+colour) and one over the rules shared with other provinces (R6: what a neighbouring province may
+see, so a city-only red never turns a traveller's code red elsewhere). Anything that changes a
+verdict - a new index version, a new rule set, a new Asia/Shanghai hour (windows of hourly
+sources, "a negative test within 48 hours", end with the current hour; daily windows with the
+current day) - builds new `Verdicts` aside, off the request path, and swaps them in atomically: a
+reader sees the old or the new verdicts, never a mix, and never waits.
+
+A reader takes `matcher.current` once and answers everything from that one `Verdicts` (its
+index, plan, day and hour), so the colour, the reasons and the versions it reports always agree.
+An index's version is the risk index's number for it (version 0 is the empty index).
+
+No grpc here: the servicer turns protos into calls and the follower feeds index versions.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import threading
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
+
+import healthcode_matcher as hm
+
+from services._common.days import day_date, hour_number, now_shanghai
+from services._common.errors import InvalidArgument, ResourceExhausted, Unavailable
+from services.colour import explanation
+from services.colour.freshness import FeedFreshness
+from services.colour.model import (
+    Assessment,
+    Explanation,
+    Freshness,
+    PersonCard,
+    PersonDirectory,
+    ReasonView,
+    RemedyView,
+    ReplicaStatus,
+    RuleSetOutcome,
+    RuleView,
+    WhatIfOutcome,
+)
+from services.colour.rulestore import CompiledRules, RuleSetStore, compile_rules, parse_rules
+from services.colour.whatif import what_if
+
+log = logging.getLogger(__name__)
+
+
+class ColourEngine:
+    """One replica's verdicts. Thread-safe: readers never lock; writers serialise."""
+
+    def __init__(
+        self,
+        secret: bytes,
+        rules: CompiledRules,
+        *,
+        now: Callable[[], dt.datetime] = now_shanghai,
+        people: PersonDirectory | None = None,
+        rule_set_file: Path | None = None,
+    ) -> None:
+        self._secret = secret
+        self._now = now
+        self._people = people
+        self._write_lock = threading.Lock()
+        self._rules = RuleSetStore(rules, rule_set_file)
+        self._feeds = FeedFreshness(now)
+        self._index_received_at: dt.datetime | None = None
+        # A what-if evaluates the whole population once more: one at a time per replica.
+        self._what_if_lock = threading.Lock()
+        # None until the first index version arrives: a plan can only be evaluated over an
+        # index that defines its sources, and "no data" must never be answered as green.
+        self._matcher: hm.Matcher | None = None
+        self._shared_matcher: hm.Matcher | None = None
+        # Notified on every installed version: readers waiting to read their writes.
+        self._installed = threading.Condition()
+
+    # -- what changes verdicts --------------------------------------------------------------
+
+    @property
+    def has_index(self) -> bool:
+        return self._matcher is not None
+
+    @property
+    def index_version(self) -> int:
+        """The version of the index held (0 before the first one, and for the empty index)."""
+        return 0 if self._matcher is None else self._matcher.current.index.version
+
+    @property
+    def rules(self) -> CompiledRules:
+        return self._rules.active
+
+    def install_index(self, index: hm.Index) -> bool:
+        """Build verdicts for a new index version aside, then swap them in. False if it is the
+        version already held (a reconnect that resent it). An index the active rules cannot
+        run on (a source they check is not defined) raises InvalidOperation, changing nothing."""
+        with self._write_lock:
+            if self._matcher is not None:
+                held = self._matcher.current.index.version
+                if index.version == held:
+                    return False
+                if index.version < held:
+                    # The risk index is the source of truth: a lower version means it was
+                    # restored or rebuilt, and following it is right. Say so: it is unusual.
+                    log.warning("index version went back from %d to %d", held, index.version)
+            self._swap(index, self._rules.active, self._now())
+            self._index_received_at = self._now()
+        with self._installed:
+            self._installed.notify_all()
+        log.info(
+            "index version %d installed (%d persons, %d phones)",
+            index.version,
+            index.person_count,
+            index.phone_count,
+        )
+        return True
+
+    def wait_for_version(self, version: int, timeout_s: float) -> None:
+        """Return once the replica holds index version `version` or a later one (read your
+        writes); Unavailable if it does not within `timeout_s`."""
+        if version <= self.index_version:
+            return
+        with self._installed:
+            if self._installed.wait_for(lambda: self.index_version >= version, timeout_s):
+                return
+        raise Unavailable(
+            f"this colour replica holds index version {self.index_version}; version {version} "
+            "has not reached it yet: try again in a moment"
+        )
+
+    def set_feed_times(self, last_updated: Mapping[str, dt.datetime | None]) -> None:
+        """When each source's latest batch was accepted (from RiskIndexService.ListSources)."""
+        self._feeds.set_feed_times(last_updated)
+
+    def freshness(self, names: Iterable[str] | None = None) -> tuple[Freshness, ...]:
+        """The freshness of the named sources (default: the whole catalogue), by name, now."""
+        return self._feeds.of(names)
+
+    def tick(self) -> bool:
+        """Rebuild the verdicts when the Asia/Shanghai hour changed (windows of hourly sources
+        end with the current hour, daily ones with the current day), and activate a pending
+        rule set whose time has come. True if anything was swapped."""
+        now = self._now()
+        with self._write_lock:
+            activated = self._rules.activate_due(now)
+            if self._matcher is None:
+                return activated
+            current = self._matcher.current
+            if activated or hour_number(now) != current.hour:
+                self._swap(current.index, self._rules.active, now)
+                return True
+        return activated
+
+    def set_rule_set(self, text: str, filename: str, *, dry_run: bool) -> RuleSetOutcome:
+        """Validate, compile and (unless `dry_run`) activate a rule set. On any problem raise
+        InvalidArgument with every violation, and keep the active rule set."""
+        compiled = compile_rules(parse_rules(text, filename), text)
+        rule_set = compiled.rule_set
+        with self._write_lock:
+            self._rules.check_version(rule_set)
+            draft: hm.Verdicts | None = None
+            counts = previous = (0, 0, 0)
+            if self._matcher is not None:
+                current = self._matcher.current
+                # Evaluating the draft over the whole population answers "how many people
+                # does this change turn yellow" before it goes live.
+                draft = self._evaluate_draft(current, compiled.plan)
+                counts, previous = draft.colour_counts(), current.colour_counts()
+            outcome = RuleSetOutcome(rule_set, compiled.plan.check_count, counts, previous, False)
+            if dry_run or not self._rules.accept(compiled, self._now()):
+                return outcome
+            if self._matcher is not None:
+                current = self._matcher.current
+                self._swap(current.index, compiled, (current.today, current.hour), draft=draft)
+        log.info("rule set %s activated (%d rules)", rule_set.version, len(rule_set.rules))
+        return RuleSetOutcome(rule_set, compiled.plan.check_count, counts, previous, True)
+
+    @staticmethod
+    def _evaluate_draft(current: hm.Verdicts, plan: hm.Plan) -> hm.Verdicts:
+        try:
+            return hm.Verdicts(current.index, plan, current.today, current.hour)
+        except (hm.InvalidOperation, hm.PlanError) as exc:
+            raise InvalidArgument([("text", str(exc))]) from None
+
+    def _swap(
+        self,
+        index: hm.Index,
+        rules: CompiledRules,
+        when: dt.datetime | tuple[int, int | None],
+        draft: hm.Verdicts | None = None,
+    ) -> None:
+        """Evaluate `rules` over `index` at `when` (a moment, or the (day, hour) of verdicts
+        held) and swap them in. Caller holds the write lock."""
+        if isinstance(when, dt.datetime):
+            hour: int | None = hour_number(when)
+            day = hour_number(when) // 24
+        else:
+            day, hour = when
+        # Build both first, then swap: both are ready before either goes live, so the two never
+        # lag each other by a build.
+        full = draft if draft is not None else hm.Verdicts(index, rules.plan, day, hour)
+        shared = hm.Verdicts(index, rules.shared_plan, day, hour)
+        if self._matcher is None or self._shared_matcher is None:
+            self._matcher, self._shared_matcher = hm.Matcher(full), hm.Matcher(shared)
+            return
+        self._matcher.swap(full)
+        self._shared_matcher.swap(shared)
+
+    # -- reading ------------------------------------------------------------------------------
+
+    def _verdicts(self, shared_only: bool) -> hm.Verdicts:
+        matcher = self._shared_matcher if shared_only else self._matcher
+        if matcher is None:
+            raise Unavailable(
+                "this colour replica has not received an index version from the risk index yet"
+            )
+        return matcher.current
+
+    def evaluate(self, person_key: bytes, *, shared_only: bool = False) -> Assessment:
+        """The colour of one person (by 16-byte key) with reasons and remedies."""
+        return self._assess(self._verdicts(shared_only), person_key, self._people)[0]
+
+    def _assess(
+        self,
+        verdicts: hm.Verdicts,
+        person_key: bytes,
+        phones: Mapping[bytes, str] | PersonDirectory | None,
+    ) -> tuple[Assessment, hm.Verdict | None, list[hm.Evidence], dict[int, str]]:
+        """The assessment from one `Verdicts`, with what Explain needs beside it."""
+        rule_set = self._rules.by_version(verdicts.plan.version)
+        index = verdicts.index
+        person_id = index.person_id_by_key(person_key)
+        verdict = None if person_id is None else verdicts.evaluate(person_id)
+        reasons: tuple[ReasonView, ...] = ()
+        remedies: tuple[RemedyView, ...] = ()
+        evidence: list[hm.Evidence] = []
+        masks: dict[int, str] = {}
+        if verdict is not None and person_id is not None and (verdict.rules or verdict.cleared):
+            evidence = verdicts.explain(person_id)
+            masks = explanation.phone_masks(person_key, index, evidence, phones)
+            reasons = explanation.reasons(rule_set, verdict, evidence, masks)
+            remedies = tuple(explanation.remedy(rule_set, r) for r in verdict.rules)
+        assessment = Assessment(
+            person_key=person_key,
+            registered=verdict is not None,
+            colour=None if verdict is None else hm.Colour(verdict.colour),
+            reasons=reasons,
+            remedies=remedies,
+            rule_set_version=rule_set.version,
+            index_version=index.version,
+            day=day_date(verdicts.today),
+            stale_feeds=self._feeds.stale_for(rule_set, () if verdict is None else verdict.rules),
+            hour=verdicts.hour,
+        )
+        return assessment, verdict, evidence, masks
+
+    def explain(
+        self, person_key: bytes, *, shared_only: bool = False, masked_id_number: str = ""
+    ) -> Explanation:
+        """Every rule that fired or was cleared for the person, the rows behind each (source,
+        day, masked phone, county and its grading), what clears it, and the freshness of every
+        source of the rule set (R16). One `Verdicts` answers all of it."""
+        verdicts = self._verdicts(shared_only)
+        card = self._card(person_key)
+        phones = None if card is None else card.phones
+        assessment, verdict, evidence, masks = self._assess(verdicts, person_key, phones)
+        rule_set = self._rules.by_version(verdicts.plan.version)
+        rules: tuple[RuleView, ...] = ()
+        if verdict is not None:
+            levels = verdicts.index.county_levels() if evidence else {}
+            rules = explanation.rule_views(rule_set, verdict, evidence, masks, levels)
+        return Explanation(
+            assessment=assessment,
+            masked_name="" if card is None else card.masked_name,
+            masked_id_number=masked_id_number or ("" if card is None else card.masked_id_number),
+            masked_phones=() if card is None else tuple(card.phones.values()),
+            rules=rules,
+            sources=self._feeds.of(rule_set.sources()),
+        )
+
+    def _card(self, person_key: bytes) -> PersonCard | None:
+        if self._people is None:
+            return None
+        try:
+            return self._people(person_key)
+        except Exception:  # noqa: BLE001 - an explanation without the name still helps
+            log.warning("person record unavailable; the explanation will not name the person")
+            return None
+
+    def what_if(
+        self,
+        text: str,
+        filename: str,
+        *,
+        shared_only: bool = False,
+        district_source: str = "",
+    ) -> WhatIfOutcome:
+        """A draft rule set over the whole population beside the active one; nothing is
+        activated or remembered."""
+        compiled = compile_rules(parse_rules(text, filename), text)
+        if not self._what_if_lock.acquire(blocking=False):
+            raise ResourceExhausted(
+                "a what-if is already running on this replica (each one evaluates the whole "
+                "population); try again when it has finished"
+            )
+        try:
+            active = self._verdicts(shared_only)
+            return what_if(
+                active,
+                self._rules.by_version(active.plan.version),
+                compiled.shared if shared_only else compiled.rule_set,
+                compiled.shared_plan if shared_only else compiled.plan,
+                index_version=active.index.version,
+                district_source=district_source,
+                freshness_of=self._feeds.of,
+            )
+        finally:
+            self._what_if_lock.release()
+
+    def status(self) -> ReplicaStatus:
+        now = self._now()
+        if self._matcher is None:
+            rule_set = self._rules.active.rule_set
+            hour = hour_number(now)
+            return ReplicaStatus(
+                rule_set_version=rule_set.version,
+                rule_ids=rule_set.rule_ids,
+                index_version=0,
+                index_received_at=None,
+                person_count=0,
+                counts=(0, 0, 0),
+                day=day_date(hour // 24),
+                hour=hour,
+                rule_counts={},
+                stale_sources=tuple(f.source for f in self._feeds.stale(rule_set.sources())),
+            )
+        verdicts = self._matcher.current
+        rule_set = self._rules.by_version(verdicts.plan.version)
+        return ReplicaStatus(
+            rule_set_version=rule_set.version,
+            rule_ids=rule_set.rule_ids,
+            index_version=verdicts.index.version,
+            index_received_at=self._index_received_at,
+            person_count=verdicts.index.person_count,
+            counts=verdicts.colour_counts(),
+            day=day_date(verdicts.today),
+            hour=verdicts.hour,
+            rule_counts=verdicts.rule_counts(),
+            stale_sources=tuple(f.source for f in self._feeds.stale(rule_set.sources())),
+        )
+
+
+def run_clock(engine: ColourEngine, stop: threading.Event, interval: float = 5.0) -> None:
+    """Call `engine.tick()` until `stop` is set: the hourly rebuild (windows move with the
+    Asia/Shanghai hour) and timed rule sets."""
+    while not stop.wait(interval):
+        try:
+            engine.tick()
+        except Exception:
+            log.exception("verdict rebuild failed; the previous verdicts stay")

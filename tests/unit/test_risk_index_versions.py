@@ -1,0 +1,162 @@
+"""Coalesced versions and bulk registration in the risk index (issue 8: one version per
+interval, not one per change; a write names the version that carries it)."""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+
+import healthcode_matcher
+import pytest
+
+from services._common import days
+from services._common.actors import Actor, Role
+from services._common.errors import InvalidArgument, PermissionDenied, ResourceExhausted
+from services._common.identifiers import Identifiers, mask_id_number, mask_phone
+from services.risk_index.logic import RiskIndex
+from services.risk_index.model import KeyedPerson, RawRow
+from services.risk_index.repository import RiskIndexRepository
+from tests.support import SECRET
+
+IDS = healthcode_matcher.synthetic_id_numbers(30, 77).decode().split()
+PHONES = healthcode_matcher.synthetic_phones(10, 77).decode().split()
+HASHER = healthcode_matcher.Hasher(SECRET)
+FEED = Actor(Role.FEED, "national-db")
+SERVICE = Actor(Role.SERVICE, "declaration")
+NOW = dt.datetime(2024, 5, 10, 4, 0, tzinfo=dt.UTC)
+TODAY = days.format_day(days.today(NOW))
+# Long enough that nothing publishes by itself during a test: `flush()` publishes.
+NEVER = 3600.0
+
+
+def open_index(path: Path, interval: float = NEVER, max_rows: int = 50_000) -> RiskIndex:
+    repo = RiskIndexRepository(path / "ri.sqlite3")
+    return RiskIndex(
+        repo,
+        Identifiers.from_secret(SECRET),
+        SECRET,
+        clock=lambda: NOW,
+        publish_interval_s=interval,
+        max_batch_rows=max_rows,
+    )
+
+
+def person(n: int, phones: tuple[int, ...] = ()) -> KeyedPerson:
+    return KeyedPerson(
+        HASHER.person_key(IDS[n]),
+        mask_id_number(IDS[n]),
+        [(HASHER.phone_key(PHONES[p]), mask_phone(PHONES[p])) for p in phones],
+    )
+
+
+def test_changes_within_an_interval_share_the_next_version(tmp_path: Path) -> None:
+    ri = open_index(tmp_path)
+    try:
+        versions = {
+            ri.register_person(SERVICE, HASHER.person_key(i), mask_id_number(i))[0]
+            for i in IDS[:20]
+        }
+        batch = ri.ingest_batch(
+            FEED, "close_contact", "b1", [RawRow("id_number", IDS[0], day=TODAY)]
+        )
+        # Every write was answered with the version that will carry it ...
+        assert versions == {1} and batch.version == 1
+        # ... which is not published until the interval ends (here: the flush).
+        assert ri.current.version == 0 and ri.current.index.person_count == 0
+        assert ri.accepted_version == 1  # what a reader waits for to see all of them
+        assert ri.flush() == 1 and ri.accepted_version == 1
+        assert ri.current.index.person_count == 20
+        assert ri.current.index.source_len("close_contact") == 1
+        # The next change goes to the version after.
+        assert ri.register_person(SERVICE, HASHER.person_key(IDS[20]), "11**********1X")[0] == 2
+    finally:
+        ri.close()
+
+
+def test_the_publisher_publishes_by_itself(tmp_path: Path) -> None:
+    ri = open_index(tmp_path, interval=0.05)
+    try:
+        version, _ = ri.register_person(SERVICE, HASHER.person_key(IDS[0]), "11**********1X")
+        seen = ri.watch(0, lambda: True)
+        first = next(seen)
+        while first.version < version:
+            first = next(seen)
+        assert first.version == version and first.index.person_count == 1
+    finally:
+        ri.close()
+
+
+def test_a_crash_before_publishing_loses_nothing_acknowledged(tmp_path: Path) -> None:
+    ri = open_index(tmp_path)
+    version, created = ri.register_person(SERVICE, HASHER.person_key(IDS[0]), "11**********1X")
+    ri.ingest_batch(FEED, "close_contact", "b1", [RawRow("id_number", IDS[1], day=TODAY)])
+    assert (version, created) == (1, True) and ri.current.version == 0
+    # No close(), no flush: as after kill -9. A new process rebuilds from the database.
+    again = open_index(tmp_path)
+    try:
+        assert again.current.version == 1
+        assert again.current.index.person_count == 2
+        assert again.current.index.source_len("close_contact") == 1
+    finally:
+        again.close()
+        ri.close()
+
+
+def test_close_publishes_what_is_staged(tmp_path: Path) -> None:
+    ri = open_index(tmp_path)
+    ri.register_person(SERVICE, HASHER.person_key(IDS[0]), "11**********1X")
+    ri.close()
+    assert ri.current.version == 1 and ri.current.index.person_count == 1
+
+
+def test_register_people_in_bulk_is_one_change_and_idempotent(tmp_path: Path) -> None:
+    ri = open_index(tmp_path, interval=0)
+    try:
+        people = [person(0, (0, 1)), person(1, (2,)), person(2)]
+        done = ri.register_people(SERVICE, people)
+        assert (done.version, done.created, done.linked) == (1, 3, 3)
+        index = ri.current.index
+        assert ri.current.version == 1 and (index.person_count, index.phone_count) == (3, 3)
+        holder = index.person_id_by_key(HASHER.person_key(IDS[0]))
+        phone = index.phone_id_by_key(HASHER.phone_key(PHONES[1]))
+        assert holder is not None and phone is not None
+        # The same again changes nothing and names the current version.
+        again = ri.register_people(SERVICE, people)
+        assert (again.version, again.created, again.linked) == (1, 0, 0)
+        # A phone moving to another holder is a change; the known person is not.
+        moved = ri.register_people(SERVICE, [person(1, (1,))])
+        assert (moved.version, moved.created, moved.linked) == (2, 0, 1)
+    finally:
+        ri.close()
+
+
+def test_register_people_refuses_bad_entries_naming_each_field(tmp_path: Path) -> None:
+    ri = open_index(tmp_path, interval=0)
+    try:
+        bad = [
+            person(0),
+            KeyedPerson(b"short", "11**********1X"),
+            KeyedPerson(HASHER.person_key(IDS[2]), IDS[2], [(HASHER.phone_key(PHONES[0]), "")]),
+        ]
+        with pytest.raises(InvalidArgument) as refused:
+            ri.register_people(SERVICE, bad)
+        assert [f for f, _ in refused.value.violations] == [
+            "people[1].person_key",
+            "people[2].masked_id_number",
+            "people[2].phones[0].masked_phone",
+        ]
+        assert ri.current.version == 0 and ri.current.index.person_count == 0  # nothing changed
+        with pytest.raises(PermissionDenied):
+            ri.register_people(FEED, [person(0)])
+    finally:
+        ri.close()
+
+
+def test_register_people_refuses_an_oversized_call(tmp_path: Path) -> None:
+    ri = open_index(tmp_path, interval=0, max_rows=2)
+    try:
+        with pytest.raises(ResourceExhausted):
+            ri.register_people(SERVICE, [person(0), person(1), person(2)])
+        assert ri.current.index.person_count == 0
+    finally:
+        ri.close()
