@@ -21,11 +21,12 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import threading
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 
 import healthcode_matcher as hm
 
+from services._common import changes
 from services._common.days import day_date, hour_number, now_shanghai
 from services._common.errors import InvalidArgument, ResourceExhausted, Unavailable
 from services.colour import explanation
@@ -115,6 +116,26 @@ class ColourEngine:
             index.person_count,
             index.phone_count,
         )
+        return True
+
+    def apply_changes(self, delta: Sequence[changes.Change], version: int) -> bool:
+        """Build `version` from the version held plus `delta` (a WatchIndex delta), and swap
+        in its verdicts. False if the replica holds that version or a later one already."""
+        with self._write_lock:
+            if self._matcher is None:
+                raise hm.InvalidOperation("a delta needs an index to apply to: load a snapshot")
+            current = self._matcher.current
+            before = current.index
+            if version <= before.version:
+                return False
+            builder = before.builder()
+            changes.apply_all(builder, delta)
+            index = builder.finish(version=version)
+            self._swap(index, self._rules.active, self._now())
+            self._index_received_at = self._now()
+        with self._installed:
+            self._installed.notify_all()
+        log.debug("index version %d applied (%d changes)", version, len(delta))
         return True
 
     def wait_for_version(self, version: int, timeout_s: float) -> None:

@@ -1,10 +1,12 @@
 """Follows RiskIndexService.WatchIndex and hands each complete index version to the engine.
 
-A version arrives as a full snapshot in chunks; it is loaded (checked: `Index.from_bytes`
-refuses a corrupt, truncated or foreign-keyed snapshot) only once its last chunk is in, so a
-broken stream can never install half a version. When the stream breaks, the follower reconnects
-with exponential backoff and jitter, telling the risk index the version it holds; a replica that
-restarts holds none and is sent the latest snapshot first, so it catches up in one step.
+A replica that holds no version is sent a snapshot in chunks; it is loaded (checked:
+`Index.from_bytes` refuses a corrupt, truncated or foreign-keyed snapshot) only once its last
+chunk is in, so a broken stream can never install half a version. After that each version comes
+as a delta (the changes since the version held), applied by the engine in time that grows with
+the delta. When the stream breaks, the follower reconnects with exponential backoff and jitter,
+telling the risk index the version it holds, and is sent the deltas since (or a snapshot, if the
+risk index no longer keeps them).
 
 It also asks `ListSources` when each feed was last updated: after every version, and every
 `freshness_interval_s` on a thread of its own, because a stalled feed publishes no versions and
@@ -24,6 +26,7 @@ import grpc
 import healthcode_matcher as hm
 from healthcode.v1 import risk_index_pb2, risk_index_pb2_grpc
 
+from services._common import changes
 from services.colour.engine import ColourEngine
 
 log = logging.getLogger(__name__)
@@ -116,6 +119,12 @@ class IndexFollower:
         version = -1
         expected_chunk = 0
         for message in call:
+            if message.HasField("delta"):
+                if self._apply_delta(message):
+                    installed = True
+                    continue
+                call.cancel()  # not the version held: reconnect, saying which one that is
+                return installed
             if message.chunk_index == 0:
                 chunks, version, expected_chunk = [], message.version, 0
             if message.version != version or message.chunk_index != expected_chunk:
@@ -150,6 +159,23 @@ class IndexFollower:
             installed = True
             self._refresh_staleness()
         return installed
+
+    def _apply_delta(self, message: risk_index_pb2.WatchIndexResponse) -> bool:
+        """Apply one delta; False if it does not start from the version held."""
+        held = self._engine.index_version
+        if not self._engine.has_index or message.delta.from_version != held:
+            log.warning(
+                "index delta from version %d does not fit the version held (%d); reconnecting",
+                message.delta.from_version,
+                held,
+            )
+            return False
+        if self._engine.apply_changes(changes.from_proto(message.delta), message.version):
+            self.versions_installed += 1
+            if self._on_installed is not None:
+                self._on_installed(message.version)
+        self._refresh_staleness()
+        return True
 
     def _refresh_staleness(self) -> bool:
         try:

@@ -13,8 +13,8 @@ from services._common.convert import (
     timestamp,
 )
 from services._common.days import format_day
-from services._common.status import grpc_errors
 from services._common.identifiers import Identifiers, mask_name
+from services._common.status import grpc_errors
 from services.declaration.logic import Declarations
 from services.declaration.model import SYMPTOMS, Declaration, DeclarationInput, Person
 from services.declaration.model import RecordedActor as DomainActor

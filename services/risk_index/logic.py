@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 
 from healthcode_matcher import Index, IndexBuilder
 
-from services._common import days
+from services._common import changes, days
 from services._common.actors import Actor, Role
 from services._common.days import check_county
 from services._common.errors import AlreadyExists, InvalidArgument, ResourceExhausted
@@ -64,6 +64,9 @@ class Published:
     version: int
     published_at: dt.datetime
     index: Index
+    # The changes from the version before, in order; None for a version rebuilt from the
+    # database (a replica then needs the snapshot).
+    delta: tuple[changes.Change, ...] | None = None
     _snapshot: bytes | None = field(default=None, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
@@ -75,13 +78,31 @@ class Published:
             return self._snapshot
 
 
+@dataclass(frozen=True, slots=True)
+class Delta:
+    """The changes that make `version` from `from_version` (one or more versions' worth)."""
+
+    from_version: int
+    version: int
+    published_at: dt.datetime
+    changes: tuple[changes.Change, ...]
+
+
+# How many versions' changes are kept for replicas that reconnect (about 10 minutes at one
+# version a second); a replica further behind is sent a snapshot.
+DELTA_HISTORY = 600
+
+
 class Publication:
-    """The current version, and a condition watchers wait on for the next one."""
+    """The current version, the changes of recent versions, and a condition watchers wait on
+    for the next one."""
 
     def __init__(self, first: Published) -> None:
         self._current = first
         self._changed = threading.Condition()
         self._closed = False
+        # version -> the changes from the version before (only versions published as deltas).
+        self._history: dict[int, tuple[changes.Change, ...]] = {}
 
     @property
     def current(self) -> Published:
@@ -93,8 +114,27 @@ class Publication:
 
     def publish(self, published: Published) -> None:
         with self._changed:
+            follows = published.version == self._current.version + 1
+            if published.delta is not None and follows:
+                self._history[published.version] = published.delta
+                self._history.pop(published.version - DELTA_HISTORY, None)
+            else:
+                self._history.clear()  # a rebuilt version: replicas need its snapshot
             self._current = published
             self._changed.notify_all()
+
+    def delta_since(self, held: int) -> Delta | None:
+        """The changes from version `held` to the current one, if every version between is
+        still kept; None otherwise (the replica needs a snapshot)."""
+        with self._changed:
+            current = self._current
+            if not 0 <= held < current.version:
+                return None
+            steps = [self._history.get(v) for v in range(held + 1, current.version + 1)]
+        if any(step is None for step in steps):
+            return None
+        joined = tuple(c for step in steps if step is not None for c in step)
+        return Delta(held, current.version, current.published_at, joined)
 
     def wait_other(self, version: int, timeout: float) -> Published | None:
         """The current version if it differs from `version`, waiting up to `timeout` for one."""
@@ -183,7 +223,7 @@ class RiskIndex:
         self._publication = Publication(self._rebuild())
         logger.info("index rebuilt at version %d", self._publication.current.version)
         # Changes committed under the next version and not yet in a published index, in order.
-        self._staged: list[Callable[[IndexBuilder], object]] = []
+        self._staged: list[changes.Change] = []
         self._interval = publish_interval_s
         self._staged_event = threading.Event()
         self._stopping = threading.Event()
@@ -205,14 +245,23 @@ class RiskIndex:
         """The version that carries every change accepted so far."""
         return self._next_version if self._staged else self.current.version
 
-    def watch(self, known_version: int, is_active: Callable[[], bool]) -> Iterator[Published]:
-        """The current version (unless the watcher holds it already), then each new one. A slow
-        watcher skips to the latest: every version is a full snapshot, so nothing is lost."""
+    def watch(
+        self, known_version: int, is_active: Callable[[], bool]
+    ) -> Iterator[Published | Delta]:
+        """What a replica holding `known_version` needs to reach each new version: the changes
+        since the version it holds while they are kept (a Delta), else the whole version (its
+        Published, sent as a snapshot). A slow watcher skips to the latest in one step."""
         # 0 means "holds nothing": the empty index is version 0 too, and must still be sent.
         sent = known_version if known_version > 0 else -1
         while is_active() and not self._publication.closed:
             published = self._publication.wait_other(sent, timeout=0.5)
-            if published is not None:
+            if published is None:
+                continue
+            delta = self._publication.delta_since(sent) if sent >= 0 else None
+            if delta is not None:
+                yield delta
+                sent = delta.version
+            else:
                 yield published
                 sent = published.version
 
@@ -266,17 +315,18 @@ class RiskIndex:
                 )
             version = self._repository.insert_batch(batch, digest, now, self._next_version)
             source_def = SOURCES[batch.source]
-            keys = b"".join(r.key for r in batch.rows)
-            row_days = [r.day for r in batch.rows]
-            counties = [r.county or 0 for r in batch.rows]
-            row_hours = [r.hour for r in batch.rows]
-
-            def apply(builder: IndexBuilder) -> None:
-                if batch.replace:
-                    builder.clear_source(batch.source)
-                _add_rows(builder, source_def, keys, row_days, counties, row_hours)
-
-            self._stage(apply)
+            self._stage(
+                changes.Rows(
+                    batch.source,
+                    b"".join(r.key for r in batch.rows),
+                    [
+                        bucket_hour(r.day, r.hour) if source_def.hourly else r.day
+                        for r in batch.rows
+                    ],
+                    [r.county or 0 for r in batch.rows] if source_def.has_county else None,
+                    batch.replace,
+                )
+            )
         logger.info(
             "batch %s: %d rows of %s from %s -> version %d",
             batch.batch_id,
@@ -303,7 +353,7 @@ class RiskIndex:
             version = self._repository.set_county_level(county, level, now, self._next_version)
             if version is None:
                 return self.current.version
-            self._stage(lambda b: b.set_county_level(county, level))
+            self._stage(changes.CountyLevel(county, level))
         logger.info("county %d -> %s, version %d", county, COUNTY_LEVELS[level], version)
         return version
 
@@ -315,7 +365,7 @@ class RiskIndex:
             version = self._repository.register_person(key, masked, now, self._next_version)
             if version is None:
                 return self.current.version, False
-            self._stage(lambda b: b.add_person_key(key))
+            self._stage(changes.Persons(key))
         return version, True
 
     def link_phone(
@@ -349,12 +399,7 @@ class RiskIndex:
             )
             if version is None:
                 return self.current.version
-
-            def apply(builder: IndexBuilder) -> None:
-                holder = builder.add_person_key(person[0])
-                builder.add_phone_key(phone[0], holder)
-
-            self._stage(apply)
+            self._stage(changes.Phones(phone[0], person[0]))
         return version
 
     def unlink_phone(self, actor: Actor, phone_key: bytes) -> tuple[int, bool]:
@@ -365,7 +410,7 @@ class RiskIndex:
             version = self._repository.unlink_phone(key, now, self._next_version)
             if version is None:
                 return self.current.version, False
-            self._stage(lambda b: b.unlink_phone_key(key))
+            self._stage(changes.Unlink(key))
         return version, True
 
     def link_card(
@@ -396,11 +441,7 @@ class RiskIndex:
             )
             if version is None:
                 return self.current.version
-
-            def apply(builder: IndexBuilder) -> None:
-                builder.add_card_key(card[0], builder.add_person_key(person[0]))
-
-            self._stage(apply)
+            self._stage(changes.Cards(card[0], person[0]))
         return version
 
     def register_people(self, actor: Actor, people: Sequence[KeyedPerson]) -> RegisteredPeople:
@@ -421,16 +462,14 @@ class RiskIndex:
             if not changed:
                 return RegisteredPeople(self.current.version, 0, 0)
             version = self._next_version
-
-            def apply(builder: IndexBuilder) -> None:
-                for person in changed:
-                    holder = builder.add_person_key(person.key)
-                    for phone_key, _ in person.phones:
-                        builder.add_phone_key(phone_key, holder)
-                    for card_key, _ in person.cards:
-                        builder.add_card_key(card_key, holder)
-
-            self._stage(apply)
+            staged: list[changes.Change] = [changes.Persons(b"".join(p.key for p in changed))]
+            phones = [(k, p.key) for p in changed for k, _ in p.phones]
+            if phones:
+                staged.append(changes.Phones(*(b"".join(x) for x in zip(*phones, strict=True))))
+            cards = [(k, p.key) for p in changed for k, _ in p.cards]
+            if cards:
+                staged.append(changes.Cards(*(b"".join(x) for x in zip(*cards, strict=True))))
+            self._stage(*staged)
         logger.info(
             "%d people registered in bulk (%d new, %d links) -> version %d",
             len(checked),
@@ -483,10 +522,10 @@ class RiskIndex:
         (every change staged since shares it)."""
         return self.current.version + 1
 
-    def _stage(self, change: Callable[[IndexBuilder], object]) -> None:
-        """Queue a committed change for the next version. Called with the write lock held,
-        after the change is durable."""
-        self._staged.append(change)
+    def _stage(self, *change: changes.Change) -> None:
+        """Queue the changes of one committed write for the next version. Called with the
+        write lock held, after the write is durable."""
+        self._staged.extend(change)
         if self._interval <= 0:
             self._publish_staged()
         else:
@@ -497,14 +536,13 @@ class RiskIndex:
         it. Called with the write lock held."""
         if not self._staged:
             return
-        changes, self._staged = self._staged, []
+        staged, self._staged = self._staged, []
         version = self._next_version
         try:
             builder = self.current.index.builder()
-            for change in changes:
-                change(builder)
+            changes.apply_all(builder, staged)
             now = self._clock()
-            published = Published(version, now, builder.finish(version=version))
+            published = Published(version, now, builder.finish(version=version), tuple(staged))
             self._repository.mark_published(version, now)
         except Exception:
             # The database already holds the changes: rebuild from it rather than publish an
@@ -512,7 +550,7 @@ class RiskIndex:
             logger.exception("building version %d failed; rebuilding from the database", version)
             published = self._rebuild()
         self._publication.publish(published)
-        logger.debug("version %d published (%d changes)", version, len(changes))
+        logger.debug("version %d published (%d changes)", version, len(staged))
 
     def _publish_periodically(self) -> None:
         """At most one version per interval, and only when something was staged."""

@@ -8,17 +8,20 @@ from collections.abc import Iterator
 import grpc
 from healthcode.v1 import risk_index_pb2, risk_index_pb2_grpc
 
+from services._common import changes
 from services._common.convert import actor_from_proto, timestamp
 from services._common.errors import InvalidArgument
 from services._common.identifiers import Identifiers
 from services._common.status import grpc_errors
-from services.risk_index.logic import RiskIndex
+from services.risk_index.logic import Delta, RiskIndex
 from services.risk_index.model import KeyedPerson, RawRow
 
 SERVICE_NAME = risk_index_pb2.DESCRIPTOR.services_by_name["RiskIndexService"].full_name
 
 # Each message stays well under gRPC's default 4 MiB limit, whatever the receiver's settings.
 CHUNK_BYTES = 1024 * 1024
+# A delta larger than this goes as a snapshot instead (a replica's receive limit is 8 MiB).
+MAX_DELTA_BYTES = 4 * CHUNK_BYTES
 
 _SUBJECT_KIND = {
     "person": risk_index_pb2.SUBJECT_KIND_PERSON,
@@ -190,10 +193,17 @@ class RiskIndexServicer(risk_index_pb2_grpc.RiskIndexServiceServicer):
     def WatchIndex(
         self, request: risk_index_pb2.WatchIndexRequest, context: grpc.ServicerContext
     ) -> Iterator[risk_index_pb2.WatchIndexResponse]:
-        for published in self._index.watch(request.known_version, context.is_active):
-            yield from snapshot_chunks(
-                published.version, published.snapshot(), published.published_at
-            )
+        for step in self._index.watch(request.known_version, context.is_active):
+            if isinstance(step, Delta):
+                delta = changes.to_proto(step.from_version, step.changes)
+                if delta.ByteSize() <= MAX_DELTA_BYTES:
+                    yield risk_index_pb2.WatchIndexResponse(
+                        version=step.version, published_at=timestamp(step.published_at), delta=delta
+                    )
+                    continue
+                # A replica far behind a busy feed: the snapshot is the smaller message.
+                step = self._index.current
+            yield from snapshot_chunks(step.version, step.snapshot(), step.published_at)
 
 
 def snapshot_chunks(

@@ -18,7 +18,7 @@ from healthcode.v1 import common_pb2, risk_index_pb2, risk_index_pb2_grpc
 from opentelemetry import trace
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from services._common import days
+from services._common import changes, days
 from services._common.identifiers import Identifiers, mask_id_number
 from services._common.status import details_of, field_violations
 from services._common.telemetry import instrumented_channel, setup_tracing
@@ -226,7 +226,7 @@ def assemble(stream: Iterator[risk_index_pb2.WatchIndexResponse]) -> tuple[int, 
     raise AssertionError("stream ended mid-version")
 
 
-def test_watch_index_streams_snapshot_then_new_versions(running: Running) -> None:
+def test_watch_index_streams_a_snapshot_then_deltas(running: Running) -> None:
     ingest(running.stub, "confirmed", "b1", rows(IDS[:2]))
     call = running.stub.WatchIndex(risk_index_pb2.WatchIndexRequest())
     try:
@@ -241,9 +241,30 @@ def test_watch_index_streams_snapshot_then_new_versions(running: Running) -> Non
                 level=common_pb2.COUNTY_RISK_LEVEL_HIGH,
             )
         )
-        version, data = assemble(call)
-        assert version == 2
-        assert healthcode_matcher.Index.from_bytes(data, SECRET).county_levels() == {120101: 3}
+        ingest(running.stub, "confirmed", "b2", rows(IDS[2:3]))
+        # Each new version comes as the changes since the one before, not a snapshot.
+        for want in (2, 3):
+            message = next(call)
+            assert message.HasField("delta") and not message.data
+            assert (message.delta.from_version, message.version) == (want - 1, want)
+            builder = index.builder()
+            changes.apply_all(builder, changes.from_proto(message.delta))
+            index = builder.finish(version=message.version)
+        assert index.county_levels() == {120101: 3} and index.source_len("confirmed") == 3
+        # Applied to the replica's copy, the deltas give exactly the risk index's version 3.
+        again = running.stub.WatchIndex(risk_index_pb2.WatchIndexRequest())
+        try:
+            version, data = assemble(again)
+            assert version == 3 and data == index.to_bytes()
+        finally:
+            again.cancel()
+        # A replica that says it holds version 1 is sent one delta to the current version.
+        resumed = running.stub.WatchIndex(risk_index_pb2.WatchIndexRequest(known_version=1))
+        try:
+            message = next(resumed)
+            assert (message.delta.from_version, message.version) == (1, 3)
+        finally:
+            resumed.cancel()
     finally:
         call.cancel()
 

@@ -9,11 +9,11 @@ from pathlib import Path
 import healthcode_matcher
 import pytest
 
-from services._common import days
+from services._common import changes, days
 from services._common.actors import Actor, Role
 from services._common.errors import InvalidArgument, PermissionDenied, ResourceExhausted
 from services._common.identifiers import Identifiers, mask_id_number, mask_phone
-from services.risk_index.logic import RiskIndex
+from services.risk_index.logic import Delta, Published, RiskIndex
 from services.risk_index.model import KeyedPerson, RawRow
 from services.risk_index.repository import RiskIndexRepository
 from tests.support import SECRET
@@ -81,7 +81,60 @@ def test_the_publisher_publishes_by_itself(tmp_path: Path) -> None:
         first = next(seen)
         while first.version < version:
             first = next(seen)
-        assert first.version == version and first.index.person_count == 1
+        assert first.version == version and ri.current.index.person_count == 1
+    finally:
+        ri.close()
+
+
+def test_a_watcher_gets_a_snapshot_first_then_deltas(tmp_path: Path) -> None:
+    ri = open_index(tmp_path)
+    try:
+        watch = ri.watch(0, lambda: True)
+        snapshot = next(watch)
+        assert isinstance(snapshot, Published) and snapshot.version == 0
+        ri.register_person(SERVICE, HASHER.person_key(IDS[0]), "11**********1X")
+        ri.ingest_batch(FEED, "close_contact", "b1", [RawRow("id_number", IDS[0], day=TODAY)])
+        ri.flush()
+        delta = next(watch)
+        assert isinstance(delta, Delta) and (delta.from_version, delta.version) == (0, 1)
+        assert [type(c) for c in delta.changes] == [changes.Persons, changes.Rows]
+        # A replica that says it holds version 0 holds nothing (the empty index): a snapshot.
+        again = next(ri.watch(0, lambda: True))
+        assert isinstance(again, Published) and again.version == 1
+        ri.register_person(SERVICE, HASHER.person_key(IDS[1]), "11**********2X")
+        ri.flush()
+        behind = next(ri.watch(1, lambda: True))
+        assert isinstance(behind, Delta) and (behind.from_version, behind.version) == (1, 2)
+    finally:
+        ri.close()
+
+
+def test_a_delta_rebuilds_exactly_the_published_version(tmp_path: Path) -> None:
+    ri = open_index(tmp_path)
+    try:
+        base = ri.current.index
+        ri.register_people(SERVICE, [person(0, (0, 1)), person(1, (2,))])
+        ri.ingest_batch(
+            FEED,
+            "telecom_roaming",
+            "t1",
+            [RawRow("phone", PHONES[1], day=TODAY, county=420106)],
+        )
+        ri.set_county_level(Actor(Role.ADMIN, "ops"), 420106, 3)
+        ri.unlink_phone(SERVICE, HASHER.phone_key(PHONES[0]))
+        ri.flush()
+        delta = ri._publication.delta_since(0)
+        assert delta is not None
+        # Through the wire and back, then applied to the replica's copy of version 0.
+        wire = changes.from_proto(changes.to_proto(0, delta.changes))
+        builder = base.builder()
+        changes.apply_all(builder, wire)
+        rebuilt = builder.finish(version=delta.version)
+        assert rebuilt.to_bytes() == ri.current.index.to_bytes()
+        # A county re-graded can touch anyone with rows there: the replica re-evaluates all.
+        assert changes.touched_persons(base, rebuilt, wire) is None
+        touched = changes.touched_persons(base, rebuilt, wire[:2])
+        assert touched == {0, 1}
     finally:
         ri.close()
 

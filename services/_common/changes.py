@@ -1,0 +1,219 @@
+"""Index changes as data: what one accepted write does to the matcher index.
+
+The risk index stages one change per accepted write and builds the next version by applying
+them, in order, to a builder of the current one. The same changes travel on WatchIndex as the
+version's delta, so a replica builds that version from the one it holds in time that grows
+with the delta, and knows whom it can touch (`touched_persons`), instead of loading a snapshot
+of the whole population. Keys only: no raw identifier is ever in a change.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import healthcode_matcher as hm
+from healthcode.v1 import risk_index_pb2
+
+from services._common.sources import SOURCES
+
+KEY = 16
+
+
+def _keys(data: bytes) -> list[bytes]:
+    return [data[i : i + KEY] for i in range(0, len(data), KEY)]
+
+
+@dataclass(frozen=True, slots=True)
+class Persons:
+    """People registered (16-byte keys, concatenated)."""
+
+    keys: bytes
+
+    def apply(self, builder: hm.IndexBuilder) -> None:
+        for key in _keys(self.keys):
+            builder.add_person_key(key)
+
+
+@dataclass(frozen=True, slots=True)
+class Phones:
+    """Phones linked to holders; `holders[i]` holds `phones[i]` (keys, concatenated)."""
+
+    phones: bytes
+    holders: bytes
+
+    def apply(self, builder: hm.IndexBuilder) -> None:
+        for phone, holder in zip(_keys(self.phones), _keys(self.holders), strict=True):
+            builder.add_phone_key(phone, builder.add_person_key(holder))
+
+
+@dataclass(frozen=True, slots=True)
+class Unlink:
+    """Phones unlinked from their holders (keys, concatenated)."""
+
+    phones: bytes
+
+    def apply(self, builder: hm.IndexBuilder) -> None:
+        for phone in _keys(self.phones):
+            builder.unlink_phone_key(phone)
+
+
+@dataclass(frozen=True, slots=True)
+class Cards:
+    """Transit cards linked to holders; `holders[i]` holds `cards[i]` (keys, concatenated)."""
+
+    cards: bytes
+    holders: bytes
+
+    def apply(self, builder: hm.IndexBuilder) -> None:
+        for card, holder in zip(_keys(self.cards), _keys(self.holders), strict=True):
+            builder.add_card_key(card, builder.add_person_key(holder))
+
+
+@dataclass(frozen=True, slots=True)
+class Rows:
+    """Rows of one source: keys (concatenated), and per row its day, or for an hourly source
+    its hour (None: undated), and its county (None for a source without counties)."""
+
+    source: str
+    keys: bytes
+    times: Sequence[int | None]
+    counties: Sequence[int] | None = None
+    replace: bool = False
+
+    def apply(self, builder: hm.IndexBuilder) -> None:
+        if self.replace:
+            builder.clear_source(self.source)
+        if not self.times:
+            return
+        counties = None if self.counties is None else list(self.counties)
+        if SOURCES[self.source].hourly:
+            builder.add_rows_by_key(
+                self.source, self.keys, hours=list(self.times), counties=counties
+            )
+        else:
+            builder.add_rows_by_key(self.source, self.keys, list(self.times), counties)
+
+
+@dataclass(frozen=True, slots=True)
+class CountyLevel:
+    """A county graded: 1 low, 2 medium, 3 high."""
+
+    county: int
+    level: int
+
+    def apply(self, builder: hm.IndexBuilder) -> None:
+        builder.set_county_level(self.county, self.level)
+
+
+Change = Persons | Phones | Unlink | Cards | Rows | CountyLevel
+
+
+def apply_all(builder: hm.IndexBuilder, changes: Iterable[Change]) -> None:
+    for change in changes:
+        change.apply(builder)
+
+
+def touched_persons(
+    before: hm.Index, after: hm.Index, changes: Iterable[Change]
+) -> set[int] | None:
+    """The person ids of `after` whose verdict the changes can alter, or None when that is
+    (nearly) everyone: a source replaced whole, or a county re-graded. People new in `after`
+    are included. Holders are looked up in both indexes: a phone that moved can change its old
+    holder's colour as well as its new one's."""
+    out: set[int] = set(range(before.person_count, after.person_count))
+
+    def person(key: bytes) -> None:
+        pid = after.person_id_by_key(key)
+        if pid is not None:
+            out.add(pid)
+
+    def holders_of(phone_key: bytes) -> None:
+        for index in (before, after):
+            phone_id = index.phone_id_by_key(phone_key)
+            holder = None if phone_id is None else index.holder_of_phone(phone_id)
+            if holder is not None:
+                out.add(holder)
+
+    for change in changes:
+        if isinstance(change, Persons | Cards):
+            continue  # new people are counted above; cards carry no rows
+        if isinstance(change, CountyLevel) or (isinstance(change, Rows) and change.replace):
+            return None
+        if isinstance(change, Phones | Unlink):
+            for key in _keys(change.phones):
+                holders_of(key)
+        elif SOURCES[change.source].keyed_by == "phone":
+            for key in _keys(change.keys):
+                holders_of(key)
+        else:
+            for key in _keys(change.keys):
+                person(key)
+    return out
+
+
+# -- the wire ----------------------------------------------------------------------------------
+
+
+def to_proto(from_version: int, changes: Iterable[Change]) -> risk_index_pb2.IndexDelta:
+    delta = risk_index_pb2.IndexDelta(from_version=from_version)
+    for c in changes:
+        entry = delta.changes.add()
+        if isinstance(c, Persons):
+            entry.persons.person_keys = c.keys
+        elif isinstance(c, Phones):
+            entry.phones.phone_keys, entry.phones.holder_keys = c.phones, c.holders
+        elif isinstance(c, Unlink):
+            entry.unlink.phone_keys = c.phones
+        elif isinstance(c, Cards):
+            entry.cards.card_keys, entry.cards.holder_keys = c.cards, c.holders
+        elif isinstance(c, Rows):
+            entry.rows.source, entry.rows.keys, entry.rows.replace = c.source, c.keys, c.replace
+            entry.rows.times.extend(-1 if t is None else t for t in c.times)
+            if c.counties is not None:
+                entry.rows.counties.extend(c.counties)
+        else:
+            entry.county.county, entry.county.level = c.county, c.level
+    return delta
+
+
+def from_proto(delta: risk_index_pb2.IndexDelta) -> list[Change]:
+    """The changes of a delta, checked for shape (ValueError names what is wrong)."""
+    out: list[Change] = []
+    for i, entry in enumerate(delta.changes):
+        which = entry.WhichOneof("change")
+        if which == "persons":
+            out.append(Persons(_aligned(entry.persons.person_keys, i)))
+        elif which == "phones":
+            out.append(Phones(*_pairs(entry.phones.phone_keys, entry.phones.holder_keys, i)))
+        elif which == "unlink":
+            out.append(Unlink(_aligned(entry.unlink.phone_keys, i)))
+        elif which == "cards":
+            out.append(Cards(*_pairs(entry.cards.card_keys, entry.cards.holder_keys, i)))
+        elif which == "rows":
+            r = entry.rows
+            if r.source not in SOURCES:
+                raise ValueError(f"change {i}: unknown source {r.source!r}")
+            keys = _aligned(r.keys, i)
+            if len(keys) // KEY != len(r.times) or (r.counties and len(r.counties) != len(r.times)):
+                raise ValueError(f"change {i}: keys, times and counties differ in length")
+            times = [None if t < 0 else int(t) for t in r.times]
+            counties = list(r.counties) if SOURCES[r.source].has_county else None
+            out.append(Rows(r.source, keys, times, counties, r.replace))
+        elif which == "county":
+            out.append(CountyLevel(entry.county.county, entry.county.level))
+        else:
+            raise ValueError(f"change {i}: empty")
+    return out
+
+
+def _aligned(keys: bytes, i: int) -> bytes:
+    if len(keys) % KEY:
+        raise ValueError(f"change {i}: keys are {KEY} bytes each")
+    return bytes(keys)
+
+
+def _pairs(a: bytes, b: bytes, i: int) -> tuple[bytes, bytes]:
+    if len(a) != len(b):
+        raise ValueError(f"change {i}: every key needs its holder")
+    return _aligned(a, i), _aligned(b, i)
