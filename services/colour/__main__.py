@@ -64,6 +64,8 @@ def main() -> None:
         max_backoff_s=config.reconnect_max_s,
         freshness_interval_s=config.freshness_interval_s,
         on_installed=lambda _version: set_serving(server, True),
+        snapshot_path=config.snapshot_path,
+        snapshot_interval_s=config.snapshot_interval_s,
     )
     clock_stop = threading.Event()
     clock = threading.Thread(

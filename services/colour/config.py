@@ -8,6 +8,7 @@
 | HEALTHCODE_COLOUR_RULE_SET            | services/rules/default.toml           |
 | HEALTHCODE_COLOUR_RECONNECT_MAX_S     | 5 (backoff ceiling, seconds)          |
 | HEALTHCODE_COLOUR_FRESHNESS_S         | 30 (ListSources poll, seconds)        |
+| HEALTHCODE_COLOUR_SNAPSHOT_S          | 300 (own index snapshot; 0: never)    |
 | HEALTHCODE_DATA_DIR, HEALTHCODE_SECRET, ... | see services/_common/config.py  |
 
 The rule set activated through SetRuleSet is kept in `<data_dir>/colour/rule_set.toml` and wins
@@ -36,6 +37,8 @@ class ColourConfig:
     reconnect_initial_s: float
     reconnect_max_s: float
     freshness_interval_s: float
+    snapshot_path: Path
+    snapshot_interval_s: float
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> ColourConfig:
@@ -56,4 +59,6 @@ class ColourConfig:
             reconnect_initial_s=min(0.1, reconnect_max),
             reconnect_max_s=reconnect_max,
             freshness_interval_s=freshness,
+            snapshot_path=platform.data_dir / "colour" / "index.snapshot",
+            snapshot_interval_s=env_float(env, "HEALTHCODE_COLOUR_SNAPSHOT_S", 300.0, low=0.0),
         )

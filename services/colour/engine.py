@@ -90,6 +90,11 @@ class ColourEngine:
         return 0 if self._matcher is None else self._matcher.current.index.version
 
     @property
+    def index(self) -> hm.Index | None:
+        """The index version held (None before the first)."""
+        return None if self._matcher is None else self._matcher.current.index
+
+    @property
     def rules(self) -> CompiledRules:
         return self._rules.active
 

@@ -20,7 +20,9 @@ import datetime as dt
 import logging
 import random
 import threading
+import time
 from collections.abc import Callable
+from pathlib import Path
 
 import grpc
 import healthcode_matcher as hm
@@ -48,6 +50,8 @@ class IndexFollower:
         max_backoff_s: float = 5.0,
         freshness_interval_s: float = 30.0,
         on_installed: Callable[[int], None] | None = None,
+        snapshot_path: Path | None = None,
+        snapshot_interval_s: float = 300.0,
     ) -> None:
         self._engine = engine
         self._on_installed = on_installed
@@ -68,10 +72,23 @@ class IndexFollower:
             target=self._refresh_periodically, name="feed-freshness", daemon=True
         )
         self.versions_installed = 0
+        self.snapshots_loaded = 0  # whole versions received (the first, or after a gap)
+        self.deltas_applied = 0
+        # The replica's own copy of the latest index, so a restart resumes with the deltas
+        # since it instead of a whole snapshot from the risk index.
+        self._snapshot_path = snapshot_path
+        self._snapshot_interval = snapshot_interval_s
+        self._saved_version = -1
+        self._snapshot_thread = threading.Thread(
+            target=self._save_periodically, name="replica-snapshots", daemon=True
+        )
 
     def start(self) -> None:
+        self.resume_from_snapshot()
         self._thread.start()
         self._freshness_thread.start()
+        if self._snapshot_path is not None and self._snapshot_interval > 0:
+            self._snapshot_thread.start()
 
     def stop(self) -> None:
         self._stop.set()
@@ -79,9 +96,57 @@ class IndexFollower:
             if self._call is not None:
                 self._call.cancel()
         self._thread.join(timeout=10)
-        if self._freshness_thread.is_alive():
-            self._freshness_thread.join(timeout=10)
+        for thread in (self._freshness_thread, self._snapshot_thread):
+            if thread.is_alive():
+                thread.join(timeout=60)
         self._channel.close()
+        try:
+            self.save_snapshot()
+        except Exception:
+            log.exception("writing the replica's index snapshot at stop failed")
+
+    def resume_from_snapshot(self) -> bool:
+        """Install the replica's own snapshot, if there is a usable one; the stream then asks
+        for the changes since its version. A corrupt or foreign one is refused (logged) and
+        the risk index sends a whole snapshot instead."""
+        path = self._snapshot_path
+        if path is None or not path.is_file():
+            return False
+        start = time.perf_counter()
+        try:
+            index = hm.Index.load(str(path), self._secret)
+            self._engine.install_index(index)
+        except (hm.SnapshotError, hm.InvalidOperation, hm.PlanError, OSError) as exc:
+            log.warning(
+                "own index snapshot %s refused (%s); the risk index will send a whole one",
+                path,
+                exc,
+            )
+            return False
+        self._saved_version = index.version
+        log.info(
+            "resumed from own index snapshot at version %d in %.1f s",
+            index.version,
+            time.perf_counter() - start,
+        )
+        return True
+
+    def save_snapshot(self) -> bool:
+        """Write the index held to the replica's snapshot file unless it is there already."""
+        index = self._engine.index
+        if self._snapshot_path is None or index is None or index.version == self._saved_version:
+            return False
+        self._snapshot_path.parent.mkdir(parents=True, exist_ok=True)
+        index.save(str(self._snapshot_path))
+        self._saved_version = index.version
+        return True
+
+    def _save_periodically(self) -> None:
+        while not self._stop.wait(self._snapshot_interval):
+            try:
+                self.save_snapshot()
+            except Exception:
+                log.exception("writing the replica's index snapshot failed; the previous stays")
 
     def _run(self) -> None:
         delay = self._initial
@@ -148,6 +213,7 @@ class IndexFollower:
                     f"version {version}: got {len(data)} bytes, expected {message.total_size}"
                 )
             index = hm.Index.from_bytes(data, self._secret)
+            self.snapshots_loaded += 1
             if index.version != version:
                 raise hm.SnapshotError(
                     f"version {version}: the snapshot says it is version {index.version}"
@@ -161,8 +227,13 @@ class IndexFollower:
         return installed
 
     def _apply_delta(self, message: risk_index_pb2.WatchIndexResponse) -> bool:
-        """Apply one delta; False if it does not start from the version held."""
+        """Apply one delta; False if it does not start from the version held. An empty delta
+        to the version held says the replica is current (after a restart from its snapshot)."""
         held = self._engine.index_version
+        if self._engine.has_index and message.version == held == message.delta.from_version:
+            if self._on_installed is not None:
+                self._on_installed(held)
+            return True
         if not self._engine.has_index or message.delta.from_version != held:
             log.warning(
                 "index delta from version %d does not fit the version held (%d); reconnecting",
@@ -171,6 +242,7 @@ class IndexFollower:
             )
             return False
         if self._engine.apply_changes(changes.from_proto(message.delta), message.version):
+            self.deltas_applied += 1
             self.versions_installed += 1
             if self._on_installed is not None:
                 self._on_installed(message.version)

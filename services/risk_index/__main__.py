@@ -26,6 +26,8 @@ def main() -> None:
         config.secret,
         max_batch_rows=config.max_batch_rows,
         publish_interval_s=config.publish_interval_s,
+        snapshot_path=config.snapshot_path,
+        snapshot_interval_s=config.snapshot_interval_s,
     )
     servicer = RiskIndexServicer(risk_index, identifiers)
     server, _port = create_server(

@@ -7,6 +7,7 @@
 | HEALTHCODE_MAX_BATCH_ROWS         | 50000 (larger batches: RESOURCE_EXHAUSTED) |
 | HEALTHCODE_RISK_INDEX_WORKERS     | 32 (server threads; each watcher holds one) |
 | HEALTHCODE_RISK_INDEX_PUBLISH_INTERVAL_S | 1 (at most one index version per interval; 0: one per change) |
+| HEALTHCODE_RISK_INDEX_SNAPSHOT_S  | 300 (write the index snapshot this often, and at stop; 0: never) |
 | HEALTHCODE_DATA_DIR, HEALTHCODE_SECRET, ... | see services/_common/config.py  |
 """
 
@@ -29,20 +30,25 @@ class RiskIndexConfig:
     workers: int
     secret: bytes
     publish_interval_s: float
+    snapshot_path: Path
+    snapshot_interval_s: float
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> RiskIndexConfig:
         env = os.environ if env is None else env
         platform = PlatformConfig.from_env(env)
         db = env.get("HEALTHCODE_RISK_INDEX_DB", "").strip()
+        db_path = Path(db) if db else platform.data_dir / "risk_index" / "risk_index.sqlite3"
         return cls(
             platform=platform,
             port=platform.ports.risk_index,
-            db_path=Path(db) if db else platform.data_dir / "risk_index" / "risk_index.sqlite3",
+            db_path=db_path,
             max_batch_rows=env_int(env, "HEALTHCODE_MAX_BATCH_ROWS", 50_000, low=1),
             workers=env_int(env, "HEALTHCODE_RISK_INDEX_WORKERS", 32, low=2, high=1024),
             secret=load_secret(platform.data_dir, env),
             publish_interval_s=env_float(
                 env, "HEALTHCODE_RISK_INDEX_PUBLISH_INTERVAL_S", 1.0, low=0.0
             ),
+            snapshot_path=db_path.with_name("index.snapshot"),
+            snapshot_interval_s=env_float(env, "HEALTHCODE_RISK_INDEX_SNAPSHOT_S", 300.0, low=0.0),
         )

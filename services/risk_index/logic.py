@@ -20,10 +20,12 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
-from healthcode_matcher import Index, IndexBuilder
+from healthcode_matcher import Index, IndexBuilder, SnapshotError
 
 from services._common import changes, days
 from services._common.actors import Actor, Role
@@ -213,6 +215,8 @@ class RiskIndex:
         max_batch_rows: int = 50_000,
         clock: Callable[[], dt.datetime] = utc_now,
         publish_interval_s: float = 0.0,
+        snapshot_path: Path | None = None,
+        snapshot_interval_s: float = 0.0,
     ) -> None:
         self._repository = repository
         self._identifiers = identifiers
@@ -220,8 +224,10 @@ class RiskIndex:
         self._max_batch_rows = max_batch_rows
         self._clock = clock
         self._write = threading.Lock()
+        # The latest index written to disk, so a restart replays only the changes after it.
+        self._snapshot_path = snapshot_path
+        self._snapshot_version = -1
         self._publication = Publication(self._rebuild())
-        logger.info("index rebuilt at version %d", self._publication.current.version)
         # Changes committed under the next version and not yet in a published index, in order.
         self._staged: list[changes.Change] = []
         self._interval = publish_interval_s
@@ -233,6 +239,15 @@ class RiskIndex:
                 target=self._publish_periodically, name="index-publisher", daemon=True
             )
             self._publisher.start()
+        self._snapshotter: threading.Thread | None = None
+        if snapshot_path is not None and snapshot_interval_s > 0:
+            self._snapshotter = threading.Thread(
+                target=self._snapshot_periodically,
+                args=(snapshot_interval_s,),
+                name="index-snapshots",
+                daemon=True,
+            )
+            self._snapshotter.start()
 
     # -- reading -----------------------------------------------------------------------------
 
@@ -253,6 +268,11 @@ class RiskIndex:
         Published, sent as a snapshot). A slow watcher skips to the latest in one step."""
         # 0 means "holds nothing": the empty index is version 0 too, and must still be sent.
         sent = known_version if known_version > 0 else -1
+        current = self.current
+        if sent == current.version:
+            # "You are current": an empty delta, so a replica restarted from its own snapshot
+            # knows it has caught up even when nothing new is published for a while.
+            yield Delta(sent, sent, current.published_at, ())
         while is_active() and not self._publication.closed:
             published = self._publication.wait_other(sent, timeout=0.5)
             if published is None:
@@ -484,11 +504,16 @@ class RiskIndex:
         shutdown)."""
         self._stopping.set()
         self._staged_event.set()
-        if self._publisher is not None:
-            self._publisher.join(timeout=10)
+        for thread in (self._publisher, self._snapshotter):
+            if thread is not None:
+                thread.join(timeout=60)
         with self._write:
             self._publish_staged()
         self._publication.close()
+        try:
+            self.write_snapshot()  # the next start replays nothing
+        except Exception:
+            logger.exception("writing the index snapshot at stop failed")
 
     def flush(self) -> int:
         """Publish every staged change now; the current version."""
@@ -562,9 +587,84 @@ class RiskIndex:
             with self._write:
                 self._publish_staged()
 
+    def write_snapshot(self) -> bool:
+        """Write the current version to the snapshot file (atomically, checksummed) unless it
+        is there already; True if written. A restart then loads it and replays the rest."""
+        if self._snapshot_path is None:
+            return False
+        published = self.current
+        if published.version == self._snapshot_version:
+            return False
+        start = time.perf_counter()
+        self._snapshot_path.parent.mkdir(parents=True, exist_ok=True)
+        published.index.save(str(self._snapshot_path))
+        self._snapshot_version = published.version
+        logger.info(
+            "index snapshot at version %d written in %.1f s",
+            published.version,
+            time.perf_counter() - start,
+        )
+        return True
+
+    def _snapshot_periodically(self, interval_s: float) -> None:
+        while not self._stopping.wait(interval_s):
+            try:
+                self.write_snapshot()
+            except Exception:
+                logger.exception("writing the index snapshot failed; the previous one stays")
+
+    def _from_snapshot(self) -> Published | None:
+        """The latest version from the snapshot file plus the changes committed after it; None
+        (and why, in the log) when there is no usable snapshot: then the slow path rebuilds
+        from every row."""
+        path = self._snapshot_path
+        if path is None or not path.is_file():
+            return None
+        start = time.perf_counter()
+        try:
+            index = Index.load(str(path), self._secret)
+        except (SnapshotError, OSError) as exc:
+            logger.warning(
+                "index snapshot %s refused (%s); rebuilding from the database", path, exc
+            )
+            return None
+        base = index.version
+        tail, latest = self._repository.load_tail(base)
+        if latest is None or latest.version < index.version:
+            logger.warning(
+                "index snapshot %s is at version %d, ahead of the database (%s); rebuilding "
+                "from the database",
+                path,
+                index.version,
+                "empty" if latest is None else f"version {latest.version}",
+            )
+            return None
+        if latest.version > index.version:
+            builder = index.builder()
+            changes.apply_all(builder, tail)
+            index = builder.finish(version=latest.version)
+        self._snapshot_version = -1 if tail else latest.version
+        logger.info(
+            "index at version %d loaded from its snapshot (version %d) and %d changes in %.1f s",
+            latest.version,
+            base,
+            len(tail),
+            time.perf_counter() - start,
+        )
+        return Published(latest.version, latest.published_at, index)
+
     def _rebuild(self) -> Published:
+        loaded = self._from_snapshot()
+        if loaded is not None:
+            return loaded
+        start = time.perf_counter()
         state = self._repository.load_state()
         index = build_index(self._secret, state)
+        logger.info(
+            "index rebuilt from every row at version %d in %.1f s",
+            0 if state.latest is None else state.latest.version,
+            time.perf_counter() - start,
+        )
         if state.latest is None:
             return Published(0, self._clock(), index)
         return Published(state.latest.version, state.latest.published_at, index)

@@ -13,6 +13,8 @@ import json
 import sqlite3
 from collections.abc import Sequence
 
+from services._common import changes
+from services._common.sources import SOURCES
 from services._common.storage import SqliteRepository
 from services.risk_index.model import (
     Batch,
@@ -24,6 +26,7 @@ from services.risk_index.model import (
     SourceStats,
     State,
     VersionRecord,
+    bucket_hour,
 )
 
 SCHEMA_V1 = """
@@ -102,6 +105,16 @@ SCHEMA_V2 = """
 ALTER TABLE feed_rows ADD COLUMN hour INTEGER;
 """
 
+# A restart loads the latest index snapshot and replays only what changed after its version:
+# these find the tail without reading every person.
+SCHEMA_V3 = """
+CREATE INDEX persons_by_version ON persons(version);
+CREATE INDEX phones_by_version ON phones(version);
+CREATE INDEX cards_by_version ON cards(version);
+CREATE INDEX county_levels_by_version ON county_levels(version);
+CREATE INDEX batches_by_version ON batches(version);
+"""
+
 
 def _iso(value: dt.datetime) -> str:
     return value.astimezone(dt.UTC).isoformat()
@@ -112,7 +125,7 @@ def _from_iso(text: str) -> dt.datetime:
 
 
 class RiskIndexRepository(SqliteRepository):
-    MIGRATIONS = (SCHEMA_V1, SCHEMA_V2)
+    MIGRATIONS = (SCHEMA_V1, SCHEMA_V2, SCHEMA_V3)
 
     # -- versions --------------------------------------------------------------------------
 
@@ -442,6 +455,73 @@ class RiskIndexRepository(SqliteRepository):
                 rows.hours.append(r[4])
             latest = _latest(conn)
         return State(persons, phones, cards, counties, list(by_source.values()), latest)
+
+    def load_tail(self, after: int) -> tuple[list[changes.Change], VersionRecord | None]:
+        """The changes committed under versions after `after`, as they apply to an index of
+        version `after` to give the latest one; and the latest version. Each person, phone,
+        card and county is given in its latest state; feed batches in acceptance order, those
+        a later replace batch dropped left out (the replace clears their source anyway)."""
+        out: list[changes.Change] = []
+        with self.reading() as conn:
+            keys = b"".join(
+                bytes(r[0])
+                for r in conn.execute(
+                    "SELECT person_key FROM persons WHERE version > ? ORDER BY version", (after,)
+                )
+            )
+            if keys:
+                out.append(changes.Persons(keys))
+            linked: list[tuple[bytes, bytes]] = []
+            unlinked: list[bytes] = []
+            for r in conn.execute(
+                "SELECT phone_key, holder_key FROM phones WHERE version > ? ORDER BY version",
+                (after,),
+            ):
+                if r[1] is None:
+                    unlinked.append(bytes(r[0]))
+                else:
+                    linked.append((bytes(r[0]), bytes(r[1])))
+            if linked:
+                out.append(changes.Phones(*(b"".join(x) for x in zip(*linked, strict=True))))
+            if unlinked:
+                out.append(changes.Unlink(b"".join(unlinked)))
+            cards = [
+                (bytes(r[0]), bytes(r[1]))
+                for r in conn.execute(
+                    "SELECT card_key, holder_key FROM cards WHERE version > ? ORDER BY version",
+                    (after,),
+                )
+            ]
+            if cards:
+                out.append(changes.Cards(*(b"".join(x) for x in zip(*cards, strict=True))))
+            out.extend(
+                changes.CountyLevel(int(r[0]), int(r[1]))
+                for r in conn.execute(
+                    "SELECT county, level FROM county_levels WHERE version > ? ORDER BY version",
+                    (after,),
+                )
+            )
+            batches = conn.execute(
+                "SELECT batch_id, source, replace FROM batches "
+                "WHERE version > ? AND superseded_by IS NULL ORDER BY version",
+                (after,),
+            ).fetchall()
+            for batch_id, source, replace in batches:
+                rows = conn.execute(
+                    "SELECT subject_key, day, county, hour FROM feed_rows "
+                    "WHERE batch_id = ? ORDER BY seq",
+                    (batch_id,),
+                ).fetchall()
+                out.append(_rows_change(source, rows, bool(replace)))
+            latest = _latest(conn)
+        return out, latest
+
+
+def _rows_change(source: str, rows: Sequence[sqlite3.Row], replace: bool) -> changes.Rows:
+    spec = SOURCES[source]
+    times = [bucket_hour(r[1], r[3]) if spec.hourly else r[1] for r in rows]
+    counties = [r[2] if r[2] is not None else 0 for r in rows] if spec.has_county else None
+    return changes.Rows(source, b"".join(bytes(r[0]) for r in rows), times, counties, replace)
 
 
 def _latest(conn: sqlite3.Connection) -> VersionRecord | None:

@@ -17,7 +17,7 @@ from services._common.errors import (
     ResourceExhausted,
 )
 from services._common.identifiers import Identifiers
-from services.risk_index.logic import RiskIndex
+from services.risk_index.logic import Delta, Published, RiskIndex
 from services.risk_index.model import RawRow
 from services.risk_index.repository import RiskIndexRepository
 from tests.support import SECRET
@@ -201,7 +201,7 @@ def test_watch_sends_current_then_each_new_version(index: RiskIndex) -> None:
     stream = index.watch(0, lambda: True)
     index.ingest_batch(FEED, "confirmed", "b1", [person_row(IDS[0])])
     first = next(stream)
-    assert first.version == 1
+    assert isinstance(first, Published) and first.version == 1
     loaded = healthcode_matcher.Index.from_bytes(first.snapshot(), SECRET)
     assert loaded.source_len("confirmed") == 1
     index.ingest_batch(FEED, "confirmed", "b2", [person_row(IDS[1])])
@@ -212,6 +212,8 @@ def test_watch_skips_the_version_the_replica_holds(index: RiskIndex) -> None:
     index.ingest_batch(FEED, "confirmed", "b1", [person_row(IDS[0])])
     active = [True]
     stream = index.watch(1, lambda: active[0])
+    current = next(stream)  # "you are current": no snapshot of the version it holds
+    assert isinstance(current, Delta) and (current.from_version, current.version) == (1, 1)
     index.ingest_batch(FEED, "confirmed", "b2", [person_row(IDS[1])])
     assert next(stream).version == 2
     index.close()
@@ -220,5 +222,5 @@ def test_watch_skips_the_version_the_replica_holds(index: RiskIndex) -> None:
 
 def test_a_new_replica_gets_even_the_empty_version_zero(index: RiskIndex) -> None:
     first = next(index.watch(0, lambda: True))
-    assert first.version == 0
+    assert isinstance(first, Published) and first.version == 0
     assert healthcode_matcher.Index.from_bytes(first.snapshot(), SECRET).person_count == 0
