@@ -5,6 +5,8 @@
     healthcode show 120101199001011234
     healthcode scan HC1.xxxx --verifier gate-7
     healthcode ingest close_contacts.csv --source close_contact
+    healthcode import people.csv
+    healthcode seed --people 200000
     healthcode explain 120101199001011234
     healthcode what-if draft-rules.toml
     healthcode counters --follow
@@ -49,12 +51,25 @@ from healthcode.v1 import (
 from rich.console import Console
 from rich.live import Live
 from rich.panel import Panel
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    ProgressColumn,
+    Task,
+    TaskID,
+    TaskProgressColumn,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 from rich.table import Table
+from rich.text import Text
 
+from clients import feedgen, population
 from clients.channel import DEFAULT_TIMEOUT_S, Peers, describe_error, open_channel
 from clients.feedgen import COUNTIES, TIANJIN_DISTRICTS
-from services._common.days import hour_start
+from services._common.days import hour_of_date, hour_start, now_shanghai
 
 app = typer.Typer(
     name="healthcode",
@@ -481,26 +496,34 @@ class FileFormat(enum.StrEnum):
     jsonl = "jsonl"
 
 
-def read_rows(path: Path, fmt: FileFormat) -> Iterator[tuple[int, dict[str, Any]]]:
-    """(line number, row) from a CSV (with a header) or JSONL file."""
+def read_rows(
+    path: Path, fmt: FileFormat, text: str | None = None
+) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(line number, row) from a CSV (with a header) or JSONL file, streamed (or from `text`,
+    stdin read once). A CSV row's line is the line it ends on."""
     kind = fmt
     if kind == FileFormat.auto:
         kind = FileFormat.csv if path.suffix.lower() == ".csv" else FileFormat.jsonl
-    text = sys.stdin.read() if str(path) == "-" else path.read_text(encoding="utf-8")
-    if kind == FileFormat.csv:
-        for n, rec in enumerate(csv.DictReader(io.StringIO(text)), start=2):
-            yield n, {k.strip(): (v or "").strip() for k, v in rec.items() if k}
-        return
-    for n, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise typer.BadParameter(f"line {n}: not JSON ({e.msg})", param_hint="FILE") from None
-        if not isinstance(rec, dict):
-            raise typer.BadParameter(f"line {n}: not a JSON object", param_hint="FILE")
-        yield n, rec
+    with (
+        io.StringIO(text) if text is not None else path.open(encoding="utf-8-sig", newline="")
+    ) as f:
+        if kind == FileFormat.csv:
+            reader = csv.DictReader(f)
+            for rec in reader:
+                yield reader.line_num, {k.strip(): (v or "").strip() for k, v in rec.items() if k}
+            return
+        for n, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise typer.BadParameter(
+                    f"line {n}: not JSON ({e.msg})", param_hint="FILE"
+                ) from None
+            if not isinstance(rec, dict):
+                raise typer.BadParameter(f"line {n}: not a JSON object", param_hint="FILE")
+            yield n, rec
 
 
 class RowError(ValueError):
@@ -550,17 +573,6 @@ def feed_row(rec: dict[str, Any]) -> risk_index_pb2.FeedRow:
         if k not in _ROW_FIELDS and v not in (None, ""):
             row.attributes[str(k)] = str(v)
     return row
-
-
-def _batches(
-    rows: Sequence[tuple[str, risk_index_pb2.FeedRow]], size: int
-) -> Iterator[tuple[str, list[risk_index_pb2.FeedRow]]]:
-    by_source: dict[str, list[risk_index_pb2.FeedRow]] = {}
-    for source, row in rows:
-        by_source.setdefault(source, []).append(row)
-    for source, source_rows in by_source.items():
-        for i in range(0, len(source_rows), size):
-            yield source, source_rows[i : i + size]
 
 
 _ROW_FIELD = re.compile(r"^rows\[(\d+)\]")
@@ -618,37 +630,61 @@ def ingest(
     county sources); for hourly sources (nat_negative) the time of the event: at (ISO 8601
     with its offset, 2026-11-28T14:37:00+08:00) or hour (an hour number, as feedgen writes
     it), else the day counts from 00:00. Other columns are kept as attributes (lab, result,
-    tracer). Rows go in
-    batches; a bad row refuses its batch and the error names its line in the file. Ingesting
-    the same file again changes nothing (batch ids come from the content)."""
+    tracer). The file is checked whole first, then streamed in batches of one source each; a
+    bad row refuses its batch and the error names its line in the file. Ingesting the same
+    file again changes nothing (batch ids come from the content)."""
     if str(file) != "-" and not file.is_file():
         raise typer.BadParameter(f"{file} is not a file", param_hint="FILE")
-    rows: list[tuple[str, risk_index_pb2.FeedRow]] = []
-    # (source, position within that source's rows) -> file line, to point at a refused row.
-    lines: dict[tuple[str, int], int] = {}
-    per_source: dict[str, int] = {}
-    for line, rec in read_rows(file, fmt):
-        name = source or str(rec.get("source") or "").strip()
-        if not name:
-            raise typer.BadParameter(f"line {line}: no source (add a column or --source)")
-        position = per_source.get(name, 0)
-        per_source[name] = position + 1
-        lines[(name, position)] = line
-        try:
-            rows.append((name, feed_row(rec)))
-        except RowError as e:
-            raise typer.BadParameter(f"line {line}: {e}", param_hint="FILE") from None
-    if not rows:
+    accepted, replayed, version = ingest_file(
+        file,
+        source=source,
+        fmt=fmt,
+        batch_size=batch_size,
+        batch_prefix=batch_prefix,
+        replace=replace,
+        feed=feed,
+    )
+    if accepted + replayed == 0:
         out.print("no rows")
         return
-    digest = hashlib.sha256(
-        b"".join(s.encode() + r.SerializeToString(deterministic=True) for s, r in rows)
-    ).hexdigest()[:16]
-    prefix = batch_prefix or f"{file.name}:{digest}"
+    out.print(
+        f"{accepted} rows accepted, {replayed} already ingested (replayed batches); "
+        f"index version {version}"
+    )
+
+
+def ingest_file(
+    file: Path,
+    *,
+    source: str | None = None,
+    fmt: FileFormat = FileFormat.auto,
+    batch_size: int = 5000,
+    batch_prefix: str | None = None,
+    replace: bool = False,
+    feed: str = "cli-feed",
+    description: str = "ingesting",
+) -> tuple[int, int, int]:
+    """Check every row (a bad one stops before anything is sent), then stream the rows in
+    batches of one source each; memory holds one batch per source. Returns (rows accepted,
+    rows of replayed batches, the last index version)."""
+    text = sys.stdin.read() if str(file) == "-" else None
+    digest = hashlib.sha256()
+    total = 0
+    for line, rec in read_rows(file, fmt, text):
+        name = _row_source(rec, source, line)
+        try:
+            digest.update(name.encode() + feed_row(rec).SerializeToString(deterministic=True))
+        except RowError as e:
+            raise typer.BadParameter(f"line {line}: {e}", param_hint="FILE") from None
+        total += 1
+    if total == 0:
+        return 0, 0, 0
+    prefix = batch_prefix or f"{file.name}:{digest.hexdigest()[:16]}"
     actor = _staff(common_pb2.ACTOR_ROLE_FEED, feed)
-    accepted = replayed = 0
-    last_version = 0
-    replaced: set[str] = set()
+    accepted = replayed = last_version = 0
+    # Per source: the rows waiting, their lines, and the number of batches sent.
+    waiting: dict[str, tuple[list[risk_index_pb2.FeedRow], list[int]]] = {}
+    sent: dict[str, int] = {}
     with (
         _channel(_settings.peers.risk_index) as channel,
         Progress(
@@ -661,40 +697,343 @@ def ingest(
         ) as progress,
     ):
         stub = risk_index_pb2_grpc.RiskIndexServiceStub(channel)
-        task = progress.add_task("ingesting", total=len(rows))
-        offsets: dict[str, int] = {}
-        for number, (name, batch) in enumerate(_batches(rows, batch_size)):
-            first_of_source = name not in replaced
-            replaced.add(name)
+        task = progress.add_task(description, total=total)
+
+        def flush(name: str) -> None:
+            nonlocal accepted, replayed, last_version
+            batch, lines = waiting.pop(name)
+            number = sent.get(name, 0)
+            sent[name] = number + 1
             request = risk_index_pb2.IngestBatchRequest(
                 actor=actor,
                 source=name,
-                batch_id=f"{prefix}:{number}",
+                batch_id=f"{prefix}:{name}:{number}",
                 rows=batch,
                 # Only the source's first batch replaces; the rest add to it.
-                replace=replace and first_of_source,
+                replace=replace and number == 0,
             )
             try:
                 response = stub.IngestBatch(request)
             except grpc.RpcError as e:
                 progress.stop()
-                start = offsets.get(name, 0)
-
-                def line_of(i: int, n: str = name, b: int = start) -> int | None:
-                    return lines.get((n, b + i))
-
-                _print_row_lines(e, line_of)
-                _fail(e, f"ingest of batch {number} ({name})")
-            offsets[name] = offsets.get(name, 0) + len(batch)
+                _print_row_lines(e, lambda i: lines[i] if 0 <= i < len(lines) else None)
+                _fail(e, f"ingest of batch {number} of {name}")
             if response.replayed:
                 replayed += len(batch)
             else:
                 accepted += response.row_count
             last_version = max(last_version, response.index_version)
             progress.advance(task, len(batch))
+
+        for line, rec in read_rows(file, fmt, text):
+            name = _row_source(rec, source, line)
+            batch, lines = waiting.setdefault(name, ([], []))
+            batch.append(feed_row(rec))
+            lines.append(line)
+            if len(batch) >= batch_size:
+                flush(name)
+        for name in list(waiting):
+            flush(name)
+    return accepted, replayed, last_version
+
+
+def _row_source(rec: dict[str, Any], source: str | None, line: int) -> str:
+    name = source or str(rec.get("source") or "").strip()
+    if not name:
+        raise typer.BadParameter(f"line {line}: no source (add a column or --source)")
+    return name
+
+
+# --- bulk import and the synthetic city -----------------------------------------------------
+
+
+class _RowsColumn(ProgressColumn):
+    """Rows sent and rows a second (the bar itself moves by bytes, so its ETA is honest)."""
+
+    def render(self, task: Task) -> Text:
+        rows = int(task.fields.get("rows", 0))
+        elapsed = task.elapsed or 0.0
+        rate = rows / elapsed if elapsed > 0 else 0.0
+        return Text(f"{rows:,} rows · {rate:,.0f} rows/s", style="progress.data.speed")
+
+
+def _import_progress(*, disable: bool = False) -> Progress:
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        TaskProgressColumn(),
+        _RowsColumn(),
+        TimeElapsedColumn(),
+        TextColumn("ETA"),
+        TimeRemainingColumn(),
+        console=err,
+        transient=False,
+        disable=disable,
+    )
+
+
+def _run_import(
+    file: Path,
+    *,
+    fmt: population.FileFormat,
+    checkpoint: Path | None,
+    report: Path | None,
+    batch: int,
+    per_call: int,
+    restart: bool,
+    principal: str,
+    description: str = "importing",
+) -> population.ImportResult:
+    actor = _staff(common_pb2.ACTOR_ROLE_ADMIN, principal)
+    checkpoint_path = checkpoint or population.default_checkpoint(file)
+    # A finished import needs neither the service nor a progress bar.
+    quiet = not restart and population.is_complete(file, checkpoint_path)
+    with (
+        _channel(_settings.peers.declaration) as channel,
+        _import_progress(disable=quiet) as progress,
+    ):
+        task = progress.add_task(description, total=file.stat().st_size or None, rows=0)
+
+        def on_progress(read: int, rows: int) -> None:
+            progress.update(task, completed=read, rows=rows)
+
+        try:
+            return population.import_file(
+                declaration_pb2_grpc.DeclarationServiceStub(channel),
+                file,
+                actor=actor,
+                fmt=fmt,
+                batch=batch,
+                per_call=per_call,
+                checkpoint_path=checkpoint_path,
+                report_path=report,
+                restart=restart,
+                timeout_s=_settings.timeout,
+                on_progress=on_progress,
+            )
+        except population.PeopleFileError as e:
+            progress.stop()
+            err.print(f"[bold red]import failed[/]: {e}", highlight=False)
+            raise typer.Exit(2) from None
+        except grpc.RpcError as e:
+            progress.stop()
+            saved = population.Checkpoint.load(checkpoint_path)
+            line = saved.last_line if saved is not None else 0
+            err.print(
+                f"every line up to {line:,} is acknowledged ({checkpoint_path}); run the same "
+                "command again to resume after it",
+                highlight=False,
+            )
+            _fail(e, "import")
+
+
+def _print_import(file: Path, result: population.ImportResult) -> None:
+    c = result.checkpoint
+    if result.already_complete:
+        out.print(
+            f"{file.name} was imported already (checkpoint {result.checkpoint_path}); "
+            "--restart sends it again, which changes nothing the service has"
+        )
+    elif result.resumed_after:
+        out.print(f"resumed after line {result.resumed_after:,} (the checkpoint)")
     out.print(
-        f"{accepted} rows accepted, {replayed} already ingested (replayed batches); "
-        f"index version {last_version}"
+        f"[bold]{c.imported:,}[/] imported, {c.already_present:,} already present "
+        f"({c.updated:,} updated), [bold]{c.rejected:,}[/] rejected — {file.name} through "
+        f"line {c.last_line:,}"
+    )
+    if not c.rejected:
+        return
+    rejections = population.read_report(result.report)
+    by_field: dict[str, int] = {}
+    for _, f, _ in rejections:
+        by_field[f or "(more)"] = by_field.get(f or "(more)", 0) + 1
+    table = Table(title="Rejected rows by field", expand=False)
+    table.add_column("field")
+    table.add_column("reasons", justify="right")
+    for f, n in sorted(by_field.items(), key=lambda kv: -kv[1])[:10]:
+        table.add_row(f, f"{n:,}")
+    out.print(table)
+    for line, f, why in rejections[:5]:
+        out.print(f"  line {line}: {f}: {why}", markup=False, highlight=False)
+    out.print(f"every rejected row, with line, field and why: {result.report}")
+
+
+@app.command("import")
+def import_people(
+    file: Annotated[
+        Path,
+        typer.Argument(
+            help="People file: CSV with a header, or JSONL.", exists=True, dir_okay=False
+        ),
+    ],
+    fmt: Annotated[
+        population.FileFormat,
+        typer.Option("--format", help="File format; auto: .csv is CSV, anything else JSONL."),
+    ] = population.FileFormat.auto,
+    checkpoint: Annotated[
+        Path | None,
+        typer.Option(
+            help="Checkpoint file (default: FILE.checkpoint.json beside the file).",
+            show_default=False,
+        ),
+    ] = None,
+    report: Annotated[
+        Path | None,
+        typer.Option(
+            help="Rejected-rows report, CSV of line,field,reason (default: FILE.rejected.csv).",
+            show_default=False,
+        ),
+    ] = None,
+    batch: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            max=50_000,
+            help="Rows per message: one transaction and one risk-index change each.",
+        ),
+    ] = 10_000,
+    per_call: Annotated[
+        int,
+        typer.Option(min=1, help="Rows per call; the checkpoint moves after each call."),
+    ] = 100_000,
+    restart: Annotated[
+        bool,
+        typer.Option(
+            "--restart",
+            help="Ignore the checkpoint and send from the first line (the service skips the "
+            "people it has).",
+        ),
+    ] = False,
+    principal: Annotated[
+        str, typer.Option(help="The operator's account id (role ADMIN), recorded per person.")
+    ] = "cli-import",
+) -> None:
+    """Import people in bulk (R1, R3) from a CSV or JSONL file, with a progress bar.
+
+    Columns: id_number, name, phones (separated by ;), transit_card, district (6-digit code
+    or a Tianjin district name), registered_by (self, family_proxy or grid_worker) and
+    registrar (the family member's ID number, or the grid worker's account id):
+
+        id_number,name,phones,transit_card,district,registered_by,registrar
+        120101199001011234,张三,13812345678;13987654321,,120101,self,
+
+    Every row is checked; a bad one is reported (line, field, why) in FILE.rejected.csv and
+    the import goes on. A checkpoint beside the file records the last line the service has
+    acknowledged (stored durably): after a crash or Ctrl-C, run the same command again and
+    it resumes there. Importing a file again changes nothing: people already registered
+    count as "already present". Only masked data is printed."""
+    result = _run_import(
+        file,
+        fmt=fmt,
+        checkpoint=checkpoint,
+        report=report,
+        batch=batch,
+        per_call=per_call,
+        restart=restart,
+        principal=principal,
+    )
+    _print_import(file, result)
+
+
+def _advance_rows(progress: Progress, task: TaskID, n: int) -> None:
+    progress.advance(task, n)
+    progress.update(task, rows=int(progress.tasks[task].completed))
+
+
+@app.command("seed")
+def seed_city(
+    people: Annotated[int, typer.Option("--people", min=1, help="How many people.")],
+    seed: Annotated[int, typer.Option(help="Same --people and --seed, same city.")] = 1,
+    out_dir: Annotated[
+        Path, typer.Option("--out", help="Where the people and feed files are written.")
+    ] = Path("healthcode-seed"),
+    rate: Annotated[
+        float,
+        typer.Option(
+            min=0.0,
+            max=1.0,
+            help="Share of people listed per source, scaled by how common each source is "
+            "(cases rare, tests common).",
+        ),
+    ] = 0.01,
+    batch: Annotated[
+        int, typer.Option(min=1, max=50_000, help="People per import message.")
+    ] = 10_000,
+    feeds: Annotated[
+        bool, typer.Option("--feeds/--no-feeds", help="Also grade counties and ingest feeds.")
+    ] = True,
+    principal: Annotated[str, typer.Option(help="The operator's account id.")] = "cli-seed",
+) -> None:
+    """Write a reproducible synthetic city and load it through the import and ingest paths.
+
+    People: valid ID numbers (GB 11643, distinct), about 1.4 phones a person (fewer for the
+    elderly), real-name transit cards for many of the elderly, a home district in Tianjin,
+    registered by themself, a family proxy or a grid worker. They go into
+    OUT/people-N-sS.csv and through `healthcode import` (resumable: run it again after a
+    crash). Then the counties are graded and rows for every source of the default rule set
+    are written to OUT/feeds-N-sS-DAY.jsonl and go through `healthcode ingest`. Everything
+    is generated in blocks, so memory stays bounded at any size."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    city = population.SyntheticCity(people, seed)
+    people_file = out_dir / f"people-{people}-s{seed}.csv"
+    if people_file.exists():
+        out.print(f"{people_file} exists (same size and seed, same people): reusing it")
+    else:
+        with _import_progress() as progress:
+            task = progress.add_task("writing people", total=people, rows=0)
+
+            population.write_people(
+                people_file, city, on_block=lambda n: _advance_rows(progress, task, n)
+            )
+    result = _run_import(
+        people_file,
+        fmt=population.FileFormat.csv,
+        checkpoint=None,
+        report=None,
+        batch=batch,
+        per_call=max(batch, 100_000),
+        restart=False,
+        principal=principal,
+    )
+    _print_import(people_file, result)
+    if not feeds:
+        return
+    now = now_shanghai()
+    today = now.date()
+    with _channel(_settings.peers.risk_index) as channel:
+        stub = risk_index_pb2_grpc.RiskIndexServiceStub(channel)
+        graded = 0
+        for county, level in feedgen.COUNTY_LEVELS.items():
+            if level:
+                request = risk_index_pb2.SetCountyLevelRequest(
+                    actor=_staff(common_pb2.ACTOR_ROLE_ADMIN, principal), county=county
+                )
+                request.level = common_pb2.CountyRiskLevel.ValueType(level)
+                try:
+                    stub.SetCountyLevel(request)
+                except grpc.RpcError as e:
+                    _fail(e, "grading counties")
+                graded += 1
+    out.print(f"graded {graded} counties")
+    feed_file = out_dir / f"feeds-{people}-s{seed}-{today}.jsonl"
+    if feed_file.exists():
+        out.print(f"{feed_file} exists: reusing it (its rows are timed earlier today)")
+    else:
+        with _import_progress() as progress:
+            task = progress.add_task("writing feeds", total=people, rows=0)
+            population.write_feeds(
+                feed_file,
+                city,
+                today,
+                hour_of_date(today, now.hour),
+                rate=rate,
+                on_block=lambda n: _advance_rows(progress, task, n),
+            )
+    accepted, replayed, version = ingest_file(
+        feed_file, batch_size=10_000, feed=principal, description="ingesting feeds"
+    )
+    out.print(
+        f"feeds: {accepted:,} rows accepted, {replayed:,} already ingested; index version {version}"
     )
 
 

@@ -26,6 +26,7 @@ def main() -> None:
         repository,
         risk_index_pb2_grpc.RiskIndexServiceStub(channel),
         deadline_s=config.outbox_deadline_s,
+        bulk_deadline_s=config.outbox_bulk_deadline_s,
         retry_max_s=config.outbox_retry_max_s,
     )
     declarations = Declarations(repository, identifiers, on_outbox=outbox.wake)

@@ -7,6 +7,7 @@
 | HEALTHCODE_DECLARATION_DB             | <data_dir>/declaration/declaration.sqlite3  |
 | HEALTHCODE_OUTBOX_RETRY_MAX_S         | 10 (backoff ceiling while the index is down) |
 | HEALTHCODE_OUTBOX_DEADLINE_S          | 5 (per call to the risk index)              |
+| HEALTHCODE_OUTBOX_BULK_DEADLINE_S     | 60 (per call carrying a bulk import's chunk) |
 | HEALTHCODE_DATA_DIR, HEALTHCODE_SECRET, ... | see services/_common/config.py        |
 """
 
@@ -28,6 +29,7 @@ class DeclarationConfig:
     db_path: Path
     outbox_retry_max_s: float
     outbox_deadline_s: float
+    outbox_bulk_deadline_s: float
     secret: bytes
 
     @classmethod
@@ -42,5 +44,8 @@ class DeclarationConfig:
             db_path=Path(db) if db else platform.data_dir / "declaration" / "declaration.sqlite3",
             outbox_retry_max_s=env_float(env, "HEALTHCODE_OUTBOX_RETRY_MAX_S", 10.0, low=0.05),
             outbox_deadline_s=env_float(env, "HEALTHCODE_OUTBOX_DEADLINE_S", 5.0, low=0.1),
+            outbox_bulk_deadline_s=env_float(
+                env, "HEALTHCODE_OUTBOX_BULK_DEADLINE_S", 60.0, low=0.1
+            ),
             secret=load_secret(platform.data_dir, env),
         )

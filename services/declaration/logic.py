@@ -8,6 +8,7 @@ order and retries while the risk index is down, so nothing acknowledged here is 
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import logging
 from collections.abc import Callable, Sequence
 from functools import partial
@@ -21,14 +22,22 @@ from services._common.errors import (
     FailedPrecondition,
     InvalidArgument,
     NotFound,
+    ResourceExhausted,
 )
 from services._common.identifiers import Identified, Identifiers, check_name
 from services._common.logs import redact
 from services._common.temperature import body_temperature, is_fever
 from services.declaration.model import (
     SYMPTOMS,
+    CheckedChunk,
     Declaration,
     DeclarationInput,
+    ImportInput,
+    ImportOutcome,
+    ImportPerson,
+    ImportPlan,
+    ImportState,
+    KnownPerson,
     OutboxMessage,
     Person,
     RecordedActor,
@@ -52,6 +61,17 @@ MAX_PLACE_CHARS = 200
 # Travel and contact history older than this cannot raise a colour any more.
 HISTORY_DAYS = 30
 MAX_RECENT = 30
+
+# A bulk import is an operator's act: it registers people who are not there to apply, on the
+# authority of a list (a community register, a migration). Grid workers and family proxies
+# register one person at a time through Register; each row still records which of them
+# registered the person (R3).
+IMPORT_ROLES = (Role.ADMIN,)
+# Who a row may say registered the person.
+REGISTRAR_ROLES = (Role.CITIZEN, Role.FAMILY_PROXY, Role.GRID_WORKER)
+# Rows per chunk: one transaction and one RegisterPeople call, which takes at most 50,000.
+MAX_IMPORT_ROWS = 50_000
+MAX_PRINCIPAL_CHARS = 128
 
 
 def utc_now() -> dt.datetime:
@@ -261,6 +281,64 @@ class Declarations:
         self._on_outbox()
         return stored, opens
 
+    # -- bulk import (R1) ---------------------------------------------------------------------
+
+    def check_importer(self, actor: Actor) -> None:
+        """PermissionDenied unless the actor may import people."""
+        actor.require(IMPORT_ROLES, "import people")
+
+    def import_chunk(self, actor: Actor, rows: Sequence[ImportInput]) -> ImportOutcome:
+        """Validate a chunk's rows, store the good ones in one transaction with one outbox
+        message for the risk index (and one of residence rows), and report the rest by line
+        and field. Idempotent by person key: a row already stored changes nothing."""
+        return self.store_chunk(actor, self.check_chunk(actor, rows))
+
+    def check_chunk(self, actor: Actor, rows: Sequence[ImportInput]) -> CheckedChunk:
+        """The first half of `import_chunk`: every row validated, nothing read or stored."""
+        self.check_importer(actor)
+        if len(rows) > MAX_IMPORT_ROWS:
+            raise ResourceExhausted(
+                f"{len(rows)} rows in one message; send at most {MAX_IMPORT_ROWS}",
+                [("rows", f"at most {MAX_IMPORT_ROWS} a message")],
+            )
+        checked = CheckedChunk(len(rows))
+        for row in rows:
+            try:
+                checked.valid.append(validate_import_row(self._ids, row))
+            except InvalidArgument as error:
+                checked.rejected += 1
+                checked.rejections.extend((row.line, f, why) for f, why in error.violations)
+        return checked
+
+    def store_chunk(self, actor: Actor, checked: CheckedChunk) -> ImportOutcome:
+        """The second half: the valid rows decided against what is stored, and written in one
+        transaction (durable on return)."""
+        plan = ImportPlan()
+        if checked.valid:
+            plan = self._repo.import_people(
+                checked.valid, plan_import, imported_by=actor.principal, now=self._clock()
+            )
+            if plan.outbox:
+                self._on_outbox()
+        rejections = sorted([*checked.rejections, *plan.rejections], key=lambda r: r[0])
+        outcome = ImportOutcome(
+            imported=len(plan.new_persons),
+            already_present=plan.already_present,
+            updated=plan.updated,
+            rejected=checked.rejected + plan.rejected,
+            rejections=rejections,
+        )
+        logger.info(
+            "import by %s: %d rows, %d new, %d already present (%d updated), %d rejected",
+            actor.principal,
+            checked.rows,
+            outcome.imported,
+            outcome.already_present,
+            outcome.updated,
+            outcome.rejected,
+        )
+        return outcome
+
     def _registered(self, person: Identified) -> Person:
         found = self._repo.get_person(person.key)
         if found is None:
@@ -343,6 +421,147 @@ def derived_rows(
     return rows
 
 
+def validate_import_row(ids: Identifiers, row: ImportInput) -> ImportPerson:
+    """One import row -> keys and masked forms, or InvalidArgument naming every bad field."""
+    violations: list[tuple[str, str]] = []
+    name = _collect(violations, lambda: check_name(row.name, "name"))
+    person = _collect(violations, lambda: ids.person(row.id_number, "id_number"))
+    if len(row.phones) > MAX_PHONES:
+        violations.append(("phones", f"at most {MAX_PHONES} phone numbers"))
+    phones: dict[bytes, tuple[int, bytes, str]] = {}
+    for i, raw in enumerate(row.phones):
+        phone = _collect(violations, partial(ids.phone, raw, f"phones[{i}]"))
+        if phone is not None:
+            phones.setdefault(phone.key, (i, phone.key, phone.masked))
+    card = None
+    if row.transit_card.strip():
+        card = _collect(violations, lambda: ids.card(row.transit_card, "transit_card"))
+    county = None
+    if row.residence_county:
+        county = _collect(
+            violations, lambda: check_county(row.residence_county, "residence_county")
+        )
+    role = row.registered_by
+    if role not in REGISTRAR_ROLES:
+        violations.append(("registered_by", "set CITIZEN, FAMILY_PROXY or GRID_WORKER"))
+    principal = row.registrar_principal.strip()
+    if role is Role.GRID_WORKER:
+        if not principal:
+            violations.append(("registrar_principal", "a grid worker's account id is required"))
+        elif len(principal) > MAX_PRINCIPAL_CHARS:
+            violations.append(("registrar_principal", f"at most {MAX_PRINCIPAL_CHARS} characters"))
+        elif redact(principal) != principal:
+            violations.append(("registrar_principal", "an account id, not an ID or phone number"))
+    elif principal:
+        violations.append(("registrar_principal", "only with GRID_WORKER"))
+    proxy = None
+    if row.registrar_id_number.strip():
+        if role is Role.FAMILY_PROXY:
+            proxy = _collect(
+                violations, lambda: ids.person(row.registrar_id_number, "registrar_id_number")
+            )
+            if proxy is not None and person is not None and proxy.key == person.key:
+                violations.append(
+                    ("registrar_id_number", "a family proxy is someone else; use CITIZEN")
+                )
+        else:
+            violations.append(("registrar_id_number", "only with FAMILY_PROXY"))
+    if violations:
+        raise InvalidArgument(violations)
+    assert person is not None and name is not None and role is not None
+    if role is Role.CITIZEN:
+        by = RecordedActor(role, "", person.masked)
+    elif role is Role.FAMILY_PROXY:
+        by = RecordedActor(role, "", proxy.masked if proxy is not None else "")
+    else:
+        by = RecordedActor(role, principal, "")
+    return ImportPerson(
+        line=row.line,
+        key=person.key,
+        masked_id_number=person.masked,
+        name=name,
+        phones=tuple(phones.values()),
+        card=(card.key, card.masked) if card is not None else None,
+        residence_county=county,
+        registered_by=by,
+    )
+
+
+def plan_import(rows: Sequence[ImportPerson], state: ImportState) -> ImportPlan:
+    """What a chunk changes, given what is stored (`state`, updated as rows are taken, so a
+    person twice in a chunk is new once and present once). A row is taken whole or rejected
+    whole: another name for a stored ID number, a phone or card held by someone else, more
+    than MAX_PHONES phones. A stored person gains the phones, card and district they lacked."""
+    plan = ImportPlan()
+    # The risk index hears of each new person and each new link once per chunk.
+    people: dict[bytes, tuple[str, list[tuple[bytes, str]], list[tuple[bytes, str]]]] = {}
+    residence: dict[bytes, tuple[str, int]] = {}
+    for row in rows:
+        known = state.persons.get(row.key)
+        problems: list[tuple[str, str]] = []
+        if known is not None and known.name != row.name:
+            problems.append(("name", f"{row.masked_id_number} is registered under another name"))
+        new_phones: list[tuple[bytes, str]] = []
+        for i, key, masked in row.phones:
+            holder = state.phone_holders.get(key)
+            if holder is None:
+                new_phones.append((key, masked))
+            elif holder != row.key:
+                problems.append((f"phones[{i}]", f"{masked} is linked to another person"))
+        phone_count = (known.phone_count if known is not None else 0) + len(new_phones)
+        if phone_count > MAX_PHONES:
+            problems.append(("phones", f"a person holds at most {MAX_PHONES} phone numbers"))
+        new_card = None
+        if row.card is not None and (known is None or known.card_key != row.card[0]):
+            holder = state.card_holders.get(row.card[0])
+            if holder is not None and holder != row.key:
+                problems.append(("transit_card", "the card is linked to another person"))
+            else:
+                new_card = row.card
+        new_county = row.residence_county
+        if known is not None and known.residence_county == new_county:
+            new_county = None
+        if problems:
+            plan.rejected += 1
+            plan.rejections.extend((row.line, f, why) for f, why in problems)
+            continue
+        if known is None:
+            plan.new_persons.append(row)
+        else:
+            plan.already_present += 1
+            if new_phones or new_card is not None or new_county is not None:
+                plan.updated += 1
+        for key, masked in new_phones:
+            plan.new_phones.append((key, row.key, masked))
+            state.phone_holders[key] = row.key
+        card_key = known.card_key if known is not None else None
+        if new_card is not None:
+            # Every card assignment (a new person's too) is an update in row order, so a card
+            # given up earlier in the chunk is free before the next holder takes it.
+            plan.card_updates.append((row.key, *new_card))
+            if card_key is not None:
+                state.card_holders.pop(card_key, None)
+            state.card_holders[new_card[0]] = row.key
+            card_key = new_card[0]
+        county = known.residence_county if known is not None else None
+        if new_county is not None:
+            if known is not None:
+                plan.residence_updates.append((row.key, new_county))
+            residence[row.key] = (row.masked_id_number, new_county)
+            county = new_county
+        state.persons[row.key] = KnownPerson(row.name, card_key, county, phone_count)
+        if known is None or new_phones or new_card is not None:
+            entry = people.setdefault(row.key, (row.masked_id_number, [], []))
+            entry[1].extend(new_phones)
+            if new_card is not None:
+                entry[2][:] = [new_card]
+    if people:
+        plan.outbox.append(_register_people_message(people))
+    if residence:
+        plan.outbox.append(_residence_message(residence))
+    return plan
+
+
 def _already_declared(masked: str, today: int, opens: dt.datetime) -> FailedPrecondition:
     when = opens.isoformat()
     return FailedPrecondition(
@@ -408,6 +627,46 @@ def _batch_message(
             "rows": [
                 {"person_key": key.hex(), "masked": masked, "day": format_day(d), "county": c}
                 for d, c in rows
+            ],
+        },
+    )
+
+
+def _register_people_message(
+    people: dict[bytes, tuple[str, list[tuple[bytes, str]], list[tuple[bytes, str]]]],
+) -> OutboxMessage:
+    # One message per chunk, not one per person: the risk index registers them in one change.
+    return OutboxMessage(
+        "register_people",
+        {
+            "people": [
+                [
+                    key.hex(),
+                    masked,
+                    [[k.hex(), m] for k, m in phones],
+                    [[k.hex(), m] for k, m in cards],
+                ]
+                for key, (masked, phones, cards) in people.items()
+            ]
+        },
+    )
+
+
+def _residence_message(residence: dict[bytes, tuple[str, int]]) -> OutboxMessage:
+    # The `residence` attribute source, keyed by person, county = district, undated. Added to
+    # (not replacing) the list: the public-security feed sends the full list with `replace`.
+    # The batch id is the rows' digest, so a resend after a crash is a harmless replay.
+    digest = hashlib.sha256()
+    for key, (_, county) in residence.items():
+        digest.update(key + county.to_bytes(4, "big"))
+    return OutboxMessage(
+        "ingest_batch",
+        {
+            "source": "residence",
+            "batch_id": f"import:residence:{digest.hexdigest()[:32]}",
+            "rows": [
+                {"person_key": key.hex(), "masked": masked, "day": "", "county": county}
+                for key, (masked, county) in residence.items()
             ],
         },
     )

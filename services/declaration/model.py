@@ -48,6 +48,8 @@ class Person:
     registered_by: RecordedActor
     registered_at: dt.datetime
     last_declared_day: int | None
+    residence_county: int | None = None  # the district lived in, from a bulk import
+    imported_by: str = ""  # the operator whose bulk import stored the person; "" if Register
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,7 +90,8 @@ class OutboxMessage:
     """A change the risk index must hear about, kept until it has acknowledged it. `payload`
     holds keys (hex) and masked forms only."""
 
-    kind: str  # register_person | link_phone | unlink_phone | link_card | ingest_batch
+    kind: str  # register_person | link_phone | unlink_phone | link_card | ingest_batch |
+    # register_people (a bulk import's chunk)
     payload: Mapping[str, Any] = field(default_factory=dict)
 
 
@@ -98,3 +101,90 @@ class PendingMessage:
     kind: str
     payload: Mapping[str, Any]
     attempts: int
+
+
+# -- bulk import -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ImportInput:
+    """One row of a bulk import as received, fields still raw (validated by the logic)."""
+
+    line: int
+    id_number: str
+    name: str
+    phones: Sequence[str] = ()
+    transit_card: str = ""
+    residence_county: int = 0  # 0: unknown
+    registered_by: Role | None = None  # None: not set (refused)
+    registrar_principal: str = ""
+    registrar_id_number: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class ImportPerson:
+    """A validated import row: keys and masked forms only."""
+
+    line: int
+    key: bytes
+    masked_id_number: str
+    name: str
+    phones: Sequence[tuple[int, bytes, str]]  # (index in the row, key, masked), distinct
+    card: tuple[bytes, str] | None
+    residence_county: int | None
+    registered_by: RecordedActor
+
+
+@dataclass(frozen=True, slots=True)
+class KnownPerson:
+    """What the import needs to know of a person already stored."""
+
+    name: str
+    card_key: bytes | None
+    residence_county: int | None
+    phone_count: int
+
+
+@dataclass
+class ImportState:
+    """The stored facts a chunk's rows touch, read in the chunk's write transaction."""
+
+    persons: dict[bytes, KnownPerson]
+    phone_holders: dict[bytes, bytes]  # phone key -> person key
+    card_holders: dict[bytes, bytes]  # card key -> person key
+
+
+@dataclass
+class ImportPlan:
+    """What a chunk writes: new persons, links for known ones, the outbox, and the counts."""
+
+    new_persons: list[ImportPerson] = field(default_factory=list)
+    new_phones: list[tuple[bytes, bytes, str]] = field(default_factory=list)  # phone, person, m
+    card_updates: list[tuple[bytes, bytes, str]] = field(default_factory=list)  # person, card, m
+    residence_updates: list[tuple[bytes, int]] = field(default_factory=list)  # person, county
+    outbox: list[OutboxMessage] = field(default_factory=list)
+    already_present: int = 0
+    updated: int = 0
+    rejected: int = 0
+    rejections: list[tuple[int, str, str]] = field(default_factory=list)  # line, field, why
+
+
+@dataclass
+class CheckedChunk:
+    """A chunk after validation: the good rows, and the rest by line and field."""
+
+    rows: int
+    valid: list[ImportPerson] = field(default_factory=list)
+    rejected: int = 0
+    rejections: list[tuple[int, str, str]] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class ImportOutcome:
+    """One chunk's result."""
+
+    imported: int
+    already_present: int
+    updated: int
+    rejected: int
+    rejections: Sequence[tuple[int, str, str]]  # (line, field, why), in line order

@@ -22,6 +22,8 @@ logger = logging.getLogger(__name__)
 
 # Refusals that a retry cannot fix: the message is set aside (kept, marked dead) so it does not
 # block the ones behind it. Anything else (UNAVAILABLE, DEADLINE_EXCEEDED, ...) is retried.
+# UNIMPLEMENTED is retried too: in a rolling upgrade this service may run before the risk index
+# that knows a new RPC (RegisterPeople), and the message must wait for it, not be dropped.
 PERMANENT = frozenset(
     {
         grpc.StatusCode.INVALID_ARGUMENT,
@@ -29,15 +31,24 @@ PERMANENT = frozenset(
         grpc.StatusCode.PERMISSION_DENIED,
         grpc.StatusCode.FAILED_PRECONDITION,
         grpc.StatusCode.NOT_FOUND,
-        grpc.StatusCode.UNIMPLEMENTED,
     }
 )
+# Messages read from the table at a time: a bulk import's message holds up to 50,000 people.
+PENDING_BATCH = 16
+# A message with more people or rows than this gets the bulk deadline.
+BULK_ENTRIES = 1000
 
 ACTOR = common_pb2.Actor(role=common_pb2.ACTOR_ROLE_SERVICE, principal="declaration")
 
 
 def _key(payload: Mapping[str, Any], name: str) -> bytes:
     return bytes.fromhex(str(payload[name]))
+
+
+def is_bulk(message: PendingMessage) -> bool:
+    """A bulk import's chunk (people or residence rows), which may take the risk index longer."""
+    entries = message.payload.get("people") or message.payload.get("rows") or ()
+    return message.kind == "register_people" or len(entries) > BULK_ENTRIES
 
 
 def send(stub: risk_index_pb2_grpc.RiskIndexServiceStub, message: PendingMessage, timeout: float):
@@ -79,6 +90,28 @@ def send(stub: risk_index_pb2_grpc.RiskIndexServiceStub, message: PendingMessage
             ),
             timeout=timeout,
         )
+    if message.kind == "register_people":
+        return stub.RegisterPeople(
+            risk_index_pb2.RegisterPeopleRequest(
+                actor=ACTOR,
+                people=[
+                    risk_index_pb2.KeyedPerson(
+                        person_key=bytes.fromhex(key),
+                        masked_id_number=masked,
+                        phones=[
+                            risk_index_pb2.KeyedPhone(phone_key=bytes.fromhex(k), masked_phone=m)
+                            for k, m in phones
+                        ],
+                        cards=[
+                            risk_index_pb2.KeyedCard(card_key=bytes.fromhex(k), masked_card=m)
+                            for k, m in cards
+                        ],
+                    )
+                    for key, masked, phones, cards in p["people"]
+                ],
+            ),
+            timeout=timeout,
+        )
     if message.kind == "ingest_batch":
         return stub.IngestBatch(
             risk_index_pb2.IngestBatchRequest(
@@ -109,6 +142,7 @@ class OutboxWorker:
         stub: risk_index_pb2_grpc.RiskIndexServiceStub,
         *,
         deadline_s: float = 5.0,
+        bulk_deadline_s: float = 60.0,
         retry_initial_s: float = 0.05,
         retry_max_s: float = 10.0,
         poll_s: float = 5.0,
@@ -117,6 +151,7 @@ class OutboxWorker:
         self._repo = repository
         self._stub = stub
         self._deadline = deadline_s
+        self._bulk_deadline = max(deadline_s, bulk_deadline_s)
         self._retry_initial = retry_initial_s
         self._retry_max = retry_max_s
         self._poll = poll_s
@@ -147,14 +182,15 @@ class OutboxWorker:
     def drain(self) -> bool:
         """Deliver pending messages in order until done (True) or a retryable failure (False)."""
         while not self._stop.is_set():
-            batch = self._repo.pending(100)
+            batch = self._repo.pending(PENDING_BATCH)
             if not batch:
                 return True
             for message in batch:
                 if self._stop.is_set():
                     return False
                 try:
-                    self._send(self._stub, message, self._deadline)
+                    deadline = self._bulk_deadline if is_bulk(message) else self._deadline
+                    self._send(self._stub, message, deadline)
                 except grpc.RpcError as error:
                     code = error.code() if isinstance(error, grpc.Call) else None
                     detail = error.details() if isinstance(error, grpc.Call) else str(error)

@@ -11,7 +11,8 @@ from __future__ import annotations
 import datetime as dt
 import json
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
 from typing import Any
 
 from services._common.actors import Role
@@ -19,6 +20,10 @@ from services._common.errors import AlreadyExists
 from services._common.storage import SqliteRepository
 from services.declaration.model import (
     Declaration,
+    ImportPerson,
+    ImportPlan,
+    ImportState,
+    KnownPerson,
     OutboxMessage,
     PendingMessage,
     Person,
@@ -80,6 +85,15 @@ CREATE TABLE outbox (
 );
 """
 
+# Bulk import (R1): where a person lives, and which operator's import stored them.
+SCHEMA_V2 = """
+ALTER TABLE persons ADD COLUMN residence_county INTEGER;       -- GB/T 2260 district; NULL unknown
+ALTER TABLE persons ADD COLUMN imported_by TEXT NOT NULL DEFAULT '';  -- '' when through Register
+"""
+
+# Keys per `IN (...)` look-up: well under SQLite's limit on bound parameters.
+LOOKUP_CHUNK = 500
+
 
 def _iso(value: dt.datetime) -> str:
     return value.astimezone(dt.UTC).isoformat()
@@ -90,7 +104,15 @@ def _time(text: str) -> dt.datetime:
 
 
 class DeclarationRepository(SqliteRepository):
-    MIGRATIONS = (SCHEMA_V1,)
+    MIGRATIONS = (SCHEMA_V1, SCHEMA_V2)
+
+    def __init__(self, path: Path | str, *, cache_mib: int = 256) -> None:
+        super().__init__(path)
+        # A bulk import inserts random keys all over the person and phone B-trees; a page
+        # cache that holds their upper levels (SQLite's default is 2 MiB) spares each insert
+        # re-reading them. Pages are allocated as used: a small database stays small.
+        with self._lock:
+            self._conn.execute(f"PRAGMA cache_size=-{cache_mib * 1024}")
 
     # -- persons -----------------------------------------------------------------------------
 
@@ -125,6 +147,8 @@ class DeclarationRepository(SqliteRepository):
             ),
             registered_at=_time(row["registered_at"]),
             last_declared_day=int(last) if last is not None else None,
+            residence_county=row["residence_county"],
+            imported_by=row["imported_by"],
         )
 
     def phone_holder(self, phone_key: bytes) -> bytes | None:
@@ -246,6 +270,107 @@ class DeclarationRepository(SqliteRepository):
             person = self._person(conn, key)
         assert person is not None
         return person
+
+    # -- bulk import -------------------------------------------------------------------------
+
+    def import_people(
+        self,
+        rows: Sequence[ImportPerson],
+        plan: Callable[[Sequence[ImportPerson], ImportState], ImportPlan],
+        *,
+        imported_by: str,
+        now: dt.datetime,
+    ) -> ImportPlan:
+        """One chunk in one transaction: read what its rows touch, let `plan` decide, write
+        the new persons, links and outbox messages (executemany). Durable on return."""
+        person_keys = {r.key for r in rows}
+        phone_keys = {key for r in rows for _, key, _ in r.phones}
+        card_keys = {r.card[0] for r in rows if r.card is not None}
+        stamp = _iso(now)
+        with self.transaction() as conn:
+            state = ImportState(
+                self._known_persons(conn, person_keys),
+                self._holders(
+                    conn, "SELECT phone_key, person_key FROM phones", "phone_key", phone_keys
+                ),
+                self._holders(
+                    conn, "SELECT card_key, person_key FROM persons", "card_key", card_keys
+                ),
+            )
+            decided = plan(rows, state)
+            conn.executemany(
+                "INSERT INTO persons (person_key, name, masked_id_number, registered_at, "
+                "registered_by_role, registered_by, registered_by_masked, residence_county, "
+                "imported_by) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    (
+                        r.key,
+                        r.name,
+                        r.masked_id_number,
+                        stamp,
+                        r.registered_by.role.value,
+                        r.registered_by.principal,
+                        r.registered_by.masked_id_number,
+                        r.residence_county,
+                        imported_by,
+                    )
+                    # In key order: neighbouring inserts share B-tree pages.
+                    for r in sorted(decided.new_persons, key=lambda r: r.key)
+                ),
+            )
+            conn.executemany(
+                "UPDATE persons SET card_key = ?, masked_card = ? WHERE person_key = ?",
+                ((card, masked, person) for person, card, masked in decided.card_updates),
+            )
+            conn.executemany(
+                "UPDATE persons SET residence_county = ? WHERE person_key = ?",
+                ((county, person) for person, county in decided.residence_updates),
+            )
+            conn.executemany(
+                "INSERT INTO phones (phone_key, person_key, masked_phone, linked_at) "
+                "VALUES (?, ?, ?, ?)",
+                (
+                    (phone, person, masked, stamp)
+                    # By holder, in the file's order for each (the order phones are shown in).
+                    for phone, person, masked in sorted(decided.new_phones, key=lambda t: t[1])
+                ),
+            )
+            self._enqueue(conn, decided.outbox, now)
+        return decided
+
+    def _known_persons(
+        self, conn: sqlite3.Connection, keys: Iterable[bytes]
+    ) -> dict[bytes, KnownPerson]:
+        found: dict[bytes, KnownPerson] = {}
+        for part in _chunks(keys):
+            marks = ",".join("?" * len(part))
+            counts = {
+                bytes(r[0]): int(r[1])
+                for r in conn.execute(
+                    f"SELECT person_key, COUNT(*) FROM phones WHERE person_key IN ({marks}) "
+                    "GROUP BY person_key",
+                    part,
+                )
+            }
+            for r in conn.execute(
+                "SELECT person_key, name, card_key, residence_county FROM persons "
+                f"WHERE person_key IN ({marks})",
+                part,
+            ):
+                key = bytes(r[0])
+                card = bytes(r[2]) if r[2] is not None else None
+                found[key] = KnownPerson(r[1], card, r[3], counts.get(key, 0))
+        return found
+
+    def _holders(
+        self, conn: sqlite3.Connection, select: str, column: str, keys: Iterable[bytes]
+    ) -> dict[bytes, bytes]:
+        found: dict[bytes, bytes] = {}
+        for part in _chunks(keys):
+            marks = ",".join("?" * len(part))
+            for r in conn.execute(f"{select} WHERE {column} IN ({marks})", part):
+                found[bytes(r[0])] = bytes(r[1])
+        return found
 
     # -- declarations ------------------------------------------------------------------------
 
@@ -375,3 +500,14 @@ class DeclarationRepository(SqliteRepository):
                 "UPDATE outbox SET attempts = attempts + 1, last_error = ?, dead = ? WHERE id = ?",
                 (error[:500], int(dead), message_id),
             )
+
+
+def _chunks(keys: Iterable[bytes]) -> Iterable[list[bytes]]:
+    part: list[bytes] = []
+    for key in keys:
+        part.append(key)
+        if len(part) == LOOKUP_CHUNK:
+            yield part
+            part = []
+    if part:
+        yield part

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import grpc
 from healthcode.v1 import declaration_pb2, declaration_pb2_grpc
 
+from services._common.actors import Actor, Role
 from services._common.convert import (
     actor_from_proto,
     person_from_proto,
@@ -13,13 +16,24 @@ from services._common.convert import (
     timestamp,
 )
 from services._common.days import format_day
+from services._common.errors import InvalidArgument
 from services._common.identifiers import Identifiers, mask_name
 from services._common.status import grpc_errors
 from services.declaration.logic import Declarations
-from services.declaration.model import SYMPTOMS, Declaration, DeclarationInput, Person
+from services.declaration.model import (
+    SYMPTOMS,
+    Declaration,
+    DeclarationInput,
+    ImportInput,
+    ImportOutcome,
+    Person,
+)
 from services.declaration.model import RecordedActor as DomainActor
 
 SERVICE_NAME = declaration_pb2.DESCRIPTOR.services_by_name["DeclarationService"].full_name
+# Rejections listed in one ImportPeople reply; the rest are counted.
+MAX_LISTED_REJECTIONS = 1000
+_ROLE_OF = {role_to_proto(role): role for role in Role}
 
 # Proto enum value <-> stored name; SYMPTOM_FEVER is 1, in the order of model.SYMPTOMS.
 _SYMPTOM_NAME = {i + 1: name for i, name in enumerate(SYMPTOMS)}
@@ -47,6 +61,7 @@ def person_to_proto(person: Person) -> declaration_pb2.Person:
         last_declared_day=(
             format_day(person.last_declared_day) if person.last_declared_day is not None else ""
         ),
+        residence_county=person.residence_county or 0,
     )
 
 
@@ -152,3 +167,61 @@ class DeclarationServicer(declaration_pb2_grpc.DeclarationServiceServicer):
             person=person_to_proto(stored),
             declarations=[declaration_to_proto(d) for d in declarations],
         )
+
+    @grpc_errors
+    def ImportPeople(
+        self,
+        request_iterator: Iterator[declaration_pb2.ImportPeopleRequest],
+        context: grpc.ServicerContext,
+    ) -> declaration_pb2.ImportPeopleResponse:
+        # Each chunk is stored (durably) before the next message is read; the reply, after
+        # the last, therefore only ever acknowledges what is stored. (Validating the next
+        # chunk while the last is written was measured: no faster, so not done.)
+        response = declaration_pb2.ImportPeopleResponse()
+        actor: Actor | None = None
+        first = b""
+        for request in request_iterator:
+            if actor is None:
+                if not request.HasField("actor"):
+                    raise InvalidArgument([("actor", "the first message names the importer")])
+                actor = actor_from_proto(request.actor, self._ids)
+                self._d.check_importer(actor)
+                first = request.actor.SerializeToString(deterministic=True)
+            elif request.HasField("actor") and (
+                request.actor.SerializeToString(deterministic=True) != first
+            ):
+                raise InvalidArgument([("actor", "one importer per stream; leave it unset")])
+            if not request.rows:
+                continue
+            _count(response, self._d.import_chunk(actor, [_import_input(r) for r in request.rows]))
+            response.last_line = max(response.last_line, max(r.line for r in request.rows))
+        if actor is None:
+            raise InvalidArgument([("actor", "the first message names the importer")])
+        return response
+
+
+def _count(response: declaration_pb2.ImportPeopleResponse, outcome: ImportOutcome) -> None:
+    """Add one stored chunk to the reply."""
+    response.chunks += 1
+    response.imported += outcome.imported
+    response.already_present += outcome.already_present
+    response.updated += outcome.updated
+    response.rejected += outcome.rejected
+    room = MAX_LISTED_REJECTIONS - len(response.rejections)
+    for line, field, why in outcome.rejections[: max(room, 0)]:
+        response.rejections.add(line=line, field=field, reason=why)
+    response.rejections_not_listed += max(len(outcome.rejections) - max(room, 0), 0)
+
+
+def _import_input(row: declaration_pb2.ImportRow) -> ImportInput:
+    return ImportInput(
+        line=row.line,
+        id_number=row.id_number,
+        name=row.name,
+        phones=list(row.phones),
+        transit_card=row.transit_card,
+        residence_county=row.residence_county,
+        registered_by=_ROLE_OF.get(row.registered_by),
+        registrar_principal=row.registrar_principal,
+        registrar_id_number=row.registrar_id_number,
+    )
