@@ -96,6 +96,30 @@ impl Bucket {
         }
     }
 
+    /// The bucket's ids that are in `set`, probing from the smaller side.
+    ///
+    /// ```
+    /// use healthcode_matcher::bucket::Bucket;
+    /// use roaring::RoaringBitmap;
+    ///
+    /// let b = Bucket::from_sorted(vec![2, 4, 6, 8]);
+    /// let hit = b.intersection(&RoaringBitmap::from_iter([1, 4, 8, 9]));
+    /// assert_eq!(hit.iter().collect::<Vec<_>>(), [4, 8]);
+    /// ```
+    pub fn intersection(&self, set: &RoaringBitmap) -> RoaringBitmap {
+        match self {
+            Bucket::Sparse(v) if v.len() as u64 <= set.len() => {
+                let ids = v.iter().copied().filter(|&id| set.contains(id));
+                RoaringBitmap::from_sorted_iter(ids).expect("sorted and distinct")
+            }
+            Bucket::Sparse(v) => {
+                let ids = set.iter().filter(|id| v.binary_search(id).is_ok());
+                RoaringBitmap::from_sorted_iter(ids).expect("ascending")
+            }
+            Bucket::Dense(b) => b & set,
+        }
+    }
+
     /// Add sorted, distinct ids.
     pub fn insert_sorted(&mut self, ids: &[u32]) {
         match self {

@@ -7,6 +7,10 @@
 //! as version 0 itself, so a publisher can define its sources on the empty index and publish
 //! that as version 0: no other version ever had that number.
 //!
+//! A finished version also remembers which buckets its builder touched, relative to the version
+//! it started from, so that verdicts are carried to it reading only those
+//! ([`crate::plan::Verdicts::update`]).
+//!
 //! ```
 //! use healthcode_matcher::index::{Index, KeyedBy, UNDATED};
 //!
@@ -26,7 +30,8 @@
 //! # Ok::<(), healthcode_matcher::errors::MatcherError>(())
 //! ```
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use roaring::RoaringBitmap;
@@ -128,6 +133,28 @@ pub struct Index {
     pub county_levels: Arc<HashMap<u32, u8>>,
     /// True only for the index [`Index::new`] made: no builder finished it, no snapshot held it.
     root: bool,
+    /// This version's identity in this process (clones share it), which a change log names.
+    pub(crate) id: u64,
+    /// What the builder that made this version changed in the one it started from (`None`
+    /// for the root and for a version read from a snapshot).
+    pub(crate) changes: Option<Arc<Changes>>,
+}
+
+/// The bucket keys a builder touched, by source, relative to the version it started from:
+/// every bucket added, replaced or dropped is listed (one listed may have ended unchanged).
+/// It lets [`crate::plan::Verdicts::update`] read only the buckets that changed.
+#[derive(Debug, Default)]
+pub(crate) struct Changes {
+    /// The identity of the version built from.
+    pub(crate) from: u64,
+    /// Source name -> touched keys, ascending.
+    pub(crate) buckets: BTreeMap<String, Vec<BucketKey>>,
+}
+
+/// A fresh identity for a version.
+fn next_id() -> u64 {
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    NEXT.fetch_add(1, Ordering::Relaxed)
 }
 
 impl std::fmt::Debug for Index {
@@ -151,6 +178,8 @@ impl Index {
             sources: BTreeMap::new(),
             county_levels: Arc::new(HashMap::new()),
             root: true,
+            id: next_id(),
+            changes: None,
         }
     }
 
@@ -169,6 +198,8 @@ impl Index {
             sources,
             county_levels: Arc::new(county_levels),
             root: false,
+            id: next_id(),
+            changes: None,
         }
     }
 
@@ -182,6 +213,8 @@ impl Index {
         Builder {
             next: self.clone(),
             from_root: self.root,
+            from: self.id,
+            touched: BTreeMap::new(),
         }
     }
 
@@ -195,6 +228,78 @@ impl Index {
     /// The level of a county (0 when never set).
     pub fn level(&self, county: u32) -> u8 {
         self.county_levels.get(&county).copied().unwrap_or(0)
+    }
+
+    /// Persons with a row in one of `counties`, in any county-keyed source and on any day or
+    /// hour, directly (person-keyed sources) or through a phone they hold now (phone-keyed
+    /// ones): whom a change of those counties' levels can touch. County 0 is refused.
+    ///
+    /// ```
+    /// use healthcode_matcher::index::{Index, KeyedBy, UNDATED};
+    ///
+    /// let mut b = Index::new([7; 32]).builder();
+    /// b.define_source("travel", KeyedBy::Person, true, false)?;
+    /// b.define_source("roaming", KeyedBy::Phone, true, false)?;
+    /// let (ann, bo, cy) = (b.add_person_key(1), b.add_person_key(2), b.add_person_key(3));
+    /// let sim = b.add_phone_key(10, Some(cy))?;
+    /// b.add_rows("travel", &[ann, bo], 19_000, Some(&[120101, 120102]))?;
+    /// b.add_rows("roaming", &[sim], UNDATED, Some(&[120101]))?;
+    /// let v = b.finish();
+    /// let touched = v.persons_with_rows_in_counties(&[120101])?;
+    /// assert_eq!(touched.iter().collect::<Vec<_>>(), [ann, cy]);
+    /// assert!(v.persons_with_rows_in_counties(&[0]).is_err());
+    /// # Ok::<(), healthcode_matcher::errors::MatcherError>(())
+    /// ```
+    pub fn persons_with_rows_in_counties(&self, counties: &[u32]) -> Result<RoaringBitmap> {
+        if counties.contains(&NO_COUNTY) {
+            return Err(MatcherError::Invalid("county code 0 is reserved".into()));
+        }
+        let of = |keyed_by: KeyedBy| {
+            bucket::union(
+                self.sources
+                    .values()
+                    .filter(|s| s.has_county && s.keyed_by == keyed_by)
+                    .flat_map(|s| {
+                        counties
+                            .iter()
+                            .flat_map(|&c| s.buckets.range((c, 0)..=(c, u32::MAX)))
+                            .map(|(_, b)| b.as_ref())
+                    }),
+            )
+        };
+        let mut persons = of(KeyedBy::Person);
+        persons |= self.holders_of_phones(of(KeyedBy::Phone).iter())?;
+        Ok(persons)
+    }
+
+    /// The holders of phones (unheld phones, and `u32::MAX` for "no phone", are skipped), as a
+    /// set. An id past the last phone is refused.
+    ///
+    /// ```
+    /// use healthcode_matcher::index::Index;
+    ///
+    /// let mut b = Index::new([7; 32]).builder();
+    /// let ann = b.add_person_key(1);
+    /// let (one, two) = (b.add_phone_key(10, Some(ann))?, b.add_phone_key(11, Some(ann))?);
+    /// let spare = b.add_phone_key(12, None)?;
+    /// let v = b.finish();
+    /// let holders = v.holders_of_phones([one, two, spare, u32::MAX].into_iter())?;
+    /// assert_eq!(holders.iter().collect::<Vec<_>>(), [ann]);
+    /// assert!(v.holders_of_phones([spare + 1].into_iter()).is_err());
+    /// # Ok::<(), healthcode_matcher::errors::MatcherError>(())
+    /// ```
+    pub fn holders_of_phones(&self, phones: impl Iterator<Item = u32>) -> Result<RoaringBitmap> {
+        let limit = self.registry.phones.len();
+        let mut holders = Vec::new();
+        for f in phones.filter(|&f| f != crate::registry::NONE) {
+            if f as usize >= limit {
+                return Err(MatcherError::Invalid(format!("no phone with id {f}")));
+            }
+            holders.extend(self.registry.phone_holder(f));
+        }
+        holders.sort_unstable();
+        holders.dedup();
+        Ok(RoaringBitmap::from_sorted_iter(holders).expect("sorted and distinct"))
     }
 
     /// Check that a person id exists.
@@ -228,6 +333,10 @@ impl Index {
 pub struct Builder {
     next: Index,
     from_root: bool,
+    /// The identity of the version started from.
+    from: u64,
+    /// Bucket keys touched so far, by source.
+    touched: BTreeMap<String, BTreeSet<BucketKey>>,
 }
 
 impl Builder {
@@ -239,7 +348,21 @@ impl Builder {
     /// Freeze into the next numbered version.
     pub fn finish(mut self) -> Index {
         self.next.version += 1;
+        self.seal()
+    }
+
+    /// The version as built, with its identity and change log.
+    fn seal(mut self) -> Index {
         self.next.root = false;
+        self.next.id = next_id();
+        let buckets = std::mem::take(&mut self.touched)
+            .into_iter()
+            .map(|(name, keys)| (name, keys.into_iter().collect()))
+            .collect();
+        self.next.changes = Some(Arc::new(Changes {
+            from: self.from,
+            buckets,
+        }));
         self.next
     }
 
@@ -261,8 +384,7 @@ impl Builder {
     pub fn finish_as(mut self, version: u64) -> Result<Index> {
         self.check_version(version)?;
         self.next.version = version;
-        self.next.root = false;
-        Ok(self.next)
+        Ok(self.seal())
     }
 
     /// Register (or find) a person by key.
@@ -332,12 +454,15 @@ impl Builder {
         Ok(())
     }
 
-    fn source_mut(&mut self, name: &str) -> Result<&mut Source> {
-        self.next
+    /// A source to change, and the set its touched bucket keys go in.
+    fn source_mut(&mut self, name: &str) -> Result<(&mut Source, &mut BTreeSet<BucketKey>)> {
+        let source = self
+            .next
             .sources
             .get_mut(name)
             .map(Arc::make_mut)
-            .ok_or_else(|| MatcherError::Invalid(format!("unknown source {name:?}")))
+            .ok_or_else(|| MatcherError::Invalid(format!("unknown source {name:?}")))?;
+        Ok((source, self.touched.entry(name.to_string()).or_default()))
     }
 
     /// Add rows of dense ids. `day` is `UNDATED` for "currently listed"; `counties` gives one
@@ -362,16 +487,16 @@ impl Builder {
                 "id {bad} is not registered in source {name:?}'s registry"
             )));
         }
-        let source = self.source_mut(name)?;
+        let (source, touched) = self.source_mut(name)?;
         match counties {
-            None => insert_bucket(source, (NO_COUNTY, day), ids.iter().copied()),
+            None => insert_bucket(source, touched, (NO_COUNTY, day), ids.iter().copied()),
             Some(cs) => {
                 let mut by_county: BTreeMap<u32, Vec<u32>> = BTreeMap::new();
                 for (&id, &c) in ids.iter().zip(cs) {
                     by_county.entry(c).or_default().push(id);
                 }
                 for (c, v) in by_county {
-                    insert_bucket(source, (c, day), v.into_iter());
+                    insert_bucket(source, touched, (c, day), v.into_iter());
                 }
             }
         }
@@ -411,9 +536,9 @@ impl Builder {
             let c = counties.map_or(NO_COUNTY, |cs| cs[i]);
             groups.entry((c, days[i])).or_default().push(id);
         }
-        let source = self.source_mut(name)?;
+        let (source, touched) = self.source_mut(name)?;
         for (bucket, v) in groups {
-            insert_bucket(source, bucket, v.into_iter());
+            insert_bucket(source, touched, bucket, v.into_iter());
         }
         Ok(())
     }
@@ -421,10 +546,14 @@ impl Builder {
     /// Remove ids from every bucket of a source.
     pub fn remove_rows(&mut self, name: &str, ids: &[u32]) -> Result<()> {
         let gone = RoaringBitmap::from_iter(ids.iter().copied());
-        let source = self.source_mut(name)?;
-        source.buckets.retain(|_, b| {
+        let (source, touched) = self.source_mut(name)?;
+        source.buckets.retain(|k, b| {
             if b.intersection_len(&gone) > 0 {
                 Arc::make_mut(b).remove_all(&gone);
+                touched.insert(*k);
+            }
+            if b.is_empty() {
+                touched.insert(*k);
             }
             !b.is_empty()
         });
@@ -433,7 +562,9 @@ impl Builder {
 
     /// Drop every row of a source.
     pub fn clear_source(&mut self, name: &str) -> Result<()> {
-        self.source_mut(name)?.buckets.clear();
+        let (source, touched) = self.source_mut(name)?;
+        touched.extend(source.buckets.keys());
+        source.buckets.clear();
         Ok(())
     }
 
@@ -472,7 +603,13 @@ fn check_counties(name: &str, s: &Source, rows: usize, counties: Option<&[u32]>)
     }
 }
 
-fn insert_bucket(source: &mut Source, key: BucketKey, ids: impl Iterator<Item = u32>) {
+fn insert_bucket(
+    source: &mut Source,
+    touched: &mut BTreeSet<BucketKey>,
+    key: BucketKey,
+    ids: impl Iterator<Item = u32>,
+) {
+    touched.insert(key);
     let mut ids: Vec<u32> = ids.collect();
     ids.sort_unstable();
     ids.dedup();

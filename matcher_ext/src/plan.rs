@@ -2,16 +2,22 @@
 //!
 //! A plan is evaluated over a whole index version for one day at once: every check becomes a
 //! bitmap of persons (window unions of day buckets; phone sources projected onto holders), every
-//! rule a bitmap of the persons it fires for. The result, [`Verdicts`], keeps one fired mask
-//! per non-green person behind a rank directory, so the per-person question ("what colour, and
-//! which rules?") is a bit test and an array read, and a batch is the same in parallel. Why a
-//! rule fired (source, day, which phone) is worked out on demand by [`Verdicts::explain`].
+//! rule a bitmap of the persons it fires for. The result, [`Verdicts`], keeps the (fired,
+//! cleared) masks of every person who is not plain green, in blocks of 512 persons with a bit
+//! each, so the per-person question ("what colour, and which rules?") is a bit test and an
+//! array read, and a batch is the same in parallel. It also keeps each check's window union,
+//! from which [`Verdicts::update`] carries it to the next index version for only the persons a
+//! change touches. Why a rule fired (source, day, which phone) is worked out on demand by
+//! [`Verdicts::explain`].
 
+use std::borrow::Cow;
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use rayon::prelude::*;
 use roaring::RoaringBitmap;
 
+use crate::blocks::Blocks;
 use crate::bucket::{self, Bucket};
 use crate::errors::{MatcherError, Result};
 use crate::index::{Index, KeyedBy, Source, NO_COUNTY, UNDATED};
@@ -28,7 +34,7 @@ pub const MAX_RULES: usize = 64;
 pub const MAX_CHECKS: usize = 1024;
 
 /// One condition: a person (or one of their phones) is in a source within a window.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct Check {
     /// The source name.
     pub source: String,
@@ -248,7 +254,7 @@ impl Now {
 
 /// Whether a bucket time `t` (a day, or an hour for an hourly source) is in the check's window:
 /// the last `n` units ending now. Undated rows are always in.
-fn in_window(t: u32, hourly: bool, c: &Check, now: Now) -> bool {
+pub(crate) fn in_window(t: u32, hourly: bool, c: &Check, now: Now) -> bool {
     if t == UNDATED {
         return true;
     }
@@ -270,15 +276,24 @@ fn buckets<'a>(
     now: Now,
 ) -> impl Iterator<Item = (u32, u32, &'a Bucket)> + 'a {
     s.buckets.iter().filter_map(move |(&(county, t), b)| {
-        let level_ok = match c.min_level {
-            None => true,
-            Some(l) => county != NO_COUNTY && index.level(county) >= l,
-        };
-        (level_ok && in_window(t, s.hourly, c, now)).then_some((county, t, b.as_ref()))
+        (level_ok(index, c, county) && in_window(t, s.hourly, c, now)).then_some((
+            county,
+            t,
+            b.as_ref(),
+        ))
     })
 }
 
-fn window_union(index: &Index, c: &Check, now: Now) -> RoaringBitmap {
+/// Whether a county's current level satisfies the check's `min_level` (any county does
+/// without one).
+pub(crate) fn level_ok(index: &Index, c: &Check, county: u32) -> bool {
+    match c.min_level {
+        None => true,
+        Some(l) => county != NO_COUNTY && index.level(county) >= l,
+    }
+}
+
+pub(crate) fn window_union(index: &Index, c: &Check, now: Now) -> RoaringBitmap {
     let s = &index.sources[&c.source];
     bucket::union(buckets(index, s, c, now).map(|(_, _, b)| b))
 }
@@ -293,44 +308,103 @@ fn holders_of(index: &Index, phones: &RoaringBitmap) -> RoaringBitmap {
     RoaringBitmap::from_sorted_iter(ids).expect("sorted and deduplicated")
 }
 
-/// A check's persons after phone clears, and before them when they differ.
-type CheckPersons = (RoaringBitmap, Option<RoaringBitmap>);
+/// Where each check of a plan finds its window union: checks that read the same source through
+/// the same window and level share one slot, so their union is computed (and kept) once.
+#[derive(Debug)]
+pub(crate) struct Slots {
+    /// The distinct checks, one per slot.
+    pub(crate) checks: Vec<Check>,
+    /// Per rule: the slot of each raising check, then of each clearing check.
+    pub(crate) of_rule: Vec<(Vec<usize>, Vec<usize>)>,
+}
 
-/// (fired, cleared) persons of one rule.
-fn evaluate_rule(index: &Index, r: &Rule, now: Now) -> (RoaringBitmap, RoaringBitmap) {
+impl Slots {
+    pub(crate) fn of(plan: &Plan) -> Self {
+        fn slot<'p>(
+            c: &'p Check,
+            at: &mut HashMap<&'p Check, usize>,
+            all: &mut Vec<Check>,
+        ) -> usize {
+            *at.entry(c).or_insert_with(|| {
+                all.push(c.clone());
+                all.len() - 1
+            })
+        }
+        let mut checks = Vec::new();
+        let mut at = HashMap::new();
+        let mut of_rule = Vec::with_capacity(plan.rules.len());
+        for r in &plan.rules {
+            let raise = r
+                .checks
+                .iter()
+                .map(|c| slot(c, &mut at, &mut checks))
+                .collect();
+            let clear = r
+                .clears
+                .iter()
+                .map(|c| slot(c, &mut at, &mut checks))
+                .collect();
+            of_rule.push((raise, clear));
+        }
+        Slots { checks, of_rule }
+    }
+}
+
+/// A check's persons after phone clears, and before them when they differ.
+type CheckPersons<'a> = (Cow<'a, RoaringBitmap>, Option<RoaringBitmap>);
+
+/// (fired, cleared) persons of one rule, from the window unions of its checks (`raise`,
+/// `clear`: their slots in `unions`). Unions restricted to some persons and their phones give
+/// the rule's sets restricted to those persons.
+pub(crate) fn rule_sets(
+    index: &Index,
+    r: &Rule,
+    (raise, clear): (&[usize], &[usize]),
+    unions: &[Arc<RoaringBitmap>],
+) -> (RoaringBitmap, RoaringBitmap) {
     let keyed = |c: &Check| index.sources[&c.source].keyed_by;
     let mut phone_clear = RoaringBitmap::new();
     let mut person_clear = RoaringBitmap::new();
-    for c in &r.clears {
+    for (c, &slot) in r.clears.iter().zip(clear) {
         match keyed(c) {
-            KeyedBy::Phone => phone_clear |= window_union(index, c, now),
-            KeyedBy::Person => person_clear |= window_union(index, c, now),
+            KeyedBy::Phone => phone_clear |= unions[slot].as_ref(),
+            KeyedBy::Person => person_clear |= unions[slot].as_ref(),
         }
     }
     // each check as persons, with phone clears applied and (if they removed anything) without
-    let per_check: Vec<CheckPersons> = r
+    let per_check: Vec<CheckPersons<'_>> = r
         .checks
         .iter()
-        .map(|c| {
-            let u = window_union(index, c, now);
+        .zip(raise)
+        .map(|(c, &slot)| {
+            let u = unions[slot].as_ref();
             match keyed(c) {
-                KeyedBy::Person => (u, None),
-                KeyedBy::Phone if phone_clear.is_empty() => (holders_of(index, &u), None),
+                KeyedBy::Person => (Cow::Borrowed(u), None),
+                KeyedBy::Phone if phone_clear.is_empty() => {
+                    (Cow::Owned(holders_of(index, u)), None)
+                }
                 KeyedBy::Phone => {
-                    let raw = holders_of(index, &u);
-                    (holders_of(index, &(u - &phone_clear)), Some(raw))
+                    let raw = holders_of(index, u);
+                    let kept = holders_of(index, &(u - &phone_clear));
+                    (Cow::Owned(kept), Some(raw))
                 }
             }
         })
         .collect();
-    let combine = |pick: &dyn Fn(&CheckPersons) -> RoaringBitmap| {
+    fn combine<'b>(
+        per_check: &'b [CheckPersons<'_>],
+        match_all: bool,
+        pick: impl Fn(&'b CheckPersons<'_>) -> &'b RoaringBitmap,
+    ) -> RoaringBitmap {
         let mut it = per_check.iter().map(pick);
-        let first = it.next().unwrap_or_default();
-        it.fold(first, |acc, b| if r.match_all { acc & b } else { acc | b })
-    };
-    let matched = combine(&|(w, _)| w.clone());
+        let first = it.next().cloned().unwrap_or_default();
+        it.fold(first, |acc, b| if match_all { acc & b } else { acc | b })
+    }
+    let matched = combine(&per_check, r.match_all, |(w, _)| w.as_ref());
     let matched_raw = if per_check.iter().any(|(_, raw)| raw.is_some()) {
-        combine(&|(w, raw)| raw.as_ref().unwrap_or(w).clone())
+        combine(&per_check, r.match_all, |(w, raw)| {
+            raw.as_ref().unwrap_or(w.as_ref())
+        })
     } else {
         matched.clone()
     };
@@ -339,45 +413,27 @@ fn evaluate_rule(index: &Index, r: &Rule, now: Now) -> (RoaringBitmap, RoaringBi
     (fired, cleared)
 }
 
-/// A bit vector with a rank directory: "is id set, and how many set ids come before it".
-struct RankBits {
-    words: Vec<u64>,
-    /// Set bits before each block of 8 words.
-    block_rank: Vec<u32>,
+/// The window union of every slot, in parallel.
+pub(crate) fn slot_unions(index: &Index, slots: &Slots, now: Now) -> Vec<Arc<RoaringBitmap>> {
+    slots
+        .checks
+        .par_iter()
+        .map(|c| Arc::new(window_union(index, c, now)))
+        .collect()
 }
 
-impl RankBits {
-    fn new(set: &RoaringBitmap, universe: u32) -> Self {
-        let n_words = (universe as usize).div_ceil(64);
-        let mut words = vec![0u64; n_words];
-        for id in set.iter().filter(|&i| i < universe) {
-            words[id as usize >> 6] |= 1 << (id & 63);
-        }
-        let mut block_rank = Vec::with_capacity(n_words / 8 + 1);
-        let mut acc = 0u32;
-        for block in words.chunks(8) {
-            block_rank.push(acc);
-            acc += block.iter().map(|w| w.count_ones()).sum::<u32>();
-        }
-        RankBits { words, block_rank }
-    }
-
-    /// The position of `id` among the set ids, if set.
-    #[inline]
-    fn rank(&self, id: u32) -> Option<usize> {
-        let w = id as usize >> 6;
-        let word = *self.words.get(w)?;
-        let bit = 1u64 << (id & 63);
-        if word & bit == 0 {
-            return None;
-        }
-        let block = w >> 3;
-        let mut r = self.block_rank[block] as usize;
-        for k in block << 3..w {
-            r += self.words[k].count_ones() as usize;
-        }
-        Some(r + (word & (bit - 1)).count_ones() as usize)
-    }
+/// Every rule's (fired, cleared) persons, rules in parallel.
+pub(crate) fn all_rule_sets(
+    index: &Index,
+    plan: &Plan,
+    slots: &Slots,
+    unions: &[Arc<RoaringBitmap>],
+) -> Vec<(RoaringBitmap, RoaringBitmap)> {
+    plan.rules
+        .par_iter()
+        .zip(&slots.of_rule)
+        .map(|(r, (raise, clear))| rule_sets(index, r, (raise, clear), unions))
+        .collect()
 }
 
 /// One person's answer.
@@ -472,11 +528,15 @@ pub struct Verdicts {
     pub today: u32,
     /// The hour (Asia/Shanghai hour number, one of `today`'s).
     pub hour: u32,
-    entries: RankBits,
-    fired: Vec<u64>,
-    cleared: Vec<u64>,
-    rule_counts: Vec<u64>,
-    colour_counts: [u64; 3],
+    /// Which slot each check of the plan reads.
+    pub(crate) slots: Arc<Slots>,
+    /// The window union of every slot (over persons or phones, as the source is keyed), kept
+    /// so that [`Verdicts::update`] re-evaluates only the persons a change touches.
+    pub(crate) unions: Vec<Arc<RoaringBitmap>>,
+    /// Every person's masks.
+    pub(crate) blocks: Blocks,
+    pub(crate) rule_counts: Vec<u64>,
+    pub(crate) colour_counts: [u64; 3],
 }
 
 impl Verdicts {
@@ -495,42 +555,27 @@ impl Verdicts {
         }
         let Now { today, hour } = now;
         plan.bind_check(&index)?;
-        let per_rule: Vec<(RoaringBitmap, RoaringBitmap)> = plan
-            .rules
-            .par_iter()
-            .map(|r| evaluate_rule(&index, r, now))
-            .collect();
-        let mut all = RoaringBitmap::new();
-        for (f, c) in &per_rule {
-            all |= f;
-            all |= c;
-        }
+        let slots = Arc::new(Slots::of(&plan));
+        let unions = slot_unions(&index, &slots, now);
+        let per_rule = all_rule_sets(&index, &plan, &slots, &unions);
         let universe = index.registry.persons.len() as u32;
-        let entries = RankBits::new(&all, universe);
-        let n = all.len() as usize;
-        let (mut fired, mut cleared) = (vec![0u64; n], vec![0u64; n]);
-        for (bit, (f, c)) in per_rule.iter().enumerate() {
-            for p in f {
-                fired[entries.rank(p).expect("in the union")] |= 1 << bit;
-            }
-            for p in c {
-                cleared[entries.rank(p).expect("in the union")] |= 1 << bit;
-            }
-        }
+        let blocks = Blocks::from_rule_sets(universe, &per_rule);
         let rule_counts = per_rule.iter().map(|(f, _)| f.len()).collect();
         let mut colour_counts = [0u64; 3];
-        for &m in &fired {
-            colour_counts[plan.colour_of(m) as usize] += 1;
+        let mut listed = 0u64;
+        for (_, (fired, _)) in blocks.iter() {
+            colour_counts[plan.colour_of(fired) as usize] += 1;
+            listed += 1;
         }
-        colour_counts[GREEN as usize] += u64::from(universe) - n as u64;
+        colour_counts[GREEN as usize] += u64::from(universe) - listed;
         Ok(Verdicts {
             index,
             plan,
             today,
             hour,
-            entries,
-            fired,
-            cleared,
+            slots,
+            unions,
+            blocks,
             rule_counts,
             colour_counts,
         })
@@ -553,22 +598,12 @@ impl Verdicts {
 
     #[inline]
     fn evaluate_unchecked(&self, person: u32) -> Verdict {
-        match self.entries.rank(person) {
-            None => Verdict {
-                person,
-                colour: GREEN,
-                fired: 0,
-                cleared: 0,
-            },
-            Some(r) => {
-                let fired = self.fired[r];
-                Verdict {
-                    person,
-                    colour: self.plan.colour_of(fired),
-                    fired,
-                    cleared: self.cleared[r],
-                }
-            }
+        let (fired, cleared) = self.blocks.get(person);
+        Verdict {
+            person,
+            colour: self.plan.colour_of(fired),
+            fired,
+            cleared,
         }
     }
 
@@ -601,20 +636,12 @@ impl Verdicts {
 
     /// Yellow and red persons.
     pub fn non_green(&self) -> RoaringBitmap {
-        let mut out = Vec::new();
-        for (w, &word) in self.entries.words.iter().enumerate() {
-            let mut bits = word;
-            while bits != 0 {
-                let p = (w as u32) << 6 | bits.trailing_zeros();
-                if let Some(r) = self.entries.rank(p) {
-                    if self.fired[r] != 0 {
-                        out.push(p);
-                    }
-                }
-                bits &= bits - 1;
-            }
-        }
-        RoaringBitmap::from_sorted_iter(out).expect("ascending")
+        let ids = self
+            .blocks
+            .iter()
+            .filter(|&(_, (fired, _))| fired != 0)
+            .map(|(p, _)| p);
+        RoaringBitmap::from_sorted_iter(ids).expect("ascending")
     }
 
     /// Why each fired or cleared rule of a person matched, and what cleared it.
@@ -792,9 +819,9 @@ impl Verdicts {
         let mut per_rule = vec![(0u64, 0u64); names.len()];
         let mut changed: [[Vec<u32>; 3]; 3] = Default::default();
         let mut visited = 0u64;
-        let words = self.entries.words.len().max(draft.entries.words.len());
+        let words = self.blocks.word_count().max(draft.blocks.word_count());
         for w in 0..words {
-            let word = |v: &Verdicts| v.entries.words.get(w).copied().unwrap_or(0);
+            let word = |v: &Verdicts| v.blocks.word(w);
             let mut bits = word(self) | word(draft);
             while bits != 0 {
                 let p = ((w as u32) << 6) | bits.trailing_zeros();
@@ -1161,15 +1188,5 @@ mod tests {
             }
         )
         .is_err());
-    }
-
-    #[test]
-    fn rank_bits_agree_with_a_sorted_list() {
-        let set = RoaringBitmap::from_iter((0..5000u32).map(|i| i * i % 100_003));
-        let rb = RankBits::new(&set, 100_003);
-        let sorted: Vec<u32> = set.iter().collect();
-        for id in (0..100_003).step_by(7) {
-            assert_eq!(rb.rank(id), sorted.binary_search(&id).ok());
-        }
     }
 }

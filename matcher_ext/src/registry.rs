@@ -161,6 +161,25 @@ impl IdTable {
         (id, true)
     }
 
+    /// The id of each key, [`NONE`] for a key never assigned (in parallel for a large batch).
+    ///
+    /// ```
+    /// use healthcode_matcher::registry::{IdTable, NONE};
+    ///
+    /// let mut t = IdTable::default();
+    /// t.intern(5);
+    /// t.intern(9);
+    /// assert_eq!(t.get_many(&[9, 7, 5]), [1, NONE, 0]);
+    /// ```
+    pub fn get_many(&self, keys: &[Key]) -> Vec<u32> {
+        let one = |&k: &Key| self.get(k).unwrap_or(NONE);
+        if keys.len() >= 1 << 14 {
+            keys.par_iter().map(one).collect()
+        } else {
+            keys.iter().map(one).collect()
+        }
+    }
+
     /// Rebuild from keys listed by id (a snapshot). Fails on a duplicate key.
     pub fn from_keys(keys: Vec<Key>) -> Result<Self, usize> {
         // Group (table hash, id) by shard in one sequential pass over the keys, so building a

@@ -116,6 +116,21 @@ class Index:
         """Person id holding a real-name transit card, or None."""
     def card_holder_by_key(self, key: bytes) -> int | None: ...
     def holder_of_phone(self, phone_id: int) -> int | None: ...
+    def holders_of_phones(self, phone_ids: bytes) -> bytes:
+        """LE u32 phone ids -> the sorted, distinct LE u32 ids of their holders. Unheld phones
+        and 4294967295 (an unknown phone, as `phone_ids_by_keys` gives it) are skipped; another
+        id past the last phone raises InvalidOperation. GIL released."""
+    def persons_with_rows_in_counties(self, counties: Sequence[int]) -> bytes:
+        """Sorted, distinct LE u32 ids of the persons with a row in one of `counties`, on any day,
+        in any county source: directly (person-keyed) or through a phone they hold now
+        (phone-keyed). Whom a change of those counties' levels can touch. County 0 raises
+        InvalidOperation. GIL released."""
+    def person_ids_by_keys(self, keys: bytes) -> bytes:
+        """Concatenated 16-byte keys (`Hasher.person_key`) -> one LE u32 person id per key,
+        4294967295 for a key not registered. GIL released."""
+    def phone_ids_by_keys(self, keys: bytes) -> bytes:
+        """Concatenated 16-byte keys (`Hasher.phone_key`) -> one LE u32 phone id per key,
+        4294967295 for a key not registered. GIL released."""
     def phones_of(self, person_id: int) -> list[int]: ...
     def county_levels(self) -> dict[int, int]: ...
     def sources(self) -> list[tuple[str, str, bool]]:
@@ -286,6 +301,16 @@ class Verdicts:
     def __new__(cls, index: Index, plan: Plan, today: int, hour: int | None = None) -> Self:
         """Evaluate every person (parallel, GIL released) on `today` at `hour` (an hour of
         `today`; default its last, 23:00-24:00), which ends the windows of hourly sources."""
+    def update(self, index: Index, persons: bytes) -> Verdicts:
+        """The verdicts of `index`, a later version built from `self.index` through builders,
+        at the same plan, day and hour, re-evaluating only `persons` (LE u32 ids) and every
+        person new in `index`; everyone else keeps their verdict (shared, not copied). When
+        `persons` holds every person whose inputs changed (a row of theirs or of a phone they
+        hold, a phone linked to or from them, the level of a county they have a row in), the
+        result equals `Verdicts(index, plan, today, hour)` in every respect. Time grows with the
+        change, not the population (a very long list is evaluated in full instead). Raises
+        InvalidOperation for an index keyed with another secret, an older version, fewer persons
+        or phones, another registry, or an unknown person id. GIL released."""
     @property
     def index(self) -> Index: ...
     @property

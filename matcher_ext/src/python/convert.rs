@@ -56,6 +56,11 @@ pub(crate) fn u32_bytes(v: &[u32]) -> Vec<u8> {
     v.iter().flat_map(|x| x.to_le_bytes()).collect()
 }
 
+/// A bitmap's ids, ascending, as little-endian u32 bytes.
+pub(crate) fn bitmap_u32_bytes(b: &RoaringBitmap) -> Vec<u8> {
+    b.iter().flat_map(|x| x.to_le_bytes()).collect()
+}
+
 /// The non-blank lines of UTF-8 text.
 pub(crate) fn lines(raw: &[u8]) -> PyResult<Vec<&str>> {
     let text = std::str::from_utf8(raw).map_err(|_| InvalidOperation::new_err("not UTF-8"))?;

@@ -8,7 +8,9 @@ use pyo3::prelude::*;
 use pyo3::types::PyBytes;
 
 use super::builder::PyIndexBuilder;
-use super::convert::{bitmap_bytes, day_of, key_of, secret_of};
+use super::convert::{
+    bitmap_bytes, bitmap_u32_bytes, day_of, key_of, keys_of, secret_of, u32_bytes, u32s_of,
+};
 use super::errors::{py_err, InvalidOperation};
 use super::hasher::PyHasher;
 use crate::bucket;
@@ -100,6 +102,61 @@ impl PyIndex {
             )));
         }
         Ok(self.inner.registry.phone_holder(phone_id))
+    }
+
+    /// Holders of the phones (LE u32 ids; `u32::MAX` and unheld phones skipped), as sorted,
+    /// distinct LE u32 person ids. The GIL is released.
+    fn holders_of_phones<'py>(
+        &self,
+        py: Python<'py>,
+        phone_ids: &[u8],
+    ) -> PyResult<Bound<'py, PyBytes>> {
+        let phones = u32s_of(phone_ids, "phone ids")?;
+        let index = self.inner.clone();
+        let holders = py
+            .detach(|| index.holders_of_phones(phones.into_iter()))
+            .map_err(py_err)?;
+        Ok(PyBytes::new(py, &bitmap_u32_bytes(&holders)))
+    }
+
+    /// Persons with a row in one of `counties` (directly or through a phone they hold), in any
+    /// county-keyed source: sorted, distinct LE u32 ids. The GIL is released.
+    fn persons_with_rows_in_counties<'py>(
+        &self,
+        py: Python<'py>,
+        counties: Vec<u32>,
+    ) -> PyResult<Bound<'py, PyBytes>> {
+        let index = self.inner.clone();
+        let persons = py
+            .detach(|| index.persons_with_rows_in_counties(&counties))
+            .map_err(py_err)?;
+        Ok(PyBytes::new(py, &bitmap_u32_bytes(&persons)))
+    }
+
+    /// The person id of each 16-byte key (concatenated), `u32::MAX` for an unknown one, as LE
+    /// u32. The GIL is released.
+    fn person_ids_by_keys<'py>(
+        &self,
+        py: Python<'py>,
+        keys: &[u8],
+    ) -> PyResult<Bound<'py, PyBytes>> {
+        let keys = keys_of(keys)?;
+        let index = self.inner.clone();
+        let ids = py.detach(|| u32_bytes(&index.registry.persons.get_many(&keys)));
+        Ok(PyBytes::new(py, &ids))
+    }
+
+    /// The phone id of each 16-byte key (concatenated), `u32::MAX` for an unknown one, as LE
+    /// u32. The GIL is released.
+    fn phone_ids_by_keys<'py>(
+        &self,
+        py: Python<'py>,
+        keys: &[u8],
+    ) -> PyResult<Bound<'py, PyBytes>> {
+        let keys = keys_of(keys)?;
+        let index = self.inner.clone();
+        let ids = py.detach(|| u32_bytes(&index.registry.phones.get_many(&keys)));
+        Ok(PyBytes::new(py, &ids))
     }
 
     fn phones_of(&self, person_id: u32) -> PyResult<Vec<u32>> {

@@ -71,6 +71,17 @@ impl PyVerdicts {
         Ok(PyVerdicts { inner: Arc::new(v) })
     }
 
+    /// The verdicts of a later index version, re-evaluating only `persons` (LE u32 ids) and
+    /// the persons new in `index`; the GIL is released.
+    fn update(&self, py: Python<'_>, index: &PyIndex, persons: &[u8]) -> PyResult<Self> {
+        let ids = u32s_of(persons, "person ids")?;
+        let (v, index) = (self.inner.clone(), index.inner.clone());
+        let next = py.detach(|| v.update(index, &ids)).map_err(py_err)?;
+        Ok(PyVerdicts {
+            inner: Arc::new(next),
+        })
+    }
+
     #[getter]
     fn index(&self) -> PyIndex {
         PyIndex {
