@@ -7,7 +7,7 @@ RUST_SRC := $(wildcard matcher_ext/src/*.rs matcher_ext/src/python/*.rs) matcher
 PROTOS := $(wildcard protos/healthcode/v1/*.proto)
 PROTO_STAMP := protos/healthcode/v1/.generated
 
-.PHONY: setup build-dev proto run test test-rust test-python lint typecheck stubtest bench bench-matcher bench-whatif bench-display clean
+.PHONY: setup build-dev proto run test test-rust test-python lint typecheck stubtest bench bench-matcher bench-whatif bench-display bench-city clean
 
 ## setup: the virtualenv, every pinned package, the Rust extension and the generated code
 setup: $(VENV)/.installed $(PROTO_STAMP)
@@ -73,6 +73,10 @@ bench-whatif: setup
 ## bench-display: Show/Scan per second through the four real services, beside a gRPC health baseline
 bench-display: setup
 	$(PY) -m bench.bench_display
+
+## bench-city: the four real services brought to 18 M people through the import and feed RPCs
+bench-city: setup
+	$(PY) -m bench.bench_city
 
 bench: bench-matcher bench-whatif
 

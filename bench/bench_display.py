@@ -288,11 +288,11 @@ def run(args: argparse.Namespace) -> tuple[int, str]:
         try:
             progress("starting the four services on free loopback ports")
             stack.start()
-            stack.wait_healthy(timeout_s=90, need_index=False)
+            stack.wait_healthy(timeout_s=90)
             progress(f"all SERVING; loading {args.persons:,} persons and feeds (clients.demo)")
             t = time.monotonic()
             people = load_demo(stack.peers, args.persons, SEED, progress)
-            stack.wait_healthy(timeout_s=60, need_index=True)
+            stack.wait_healthy(timeout_s=60)
             load_s = time.monotonic() - t
             ids = [p.id_number for p in people.population]
             address = stack.peers.display

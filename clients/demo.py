@@ -550,7 +550,7 @@ def demo(
         console.print(f"starting {', '.join(SERVICES)} ...")
         stack.start()
         # Colour gets its first index version once something changed (the load below).
-        stack.wait_healthy(timeout_s=90, need_index=False)
+        stack.wait_healthy(timeout_s=90)
         console.print("all four SERVING")
         people = load_demo(stack.peers, persons, seed, console.print)
         warm_counters(stack.peers, people)

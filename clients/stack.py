@@ -124,9 +124,10 @@ class Stack:
                     f"{self.log_tail(name)}"
                 )
 
-    def wait_healthy(self, timeout_s: float = 60.0, *, need_index: bool = True) -> None:
-        """Until every service answers gRPC health SERVING and (with `need_index`) the colour
-        service holds an index version. StackError naming the laggard otherwise."""
+    def wait_healthy(self, timeout_s: float = 60.0) -> None:
+        """Until every service answers gRPC health SERVING (the colour service turns SERVING
+        only once it holds an index version; version 0, the empty index, counts). StackError
+        naming the laggard otherwise."""
         deadline = time.monotonic() + timeout_s
         for name in self.processes:
             addr = f"127.0.0.1:{self.ports[name]}"
@@ -148,8 +149,6 @@ class Stack:
                             f"; the end of its log:\n{self.log_tail(name)}"
                         )
                     time.sleep(0.1)
-        if need_index and "colour" in self.processes:
-            self.wait_colour_version(1, timeout_s=max(1.0, deadline - time.monotonic()))
 
     def wait_colour_version(self, version: int, timeout_s: float = 30.0) -> int:
         """Until the colour service holds index version `version` or later; returns it."""

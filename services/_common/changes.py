@@ -9,6 +9,8 @@ of the whole population. Keys only: no raw identifier is ever in a change.
 
 from __future__ import annotations
 
+import sys
+from array import array
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
@@ -18,6 +20,8 @@ from healthcode.v1 import risk_index_pb2
 from services._common.sources import SOURCES
 
 KEY = 16
+# What the matcher's batch look-ups give for a key it does not hold.
+UNKNOWN = 2**32 - 1
 
 
 def _keys(data: bytes) -> list[bytes]:
@@ -114,42 +118,43 @@ def apply_all(builder: hm.IndexBuilder, changes: Iterable[Change]) -> None:
         change.apply(builder)
 
 
-def touched_persons(
-    before: hm.Index, after: hm.Index, changes: Iterable[Change]
-) -> set[int] | None:
-    """The person ids of `after` whose verdict the changes can alter, or None when that is
-    (nearly) everyone: a source replaced whole, or a county re-graded. People new in `after`
-    are included. Holders are looked up in both indexes: a phone that moved can change its old
-    holder's colour as well as its new one's."""
+def touched_persons(before: hm.Index, after: hm.Index, changes: Iterable[Change]) -> bytes | None:
+    """The person ids of `after` whose verdict the changes can alter, as little-endian u32s
+    (what `Verdicts.update` takes), or None when a source was replaced whole (anyone may have
+    left it: re-evaluate everyone). People new in `after` are always included; holders are
+    looked up in both indexes, since a phone that moved can change its old holder's colour as
+    well as its new one's; a re-graded county touches everyone with a row there."""
     out: set[int] = set(range(before.person_count, after.person_count))
 
-    def person(key: bytes) -> None:
-        pid = after.person_id_by_key(key)
-        if pid is not None:
-            out.add(pid)
+    def ids(raw: bytes) -> list[int]:
+        found = array("I")
+        found.frombytes(raw)
+        if sys.byteorder != "little":
+            found.byteswap()
+        return [i for i in found if i != UNKNOWN]
 
-    def holders_of(phone_key: bytes) -> None:
+    def holders(phone_keys: bytes) -> None:
         for index in (before, after):
-            phone_id = index.phone_id_by_key(phone_key)
-            holder = None if phone_id is None else index.holder_of_phone(phone_id)
-            if holder is not None:
-                out.add(holder)
+            phones = array("I", ids(index.phone_ids_by_keys(phone_keys))).tobytes()
+            out.update(ids(index.holders_of_phones(phones)))
 
     for change in changes:
         if isinstance(change, Persons | Cards):
             continue  # new people are counted above; cards carry no rows
-        if isinstance(change, CountyLevel) or (isinstance(change, Rows) and change.replace):
+        if isinstance(change, Rows) and change.replace:
             return None
-        if isinstance(change, Phones | Unlink):
-            for key in _keys(change.phones):
-                holders_of(key)
+        if isinstance(change, CountyLevel):
+            out.update(ids(after.persons_with_rows_in_counties([change.county])))
+        elif isinstance(change, Phones | Unlink):
+            holders(change.phones)
         elif SOURCES[change.source].keyed_by == "phone":
-            for key in _keys(change.keys):
-                holders_of(key)
+            holders(change.keys)
         else:
-            for key in _keys(change.keys):
-                person(key)
-    return out
+            out.update(ids(after.person_ids_by_keys(change.keys)))
+    packed = array("I", sorted(out))
+    if sys.byteorder != "little":
+        packed.byteswap()
+    return packed.tobytes()
 
 
 # -- the wire ----------------------------------------------------------------------------------

@@ -20,7 +20,10 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import math
 import threading
+import time
+from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 
@@ -77,6 +80,9 @@ class ColourEngine:
         self._shared_matcher: hm.Matcher | None = None
         # Notified on every installed version: readers waiting to read their writes.
         self._installed = threading.Condition()
+        # How long the recent deltas took to apply (seconds), and how many were applied.
+        self._apply_times: deque[float] = deque(maxlen=1000)
+        self._deltas_applied = 0
 
     # -- what changes verdicts --------------------------------------------------------------
 
@@ -126,6 +132,7 @@ class ColourEngine:
     def apply_changes(self, delta: Sequence[changes.Change], version: int) -> bool:
         """Build `version` from the version held plus `delta` (a WatchIndex delta), and swap
         in its verdicts. False if the replica holds that version or a later one already."""
+        start = time.perf_counter()
         with self._write_lock:
             if self._matcher is None:
                 raise hm.InvalidOperation("a delta needs an index to apply to: load a snapshot")
@@ -136,8 +143,23 @@ class ColourEngine:
             builder = before.builder()
             changes.apply_all(builder, delta)
             index = builder.finish(version=version)
-            self._swap(index, self._rules.active, self._now())
+            now = self._now()
+            touched = changes.touched_persons(before, index, delta)
+            shared = self._shared_matcher
+            if touched is None or shared is None or hour_number(now) != current.hour:
+                self._swap(index, self._rules.active, now)  # everyone, at the new hour
+            else:
+                # Only the people the delta can change are evaluated again; everyone else keeps
+                # their verdict (shared with the previous version, not copied).
+                full, shared_only = (
+                    current.update(index, touched),
+                    shared.current.update(index, touched),
+                )
+                self._matcher.swap(full)
+                shared.swap(shared_only)
             self._index_received_at = self._now()
+            self._apply_times.append(time.perf_counter() - start)
+            self._deltas_applied += 1
         with self._installed:
             self._installed.notify_all()
         log.debug("index version %d applied (%d changes)", version, len(delta))
@@ -375,7 +397,20 @@ class ColourEngine:
             hour=verdicts.hour,
             rule_counts=verdicts.rule_counts(),
             stale_sources=tuple(f.source for f in self._feeds.stale(rule_set.sources())),
+            deltas_applied=self._deltas_applied,
+            delta_apply_ms=_p50_p99_max_ms(list(self._apply_times)),
         )
+
+
+def _p50_p99_max_ms(seconds: list[float]) -> tuple[float, float, float]:
+    if not seconds:
+        return (0.0, 0.0, 0.0)
+    ordered = sorted(seconds)
+
+    def rank(q: float) -> float:
+        return ordered[min(len(ordered) - 1, max(0, math.ceil(q * len(ordered)) - 1))] * 1000
+
+    return (rank(0.5), rank(0.99), ordered[-1] * 1000)
 
 
 def run_clock(engine: ColourEngine, stop: threading.Event, interval: float = 5.0) -> None:

@@ -215,3 +215,5 @@ class ReplicaStatus:
     rule_counts: Mapping[str, int]
     stale_sources: tuple[str, ...]  # raising and clearing sources of the active set
     hour: int | None = None  # the hour number the verdicts are for
+    deltas_applied: int = 0
+    delta_apply_ms: tuple[float, float, float] = (0.0, 0.0, 0.0)  # p50, p99, max (recent)

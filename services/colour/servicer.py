@@ -264,6 +264,10 @@ class ColourServicer(colour_pb2_grpc.ColourServiceServicer):
             rule_counts=dict(status.rule_counts),
             stale_sources=status.stale_sources,
             hour="" if status.hour is None else format_hour(status.hour),
+            deltas_applied=status.deltas_applied,
+            delta_apply_ms_p50=status.delta_apply_ms[0],
+            delta_apply_ms_p99=status.delta_apply_ms[1],
+            delta_apply_ms_max=status.delta_apply_ms[2],
         )
         if status.index_received_at is not None:
             response.index_received_at.CopyFrom(timestamp(status.index_received_at))

@@ -133,6 +133,37 @@ def send(stub: risk_index_pb2_grpc.RiskIndexServiceStub, message: PendingMessage
     raise ValueError(f"unknown outbox message kind {message.kind!r}")
 
 
+# Registry messages (one per registration, phone or card) that go to the risk index together:
+# consecutive ones are sent as one RegisterPeople call, in order, so a city registering
+# hundreds of people a second costs a few calls a second, not hundreds.
+REGISTRY_KINDS = frozenset({"register_person", "link_phone", "link_card"})
+
+
+def as_keyed_person(message: PendingMessage) -> risk_index_pb2.KeyedPerson:
+    """A registry message as one entry of RegisterPeople (the same change at the risk index:
+    the person registered, and a phone or card linked to them, moved from any other holder)."""
+    p = message.payload
+    person = risk_index_pb2.KeyedPerson(
+        person_key=_key(p, "person_key"), masked_id_number=p["masked_id_number"]
+    )
+    if message.kind == "link_phone":
+        person.phones.add(phone_key=_key(p, "phone_key"), masked_phone=p["masked_phone"])
+    elif message.kind == "link_card":
+        person.cards.add(card_key=_key(p, "card_key"), masked_card=p["masked_card"])
+    return person
+
+
+def runs(batch: list[PendingMessage]) -> list[list[PendingMessage]]:
+    """The batch in delivery order, consecutive registry messages grouped together."""
+    out: list[list[PendingMessage]] = []
+    for message in batch:
+        if out and message.kind in REGISTRY_KINDS and out[-1][-1].kind in REGISTRY_KINDS:
+            out[-1].append(message)
+        else:
+            out.append([message])
+    return out
+
+
 class OutboxWorker:
     """A background thread draining the outbox; `wake()` after each enqueue."""
 
@@ -185,37 +216,61 @@ class OutboxWorker:
             batch = self._repo.pending(PENDING_BATCH)
             if not batch:
                 return True
-            for message in batch:
-                if self._stop.is_set():
-                    return False
-                try:
-                    deadline = self._bulk_deadline if is_bulk(message) else self._deadline
-                    self._send(self._stub, message, deadline)
-                except grpc.RpcError as error:
-                    code = error.code() if isinstance(error, grpc.Call) else None
-                    detail = error.details() if isinstance(error, grpc.Call) else str(error)
-                    text = f"{code.name if code else 'ERROR'}: {detail}"
-                    if code in PERMANENT:
-                        logger.error(
-                            "outbox %d (%s) refused for good: %s", message.id, message.kind, text
-                        )
-                        self._repo.record_failure(message.id, text, dead=True)
-                        continue
-                    self._repo.record_failure(message.id, text, dead=False)
-                    logger.warning(
-                        "outbox %d (%s) not delivered, will retry: %s",
-                        message.id,
-                        message.kind,
-                        text,
-                    )
-                    return False
-                except (KeyError, ValueError) as error:
-                    logger.error("outbox %d (%s) malformed: %s", message.id, message.kind, error)
-                    self._repo.record_failure(message.id, f"malformed: {error}", dead=True)
+            for run in runs(batch):
+                if len(run) > 1 and self._send_together(run):
                     continue
-                self._repo.acknowledge(message.id)
-                self._delivered += 1
+                for message in run:
+                    if not self._deliver(message):
+                        return False
         return False
+
+    def _send_together(self, run: list[PendingMessage]) -> bool:
+        """Send a run of registry messages as one RegisterPeople; True if delivered (and
+        acknowledged). On any failure the caller sends them one by one, which retries or
+        sets aside exactly the message at fault."""
+        if self._stop.is_set():
+            return False
+        try:
+            request = risk_index_pb2.RegisterPeopleRequest(
+                actor=ACTOR, people=[as_keyed_person(m) for m in run]
+            )
+            self._stub.RegisterPeople(request, timeout=self._deadline)
+        except (grpc.RpcError, KeyError, ValueError) as error:
+            logger.info("outbox: %d registry messages sent one by one (%s)", len(run), error)
+            return False
+        for message in run:
+            self._repo.acknowledge(message.id)
+        self._delivered += len(run)
+        return True
+
+    def _deliver(self, message: PendingMessage) -> bool:
+        """Deliver one message and acknowledge it, or set it aside if it can never be
+        delivered; False on a retryable failure (stop draining for now)."""
+        if self._stop.is_set():
+            return False
+        try:
+            deadline = self._bulk_deadline if is_bulk(message) else self._deadline
+            self._send(self._stub, message, deadline)
+        except grpc.RpcError as error:
+            code = error.code() if isinstance(error, grpc.Call) else None
+            detail = error.details() if isinstance(error, grpc.Call) else str(error)
+            text = f"{code.name if code else 'ERROR'}: {detail}"
+            if code in PERMANENT:
+                logger.error("outbox %d (%s) refused for good: %s", message.id, message.kind, text)
+                self._repo.record_failure(message.id, text, dead=True)
+                return True
+            self._repo.record_failure(message.id, text, dead=False)
+            logger.warning(
+                "outbox %d (%s) not delivered, will retry: %s", message.id, message.kind, text
+            )
+            return False
+        except (KeyError, ValueError) as error:
+            logger.error("outbox %d (%s) malformed: %s", message.id, message.kind, error)
+            self._repo.record_failure(message.id, f"malformed: {error}", dead=True)
+            return True
+        self._repo.acknowledge(message.id)
+        self._delivered += 1
+        return True
 
     def _run(self) -> None:
         backoff = self._retry_initial

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from services._common.storage import open_sqlite
+from services.display.tokens import TokenReplayed
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +32,8 @@ SHOW = "show"
 SCAN = "scan"  # a code token scanned
 LOOKUP = "lookup"  # a verifier read an ID card (代查): counted with scans
 OK = "OK"
-TOKEN_REPLAYED = "TOKEN_REPLAYED"
+# A scan of a token scanned before is logged with the refusal's own reason.
+TOKEN_REPLAYED = TokenReplayed.reason
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS display_events (

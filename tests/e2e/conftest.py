@@ -54,7 +54,7 @@ def _running_stack(data_dir: Path) -> Iterator[Stack]:
         try:
             # A fresh risk index is at version 0 and publishes version 1 on the first change;
             # the tests wait for the versions they need.
-            s.wait_healthy(timeout_s=60, need_index=False)
+            s.wait_healthy(timeout_s=60)
         except StackError as e:
             pytest.fail(str(e))
         yield s

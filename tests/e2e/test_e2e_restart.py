@@ -66,7 +66,7 @@ def test_a_restarted_colour_replica_catches_up(stack: Stack) -> None:
             )
         )
     stack.start(("colour",))
-    stack.wait_healthy(timeout_s=60, need_index=False)
+    stack.wait_healthy(timeout_s=60)
     stack.wait_colour_version(response.index_version)
     verdict = colour_of(stack)
     assert isinstance(verdict, colour_pb2.Verdict), verdict
@@ -96,7 +96,7 @@ def test_a_restarted_display_keeps_its_log_counters_and_key(stack: Stack) -> Non
 
     assert stack.stop_one("display") == 0
     stack.start(("display",))
-    stack.wait_healthy(timeout_s=60, need_index=False)
+    stack.wait_healthy(timeout_s=60)
 
     with open_channel(stack.peers.display) as ch:
         stub = display_pb2_grpc.DisplayServiceStub(ch)

@@ -51,6 +51,11 @@ def test_a_replica_follows_with_deltas_and_resumes_from_its_own_snapshot(tmp_pat
             wait_until("the replica holds version 2", lambda: first.engine.index_version == version)
             # One whole version to start, then the change alone.
             assert (first.follower.snapshots_loaded, first.follower.deltas_applied) == (1, 1)
+            status = first.engine.status()
+            assert (
+                status.deltas_applied == 1
+                and 0 < status.delta_apply_ms[0] <= status.delta_apply_ms[2]
+            )
             assert first.colour(IDS[2]) == hm.Colour.RED
         finally:
             first.follower.stop()  # keeps its snapshot

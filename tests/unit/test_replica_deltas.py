@@ -138,10 +138,13 @@ def test_a_replica_fed_deltas_agrees_with_one_given_each_whole_version(
     coloured: set[bytes] = set()
     whole = ColourEngine(SECRET, RULES, now=clock)
     try:
-        # A city already running: everyone registered, phones linked, one county graded high.
+        # A city already running: everyone registered, phones linked, two counties graded.
         prelude: list[tuple[object, ...]] = [("register", list(range(len(IDS))))]
         prelude += [("link", p, p) for p in range(len(PHONES))]
-        prelude += [("county", COUNTIES[0], 3)]
+        prelude += [("county", COUNTIES[0], 3), ("county", COUNTIES[1], 2)]
+        # Some phones seen in both counties: a later re-grading or a phone changing hands
+        # must change exactly the right people's colours.
+        prelude += [("roaming", [0, 1], COUNTIES[0]), ("roaming", [2, 3], COUNTIES[1])]
         for n, step in enumerate(prelude):
             apply(ri, -1 - n, step)
         by_deltas.install_index(ri.current.index)  # the first version comes whole

@@ -1,0 +1,415 @@
+"""The whole platform at city scale, through its real processes (issue 8).
+
+    python -m bench.bench_city                    # 18 M people (make bench-city)
+    python -m bench.bench_city --people 200000    # a smaller city, same measurements
+    python -m bench.bench_city --quick            # 3,000 people, 10 s of load (smoke test)
+
+Starts the four services as real processes (`clients.stack`: free loopback ports, a temporary
+data directory, versions published at most once a second), then, one after the other:
+
+ 1. writes a reproducible synthetic city (`clients.population.SyntheticCity`, about 1.4 phones
+    a person, transit cards, districts) and imports it with `healthcode import` (the
+    client-streaming ImportPeople RPC, stored in bulk, handed to the risk index in chunks):
+    the time until the import is acknowledged, and until the colour replica holds it;
+ 2. grades the counties and ingests feeds for every source of the default rule set with
+    `healthcode ingest`;
+ 3. resident memory of each process;
+ 4. restarts the risk index, then the colour replica, each to gRPC health SERVING (the risk
+    index from its snapshot plus the changes after it, the replica from its own snapshot
+    plus the deltas since);
+ 5. steady load for --load-seconds: 200 registrations a second (Register) and one feed batch
+    of 1,000 rows a second (IngestBatch, close contacts), while probes measure the time from a
+    write's reply until Show returns the new colour (a new person's code; red for a person just
+    named a close contact), the bytes each version costs on WatchIndex (a watcher of its own),
+    and the colour replica's time to apply a delta (its GetStatus);
+ 6. Show throughput at this size beside the same at 2,000 people, same run, same clients
+    (`bench.bench_display`'s client processes).
+
+A Markdown table goes to stdout, progress to stderr. The stacks are stopped at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import platform
+import random
+import shlex
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+from healthcode.v1 import (
+    colour_pb2,
+    colour_pb2_grpc,
+    common_pb2,
+    declaration_pb2,
+    declaration_pb2_grpc,
+    display_pb2,
+    display_pb2_grpc,
+    risk_index_pb2,
+    risk_index_pb2_grpc,
+)
+
+from bench.bench_display import Job, percentile, progress, run_phase
+from clients import feedgen, population
+from clients.channel import open_channel
+from clients.stack import REPO, Stack
+from services._common.days import format_day, hour_of_date, now_shanghai, today
+
+CITY = 18_000_000
+SMALL = 2_000
+QUICK = {"people": 3_000, "load_seconds": 10.0, "show_seconds": 5.0, "clients": 4}
+REGISTRATIONS_PER_S = 200
+FEED_ROWS_PER_BATCH = 1_000
+SEED = 18
+ADMIN = common_pb2.Actor(role=common_pb2.ACTOR_ROLE_ADMIN, principal="bench-city")
+FEED = common_pb2.Actor(role=common_pb2.ACTOR_ROLE_FEED, principal="bench-city-feed")
+GRID = common_pb2.Actor(role=common_pb2.ACTOR_ROLE_GRID_WORKER, principal="bench-grid")
+DEVICE = display_pb2.Device(device_id="bench-probe", place="bench")
+# How long a probe waits for a write to show before it counts the write as not shown.
+PROBE_LIMIT_S = 30.0
+
+
+@dataclass
+class Figures:
+    rows: list[tuple[str, str, str]] = field(default_factory=list)  # (what, measured, target)
+
+    def add(self, what: str, measured: str, target: str = "") -> None:
+        self.rows.append((what, measured, target))
+        progress(f"{what}: {measured}")
+
+
+def healthcode(stack: Stack, *args: str) -> subprocess.CompletedProcess[str]:
+    """The installed CLI against this stack, as a user runs it."""
+    env = stack.env()  # HEALTHCODE_<SERVICE>_ADDR of this stack
+    cli = Path(sys.executable).with_name("healthcode")
+    command = [str(cli)] if cli.exists() else [sys.executable, "-m", "clients.cli"]
+    done = subprocess.run(
+        [*command, *args], env=env, cwd=REPO, capture_output=True, text=True, check=False
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"healthcode {' '.join(args)} failed:\n{done.stdout}\n{done.stderr}")
+    return done
+
+
+def rss_mib(pid: int) -> float:
+    with open(f"/proc/{pid}/status", encoding="ascii") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def accepted_version(stack: Stack) -> int:
+    with open_channel(stack.peers.risk_index) as ch:
+        stub = risk_index_pb2_grpc.RiskIndexServiceStub(ch)
+        return int(stub.GetIndexVersion(risk_index_pb2.GetIndexVersionRequest()).accepted_version)
+
+
+def start_stack(data_dir: Path) -> Stack:
+    stack = Stack.on_free_ports(
+        data_dir,
+        {
+            "HEALTHCODE_LOG_LEVEL": "INFO",
+            "HEALTHCODE_RISK_INDEX_PUBLISH_INTERVAL_S": "1",
+            "HEALTHCODE_COLOUR_FRESHNESS_S": "5",
+        },
+    )
+    stack.start()
+    stack.wait_healthy(timeout_s=120)
+    return stack
+
+
+def load_city(stack: Stack, people: int, work: Path, figures: Figures | None) -> list[str]:
+    """Write, import and feed a city; the ID numbers of a sample of its people."""
+    city = population.SyntheticCity(people, SEED)
+    people_file = work / f"people-{people}-s{SEED}.csv"
+    t = time.perf_counter()
+    population.write_people(people_file, city, on_block=lambda _n: None)
+    progress(f"wrote {people:,} people in {time.perf_counter() - t:.1f} s")
+    t = time.perf_counter()
+    healthcode(stack, "import", str(people_file), "--batch", "10000")
+    imported_s = time.perf_counter() - t
+    stack.wait_colour_version(accepted_version(stack), timeout_s=3600)
+    visible_s = time.perf_counter() - t
+    phones = (
+        sum(len(p.phones) for block in city.blocks() for p in block) if people <= 200_000 else 0
+    )
+    if figures is not None:
+        figures.add(
+            f"import of {people:,} people (`healthcode import`), acknowledged",
+            f"{imported_s:,.1f} s ({people / imported_s:,.0f} people/s)",
+            "18 M and 25 M phones in 15 min or less (20,000/s)",
+        )
+        figures.add("... and held by the colour replica", f"{visible_s:,.1f} s")
+        if phones:
+            figures.add("phones imported", f"{phones:,} ({phones / people:.2f} a person)")
+    now = now_shanghai()
+    with open_channel(stack.peers.risk_index) as ch:
+        stub = risk_index_pb2_grpc.RiskIndexServiceStub(ch)
+        for county, level in feedgen.COUNTY_LEVELS.items():
+            if level:
+                request = risk_index_pb2.SetCountyLevelRequest(actor=ADMIN, county=county)
+                request.level = common_pb2.CountyRiskLevel.ValueType(level)
+                stub.SetCountyLevel(request)
+    feed_file = work / f"feeds-{people}.jsonl"
+    t = time.perf_counter()
+    rows = population.write_feeds(
+        feed_file, city, now.date(), hour_of_date(now.date(), now.hour), on_block=lambda _n: None
+    )
+    healthcode(stack, "ingest", str(feed_file), "--batch-size", "10000")
+    stack.wait_colour_version(accepted_version(stack), timeout_s=3600)
+    if figures is not None:
+        figures.add(
+            f"feeds: {rows:,} rows for every source (`healthcode ingest`)",
+            f"{time.perf_counter() - t:,.1f} s",
+        )
+    rng = random.Random(SEED)
+    return [city.id_number(rng.randrange(people))[0] for _ in range(min(people, 20_000))]
+
+
+def measure_restarts(stack: Stack, figures: Figures) -> None:
+    for name, target in (("risk_index", "30 s or less"), ("colour", "15 s or less")):
+        stack.stop_one(name)
+        t = time.perf_counter()
+        stack.start((name,))
+        stack.wait_healthy(timeout_s=600)
+        figures.add(f"{name} restart to SERVING", f"{time.perf_counter() - t:,.1f} s", target)
+
+
+class Watcher(threading.Thread):
+    """Counts the versions and bytes WatchIndex sends a replica that is current."""
+
+    def __init__(self, address: str, known: int) -> None:
+        super().__init__(daemon=True, name="bench-watch")
+        self.channel = grpc.insecure_channel(
+            address, [("grpc.max_receive_message_length", 64 << 20)]
+        )
+        self.call = risk_index_pb2_grpc.RiskIndexServiceStub(self.channel).WatchIndex(
+            risk_index_pb2.WatchIndexRequest(known_version=known)
+        )
+        self.sizes: list[int] = []
+        self.snapshots = 0
+
+    def run(self) -> None:
+        with contextlib.suppress(grpc.RpcError):
+            for message in self.call:
+                if message.HasField("delta"):
+                    if message.version != message.delta.from_version:
+                        self.sizes.append(message.ByteSize())
+                else:
+                    self.snapshots += 1
+
+    def stop(self) -> None:
+        self.call.cancel()
+        self.channel.close()
+
+
+def steady_load(stack: Stack, sample: list[str], seconds: float, figures: Figures) -> None:
+    """Registrations and feed batches at a fixed rate; probes time each write until Show."""
+    stop = threading.Event()
+    lock = threading.Lock()
+    delays: dict[str, list[float]] = {"registration": [], "feed batch": []}
+    not_shown = {"registration": 0, "feed batch": 0}
+    fresh: list[str] = []  # people registered during the load, not yet named in a feed
+    new_people = iter(feedgen.synthetic_id_numbers(int(seconds * REGISTRATIONS_PER_S) * 2, 4242))
+    collisions: list[str] = []
+    watcher = Watcher(stack.peers.risk_index, accepted_version(stack))
+    watcher.start()
+    with open_channel(stack.peers.colour) as ch:
+        before = colour_pb2_grpc.ColourServiceStub(ch).GetStatus(colour_pb2.GetStatusRequest())
+
+    def probe(kind: str, id_number: str, written: float, want_red: bool) -> None:
+        ref = common_pb2.PersonRef(id_number=id_number)
+        actor = common_pb2.Actor(role=common_pb2.ACTOR_ROLE_CITIZEN, person=ref)
+        with open_channel(stack.peers.display) as ch:
+            display = display_pb2_grpc.DisplayServiceStub(ch)
+            while time.perf_counter() - written < PROBE_LIMIT_S:
+                with contextlib.suppress(grpc.RpcError):
+                    shown = display.Show(
+                        display_pb2.ShowRequest(actor=actor, person=ref, device=DEVICE), timeout=5
+                    )
+                    if not want_red or shown.verdict.colour == common_pb2.COLOUR_RED:
+                        with lock:
+                            delays[kind].append(time.perf_counter() - written)
+                        return
+                time.sleep(0.02)
+        with lock:
+            not_shown[kind] += 1
+
+    def register_loop() -> None:
+        with open_channel(stack.peers.declaration) as ch:
+            stub = declaration_pb2_grpc.DeclarationServiceStub(ch)
+            n = 0
+            start = time.perf_counter()
+            while not stop.is_set():
+                due = start + n / REGISTRATIONS_PER_S
+                if (wait := due - time.perf_counter()) > 0:
+                    time.sleep(wait)
+                id_number = next(new_people)
+                try:
+                    stub.Register(
+                        declaration_pb2.RegisterRequest(
+                            actor=GRID, name="压测", id_number=id_number
+                        )
+                    )
+                except grpc.RpcError as e:
+                    # A synthetic number the city already holds (both are drawn from the same
+                    # space): not a new person, so not a write to time.
+                    if isinstance(e, grpc.Call) and e.code() == grpc.StatusCode.ALREADY_EXISTS:
+                        collisions.append(id_number)
+                        continue
+                    raise
+                written = time.perf_counter()
+                if n % 20 == 0:  # probe every 20th: 10 a second
+                    threading.Thread(
+                        target=probe, args=("registration", id_number, written, False), daemon=True
+                    ).start()
+                    with lock:
+                        fresh.append(id_number)
+                n += 1
+
+    def feed_loop() -> None:
+        rng = random.Random(SEED + 1)
+        day = format_day(today() - 1)
+        with open_channel(stack.peers.risk_index) as ch:
+            stub = risk_index_pb2_grpc.RiskIndexServiceStub(ch)
+            n = 0
+            start = time.perf_counter()
+            while not stop.is_set():
+                due = start + n
+                if (wait := due - time.perf_counter()) > 0:
+                    time.sleep(wait)
+                with lock:
+                    target = fresh.pop(0) if len(fresh) > 5 else None
+                named = [rng.choice(sample) for _ in range(FEED_ROWS_PER_BATCH - 1)]
+                if target is not None:
+                    named.append(target)
+                stub.IngestBatch(
+                    risk_index_pb2.IngestBatchRequest(
+                        actor=FEED,
+                        source="close_contact",
+                        batch_id=f"bench-city-{os.getpid()}-{n}",
+                        rows=[risk_index_pb2.FeedRow(id_number=i, day=day) for i in named],
+                    )
+                )
+                written = time.perf_counter()
+                if target is not None:
+                    threading.Thread(
+                        target=probe, args=("feed batch", target, written, True), daemon=True
+                    ).start()
+                n += 1
+
+    writers = [threading.Thread(target=f, daemon=True) for f in (register_loop, feed_loop)]
+    for w in writers:
+        w.start()
+    time.sleep(seconds)
+    stop.set()
+    for w in writers:
+        w.join(timeout=60)
+    time.sleep(PROBE_LIMIT_S / 3)
+    watcher.stop()
+    with open_channel(stack.peers.colour) as ch:
+        after = colour_pb2_grpc.ColourServiceStub(ch).GetStatus(colour_pb2.GetStatusRequest())
+    if collisions:
+        progress(f"{len(collisions)} generated numbers were already in the city: skipped")
+    for kind in ("registration", "feed batch"):
+        d = sorted(delays[kind])
+        figures.add(
+            f"{kind} reply -> Show shows it (p50 / p99 / max, {len(d)} probes, "
+            f"{not_shown[kind]} not shown in {PROBE_LIMIT_S:.0f} s)",
+            f"{percentile(d, 0.5) * 1000:,.0f} / {percentile(d, 0.99) * 1000:,.0f} / "
+            f"{(d[-1] if d else 0) * 1000:,.0f} ms",
+            "p99 2 s or less",
+        )
+    sizes = sorted(float(n) for n in watcher.sizes)
+    figures.add(
+        f"WatchIndex bytes per version ({len(sizes)} versions, {watcher.snapshots} snapshots)",
+        f"median {percentile(sizes, 0.5) / 1024:,.1f} KiB, max {(sizes[-1] if sizes else 0) / 1024:,.1f} KiB",
+        "under 1 MiB",
+    )
+    figures.add(
+        f"colour replica applying a delta ({after.deltas_applied - before.deltas_applied} deltas; "
+        "last 1,000: p50 / p99 / max)",
+        f"{after.delta_apply_ms_p50:,.1f} / {after.delta_apply_ms_p99:,.1f} / "
+        f"{after.delta_apply_ms_max:,.1f} ms",
+        "a 1,000-row delta in 50 ms or less",
+    )
+
+
+def show_rate(stack: Stack, sample: list[str], seconds: float, clients: int) -> float:
+    jobs = [Job("show", stack.peers.display, i, seconds, sample) for i in range(clients)]
+    phase = run_phase("show", jobs)
+    if phase.error_count:
+        raise RuntimeError(f"Show failed {phase.error_count} times: {phase.first_error}")
+    return phase.per_second
+
+
+def run(args: argparse.Namespace) -> tuple[int, str]:
+    figures = Figures()
+    work = Path(tempfile.mkdtemp(prefix="bench-city-"))
+    stacks: list[Stack] = []
+    try:
+        stack = start_stack(work / "city")
+        stacks.append(stack)
+        sample = load_city(stack, args.people, work, figures)
+        for name, process in stack.processes.items():
+            figures.add(f"resident memory, {name}", f"{rss_mib(process.pid):,.0f} MiB")
+        total = sum(rss_mib(p.pid) for p in stack.processes.values())
+        figures.add("resident memory, all four", f"{total / 1024:,.2f} GiB", "8 GiB or less")
+        measure_restarts(stack, figures)
+        steady_load(stack, sample, args.load_seconds, figures)
+        city_rate = show_rate(stack, sample, args.show_seconds, args.clients)
+        small = start_stack(work / "small")
+        stacks.append(small)
+        (work / "small-files").mkdir(exist_ok=True)
+        small_sample = load_city(small, SMALL, work / "small-files", None)
+        small_rate = show_rate(small, small_sample, args.show_seconds, args.clients)
+        figures.add(
+            f"Show per second at {args.people:,} people / at {SMALL:,} (same run, "
+            f"{args.clients} clients)",
+            f"{city_rate:,.0f} / {small_rate:,.0f} ({city_rate / small_rate:.2f}x)",
+            "must not fall with size",
+        )
+    finally:
+        for s in stacks:
+            s.stop()
+    command = "python -m bench.bench_city " + shlex.join(sys.argv[1:])
+    lines = [
+        (
+            f"`{command.strip()}` on {platform.node()} ({os.cpu_count()} cores), "
+            f"{time.strftime('%Y-%m-%d %H:%M')}"
+        ),
+        "",
+        "| figure | measured | target |",
+        "|---|---|---|",
+        *(f"| {w} | {m} | {t} |" for w, m, t in figures.rows),
+    ]
+    return 0, "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--people", type=int, default=CITY, help="city size (default 18 M)")
+    parser.add_argument("--load-seconds", type=float, default=120.0, help="steady load, s")
+    parser.add_argument("--show-seconds", type=float, default=20.0, help="per Show phase, s")
+    parser.add_argument("--clients", type=int, default=8, help="Show client processes")
+    parser.add_argument("--quick", action="store_true", help="a small city, short phases")
+    args = parser.parse_args(argv)
+    if args.quick:
+        for k, v in QUICK.items():
+            setattr(args, k, v)
+    status, table = run(args)
+    print(table)
+    sys.exit(status)
+
+
+if __name__ == "__main__":
+    main()
