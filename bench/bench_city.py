@@ -73,8 +73,11 @@ ADMIN = common_pb2.Actor(role=common_pb2.ACTOR_ROLE_ADMIN, principal="bench-city
 FEED = common_pb2.Actor(role=common_pb2.ACTOR_ROLE_FEED, principal="bench-city-feed")
 GRID = common_pb2.Actor(role=common_pb2.ACTOR_ROLE_GRID_WORKER, principal="bench-grid")
 DEVICE = display_pb2.Device(device_id="bench-probe", place="bench")
-# How long a probe waits for a write to show before it counts the write as not shown.
+# How long a probe waits for a write to show before it counts the write as not shown, how
+# often it asks, and how many probes may wait at once (probes must not be the load).
 PROBE_LIMIT_S = 30.0
+PROBE_EVERY_S = 0.1
+MAX_PROBES = 16
 
 
 @dataclass
@@ -226,6 +229,21 @@ def steady_load(stack: Stack, sample: list[str], seconds: float, figures: Figure
     with open_channel(stack.peers.colour) as ch:
         before = colour_pb2_grpc.ColourServiceStub(ch).GetStatus(colour_pb2.GetStatusRequest())
 
+    probes = threading.BoundedSemaphore(MAX_PROBES)
+
+    def start_probe(kind: str, id_number: str, written: float, want_red: bool) -> bool:
+        if not probes.acquire(blocking=False):
+            return False  # enough probes in flight: this write is not sampled
+
+        def run() -> None:
+            try:
+                probe(kind, id_number, written, want_red)
+            finally:
+                probes.release()
+
+        threading.Thread(target=run, daemon=True).start()
+        return True
+
     def probe(kind: str, id_number: str, written: float, want_red: bool) -> None:
         ref = common_pb2.PersonRef(id_number=id_number)
         actor = common_pb2.Actor(role=common_pb2.ACTOR_ROLE_CITIZEN, person=ref)
@@ -240,7 +258,7 @@ def steady_load(stack: Stack, sample: list[str], seconds: float, figures: Figure
                         with lock:
                             delays[kind].append(time.perf_counter() - written)
                         return
-                time.sleep(0.02)
+                time.sleep(PROBE_EVERY_S)
         with lock:
             not_shown[kind] += 1
 
@@ -268,11 +286,8 @@ def steady_load(stack: Stack, sample: list[str], seconds: float, figures: Figure
                         continue
                     raise
                 written = time.perf_counter()
-                if n % 20 == 0:  # probe every 20th: 10 a second
-                    threading.Thread(
-                        target=probe, args=("registration", id_number, written, False), daemon=True
-                    ).start()
-                    with lock:
+                if n % 50 == 0 and start_probe("registration", id_number, written, False):
+                    with lock:  # every 50th, 4 a second: later named in a feed batch
                         fresh.append(id_number)
                 n += 1
 
@@ -302,9 +317,7 @@ def steady_load(stack: Stack, sample: list[str], seconds: float, figures: Figure
                 )
                 written = time.perf_counter()
                 if target is not None:
-                    threading.Thread(
-                        target=probe, args=("feed batch", target, written, True), daemon=True
-                    ).start()
+                    start_probe("feed batch", target, written, True)
                 n += 1
 
     writers = [threading.Thread(target=f, daemon=True) for f in (register_loop, feed_loop)]

@@ -33,7 +33,8 @@ PERMANENT = frozenset(
         grpc.StatusCode.NOT_FOUND,
     }
 )
-# Messages read from the table at a time: a bulk import's message holds up to 50,000 people.
+# Messages read from the table at a time: a bulk import's message holds up to 50,000 people,
+# so few at once; a registration's holds one person (consecutive ones go as one call).
 PENDING_BATCH = 16
 # A message with more people or rows than this gets the bulk deadline.
 BULK_ENTRIES = 1000
@@ -238,8 +239,7 @@ class OutboxWorker:
         except (grpc.RpcError, KeyError, ValueError) as error:
             logger.info("outbox: %d registry messages sent one by one (%s)", len(run), error)
             return False
-        for message in run:
-            self._repo.acknowledge(message.id)
+        self._repo.acknowledge(*(message.id for message in run))
         self._delivered += len(run)
         return True
 

@@ -490,9 +490,10 @@ class DeclarationRepository(SqliteRepository):
         with self.reading() as conn:
             return int(conn.execute("SELECT COUNT(*) FROM outbox WHERE dead = 0").fetchone()[0])
 
-    def acknowledge(self, message_id: int) -> None:
+    def acknowledge(self, *message_ids: int) -> None:
+        """Delivered: delete the messages, in one transaction however many."""
         with self.transaction() as conn:
-            conn.execute("DELETE FROM outbox WHERE id = ?", (message_id,))
+            conn.executemany("DELETE FROM outbox WHERE id = ?", [(i,) for i in message_ids])
 
     def record_failure(self, message_id: int, error: str, dead: bool) -> None:
         with self.transaction() as conn:
