@@ -99,12 +99,15 @@ class Publication:
     """The current version, the changes of recent versions, and a condition watchers wait on
     for the next one."""
 
-    def __init__(self, first: Published) -> None:
+    def __init__(self, first: Published, base: Delta | None = None) -> None:
         self._current = first
         self._changed = threading.Condition()
         self._closed = False
         # version -> the changes from the version before (only versions published as deltas).
         self._history: dict[int, tuple[changes.Change, ...]] = {}
+        # After a start from a snapshot: the changes from the snapshot's version to the first
+        # one, so replicas that hold the snapshot's version get a delta, not a whole index.
+        self._base = base
 
     @property
     def current(self) -> Published:
@@ -122,6 +125,7 @@ class Publication:
                 self._history.pop(published.version - DELTA_HISTORY, None)
             else:
                 self._history.clear()  # a rebuilt version: replicas need its snapshot
+                self._base = None
             self._current = published
             self._changed.notify_all()
 
@@ -130,12 +134,17 @@ class Publication:
         still kept; None otherwise (the replica needs a snapshot)."""
         with self._changed:
             current = self._current
+            base = self._base
+            start: tuple[changes.Change, ...] = ()
+            after = held
+            if base is not None and held == base.from_version < base.version:
+                start, after = base.changes, base.version
             if not 0 <= held < current.version:
                 return None
-            steps = [self._history.get(v) for v in range(held + 1, current.version + 1)]
+            steps = [self._history.get(v) for v in range(after + 1, current.version + 1)]
         if any(step is None for step in steps):
             return None
-        joined = tuple(c for step in steps if step is not None for c in step)
+        joined = start + tuple(c for step in steps if step is not None for c in step)
         return Delta(held, current.version, current.published_at, joined)
 
     def wait_other(self, version: int, timeout: float) -> Published | None:
@@ -227,7 +236,8 @@ class RiskIndex:
         # The latest index written to disk, so a restart replays only the changes after it.
         self._snapshot_path = snapshot_path
         self._snapshot_version = -1
-        self._publication = Publication(self._rebuild())
+        self._restart_delta: Delta | None = None  # set by a start from a snapshot
+        self._publication = Publication(self._rebuild(), self._restart_delta)
         # Changes committed under the next version and not yet in a published index, in order.
         self._staged: list[changes.Change] = []
         self._interval = publish_interval_s
@@ -643,6 +653,7 @@ class RiskIndex:
             builder = index.builder()
             changes.apply_all(builder, tail)
             index = builder.finish(version=latest.version)
+            self._restart_delta = Delta(base, latest.version, latest.published_at, tuple(tail))
         self._snapshot_version = -1 if tail else latest.version
         logger.info(
             "index at version %d loaded from its snapshot (version %d) and %d changes in %.1f s",

@@ -10,10 +10,10 @@ from pathlib import Path
 import healthcode_matcher as hm
 import pytest
 
-from services._common import days
+from services._common import changes, days
 from services._common.actors import Actor, Role
 from services._common.identifiers import Identifiers, mask_id_number, mask_phone
-from services.risk_index.logic import RiskIndex, build_index
+from services.risk_index.logic import Delta, RiskIndex, build_index
 from services.risk_index.model import KeyedPerson, RawRow
 from services.risk_index.repository import RiskIndexRepository
 from services.rules import DEFAULT_RULE_SET_PATH, load_rule_set
@@ -126,6 +126,16 @@ def test_a_restart_loads_the_snapshot_and_replays_only_the_tail(
         assert colours(got) == colours(want) == colours(latest.index)
         assert colours(got)[HASHER.person_key(IDS[21])][0] == hm.Colour.RED
         assert snapshot_version < latest.version
+        # A replica that holds the snapshot's version gets the tail as one delta, not a
+        # whole index, and reaches the same verdicts.
+        step = next(restarted.watch(snapshot_version, lambda: True))
+        assert isinstance(step, Delta) and (step.from_version, step.version) == (
+            snapshot_version,
+            latest.version,
+        )
+        builder = hm.Index.load(str(tmp_path / "index.snapshot"), SECRET).builder()
+        changes.apply_all(builder, step.changes)
+        assert colours(builder.finish(version=step.version)) == colours(want)
     finally:
         restarted.close()
 
