@@ -18,6 +18,7 @@ database, which already holds every staged change.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import logging
 import threading
 import time
@@ -25,6 +26,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from healthcode.v1 import risk_index_pb2
 from healthcode_matcher import Index, IndexBuilder, SnapshotError
 
 from services._common import changes, days
@@ -80,7 +82,7 @@ class Published:
             return self._snapshot
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class Delta:
     """The changes that make `version` from `from_version` (one or more versions' worth)."""
 
@@ -89,7 +91,15 @@ class Delta:
     published_at: dt.datetime
     changes: tuple[changes.Change, ...]
 
+    @functools.cached_property
+    def wire(self) -> risk_index_pb2.IndexDelta:
+        """The delta as WatchIndex sends it (built once)."""
+        return changes.to_proto(self.from_version, self.changes)
 
+
+# A delta larger than this goes as the whole version instead (a replica's receive limit is
+# 8 MiB): a replica far behind a busy feed.
+MAX_DELTA_BYTES = 4 << 20
 # How many versions' changes are kept for replicas that reconnect (about 10 minutes at one
 # version a second); a replica further behind is sent a snapshot.
 DELTA_HISTORY = 600
@@ -288,7 +298,7 @@ class RiskIndex:
             if published is None:
                 continue
             delta = self._publication.delta_since(sent) if sent >= 0 else None
-            if delta is not None:
+            if delta is not None and delta.wire.ByteSize() <= MAX_DELTA_BYTES:
                 yield delta
                 sent = delta.version
             else:

@@ -8,7 +8,6 @@ from collections.abc import Iterator
 import grpc
 from healthcode.v1 import risk_index_pb2, risk_index_pb2_grpc
 
-from services._common import changes
 from services._common.convert import actor_from_proto, timestamp
 from services._common.errors import InvalidArgument
 from services._common.identifiers import Identifiers
@@ -20,8 +19,6 @@ SERVICE_NAME = risk_index_pb2.DESCRIPTOR.services_by_name["RiskIndexService"].fu
 
 # Each message stays well under gRPC's default 4 MiB limit, whatever the receiver's settings.
 CHUNK_BYTES = 1024 * 1024
-# A delta larger than this goes as a snapshot instead (a replica's receive limit is 8 MiB).
-MAX_DELTA_BYTES = 4 * CHUNK_BYTES
 
 _SUBJECT_KIND = {
     "person": risk_index_pb2.SUBJECT_KIND_PERSON,
@@ -195,14 +192,10 @@ class RiskIndexServicer(risk_index_pb2_grpc.RiskIndexServiceServicer):
     ) -> Iterator[risk_index_pb2.WatchIndexResponse]:
         for step in self._index.watch(request.known_version, context.is_active):
             if isinstance(step, Delta):
-                delta = changes.to_proto(step.from_version, step.changes)
-                if delta.ByteSize() <= MAX_DELTA_BYTES:
-                    yield risk_index_pb2.WatchIndexResponse(
-                        version=step.version, published_at=timestamp(step.published_at), delta=delta
-                    )
-                    continue
-                # A replica far behind a busy feed: the snapshot is the smaller message.
-                step = self._index.current
+                yield risk_index_pb2.WatchIndexResponse(
+                    version=step.version, published_at=timestamp(step.published_at), delta=step.wire
+                )
+                continue
             yield from snapshot_chunks(step.version, step.snapshot(), step.published_at)
 
 

@@ -212,3 +212,24 @@ def test_register_people_refuses_an_oversized_call(tmp_path: Path) -> None:
         assert ri.current.index.person_count == 0
     finally:
         ri.close()
+
+
+def test_a_delta_too_large_for_one_message_goes_as_the_whole_version(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ri = open_index(tmp_path, interval=0)
+    try:
+        ri.register_people(SERVICE, [person(0)])
+        watch = ri.watch(1, lambda: True)
+        assert isinstance(next(watch), Delta)  # "you are current"
+        monkeypatch.setattr("services.risk_index.logic.MAX_DELTA_BYTES", 10)
+        ri.register_people(SERVICE, [person(1), person(2)])
+        step = next(watch)
+        assert isinstance(step, Published) and step.version == 2
+        # The watcher now holds version 2: the next change is a delta from it again.
+        monkeypatch.setattr("services.risk_index.logic.MAX_DELTA_BYTES", 4 << 20)
+        ri.register_people(SERVICE, [person(3)])
+        after = next(watch)
+        assert isinstance(after, Delta) and (after.from_version, after.version) == (2, 3)
+    finally:
+        ri.close()
