@@ -18,15 +18,17 @@ from typing import Any, NamedTuple
 import grpc
 from google.rpc import error_details_pb2
 
-from services._common.config import Peers
+from services._common.config import RECONNECT_OPTIONS, Peers
 from services._common.status import details_of
 
 DEFAULT_TIMEOUT_S = 10.0
 
-# Index snapshots and big batches exceed gRPC's 4 MiB default.
+# Index snapshots and big batches exceed gRPC's 4 MiB default. A service that was down is
+# retried within a second of its return (RECONNECT_OPTIONS).
 _OPTIONS: list[tuple[str, int | str]] = [
     ("grpc.max_receive_message_length", 64 << 20),
     ("grpc.max_send_message_length", 64 << 20),
+    *RECONNECT_OPTIONS,
 ]
 
 

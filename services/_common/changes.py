@@ -110,7 +110,19 @@ class CountyLevel:
         builder.set_county_level(self.county, self.level)
 
 
-Change = Persons | Phones | Unlink | Cards | Rows | CountyLevel
+@dataclass(frozen=True, slots=True)
+class RuleSet:
+    """A rule set published for every replica: it travels with the index so that every replica
+    runs the same rules from the same version. It changes no index entry."""
+
+    text: str
+    filename: str
+
+    def apply(self, builder: hm.IndexBuilder) -> None:
+        pass
+
+
+Change = Persons | Phones | Unlink | Cards | Rows | CountyLevel | RuleSet
 
 
 def apply_all(builder: hm.IndexBuilder, changes: Iterable[Change]) -> None:
@@ -139,8 +151,10 @@ def touched_persons(before: hm.Index, after: hm.Index, changes: Iterable[Change]
             out.update(ids(index.holders_of_phones(phones)))
 
     for change in changes:
-        if isinstance(change, Persons | Cards):
-            continue  # new people are counted above; cards carry no rows
+        if isinstance(change, Persons | Cards | RuleSet):
+            # New people are counted above; cards carry no rows; a rule set is the engine's
+            # to apply (it re-evaluates everyone itself).
+            continue
         if isinstance(change, Rows) and change.replace:
             return None
         if isinstance(change, CountyLevel):
@@ -160,6 +174,18 @@ def touched_persons(before: hm.Index, after: hm.Index, changes: Iterable[Change]
 # -- the wire ----------------------------------------------------------------------------------
 
 
+def registrations(changes: Iterable[Change]) -> set[bytes]:
+    """The keys of the people whose registration a change names: registered, or linked to a
+    phone (a display forgets their cached masked record)."""
+    keys: set[bytes] = set()
+    for change in changes:
+        if isinstance(change, Persons):
+            keys.update(_keys(change.keys))
+        elif isinstance(change, Phones):
+            keys.update(_keys(change.holders))
+    return keys
+
+
 def to_proto(from_version: int, changes: Iterable[Change]) -> risk_index_pb2.IndexDelta:
     delta = risk_index_pb2.IndexDelta(from_version=from_version)
     for c in changes:
@@ -177,6 +203,8 @@ def to_proto(from_version: int, changes: Iterable[Change]) -> risk_index_pb2.Ind
             entry.rows.times.extend(-1 if t is None else t for t in c.times)
             if c.counties is not None:
                 entry.rows.counties.extend(c.counties)
+        elif isinstance(c, RuleSet):
+            entry.rule_set.text, entry.rule_set.filename = c.text, c.filename
         else:
             entry.county.county, entry.county.level = c.county, c.level
     return delta
@@ -207,6 +235,8 @@ def from_proto(delta: risk_index_pb2.IndexDelta) -> list[Change]:
             out.append(Rows(r.source, keys, times, counties, r.replace))
         elif which == "county":
             out.append(CountyLevel(entry.county.county, entry.county.level))
+        elif which == "rule_set":
+            out.append(RuleSet(entry.rule_set.text, entry.rule_set.filename))
         else:
             raise ValueError(f"change {i}: empty")
     return out

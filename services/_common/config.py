@@ -207,3 +207,13 @@ def _create_secret(path: Path) -> None:
             os.link(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+# A peer that was down is retried within a second of coming back. grpc's default reconnect
+# backoff grows to 120 s (1 s, 1.6 s, ...): after an 8 s outage a Show kept failing for up to
+# 7 s after its peer answered again (issue 9). A loopback or in-cluster peer is cheap to retry.
+RECONNECT_OPTIONS: list[tuple[str, int | str]] = [
+    ("grpc.initial_reconnect_backoff_ms", 100),
+    ("grpc.min_reconnect_backoff_ms", 100),
+    ("grpc.max_reconnect_backoff_ms", 1000),
+]

@@ -23,7 +23,10 @@ from opentelemetry.sdk.trace.export import (
     SpanExporter,
 )
 
+from services._common.config import RECONNECT_OPTIONS
+
 __all__ = [
+    "RECONNECT_OPTIONS",
     "client_interceptor",
     "instrumented_channel",
     "server_interceptor",
@@ -55,8 +58,9 @@ def setup_tracing(service_name: str, exporter: SpanExporter | None = None) -> Tr
 def instrumented_channel(
     target: str, options: list[tuple[str, int | str]] | None = None
 ) -> grpc.Channel:
-    """An insecure channel to a peer whose calls carry the current trace context."""
-    channel = grpc.insecure_channel(target, options=options)
+    """An insecure channel to a peer whose calls carry the current trace context, reconnecting
+    within a second of the peer's return."""
+    channel = grpc.insecure_channel(target, options=[*RECONNECT_OPTIONS, *(options or [])])
     # The OpenTelemetry interceptor implements its own interceptor interface (grpcext), not
     # grpc's, so it is attached with grpcext's intercept_channel. It wraps server-streaming
     # calls in a plain generator, which loses `cancel()`; long-lived watch streams (WatchIndex,

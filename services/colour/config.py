@@ -11,6 +11,10 @@
 | HEALTHCODE_COLOUR_SNAPSHOT_S          | 300 (own index snapshot; 0: never)    |
 | HEALTHCODE_DATA_DIR, HEALTHCODE_SECRET, ... | see services/_common/config.py  |
 
+The rule-set, reconnect, freshness and snapshot settings are those of every replica of the
+verdicts (`ReplicaConfig`): the colour service's and the one each display process holds, so
+both start from the same rule set and follow the index alike.
+
 The rule set activated through SetRuleSet is kept in `<data_dir>/colour/rule_set.toml` and wins
 over HEALTHCODE_COLOUR_RULE_SET at the next start, so a restart does not undo an activation.
 """
@@ -27,9 +31,9 @@ from services.rules import DEFAULT_RULE_SET_PATH
 
 
 @dataclass(frozen=True, slots=True)
-class ColourConfig:
-    platform: PlatformConfig
-    port: int
+class ReplicaConfig:
+    """How one replica of the verdicts (colour, or a display process) is made and fed."""
+
     risk_index_addr: str
     declaration_addr: str
     initial_rule_set: Path
@@ -41,24 +45,37 @@ class ColourConfig:
     snapshot_interval_s: float
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None) -> ColourConfig:
-        env = os.environ if env is None else env
-        platform = PlatformConfig.from_env(env)
+    def from_env(cls, env: Mapping[str, str], platform: PlatformConfig, home: str) -> ReplicaConfig:
+        """`home`: the replica's directory under the data directory (its own snapshot)."""
         rule_set = Path(env.get("HEALTHCODE_COLOUR_RULE_SET", "") or DEFAULT_RULE_SET_PATH)
         if not rule_set.is_file():
             raise ConfigError(f"HEALTHCODE_COLOUR_RULE_SET: {rule_set} is not a file")
         reconnect_max = env_float(env, "HEALTHCODE_COLOUR_RECONNECT_MAX_S", 5.0, low=0.1)
-        freshness = env_float(env, "HEALTHCODE_COLOUR_FRESHNESS_S", 30.0, low=0.1)
         return cls(
-            platform=platform,
-            port=platform.ports.colour,
             risk_index_addr=platform.peers.risk_index,
             declaration_addr=platform.peers.declaration,
             initial_rule_set=rule_set,
             active_rule_set_file=platform.data_dir / "colour" / "rule_set.toml",
             reconnect_initial_s=min(0.1, reconnect_max),
             reconnect_max_s=reconnect_max,
-            freshness_interval_s=freshness,
-            snapshot_path=platform.data_dir / "colour" / "index.snapshot",
+            freshness_interval_s=env_float(env, "HEALTHCODE_COLOUR_FRESHNESS_S", 30.0, low=0.1),
+            snapshot_path=platform.data_dir / home / "index.snapshot",
             snapshot_interval_s=env_float(env, "HEALTHCODE_COLOUR_SNAPSHOT_S", 300.0, low=0.0),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class ColourConfig:
+    platform: PlatformConfig
+    port: int
+    replica: ReplicaConfig
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> ColourConfig:
+        env = os.environ if env is None else env
+        platform = PlatformConfig.from_env(env)
+        return cls(
+            platform=platform,
+            port=platform.ports.colour,
+            replica=ReplicaConfig.from_env(env, platform, "colour"),
         )

@@ -144,9 +144,18 @@ class ColourEngine:
             changes.apply_all(builder, delta)
             index = builder.finish(version=version)
             now = self._now()
+            rules_changed = False
+            for change in delta:
+                if isinstance(change, changes.RuleSet):
+                    rules_changed |= self._adopt_rule_set(change.text, change.filename, now)
             touched = changes.touched_persons(before, index, delta)
             shared = self._shared_matcher
-            if touched is None or shared is None or hour_number(now) != current.hour:
+            if (
+                rules_changed
+                or touched is None
+                or shared is None
+                or hour_number(now) != current.hour
+            ):
                 self._swap(index, self._rules.active, now)  # everyone, at the new hour
             else:
                 # Only the people the delta can change are evaluated again; everyone else keeps
@@ -164,6 +173,48 @@ class ColourEngine:
             self._installed.notify_all()
         log.debug("index version %d applied (%d changes)", version, len(delta))
         return True
+
+    def follow_rule_set(self, text: str, filename: str) -> bool:
+        """Run the rule set the risk index says is published (a stream's first version names
+        it), unless it is the one held already. True if the verdicts were rebuilt."""
+        with self._write_lock:
+            now = self._now()
+            if not self._adopt_rule_set(text, filename, now) or self._matcher is None:
+                return False
+            current = self._matcher.current
+            self._swap(current.index, self._rules.active, now)
+            return True
+
+    def seconds_to_pending_rule_set(self) -> float:
+        """Until the pending rule set's `valid_from` (infinity if none is pending)."""
+        pending = self._rules.pending
+        if pending is None or pending.rule_set.valid_from is None:
+            return math.inf
+        return max(0.0, (pending.rule_set.valid_from - self._now()).total_seconds())
+
+    def _adopt_rule_set(self, text: str, filename: str, now: dt.datetime) -> bool:
+        """Take a published rule set as active (True) or pending; nothing if it is the one
+        held. A rule set the risk index accepted but this replica cannot run (an older
+        replica) is logged and skipped: the replica keeps answering with the rules it has.
+        Caller holds the write lock."""
+        held = [self._rules.active, *([self._rules.pending] if self._rules.pending else [])]
+        if any(rules.text == text for rules in held):
+            return False
+        try:
+            compiled = compile_rules(parse_rules(text, filename), text)
+            self._rules.check_version(compiled.rule_set)
+        except (InvalidArgument, ValueError) as exc:
+            log.error(
+                "published rule set %s cannot run here, keeping the active one: %s", filename, exc
+            )
+            return False
+        active = self._rules.accept(compiled, now)
+        log.info(
+            "published rule set %s %s",
+            compiled.rule_set.version,
+            "activated" if active else f"valid from {compiled.rule_set.valid_from}",
+        )
+        return active
 
     def wait_for_version(self, version: int, timeout_s: float) -> None:
         """Return once the replica holds index version `version` or a later one (read your
@@ -415,8 +466,9 @@ def _p50_p99_max_ms(seconds: list[float]) -> tuple[float, float, float]:
 
 def run_clock(engine: ColourEngine, stop: threading.Event, interval: float = 5.0) -> None:
     """Call `engine.tick()` until `stop` is set: the hourly rebuild (windows move with the
-    Asia/Shanghai hour) and timed rule sets."""
-    while not stop.wait(interval):
+    Asia/Shanghai hour) and timed rule sets, which it wakes for on the dot, so that every
+    replica (colour, each display) switches to a timed rule set at the same moment."""
+    while not stop.wait(min(interval, max(0.01, engine.seconds_to_pending_rule_set()))):
         try:
             engine.tick()
         except Exception:

@@ -21,7 +21,7 @@ import logging
 import random
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import grpc
@@ -29,12 +29,18 @@ import healthcode_matcher as hm
 from healthcode.v1 import risk_index_pb2, risk_index_pb2_grpc
 
 from services._common import changes
+from services._common.config import RECONNECT_OPTIONS
 from services.colour.engine import ColourEngine
 
 log = logging.getLogger(__name__)
 
-# Chunks are at most 1 MiB; leave room for the envelope.
-_CHANNEL_OPTIONS: list[tuple[str, int | str]] = [("grpc.max_receive_message_length", 8 << 20)]
+# Chunks are at most 1 MiB; leave room for the envelope. The follower's own loop backs off
+# between attempts; the channel's reconnect backoff (grpc's default grows to 120 s) is held to
+# a second, so a replica is back within a second of the risk index.
+_CHANNEL_OPTIONS: list[tuple[str, int | str]] = [
+    ("grpc.max_receive_message_length", 8 << 20),
+    *RECONNECT_OPTIONS,
+]
 
 
 class IndexFollower:
@@ -50,11 +56,15 @@ class IndexFollower:
         max_backoff_s: float = 5.0,
         freshness_interval_s: float = 30.0,
         on_installed: Callable[[int], None] | None = None,
+        on_changes: Callable[[Sequence[changes.Change]], None] | None = None,
         snapshot_path: Path | None = None,
         snapshot_interval_s: float = 300.0,
     ) -> None:
         self._engine = engine
         self._on_installed = on_installed
+        # Told each delta's changes once applied (a display drops the holders they touch
+        # from its cache).
+        self._on_changes = on_changes
         self._secret = secret
         self._initial = initial_backoff_s
         self._max = max_backoff_s
@@ -218,7 +228,9 @@ class IndexFollower:
                 raise hm.SnapshotError(
                     f"version {version}: the snapshot says it is version {index.version}"
                 )
-            if self._engine.install_index(index):
+            new = self._engine.install_index(index)
+            self._follow_rule_set(message)
+            if new:
                 self.versions_installed += 1
                 if self._on_installed is not None:
                     self._on_installed(version)
@@ -231,6 +243,7 @@ class IndexFollower:
         to the version held says the replica is current (after a restart from its snapshot)."""
         held = self._engine.index_version
         if self._engine.has_index and message.version == held == message.delta.from_version:
+            self._follow_rule_set(message)
             if self._on_installed is not None:
                 self._on_installed(held)
             return True
@@ -241,13 +254,23 @@ class IndexFollower:
                 held,
             )
             return False
-        if self._engine.apply_changes(changes.from_proto(message.delta), message.version):
+        delta = changes.from_proto(message.delta)
+        if self._engine.apply_changes(delta, message.version):
+            if self._on_changes is not None:
+                self._on_changes(delta)
             self.deltas_applied += 1
             self.versions_installed += 1
+            self._follow_rule_set(message)
             if self._on_installed is not None:
                 self._on_installed(message.version)
         self._refresh_staleness()
         return True
+
+    def _follow_rule_set(self, message: risk_index_pb2.WatchIndexResponse) -> None:
+        # A stream's first version names the rule set last published (R5: every replica
+        # runs the same rules), so a replica that was away while one was published catches up.
+        if message.HasField("rule_set"):
+            self._engine.follow_rule_set(message.rule_set.text, message.rule_set.filename)
 
     def _refresh_staleness(self) -> bool:
         try:

@@ -7,6 +7,7 @@ calls these methods; nothing else in the service checks a role.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 
 from services._common.actors import Actor, Role
 from services._common.errors import InvalidArgument
@@ -38,8 +39,14 @@ VERSION_WAIT_S = 5.0
 class ColourDesk:
     """The colour service's answers, each behind its role check."""
 
-    def __init__(self, engine: ColourEngine) -> None:
+    def __init__(
+        self, engine: ColourEngine, publish: Callable[[str, str], int] | None = None
+    ) -> None:
+        """`publish(text, filename)` sends an activated rule set to every replica through the
+        risk index and names the version that carries it; without it (a replica on its own,
+        in tests) activation is local."""
         self.engine = engine
+        self._publish = publish
 
     def evaluator(self, actor: Actor) -> Callable[..., Assessment]:
         """Check the actor once, then answer many: a 50,000-candidate exam list (R12) names
@@ -69,7 +76,17 @@ class ColourDesk:
         actor.require(RULE_SET_ROLES, "change the rule set")
         if not text.strip():
             raise InvalidArgument([("text", "the rule-set text (TOML) is required")])
-        return self.engine.set_rule_set(text, filename.strip() or "rule_set.toml", dry_run=dry_run)
+        filename = filename.strip() or "rule_set.toml"
+        if self._publish is None:
+            return self.engine.set_rule_set(text, filename, dry_run=dry_run)
+        # Validate and try it here (the counts before and after), then publish it: every
+        # replica, this one included, runs it from the version that carries it.
+        tried = self.engine.set_rule_set(text, filename, dry_run=True)
+        if dry_run:
+            return tried
+        version = self._publish(text, filename)
+        self.engine.wait_for_version(version, VERSION_WAIT_S)
+        return replace(tried, activated=self.engine.rules.text == text)
 
     def what_if(
         self, actor: Actor, text: str, filename: str, *, shared_only: bool, district_source: str

@@ -8,11 +8,19 @@
 | HEALTHCODE_DISPLAY_TOKEN_TTL_S    | 60 (1-60: a code token's life)               |
 | HEALTHCODE_DISPLAY_WORKERS        | 64 (server threads; WatchCounters holds one) |
 | HEALTHCODE_DISPLAY_PEER_TIMEOUT_S | 2 (deadline of each colour/declaration call) |
+| HEALTHCODE_DISPLAY_COLOUR         | replica: the verdicts held in this process   |
+|                                   | service: ask the colour service each time    |
+| HEALTHCODE_COLOUR_RULE_SET, ...   | the replica's settings: services/colour/config.py |
 | HEALTHCODE_DATA_DIR, ...          | see services/_common/config.py               |
 
-Files under `<data_dir>/display/`: `display.db` (the display log, SQLite WAL) and
+One hop per display (issue 9): by default the display process holds its own replica of the
+verdicts, fed by the risk index exactly as the colour service's is, so a Show or a Scan makes no
+call of its own to colour. `service` keeps the colour service as the source (a display on a
+machine without the memory for an index).
+
+Files under `<data_dir>/display/`: `display.db` (the display log, SQLite WAL),
 `signing.key` (the Ed25519 seed, 0600; created at first start and kept, so that codes on screens
-survive a restart).
+survive a restart) and `index.snapshot` (the replica's last index version).
 """
 
 from __future__ import annotations
@@ -22,7 +30,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from services._common.config import PlatformConfig, env_float, env_int
+from services._common.config import ConfigError, PlatformConfig, env_float, env_int
+from services.colour.config import ReplicaConfig
+
+COLOUR_SOURCES = ("replica", "service")
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,12 +47,19 @@ class DisplayConfig:
     token_ttl_ms: int
     max_workers: int
     peer_timeout_s: float
+    colour_source: str
+    replica: ReplicaConfig
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> DisplayConfig:
         env = os.environ if env is None else env
         platform = PlatformConfig.from_env(env)
         directory = platform.data_dir / "display"
+        colour_source = env.get("HEALTHCODE_DISPLAY_COLOUR", "") or "replica"
+        if colour_source not in COLOUR_SOURCES:
+            raise ConfigError(
+                f"HEALTHCODE_DISPLAY_COLOUR: {colour_source!r}; use one of {COLOUR_SOURCES}"
+            )
         return cls(
             platform=platform,
             port=platform.ports.display,
@@ -52,4 +70,6 @@ class DisplayConfig:
             token_ttl_ms=1000 * env_int(env, "HEALTHCODE_DISPLAY_TOKEN_TTL_S", 60, low=1, high=60),
             max_workers=env_int(env, "HEALTHCODE_DISPLAY_WORKERS", 64, low=4, high=1024),
             peer_timeout_s=env_float(env, "HEALTHCODE_DISPLAY_PEER_TIMEOUT_S", 2.0, low=0.05),
+            colour_source=colour_source,
+            replica=ReplicaConfig.from_env(env, platform, "display"),
         )

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import datetime as dt
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -135,6 +135,10 @@ class DisplayDesk:
         self._holder_of = cached_lookup(holder_of)
         self._clock_ms = clock_ms
         self._unknown_retry_s = unknown_retry_s
+
+    def forget_holders(self, person_keys: Iterable[bytes]) -> None:
+        """Drop these people's cached masked records (their registration changed)."""
+        self._holder_of.forget(person_keys)
 
     def show(self, actor: Actor, person_key: bytes, where: Place, min_version: int = 0) -> Shown:
         """Sign a short-lived token for the holder, after logging the display durably. With

@@ -1,7 +1,10 @@
-"""The display service's two peers, behind the plain callables `DisplayDesk` takes.
+"""Where a display's colours and holders come from, behind the plain callables `DisplayDesk`
+takes.
 
-Each call has a deadline: the display path must fail fast (UNAVAILABLE, with which peer) rather
-than hold a gate's queue when a peer is down.
+Colours come from the replica of the verdicts this process holds (`ReplicaColour`: no call at
+all), or from the colour service (`ColourPeer`). Masked holders come from the declaration
+service, cached by the desk. Each call to a peer has a deadline: the display path must fail fast
+(UNAVAILABLE, with which peer) rather than hold a gate's queue when a peer is down.
 """
 
 from __future__ import annotations
@@ -16,6 +19,9 @@ from healthcode.v1 import (
 )
 
 from services._common.errors import DomainError, NotFound, Unavailable
+from services.colour.engine import ColourEngine
+from services.colour.logic import VERSION_WAIT_S
+from services.colour.servicer import verdict_to_proto
 from services.display.logic import Holder, LiveColour
 
 _ACTOR = common_pb2.Actor(role=common_pb2.ACTOR_ROLE_SERVICE, principal="display")
@@ -46,6 +52,25 @@ class ColourPeer:
             raise _peer_error("colour", error) from None
         colour = verdict.colour - 1 if verdict.registered else None  # proto enum: 0 unspecified
         return LiveColour(colour, verdict.index_version, verdict.rule_set_version, verdict)
+
+
+class ReplicaColour:
+    """Live colours from the replica of the verdicts held in this process (one hop per
+    display): the colour service's engine and answer, without the call."""
+
+    def __init__(self, engine: ColourEngine) -> None:
+        self._engine = engine
+
+    def live_colour(self, person_key: bytes, min_version: int = 0) -> LiveColour:
+        self._engine.wait_for_version(min_version, VERSION_WAIT_S)
+        assessment = self._engine.evaluate(person_key)
+        colour = None if assessment.colour is None else int(assessment.colour)
+        return LiveColour(
+            colour,
+            assessment.index_version,
+            assessment.rule_set_version,
+            verdict_to_proto(assessment),
+        )
 
 
 class DeclarationPeer:

@@ -46,12 +46,16 @@ from services.risk_index.model import (
 )
 from services.risk_index.repository import RiskIndexRepository
 from services.risk_index.validation import check_masked, check_people, validate_batch
+from services.rules import RuleSetError, parse_rule_set
 
 logger = logging.getLogger(__name__)
 
 INGEST_ROLES = (Role.FEED, Role.SERVICE, Role.ADMIN)
 COUNTY_ROLES = (Role.ADMIN, Role.FEED)
 REGISTRY_ROLES = (Role.SERVICE, Role.ADMIN)
+# The colour service publishes the rule sets an admin activates through it (it validates and
+# tries them first); an admin may publish directly.
+RULE_SET_ROLES = (Role.SERVICE, Role.ADMIN)
 
 # Matcher county levels: 1 low, 2 medium, 3 high (0, "never graded", is not settable).
 COUNTY_LEVELS = {1: "low", 2: "medium", 3: "high"}
@@ -248,6 +252,9 @@ class RiskIndex:
         self._snapshot_version = -1
         self._restart_delta: Delta | None = None  # set by a start from a snapshot
         self._publication = Publication(self._rebuild(), self._restart_delta)
+        # The rule set published last: every replica's stream starts with it.
+        kept = repository.latest_rule_set()
+        self._rule_set = None if kept is None else changes.RuleSet(*kept)
         # Changes committed under the next version and not yet in a published index, in order.
         self._staged: list[changes.Change] = []
         self._interval = publish_interval_s
@@ -304,6 +311,11 @@ class RiskIndex:
             else:
                 yield published
                 sent = published.version
+
+    @property
+    def rule_set(self) -> changes.RuleSet | None:
+        """The rule set published last (None: never; replicas run their configured one)."""
+        return self._rule_set
 
     def list_sources(self) -> list[SourceView]:
         stats = self._repository.source_stats()
@@ -376,6 +388,30 @@ class RiskIndex:
             version,
         )
         return IngestResult(batch.batch_id, version, len(batch.rows), False, now)
+
+    def publish_rule_set(self, actor: Actor, text: str, filename: str) -> tuple[int, str]:
+        """Publish a rule set to every replica with the next version: (that version, the rule
+        set's own version). Publishing the rule set already published changes nothing."""
+        actor.require(RULE_SET_ROLES, "PublishRuleSet")
+        filename = filename.strip() or "rule_set.toml"
+        if not text.strip():
+            raise InvalidArgument([("text", "the rule-set text (TOML) is required")])
+        try:
+            rule_set = parse_rule_set(text, filename)
+        except RuleSetError as error:
+            raise InvalidArgument([(f"text: {p}", m) for p, m in error.violations]) from None
+        with self._write:
+            if self._rule_set is not None and self._rule_set.text == text:
+                return self.accepted_version, rule_set.version
+            version = self._repository.publish_rule_set(
+                text, filename, self._clock(), self._next_version
+            )
+            self._rule_set = changes.RuleSet(text, filename)
+            self._stage(self._rule_set)
+        logger.info(
+            "rule set %s (%s) published with version %d", rule_set.version, filename, version
+        )
+        return version, rule_set.version
 
     def set_county_level(self, actor: Actor, county: int, level: int) -> int:
         actor.require(COUNTY_ROLES, "SetCountyLevel")

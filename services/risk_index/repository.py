@@ -124,8 +124,20 @@ def _from_iso(text: str) -> dt.datetime:
     return dt.datetime.fromisoformat(text)
 
 
+# Rule sets published for every replica (issue 12, part 2): the latest is sent to each replica
+# with the first version of its stream; each carries the index version that published it.
+SCHEMA_RULE_SETS = """
+CREATE TABLE rule_sets (
+    version      INTEGER PRIMARY KEY,   -- the index version that carries it
+    text         TEXT    NOT NULL,      -- TOML, as published
+    filename     TEXT    NOT NULL,
+    published_at TEXT    NOT NULL       -- ISO 8601, UTC
+);
+"""
+
+
 class RiskIndexRepository(SqliteRepository):
-    MIGRATIONS = (SCHEMA_V1, SCHEMA_V2, SCHEMA_V3)
+    MIGRATIONS = (SCHEMA_V1, SCHEMA_V2, SCHEMA_V3, SCHEMA_RULE_SETS)
 
     # -- versions --------------------------------------------------------------------------
 
@@ -329,6 +341,26 @@ class RiskIndexRepository(SqliteRepository):
                 (card_key, masked_card, person_key, _iso(now), version),
             )
             return version
+
+    def publish_rule_set(self, text: str, filename: str, now: dt.datetime, version: int) -> int:
+        """Keep a published rule set under `version`, durably."""
+        with self.transaction() as conn:
+            self._open_version(conn, version, f"rule_set:{filename}", now)
+            conn.execute(
+                "INSERT INTO rule_sets (version, text, filename, published_at) VALUES (?, ?, ?, ?) "
+                "ON CONFLICT (version) DO UPDATE SET text = excluded.text, "
+                "filename = excluded.filename, published_at = excluded.published_at",
+                (version, text, filename, _iso(now)),
+            )
+            return version
+
+    def latest_rule_set(self) -> tuple[str, str] | None:
+        """(text, filename) of the rule set published last, if any was."""
+        with self.reading() as conn:
+            row = conn.execute(
+                "SELECT text, filename FROM rule_sets ORDER BY version DESC LIMIT 1"
+            ).fetchone()
+        return None if row is None else (str(row["text"]), str(row["filename"]))
 
     def set_county_level(
         self, county: int, level: int, now: dt.datetime, version: int

@@ -190,13 +190,39 @@ class RiskIndexServicer(risk_index_pb2_grpc.RiskIndexServiceServicer):
     def WatchIndex(
         self, request: risk_index_pb2.WatchIndexRequest, context: grpc.ServicerContext
     ) -> Iterator[risk_index_pb2.WatchIndexResponse]:
+        first = True
         for step in self._index.watch(request.known_version, context.is_active):
+            # The stream's first whole version names the rule set published last, so a replica
+            # that connects, or reconnects after one was published, runs the same rules.
+            rule_set = self._index.rule_set if first else None
+            first = False
             if isinstance(step, Delta):
-                yield risk_index_pb2.WatchIndexResponse(
+                message = risk_index_pb2.WatchIndexResponse(
                     version=step.version, published_at=timestamp(step.published_at), delta=step.wire
                 )
+                if rule_set is not None:
+                    message.rule_set.text, message.rule_set.filename = (
+                        rule_set.text,
+                        rule_set.filename,
+                    )
+                yield message
                 continue
-            yield from snapshot_chunks(step.version, step.snapshot(), step.published_at)
+            for chunk in snapshot_chunks(step.version, step.snapshot(), step.published_at):
+                if chunk.last_chunk and rule_set is not None:
+                    chunk.rule_set.text, chunk.rule_set.filename = rule_set.text, rule_set.filename
+                yield chunk
+
+    @grpc_errors
+    def PublishRuleSet(
+        self, request: risk_index_pb2.PublishRuleSetRequest, context: grpc.ServicerContext
+    ) -> risk_index_pb2.PublishRuleSetResponse:
+        actor = actor_from_proto(request.actor, self._ids)
+        version, rule_set_version = self._index.publish_rule_set(
+            actor, request.text, request.filename
+        )
+        return risk_index_pb2.PublishRuleSetResponse(
+            index_version=version, rule_set_version=rule_set_version
+        )
 
 
 def snapshot_chunks(

@@ -176,7 +176,7 @@ def test_a_data_dir_from_before_hours_opens_and_its_tests_count_from_midnight(
     conn.close()
 
     ri, repo = open_index(tmp_path)
-    assert repo.schema_version == len(repo.MIGRATIONS) == 3
+    assert repo.schema_version == len(repo.MIGRATIONS) >= 3
     assert ri.current.version == 1
     assert ri.current.index.source_days("nat_negative") == [day * 24]
     # The old batch replayed as its feed sent it (only a day) is still the same batch.
