@@ -11,6 +11,7 @@
     healthcode what-if draft-rules.toml
     healthcode counters --follow
     healthcode status
+    healthcode load --rate 200 --duration 30 --json load.json --plot load.png
 
 Services are found through HEALTHCODE_<SERVICE>_ADDR (or the --declaration/--risk-index/
 --colour/--display options). Everything printed is masked: the services never return a raw ID
@@ -66,7 +67,7 @@ from rich.progress import (
 from rich.table import Table
 from rich.text import Text
 
-from clients import feedgen, population
+from clients import feedgen, load, load_report, population
 from clients.channel import DEFAULT_TIMEOUT_S, Peers, describe_error, open_channel
 from clients.feedgen import COUNTIES, TIANJIN_DISTRICTS
 from services._common.days import hour_of_date, hour_start, now_shanghai
@@ -1383,6 +1384,222 @@ def set_rules(
     out.print(
         f"  green {p.green} -> {n.green}, yellow {p.yellow} -> {n.yellow}, red {p.red} -> {n.red}"
     )
+
+
+# --- load ------------------------------------------------------------------------------------
+
+
+def _load_progress(total: int | None) -> Progress:
+    columns: list[str | ProgressColumn] = [TextColumn("[bold]{task.description}")]
+    if total:
+        columns += [BarColumn(), MofNCompleteColumn()]
+    columns += [
+        TextColumn("{task.completed:,.0f} calls, {task.fields[errors]:,} errors"),
+        TimeElapsedColumn(),
+    ]
+    return Progress(*columns, console=err, transient=True)
+
+
+@app.command("load")
+def load_test(
+    target: Annotated[
+        load.Target,
+        typer.Option(
+            help="What to drive: the display service, the colour service, or the bare echo "
+            "server (bench/echo_server.py, HEALTHCODE_ECHO_ADDR, else 127.0.0.1:50059)."
+        ),
+    ] = load.Target.display,
+    call: Annotated[
+        load.Call | None,
+        typer.Option(
+            help="The RPC: show or scan (display, echo), evaluate-stream (colour). Default: "
+            "show, or evaluate-stream for colour.",
+            show_default=False,
+        ),
+    ] = None,
+    address: Annotated[
+        str | None,
+        typer.Option(help="host:port instead of the target's usual one.", show_default=False),
+    ] = None,
+    rate: Annotated[
+        float | None,
+        typer.Option(
+            min=0.001,
+            help="Calls a second, all processes together: an open loop, latency measured from "
+            "each call's scheduled send time. Without it: flat out (closed loop, --concurrency).",
+            show_default=False,
+        ),
+    ] = None,
+    concurrency: Annotated[
+        int, typer.Option(min=1, help="Flat out: calls in flight, all processes together.")
+    ] = 64,
+    duration: Annotated[
+        float, typer.Option(min=0.1, help="Seconds to send (flat profile).")
+    ] = 10.0,
+    calls: Annotated[
+        int | None,
+        typer.Option(min=1, help="Stop after this many calls.", show_default=False),
+    ] = None,
+    channels: Annotated[
+        int, typer.Option(min=1, help="gRPC channels (TCP connections) per process.")
+    ] = 8,
+    procs: Annotated[
+        int,
+        typer.Option(
+            min=1, max=64, help="Generator processes, so that the generator is not the ceiling."
+        ),
+    ] = 1,
+    profile: Annotated[
+        load.Profile,
+        typer.Option(
+            help="flat: --rate throughout. midnight: --rate for --base-s, a ramp to "
+            "--peak-factor times it over --ramp-s, held --hold-s, a ramp back, --base-s again."
+        ),
+    ] = load.Profile.flat,
+    base_s: Annotated[float, typer.Option(min=0.0, help="Midnight: seconds at the base.")] = 60.0,
+    ramp_s: Annotated[float, typer.Option(min=0.1, help="Midnight: seconds of each ramp.")] = 60.0,
+    hold_s: Annotated[float, typer.Option(min=0.0, help="Midnight: seconds at the peak.")] = 60.0,
+    peak_factor: Annotated[
+        float, typer.Option(min=1.0, help="Midnight: the peak as a multiple of the base.")
+    ] = 10.0,
+    people_file: Annotated[
+        Path | None,
+        typer.Option(
+            help="A people file (as `healthcode seed` writes) to choose people from.",
+            show_default=False,
+            exists=True,
+            dir_okay=False,
+        ),
+    ] = None,
+    sample: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            help="How many people to show (default 10,000, at most the city's size).",
+            show_default=False,
+        ),
+    ] = None,
+    city: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            help="Without --people-file: choose from the first CITY people of the synthetic "
+            "city `healthcode seed --people CITY --seed SEED` loaded (default: --sample).",
+            show_default=False,
+        ),
+    ] = None,
+    seed: Annotated[int, typer.Option(help="The synthetic city's seed; also the draw's.")] = 1,
+    batch: Annotated[
+        int, typer.Option(min=1, max=100_000, help="EvaluateStream: persons per stream.")
+    ] = 1000,
+    tokens: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            help="Scan: at most this many tokens, issued by Show before the measured part "
+            "(each scanned once, within its life of a minute).",
+        ),
+    ] = 10_000,
+    json_path: Annotated[
+        Path | None,
+        typer.Option("--json", help="Write the JSON summary here.", show_default=False),
+    ] = None,
+    plot: Annotated[
+        Path | None,
+        typer.Option(
+            help="Write a PNG of latency percentiles and throughput per second here.",
+            show_default=False,
+        ),
+    ] = None,
+    write_h2load_body: Annotated[
+        Path | None,
+        typer.Option(
+            help="Only write an h2load request body (gRPC length-prefixed) for --call here, "
+            "print the h2load command, and exit.",
+            show_default=False,
+        ),
+    ] = None,
+) -> None:
+    """Drive Show, Scan or EvaluateStream and report throughput, latency and errors.
+
+    At a fixed --rate (open loop: a stall cannot hide, latency counts from the scheduled send)
+    or flat out (closed loop), for --duration seconds or --calls calls, over --channels
+    channels in each of --procs processes. Prints p50/p90/p99/max latency and errors by
+    status; --json writes the summary, --plot a PNG over time. RESOURCE_EXHAUSTED is counted
+    as shed load; any other error makes the exit status 1."""
+    chosen_call = call or load.CALLS[target][0]
+    peers = _settings.peers
+    where = address or load.default_address(target, peers.display, peers.colour)
+    draw = sample or (min(10_000, city) if city else 10_000)
+    try:
+        if people_file is not None:
+            people = load.people_from_file(people_file, draw, seed)
+        else:
+            people = load.people_from_city(draw, city or draw, seed)
+        if write_h2load_body is not None:
+            write_h2load_body.write_bytes(load.h2load_body(chosen_call, people, batch))
+            out.print(f"wrote {write_h2load_body} ({write_h2load_body.stat().st_size} bytes); run")
+            out.print(
+                load.h2load_command(where, chosen_call, write_h2load_body),
+                markup=False,
+                soft_wrap=True,
+            )
+            return
+        plan = load.LoadPlan(
+            target=target,
+            address=where,
+            call=chosen_call,
+            people=tuple(people),
+            rate=rate,
+            concurrency=concurrency,
+            duration_s=duration,
+            calls=calls,
+            channels=channels,
+            procs=procs,
+            profile=profile,
+            midnight=load.Midnight(base_s, ramp_s, hold_s, peak_factor),
+            timeout_s=_settings.timeout,
+            batch=batch,
+            tokens=tokens,
+            seed=seed,
+        )
+        plan.check()
+        total = load.expected_calls(plan)
+        done: dict[int, tuple[int, int]] = {}
+        with _load_progress(total) as progress:
+            task = progress.add_task(
+                f"{load.RPC_NAME[chosen_call]} on {target} ({where})", total=total, errors=0
+            )
+
+            def report(process: int, calls_done: int, errors: int, _items: int) -> None:
+                done[process] = (calls_done, errors)
+                progress.update(
+                    task,
+                    completed=sum(c for c, _ in done.values()),
+                    errors=sum(e for _, e in done.values()),
+                )
+
+            summary = load.run_load(plan, report)
+    except load.LoadError as e:
+        err.print(f"[bold red]load failed:[/] {e}", highlight=False)
+        raise typer.Exit(1) from None
+    out.print(load_report.summary_table(summary))
+    if len(summary.phases) > 1:
+        out.print(load_report.phases_table(summary))
+    if summary.first_error:
+        out.print(f"first error: {summary.first_error}", markup=False, highlight=False)
+    if summary.ran_out_of_tokens:
+        out.print("Scan ran out of tokens before the end (raise --tokens, or shorten the run)")
+    if json_path is not None:
+        json_path.write_text(
+            json.dumps(summary.to_json(), indent=2, ensure_ascii=False) + "\n", encoding="utf-8"
+        )
+        out.print(f"summary: {json_path}")
+    if plot is not None:
+        load_report.write_plot(summary, plot)
+        out.print(f"plot: {plot}")
+    if summary.failed:
+        raise typer.Exit(1)
 
 
 def main() -> None:
