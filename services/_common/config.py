@@ -89,6 +89,9 @@ class PlatformConfig:
     ports: Ports
     peers: Peers
     log_level: str
+    # Unary calls a process works on at once before it sheds load (RESOURCE_EXHAUSTED with
+    # RetryInfo; services/_common/shedding.py); 0: three quarters of its server threads.
+    max_in_flight: int = 0
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> PlatformConfig:
@@ -115,6 +118,7 @@ class PlatformConfig:
             ports=ports,
             peers=peers,
             log_level=level,
+            max_in_flight=env_int(env, "HEALTHCODE_MAX_IN_FLIGHT", 0, low=0, high=100_000),
         )
 
 

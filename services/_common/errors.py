@@ -64,6 +64,16 @@ class ResourceExhausted(DomainError):
         self.violations = list(violations)
 
 
+class Overloaded(ResourceExhausted):
+    """The service is shedding load: try again after `retry_after_s` (google.rpc.RetryInfo)."""
+
+    reason = "OVERLOADED"
+
+    def __init__(self, message: str, retry_after_s: float) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
 class PermissionDenied(DomainError):
     """The caller's role may not do this."""
 

@@ -18,6 +18,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from services._common.shedding import Shedder
 from services._common.telemetry import server_interceptor
 
 logger = logging.getLogger(__name__)
@@ -26,6 +27,8 @@ logger = logging.getLogger(__name__)
 # listener closes (a load balancer stops routing first, then in-flight calls finish).
 _HEALTH: dict[int, health.HealthServicer] = {}
 _NAMES: dict[int, list[str]] = {}
+# Each server's shedder, for status pages and tests (calls in progress, calls shed).
+SHEDDERS: dict[int, Shedder] = {}
 
 # 64 MiB: an index snapshot chunk is <= 1 MiB, a 50,000-row batch is a few MiB.
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
@@ -38,6 +41,7 @@ def create_server(
     host: str = "127.0.0.1",
     max_workers: int = 16,
     ready: bool = True,
+    max_in_flight: int = 0,
 ) -> tuple[grpc.Server, int]:
     """Build, bind and START a server; return it with the bound port (port 0: a free one).
 
@@ -48,9 +52,13 @@ def create_server(
     names (`healthcode.v1.RiskIndexService`), reported SERVING by the library health servicer
     (with "" for the whole server) and listed by reflection so `buf curl` can call them.
     """
+    shedder = Shedder(max_in_flight or max(2, max_workers * 3 // 4))
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="grpc"),
-        interceptors=[server_interceptor()],
+        # The shedder first: a refused call costs no tracing span.
+        interceptors=[shedder, server_interceptor()],
+        # At the door: calls accepted but not yet given a thread are bounded too.
+        maximum_concurrent_rpcs=max_workers * 8,
         options=[
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
@@ -68,6 +76,7 @@ def create_server(
         raise OSError(f"could not bind {host}:{port}")
     server.start()
     _HEALTH[id(server)] = health_servicer
+    SHEDDERS[id(server)] = shedder
     _NAMES[id(server)] = names
     set_serving(server, ready)
     logger.info("serving %s on %s:%d", ", ".join(names), host, bound)
@@ -97,6 +106,7 @@ def stop(
     for those running."""
     health_servicer = _HEALTH.pop(id(server), None)
     _NAMES.pop(id(server), None)
+    SHEDDERS.pop(id(server), None)
     if health_servicer is not None:
         health_servicer.enter_graceful_shutdown()
     if before_stop is not None:

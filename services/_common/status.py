@@ -24,6 +24,7 @@ from services._common.errors import (
     FailedPrecondition,
     InvalidArgument,
     NotFound,
+    Overloaded,
     PermissionDenied,
     ResourceExhausted,
     Unauthenticated,
@@ -99,6 +100,10 @@ def to_status(error: DomainError) -> grpc.Status:
         )
     if detail is not None:
         details.append(detail)
+    if isinstance(error, Overloaded):
+        retry = error_details_pb2.RetryInfo()
+        retry.retry_delay.FromMilliseconds(round(error.retry_after_s * 1000))
+        details.append(retry)
     status = status_pb2.Status(code=code, message=error.message)
     for d in details:
         packed = any_pb2.Any()

@@ -42,6 +42,7 @@ def main() -> None:
         [SERVICE_NAME],
         port=config.port,
         host=config.platform.host,
+        max_in_flight=config.platform.max_in_flight,
         # NOT_SERVING until the first index arrives: a replica without one can only answer
         # UNAVAILABLE, so load balancers and `make run` must not route to it yet
         ready=False,

@@ -71,6 +71,7 @@ def main() -> None:
         [SERVICE_NAME],
         port=config.port,
         host=config.platform.host,
+        max_in_flight=config.platform.max_in_flight,
         max_workers=config.max_workers,
         # With its own replica, NOT_SERVING until the first index version arrives.
         ready=replica is None,

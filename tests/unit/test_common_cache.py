@@ -37,7 +37,7 @@ def test_answers_are_kept_until_forgotten_and_failures_are_never_kept() -> None:
 
 def test_a_delta_names_the_people_registered_or_given_a_phone() -> None:
     phone = bytes([9]) * 16
-    delta = [
+    delta: list[changes.Change] = [
         changes.Persons(A + B),
         changes.Phones(phone, C),
         changes.Unlink(phone),
