@@ -36,6 +36,7 @@ def main() -> None:
         [SERVICE_NAME],
         port=config.port,
         host=config.platform.host,
+        max_in_flight=config.platform.max_in_flight,
     )
     # Messages left by an earlier run go out now, whether or not anyone declares.
     outbox.start()

@@ -13,10 +13,12 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import grpc
+from google.protobuf.message import DecodeError
 from healthcode.v1 import common_pb2, risk_index_pb2, risk_index_pb2_grpc
 
 from services.declaration.model import PendingMessage
 from services.declaration.repository import DeclarationRepository
+from services.declaration.wire import Request, request, request_from
 
 logger = logging.getLogger(__name__)
 
@@ -48,12 +50,17 @@ def _key(payload: Mapping[str, Any], name: str) -> bytes:
 
 def is_bulk(message: PendingMessage) -> bool:
     """A bulk import's chunk (people or residence rows), which may take the risk index longer."""
+    if message.body is not None:
+        return True  # only an import's messages are stored as requests
     entries = message.payload.get("people") or message.payload.get("rows") or ()
     return message.kind == "register_people" or len(entries) > BULK_ENTRIES
 
 
 def send(stub: risk_index_pb2_grpc.RiskIndexServiceStub, message: PendingMessage, timeout: float):
     """Deliver one message; raises grpc.RpcError on failure."""
+    if message.body is not None:
+        return _send_request(stub, request_from(message.kind, message.body), timeout)
+    # A JSON payload: every other message, and an import's stored by an older version.
     p = message.payload
     if message.kind == "register_person":
         return stub.RegisterPerson(
@@ -91,47 +98,18 @@ def send(stub: risk_index_pb2_grpc.RiskIndexServiceStub, message: PendingMessage
             ),
             timeout=timeout,
         )
-    if message.kind == "register_people":
-        return stub.RegisterPeople(
-            risk_index_pb2.RegisterPeopleRequest(
-                actor=ACTOR,
-                people=[
-                    risk_index_pb2.KeyedPerson(
-                        person_key=bytes.fromhex(key),
-                        masked_id_number=masked,
-                        phones=[
-                            risk_index_pb2.KeyedPhone(phone_key=bytes.fromhex(k), masked_phone=m)
-                            for k, m in phones
-                        ],
-                        cards=[
-                            risk_index_pb2.KeyedCard(card_key=bytes.fromhex(k), masked_card=m)
-                            for k, m in cards
-                        ],
-                    )
-                    for key, masked, phones, cards in p["people"]
-                ],
-            ),
-            timeout=timeout,
-        )
-    if message.kind == "ingest_batch":
-        return stub.IngestBatch(
-            risk_index_pb2.IngestBatchRequest(
-                actor=ACTOR,
-                source=p["source"],
-                batch_id=p["batch_id"],
-                rows=[
-                    risk_index_pb2.FeedRow(
-                        person_key=_key(r, "person_key"),
-                        masked=r["masked"],
-                        day=r["day"],
-                        county=int(r["county"]),
-                    )
-                    for r in p["rows"]
-                ],
-            ),
-            timeout=timeout,
-        )
+    if message.kind in ("register_people", "ingest_batch"):
+        return _send_request(stub, request(message.kind, p), timeout)
     raise ValueError(f"unknown outbox message kind {message.kind!r}")
+
+
+def _send_request(
+    stub: risk_index_pb2_grpc.RiskIndexServiceStub, built: Request, timeout: float
+) -> Any:
+    built.actor.CopyFrom(ACTOR)
+    if isinstance(built, risk_index_pb2.RegisterPeopleRequest):
+        return stub.RegisterPeople(built, timeout=timeout)
+    return stub.IngestBatch(built, timeout=timeout)
 
 
 # Registry messages (one per registration, phone or card) that go to the risk index together:
@@ -264,7 +242,7 @@ class OutboxWorker:
                 "outbox %d (%s) not delivered, will retry: %s", message.id, message.kind, text
             )
             return False
-        except (KeyError, ValueError) as error:
+        except (KeyError, ValueError, DecodeError) as error:
             logger.error("outbox %d (%s) malformed: %s", message.id, message.kind, error)
             self._repo.record_failure(message.id, f"malformed: {error}", dead=True)
             return True

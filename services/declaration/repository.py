@@ -31,6 +31,7 @@ from services.declaration.model import (
     RecordedActor,
     Visit,
 )
+from services.declaration.wire import request_bytes
 
 SCHEMA_V1 = """
 CREATE TABLE persons (
@@ -91,6 +92,13 @@ ALTER TABLE persons ADD COLUMN residence_county INTEGER;       -- GB/T 2260 dist
 ALTER TABLE persons ADD COLUMN imported_by TEXT NOT NULL DEFAULT '';  -- '' when through Register
 """
 
+# A bulk import's outbox messages (tens of thousands of people each) are stored as the request
+# they become, serialized protobuf, instead of JSON with hex keys (see `wire`). A service older
+# than this refuses the database (its schema version is newer) rather than choke on them.
+SCHEMA_V3 = """
+ALTER TABLE outbox ADD COLUMN body BLOB;  -- the serialized request; payload is then ''
+"""
+
 # Keys per `IN (...)` look-up: well under SQLite's limit on bound parameters.
 LOOKUP_CHUNK = 500
 
@@ -104,7 +112,7 @@ def _time(text: str) -> dt.datetime:
 
 
 class DeclarationRepository(SqliteRepository):
-    MIGRATIONS = (SCHEMA_V1, SCHEMA_V2)
+    MIGRATIONS = (SCHEMA_V1, SCHEMA_V2, SCHEMA_V3)
 
     def __init__(self, path: Path | str, *, cache_mib: int = 256) -> None:
         super().__init__(path)
@@ -341,26 +349,29 @@ class DeclarationRepository(SqliteRepository):
     def _known_persons(
         self, conn: sqlite3.Connection, keys: Iterable[bytes]
     ) -> dict[bytes, KnownPerson]:
-        found: dict[bytes, KnownPerson] = {}
+        stored: dict[bytes, tuple[str, bytes | None, int | None]] = {}
         for part in _chunks(keys):
             marks = ",".join("?" * len(part))
-            counts = {
-                bytes(r[0]): int(r[1])
-                for r in conn.execute(
-                    f"SELECT person_key, COUNT(*) FROM phones WHERE person_key IN ({marks}) "
-                    "GROUP BY person_key",
-                    part,
-                )
-            }
             for r in conn.execute(
                 "SELECT person_key, name, card_key, residence_county FROM persons "
                 f"WHERE person_key IN ({marks})",
                 part,
             ):
-                key = bytes(r[0])
-                card = bytes(r[2]) if r[2] is not None else None
-                found[key] = KnownPerson(r[1], card, r[3], counts.get(key, 0))
-        return found
+                stored[bytes(r[0])] = (r[1], bytes(r[2]) if r[2] is not None else None, r[3])
+        # Phones are counted for the stored persons only: none at all in a fresh import.
+        counts: dict[bytes, int] = {}
+        for part in _chunks(stored):
+            marks = ",".join("?" * len(part))
+            for r in conn.execute(
+                f"SELECT person_key, COUNT(*) FROM phones WHERE person_key IN ({marks}) "
+                "GROUP BY person_key",
+                part,
+            ):
+                counts[bytes(r[0])] = int(r[1])
+        return {
+            key: KnownPerson(name, card, county, counts.get(key, 0))
+            for key, (name, card, county) in stored.items()
+        }
 
     def _holders(
         self, conn: sqlite3.Connection, select: str, column: str, keys: Iterable[bytes]
@@ -468,9 +479,11 @@ class DeclarationRepository(SqliteRepository):
         self, conn: sqlite3.Connection, messages: Sequence[OutboxMessage], now: dt.datetime
     ) -> None:
         conn.executemany(
-            "INSERT INTO outbox (kind, payload, created_at) VALUES (?, ?, ?)",
+            "INSERT INTO outbox (kind, payload, body, created_at) VALUES (?, ?, ?, ?)",
             (
-                (m.kind, json.dumps(dict(m.payload), ensure_ascii=False), _iso(now))
+                (m.kind, "", request_bytes(m), _iso(now))
+                if m.compact
+                else (m.kind, json.dumps(dict(m.payload), ensure_ascii=False), None, _iso(now))
                 for m in messages
             ),
         )
@@ -478,11 +491,18 @@ class DeclarationRepository(SqliteRepository):
     def pending(self, limit: int = 100) -> list[PendingMessage]:
         with self.reading() as conn:
             rows = conn.execute(
-                "SELECT id, kind, payload, attempts FROM outbox WHERE dead = 0 ORDER BY id LIMIT ?",
+                "SELECT id, kind, payload, body, attempts FROM outbox WHERE dead = 0 "
+                "ORDER BY id LIMIT ?",
                 (limit,),
             ).fetchall()
         return [
-            PendingMessage(int(r["id"]), r["kind"], json.loads(r["payload"]), int(r["attempts"]))
+            PendingMessage(
+                int(r["id"]),
+                r["kind"],
+                json.loads(r["payload"]) if r["body"] is None else {},
+                int(r["attempts"]),
+                r["body"],
+            )
             for r in rows
         ]
 

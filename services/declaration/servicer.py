@@ -214,14 +214,16 @@ def _count(response: declaration_pb2.ImportPeopleResponse, outcome: ImportOutcom
 
 
 def _import_input(row: declaration_pb2.ImportRow) -> ImportInput:
+    # Positional, and the phones container as it is (read once, by the validation): this runs
+    # once per imported person.
     return ImportInput(
-        line=row.line,
-        id_number=row.id_number,
-        name=row.name,
-        phones=list(row.phones),
-        transit_card=row.transit_card,
-        residence_county=row.residence_county,
-        registered_by=_ROLE_OF.get(row.registered_by),
-        registrar_principal=row.registrar_principal,
-        registrar_id_number=row.registrar_id_number,
+        row.line,
+        row.id_number,
+        row.name,
+        row.phones,
+        row.transit_card,
+        row.residence_county,
+        _ROLE_OF.get(row.registered_by),
+        row.registrar_principal,
+        row.registrar_id_number,
     )

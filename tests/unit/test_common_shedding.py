@@ -33,7 +33,11 @@ class Slow:
     def add_to(self, server: grpc.Server) -> None:
         handler = grpc.unary_unary_rpc_method_handler(self.handle)
         server.add_generic_rpc_handlers(
-            (grpc.method_handlers_generic_handler(SERVICE, {"Work": handler, "GetStatus": handler}),)
+            (
+                grpc.method_handlers_generic_handler(
+                    SERVICE, {"Work": handler, "GetStatus": handler}
+                ),
+            )
         )
 
 
