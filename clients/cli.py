@@ -1490,8 +1490,18 @@ def load_test(
     ] = None,
     seed: Annotated[int, typer.Option(help="The synthetic city's seed; also the draw's.")] = 1,
     batch: Annotated[
-        int, typer.Option(min=1, max=100_000, help="EvaluateStream: persons per stream.")
-    ] = 1000,
+        int,
+        typer.Option(
+            min=1,
+            max=load.MAX_STREAM_BATCH,
+            help="EvaluateStream: persons per message, packed (answered with one colour byte "
+            "each); 1 sends the per-person form (a Verdict each).",
+        ),
+    ] = 10_000,
+    messages: Annotated[
+        int,
+        typer.Option(min=1, help="EvaluateStream: messages per stream (of --batch persons)."),
+    ] = 1,
     tokens: Annotated[
         int,
         typer.Option(
@@ -1537,7 +1547,7 @@ def load_test(
         else:
             people = load.people_from_city(draw, city or draw, seed)
         if write_h2load_body is not None:
-            write_h2load_body.write_bytes(load.h2load_body(chosen_call, people, batch))
+            write_h2load_body.write_bytes(load.h2load_body(chosen_call, people, batch, messages))
             out.print(f"wrote {write_h2load_body} ({write_h2load_body.stat().st_size} bytes); run")
             out.print(
                 load.h2load_command(where, chosen_call, write_h2load_body),
@@ -1560,6 +1570,7 @@ def load_test(
             midnight=load.Midnight(base_s, ramp_s, hold_s, peak_factor),
             timeout_s=_settings.timeout,
             batch=batch,
+            messages=messages,
             tokens=tokens,
             seed=seed,
         )

@@ -21,7 +21,10 @@ connection); `procs` > 1 starts that many such processes so that the generator's
 the ceiling. Latencies go into log buckets 1% wide (`Histogram`), overall and per second of
 completion (`Window`), so the processes' figures merge exactly and memory stays bounded.
 
-A call is one RPC; for EvaluateStream one stream of `batch` persons (its `items`). Tokens for
+A call is one RPC; for EvaluateStream one stream of `messages` messages of `batch` persons each
+(its `items`: persons): `batch` 1 is the per-person form (a PersonRef a message, a Verdict an
+answer), more packs the persons' ID numbers into one message answered with packed colours (R12
+at speed; at most 100,000 a message). Tokens for
 Scan come from Shows made before the measured part (each token scanned once, as a verifier
 would). RESOURCE_EXHAUSTED is a service shedding load on purpose: it is counted with the errors
 by status and also as `shed`; `failed` is every other error.
@@ -64,6 +67,8 @@ PROGRESS_EVERY_S = 0.25
 # Beyond this many calls in flight an open-loop process waits before sending more (memory);
 # latency still counts from the scheduled time, so the wait is not hidden.
 MAX_IN_FLIGHT = 20_000
+# ColourService.EvaluateStream takes at most this many persons in one batch message.
+MAX_STREAM_BATCH = 100_000
 
 _CHANNEL_OPTIONS: list[tuple[str, Any]] = [
     ("grpc.max_receive_message_length", 64 << 20),
@@ -292,7 +297,9 @@ class LoadPlan:
     profile: Profile = Profile.flat
     midnight: Midnight = field(default_factory=Midnight)
     timeout_s: float = 10.0
-    batch: int = 1000
+    # EvaluateStream: persons per message (1: the per-person form) and messages per stream.
+    batch: int = 10_000
+    messages: int = 1
     tokens: int = 10_000
     seed: int = 1
     # Which of `procs` processes this plan is for (set by `share`); its schedule is offset by
@@ -314,11 +321,13 @@ class LoadPlan:
             raise LoadError("the midnight ramp must last more than 0 s")
         if self.calls is not None and self.calls < 1:
             raise LoadError("--calls must be at least 1")
-        for name in ("concurrency", "channels", "procs", "batch", "tokens"):
+        for name in ("concurrency", "channels", "procs", "batch", "messages", "tokens"):
             if getattr(self, name) < 1:
                 raise LoadError(f"--{name} must be at least 1")
         if self.duration_s <= 0:
             raise LoadError("the duration must be above 0 s")
+        if self.batch > MAX_STREAM_BATCH:
+            raise LoadError(f"--batch is at most {MAX_STREAM_BATCH:,} persons a message")
 
     @property
     def open_loop(self) -> bool:
@@ -439,16 +448,26 @@ def show_request(id_number: str, device: display_pb2.Device) -> display_pb2.Show
 
 
 def evaluate_stream_batch(
-    people: Sequence[str], principal: str
+    people: Sequence[str], principal: str, batch: int = 1
 ) -> list[colour_pb2.EvaluateStreamRequest]:
-    """One stream's entries, as an exam's batch check sends them (the actor on the first)."""
+    """One stream's messages, as an exam's batch check sends them (the actor on the first):
+    `batch` 1, one person a message (a Verdict each); more, `batch` ID numbers a message
+    (answered with packed colours)."""
     actor = common_pb2.Actor(role=common_pb2.ACTOR_ROLE_PARTNER, principal=principal)
-    entries = [
-        colour_pb2.EvaluateStreamRequest(
-            correlation_id=str(n), person=common_pb2.PersonRef(id_number=id_number)
-        )
-        for n, id_number in enumerate(people)
-    ]
+    if batch == 1:
+        entries = [
+            colour_pb2.EvaluateStreamRequest(
+                correlation_id=str(n), person=common_pb2.PersonRef(id_number=id_number)
+            )
+            for n, id_number in enumerate(people)
+        ]
+    else:
+        entries = [
+            colour_pb2.EvaluateStreamRequest(
+                correlation_id=str(n), id_numbers=people[start : start + batch]
+            )
+            for n, start in enumerate(range(0, len(people), batch))
+        ]
     if entries:
         entries[0].actor.CopyFrom(actor)
     return entries
@@ -459,14 +478,15 @@ def grpc_frame(message: bytes) -> bytes:
     return b"\x00" + len(message).to_bytes(4, "big") + message
 
 
-def h2load_body(call: Call, people: Sequence[str], batch: int = 1) -> bytes:
+def h2load_body(call: Call, people: Sequence[str], batch: int = 1, messages: int = 1) -> bytes:
     """A request body h2load can post: one Show of the first person, or an EvaluateStream of
-    `batch` people (several messages in one body are a client stream)."""
+    `messages` messages of `batch` people (several messages in one body are a client stream;
+    `batch` 1 is the per-person form)."""
     if call == Call.show:
         device = display_pb2.Device(device_id="h2load", place="load test")
         return grpc_frame(show_request(people[0], device).SerializeToString())
     if call == Call.evaluate_stream:
-        entries = evaluate_stream_batch(list(people[:batch]), "h2load")
+        entries = evaluate_stream_batch(list(people[: batch * messages]), "h2load", batch)
         return b"".join(grpc_frame(e.SerializeToString()) for e in entries)
     raise LoadError("h2load replays one body: Show or EvaluateStream (a Scan token is used once)")
 
@@ -538,12 +558,13 @@ class _Caller:
         )
         people = list(plan.people)
         self.show_requests = [show_request(p, device) for p in people]
-        # A few distinct batches, each a different slice of the people (rotated).
+        # A few distinct streams, each a different slice of the people (rotated).
+        per_stream = plan.batch * plan.messages if plan.call == Call.evaluate_stream else 1
         batches = []
-        for b in range(min(8, max(1, len(people) // plan.batch))):
-            start = b * plan.batch
-            chunk = [people[(start + k) % len(people)] for k in range(plan.batch)]
-            batches.append(evaluate_stream_batch(chunk, f"load-batch-{plan.index}"))
+        for b in range(min(8, max(1, len(people) // per_stream))):
+            start = b * per_stream
+            chunk = [people[(start + k) % len(people)] for k in range(per_stream)]
+            batches.append(evaluate_stream_batch(chunk, f"load-batch-{plan.index}", plan.batch))
         self.batches = batches
         self.tokens: collections.deque[tuple[float, str]] = collections.deque()
         self.token_max_age_s = 60.0 - TOKEN_MARGIN_S
@@ -579,10 +600,14 @@ class _Caller:
         )
         answered = problems = 0
         async for answer in stream:
-            answered += 1
-            problems += bool(answer.problems)
+            if answer.colours:  # a batch: one byte a person
+                answered += len(answer.colours)
+                problems += len(answer.entry_problems)
+            else:
+                answered += 1
+                problems += bool(answer.problems)
         if problems:
-            raise _EntryProblems(f"{problems} of {answered} entries had problems")
+            raise _EntryProblems(f"{problems} of {answered} persons had problems")
         return answered
 
     async def __call__(self) -> int:
@@ -861,7 +886,8 @@ class Summary:
     phases: list[dict[str, Any]]
     started_at: str
     people: int
-    batch: int | None = None
+    batch: int | None = None  # EvaluateStream: persons a message (1: the per-person form)
+    messages: int | None = None  # EvaluateStream: messages a stream
     prepared_tokens: int = 0
     skipped_tokens: int = 0
     ran_out_of_tokens: bool = False
@@ -962,6 +988,7 @@ def summarize(plan: LoadPlan, results: Sequence[WorkerResult], started_at: str) 
         started_at=started_at,
         people=len(plan.people),
         batch=plan.batch if plan.call == Call.evaluate_stream else None,
+        messages=plan.messages if plan.call == Call.evaluate_stream else None,
         prepared_tokens=sum(r.prepared_tokens for r in results),
         skipped_tokens=sum(r.skipped_tokens for r in results),
         ran_out_of_tokens=any(r.ran_out_of_tokens for r in results),

@@ -77,6 +77,11 @@ impl Hasher {
         Ok(self.key(Domain::Person, &normalise_id_number(raw)?))
     }
 
+    /// [`Hasher::person_key`] with today's day number given (see [`normalise_id_number_on`]).
+    pub fn person_key_on(&self, raw: &str, today: i64) -> Result<Key, MatcherError> {
+        Ok(self.key(Domain::Person, &normalise_id_number_on(raw, today)?))
+    }
+
     /// Validate, normalise and hash a phone number.
     pub fn phone_key(&self, raw: &str) -> Result<Key, MatcherError> {
         Ok(self.key(Domain::Phone, &normalise_phone(raw)?))
@@ -150,6 +155,12 @@ fn bad_id(msg: impl Into<String>) -> MatcherError {
 /// assert!(normalise_id_number("110105194912310021").is_err());
 /// ```
 pub fn normalise_id_number(raw: &str) -> Result<String, MatcherError> {
+    normalise_id_number_on(raw, shanghai_today())
+}
+
+/// [`normalise_id_number`] with today's day number given (days since 1970-01-01 in
+/// Asia/Shanghai), so that a batch reads the clock once.
+pub fn normalise_id_number_on(raw: &str, today: i64) -> Result<String, MatcherError> {
     let s = raw.trim().to_ascii_uppercase();
     let b = s.as_bytes();
     if b.len() != 18 {
@@ -186,7 +197,7 @@ pub fn normalise_id_number(raw: &str) -> Result<String, MatcherError> {
             "the birth date (characters 7-14) is not a real calendar date",
         ));
     }
-    if year < 1900 || days_from_civil(year, month, day) > shanghai_today() {
+    if year < 1900 || days_from_civil(year, month, day) > today {
         return Err(bad_id(
             "the birth date (characters 7-14) must be between 1900 and today",
         ));

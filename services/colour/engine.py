@@ -25,6 +25,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import healthcode_matcher as hm
@@ -51,6 +52,27 @@ from services.colour.rulestore import CompiledRules, RuleSetStore, compile_rules
 from services.colour.whatif import what_if
 
 log = logging.getLogger(__name__)
+
+# The most entries one batch of `ColourEngine.colours` may carry (EvaluateStream's limit).
+MAX_BATCH_ENTRIES = 100_000
+# A batch's colour bytes besides the Colour numbers (1 green, 2 yellow, 3 red).
+NOT_REGISTERED = 0
+INVALID_ENTRY = 255
+
+
+@dataclass(frozen=True, slots=True)
+class BatchColours:
+    """A batch's answer from one `Verdicts`: one byte per entry (the Colour number, or
+    NOT_REGISTERED, or INVALID_ENTRY), the invalid entries as (position, what is wrong), and
+    what every entry was evaluated on."""
+
+    colours: bytes
+    problems: list[tuple[int, str]]
+    index_version: int
+    rule_set_version: str
+    today: int  # day number
+    hour: int  # hour number
+    stale_sources: tuple[str, ...]  # the rule set's risk-raising sources that are stale
 
 
 class ColourEngine:
@@ -320,6 +342,61 @@ class ColourEngine:
     def evaluate(self, person_key: bytes, *, shared_only: bool = False) -> Assessment:
         """The colour of one person (by 16-byte key) with reasons and remedies."""
         return self._assess(self._verdicts(shared_only), person_key, self._people)[0]
+
+    def colours(
+        self,
+        *,
+        id_numbers: Sequence[str] | None = None,
+        person_keys: bytes | None = None,
+        shared_only: bool = False,
+    ) -> BatchColours:
+        """The colours of a batch (R12: an exam's candidate list) from one `Verdicts`: raw ID
+        numbers (validated as the edge does; an invalid one is a problem of its entry) or
+        concatenated 16-byte person keys, not both. Only colours: no reasons, no explanation.
+        More than MAX_BATCH_ENTRIES raises ResourceExhausted; keys that are not a whole number
+        of 16 bytes raise InvalidArgument. The validation, hashing and look-ups run in the
+        matcher with the GIL released."""
+        if id_numbers is not None and person_keys is not None:
+            raise InvalidArgument(
+                [("person_keys", "a batch is id_numbers or person_keys, not both")]
+            )
+        field, count = (
+            ("id_numbers", len(id_numbers))
+            if id_numbers is not None
+            else ("person_keys", len(person_keys or b"") // 16)
+        )
+        if count > MAX_BATCH_ENTRIES:
+            raise ResourceExhausted(
+                f"a batch holds at most {MAX_BATCH_ENTRIES:,} entries, this one has {count:,}; "
+                "split it over several messages",
+                [(field, f"{count} entries > {MAX_BATCH_ENTRIES}")],
+            )
+        verdicts = self._verdicts(shared_only)
+        problems: list[tuple[int, str]] = []
+        if id_numbers is not None:
+            text = "\n".join(id_numbers)
+            if text.count("\n") != max(0, len(id_numbers) - 1):
+                # A line break inside an entry would split it: it is whitespace to the
+                # validation (trimmed at the ends, refused inside), and so is a space.
+                text = "\n".join(n.replace("\n", " ") for n in id_numbers)
+            colours, problems = verdicts.colours_of_id_numbers(text.encode())
+        else:
+            keys = person_keys or b""
+            if len(keys) % 16:
+                raise InvalidArgument(
+                    [("person_keys", f"16-byte keys, concatenated: {len(keys)} bytes is not")]
+                )
+            colours = verdicts.colours_of_keys(keys)
+        rule_set = self._rules.by_version(verdicts.plan.version)
+        return BatchColours(
+            colours=colours,
+            problems=problems,
+            index_version=verdicts.index.version,
+            rule_set_version=rule_set.version,
+            today=verdicts.today,
+            hour=verdicts.hour,
+            stale_sources=tuple(f.source for f in self._feeds.stale_for(rule_set)),
+        )
 
     def _assess(
         self,

@@ -8,7 +8,7 @@ import grpc
 from healthcode.v1 import colour_pb2, colour_pb2_grpc, common_pb2
 
 from services._common.convert import actor_from_proto, person_from_proto, timestamp
-from services._common.days import format_hour
+from services._common.days import day_date, format_hour
 from services._common.errors import InvalidArgument
 from services._common.identifiers import Identifiers
 from services._common.status import grpc_errors
@@ -210,7 +210,11 @@ class ColourServicer(colour_pb2_grpc.ColourServiceServicer):
         for request in request_iterator:
             if evaluate is None:
                 # The actor rides on the first entry; a 50,000-candidate list need not repeat it.
+                # The role check here covers the batches of the stream too.
                 evaluate = self._desk.evaluator(actor_from_proto(request.actor, self._identifiers))
+            if request.id_numbers or request.person_keys:
+                yield self._evaluate_batch(request)
+                continue
             try:
                 key = person_from_proto(request.person, self._identifiers, "person").key
             except InvalidArgument as bad:
@@ -226,6 +230,36 @@ class ColourServicer(colour_pb2_grpc.ColourServiceServicer):
             yield colour_pb2.EvaluateStreamResponse(
                 correlation_id=request.correlation_id, verdict=verdict_to_proto(assessment)
             )
+
+    def _evaluate_batch(
+        self, request: colour_pb2.EvaluateStreamRequest
+    ) -> colour_pb2.EvaluateStreamResponse:
+        """A batch message: packed colours from one `Verdicts`, the invalid entries named."""
+        if request.HasField("person"):
+            raise InvalidArgument(
+                [("person", "a message is one person or a batch (id_numbers, person_keys)")]
+            )
+        has_ids = len(request.id_numbers) > 0
+        field = "id_numbers" if has_ids else "person_keys"
+        batch = self._desk.engine.colours(
+            id_numbers=request.id_numbers if has_ids else None,
+            person_keys=request.person_keys or None,
+            shared_only=request.shared_only,
+        )
+        return colour_pb2.EvaluateStreamResponse(
+            correlation_id=request.correlation_id,
+            colours=batch.colours,
+            entry_problems=[
+                colour_pb2.EntryProblem(index=n, field=field, description=d)
+                for n, d in batch.problems
+            ],
+            index_version=batch.index_version,
+            rule_set_version=batch.rule_set_version,
+            day=day_date(batch.today).isoformat(),
+            hour=format_hour(batch.hour),
+            stale_sources=batch.stale_sources,
+            entry_count=len(batch.colours),
+        )
 
     @grpc_errors
     def SetRuleSet(

@@ -245,6 +245,20 @@ def test_evaluate_stream_against_the_colour_service(seeded: Stack, tmp_path: Pat
         0,
     ), out
     assert "persons evaluated" in out
+    # the per-person form: one PersonRef a message, a Verdict each
+    done = subprocess.run(
+        [
+            sys.executable, "-m", "clients.cli", *peers_args(seeded), "load", "--target",
+            "colour", "--sample", str(SAMPLE), "--city", str(CITY), "--seed", str(SEED),
+            "--batch", "1", "--messages", "5", "--calls", "4", "--concurrency", "2",
+            "--json", str(tmp_path / "single.json"),
+        ],
+        cwd=REPO, env=env(), capture_output=True, text=True, timeout=170, check=False,
+    )  # fmt: skip
+    out = done.stdout + done.stderr
+    assert done.returncode == 0, out
+    s = summary(tmp_path / "single.json")
+    assert (s["ok"], s["items"], s["error_count"], s["batch"], s["messages"]) == (4, 20, 0, 1, 5)
 
 
 def test_unregistered_people_fail_fast_saying_why(seeded: Stack) -> None:

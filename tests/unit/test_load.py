@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
-from healthcode.v1 import display_pb2
+from healthcode.v1 import colour_pb2, display_pb2
 
 from clients import load, population
 from clients.load import (
@@ -268,7 +268,12 @@ def test_the_h2load_body_is_one_length_prefixed_show_request() -> None:
     assert body[0] == 0 and int.from_bytes(body[1:5], "big") == len(body) - 5
     request = display_pb2.ShowRequest.FromString(body[5:])
     assert request.person.id_number == PEOPLE[0] and request.actor.person.id_number == PEOPLE[0]
-    stream = load.h2load_body(Call.evaluate_stream, PEOPLE * 3, batch=3)
+    stream = load.h2load_body(Call.evaluate_stream, PEOPLE * 3, batch=1, messages=3)
     assert stream.count(b"\x00\x00\x00\x00") >= 3
+    packed = load.h2load_body(Call.evaluate_stream, PEOPLE * 4, batch=2, messages=2)
+    first = colour_pb2.EvaluateStreamRequest.FromString(
+        packed[5 : 5 + int.from_bytes(packed[1:5], "big")]
+    )
+    assert list(first.id_numbers) == list(PEOPLE * 4)[:2] and first.actor.principal == "h2load"
     with pytest.raises(load.LoadError):
         load.h2load_body(Call.scan, PEOPLE)

@@ -6,14 +6,14 @@ use std::sync::Arc;
 use pyo3::prelude::*;
 use pyo3::types::PyBytes;
 
-use super::convert::{bitmap_bytes, u32s_of};
+use super::convert::{bitmap_bytes, keys_of, u32s_of};
 use super::errors::{py_err, InvalidOperation};
 use super::evidence::PyEvidence;
 use super::index::PyIndex;
 use super::plan::PyPlan;
 use super::transitions::PyTransitions;
 use super::verdict::PyVerdict;
-use crate::plan;
+use crate::{batch, plan};
 
 /// Validate, hash and look up an ID number, then evaluate it; `None` if not registered.
 pub(crate) fn evaluate_id_number(
@@ -26,6 +26,9 @@ pub(crate) fn evaluate_id_number(
         Some(p) => Ok(Some(v.evaluate(p).map_err(py_err)?)),
     }
 }
+
+/// A batch's colour bytes and its invalid entries as (position, what is wrong).
+type PackedColours<'py> = (Bound<'py, PyBytes>, Vec<(u32, String)>);
 
 /// A plan evaluated over an index on one day.
 #[pyclass(frozen, name = "Verdicts", module = "healthcode_matcher._native")]
@@ -116,6 +119,36 @@ impl PyVerdicts {
 
     fn evaluate_id_number(&self, id_number: &str) -> PyResult<Option<PyVerdict>> {
         Ok(evaluate_id_number(&self.inner, id_number)?.map(|v| self.verdict(v)))
+    }
+
+    /// A batch of raw ID numbers, newline-separated UTF-8 bytes (one entry a line, blank lines
+    /// included): validated, hashed, looked up and coloured with the GIL released.
+    /// Returns (one byte per entry: the proto's Colour number 1-3, 0 not registered, 255
+    /// invalid; the invalid entries as (position, what is wrong), in order).
+    fn colours_of_id_numbers<'py>(
+        &self,
+        py: Python<'py>,
+        id_numbers: &[u8],
+    ) -> PyResult<PackedColours<'py>> {
+        let text = std::str::from_utf8(id_numbers)
+            .map_err(|_| InvalidOperation::new_err("ID numbers are UTF-8 text"))?;
+        let v = self.inner.clone();
+        let (colours, problems) = py.detach(|| v.colours_of_id_numbers(&batch::entries(text)));
+        let problems = problems.into_iter().map(|p| (p.entry, p.message)).collect();
+        Ok((PyBytes::new(py, &colours), problems))
+    }
+
+    /// A batch of 16-byte person keys, concatenated: one byte per key (the proto's Colour
+    /// number 1-3, 0 not registered). The GIL is released.
+    fn colours_of_keys<'py>(
+        &self,
+        py: Python<'py>,
+        person_keys: &[u8],
+    ) -> PyResult<Bound<'py, PyBytes>> {
+        let keys = keys_of(person_keys)?;
+        let v = self.inner.clone();
+        let colours = py.detach(|| v.colours_of_keys(&keys));
+        Ok(PyBytes::new(py, &colours))
     }
 
     fn evaluate_many<'py>(
