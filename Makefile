@@ -78,7 +78,11 @@ bench-display: setup
 bench-city: setup
 	$(PY) -m bench.bench_city
 
-bench: bench-matcher bench-whatif
+## bench-throughput: Show, Scan and EvaluateStream beside a bare gRPC echo server, 1 and 2 processes, the midnight peak
+bench-throughput: setup
+	$(PY) -m bench.bench_throughput
+
+bench: bench-matcher bench-whatif bench-throughput
 
 clean:
 	rm -rf $(VENV) matcher_ext/target $(PROTO_STAMP) protos/healthcode/v1/*_pb2*.py*

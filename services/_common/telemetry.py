@@ -5,6 +5,11 @@ channels with `instrumented_channel`, whose interceptor injects the trace contex
 metadata so a display's span and the colour call it makes share one trace. Span attributes are
 the instrumentation's (method, status, peer); it records no payloads, so no identifier reaches a
 trace, and our code must not add any.
+
+Sampling: one request in a hundred starts a recorded trace (a display's span and the calls it
+makes are then recorded together: the sampler follows the parent), unless the standard
+`OTEL_TRACES_SAMPLER` / `OTEL_TRACES_SAMPLER_ARG` variables say otherwise. Recording every span
+of a city's midnight peak would cost the hot path more than the display itself.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from opentelemetry.sdk.trace.export import (
     SimpleSpanProcessor,
     SpanExporter,
 )
+from opentelemetry.sdk.trace.sampling import ALWAYS_ON, ParentBased, Sampler, TraceIdRatioBased
 
 from services._common.config import RECONNECT_OPTIONS
 
@@ -34,11 +40,16 @@ __all__ = [
 ]
 
 
+# The share of requests that start a recorded trace, when OTEL_TRACES_SAMPLER is not set.
+DEFAULT_TRACE_RATIO = 0.01
+
+
 def setup_tracing(service_name: str, exporter: SpanExporter | None = None) -> TracerProvider:
     """Install (once per process) a tracer provider named after the service.
 
-    `exporter` receives every span synchronously (tests pass an `InMemorySpanExporter`). Without
-    one, spans are still created and propagated; `HEALTHCODE_TRACE_CONSOLE=1` prints them.
+    `exporter` receives every span synchronously (tests pass an `InMemorySpanExporter`; every
+    request is then traced). Without one, spans are sampled (DEFAULT_TRACE_RATIO, or the
+    OTEL_TRACES_SAMPLER variables) and propagated; `HEALTHCODE_TRACE_CONSOLE=1` prints them.
     Calling it again (several services in one test process) adds the exporter to the existing
     provider, because OpenTelemetry allows the global provider to be set only once.
     """
@@ -46,7 +57,14 @@ def setup_tracing(service_name: str, exporter: SpanExporter | None = None) -> Tr
     if isinstance(current, TracerProvider):
         provider = current
     else:
-        provider = TracerProvider(resource=Resource.create({"service.name": service_name}))
+        sampler: Sampler | None = None  # None: the OTEL_TRACES_SAMPLER variables decide
+        if exporter is not None:
+            sampler = ALWAYS_ON
+        elif "OTEL_TRACES_SAMPLER" not in os.environ:
+            sampler = ParentBased(TraceIdRatioBased(DEFAULT_TRACE_RATIO))
+        provider = TracerProvider(
+            resource=Resource.create({"service.name": service_name}), sampler=sampler
+        )
         trace.set_tracer_provider(provider)
         if os.environ.get("HEALTHCODE_TRACE_CONSOLE") == "1":
             provider.add_span_processor(BatchSpanProcessor(ConsoleSpanExporter()))
