@@ -62,13 +62,15 @@ class Batch:
         """Content fingerprint: a replay must carry the same rows to count as the same batch."""
         h = hashlib.blake2b(digest_size=16)
         h.update(f"{self.source}\0{int(self.replace)}\0".encode())
+        # One update for all rows: the same digest as one per part, at a fraction of the calls.
+        parts: list[bytes] = []
         for r in self.rows:
-            h.update(r.kind.encode() + b"\0" + r.key)
-            h.update(f"\0{r.day}\0{r.county}\0".encode())
-            if r.hour is not None:
-                # Only timed rows add to it: batches digested before hours existed still match.
-                h.update(f"h{r.hour}\0".encode())
-            h.update(json.dumps(dict(r.attributes), sort_keys=True).encode() + b"\0")
+            # Only timed rows add an hour: batches digested before hours existed still match.
+            hour = "" if r.hour is None else f"h{r.hour}\0"
+            attributes = json.dumps(dict(r.attributes), sort_keys=True) if r.attributes else "{}"
+            text = f"\0{r.day}\0{r.county}\0{hour}{attributes}\0"
+            parts.append(r.kind.encode() + b"\0" + r.key + text.encode())
+        h.update(b"".join(parts))
         return h.digest()
 
 

@@ -35,7 +35,7 @@ def raw_row(row: risk_index_pb2.FeedRow, field: str = "row") -> RawRow:
         masked=row.masked,
         day=row.day,
         county=row.county,
-        attributes=dict(row.attributes),
+        attributes=dict(row.attributes) if row.attributes else {},  # most rows have none
         at=_instant(row, f"{field}.at") if row.HasField("at") else None,
     )
 

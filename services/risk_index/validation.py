@@ -6,12 +6,13 @@ batch in one round trip. Pure: no gRPC, no database, no matcher index.
 from __future__ import annotations
 
 import datetime as dt
+import re
 from collections.abc import Mapping, Sequence
 
 from services._common.actors import Actor
 from services._common.days import check_county, format_day, hour_number, parse_day
 from services._common.errors import InvalidArgument, ResourceExhausted
-from services._common.identifiers import Identifiers, check_key
+from services._common.identifiers import KEY_BYTES, Identifiers, check_key
 from services._common.logs import redact
 from services._common.sources import Source, get_source
 from services.risk_index.model import Batch, KeyedPerson, RawRow, Row
@@ -25,6 +26,9 @@ MAX_MASKED_CHARS = 32
 MAX_ROW_AGE_DAYS = 366
 # A lab's clock may run a little ahead of ours: a time up to this far in the future is taken.
 MAX_CLOCK_SKEW = dt.timedelta(minutes=5)
+
+# The shortest raw number `redact` masks: an 11-digit mobile (an ID number has 16+ digits).
+_DIGIT_RUN = re.compile(r"\d{11}")
 
 _PERSON_SUBJECTS = ("id_number", "person_key")
 _PHONE_SUBJECTS = ("phone", "phone_key")
@@ -135,11 +139,13 @@ def validate_row(
     elif raw.county:
         violations.append((f"{field}.county", f"source {source.name!r} has no county: leave 0"))
 
-    violations.extend(check_attributes(raw.attributes, f"{field}.attributes"))
+    if raw.attributes:  # most rows have none
+        violations.extend(check_attributes(raw.attributes, f"{field}.attributes"))
     if violations:
         raise InvalidArgument(violations)
     assert key is not None
-    return Row(source.keyed_by, key, masked, day, county, dict(raw.attributes), hour)
+    attributes = dict(raw.attributes) if raw.attributes else {}
+    return Row(source.keyed_by, key, masked, day, county, attributes, hour)
 
 
 def _check_time(
@@ -213,9 +219,15 @@ def check_masked(masked: str, field: str) -> str:
     m = masked.strip()
     if not m:
         raise InvalidArgument([(field, "required with a key subject (e.g. 138****1234)")])
-    if len(m) > MAX_MASKED_CHARS or "*" not in m or redact(m) != m:
+    if len(m) > MAX_MASKED_CHARS or "*" not in m or not _clean(m):
         raise InvalidArgument([(field, "send the masked form (e.g. 138****1234), not the number")])
     return m
+
+
+def _clean(text: str) -> bool:
+    """True if `text` holds nothing `redact` would mask. Both of its patterns need 11 digits in
+    a row, so text without such a run (every masked form) skips the two substitutions."""
+    return _DIGIT_RUN.search(text) is None or redact(text) == text
 
 
 def check_attributes(attributes: Mapping[str, str], field: str) -> list[tuple[str, str]]:
@@ -229,7 +241,7 @@ def check_attributes(attributes: Mapping[str, str], field: str) -> list[tuple[st
             out.append((field, f"attribute names are 1-{MAX_ATTRIBUTE_KEY_CHARS} characters"))
         elif len(v) > MAX_ATTRIBUTE_VALUE_CHARS:
             out.append((f"{field}[{k}]", f"at most {MAX_ATTRIBUTE_VALUE_CHARS} characters"))
-        elif redact(v) != v or redact(k) != k:
+        elif not _clean(v) or not _clean(k):
             out.append((f"{field}[{k}]", "must not hold an ID or phone number"))
     return out
 
@@ -237,37 +249,62 @@ def check_attributes(attributes: Mapping[str, str], field: str) -> list[tuple[st
 def check_people(people: Sequence[KeyedPerson]) -> list[KeyedPerson]:
     """Every key and masked form of a bulk registration, or InvalidArgument naming each bad
     field (people[3].phones[1].phone_key)."""
-    violations: list[tuple[str, str]] = []
     out: list[KeyedPerson] = []
+    for person in people:
+        # Platform services send keys and masked forms as they should be: those pass as they
+        # are; others are normalised (bytes, trimmed) and checked again.
+        if not _normal(person):
+            person = KeyedPerson(
+                bytes(person.key),
+                person.masked.strip(),
+                [(bytes(k), m.strip()) for k, m in person.phones],
+                [(bytes(k), m.strip()) for k, m in person.cards],
+            )
+            if not _normal(person):
+                raise InvalidArgument(_people_violations(people))
+        out.append(person)
+    return out
 
-    def checked(key: bytes, masked: str, field: str, key_name: str, masked_name: str) -> bool:
-        before = len(violations)
-        for check in (
-            lambda: check_key(key, f"{field}.{key_name}"),
-            lambda: check_masked(masked, f"{field}.{masked_name}"),
-        ):
-            try:
-                check()
-            except InvalidArgument as error:
-                violations.extend(error.violations)
-        return len(violations) == before
+
+def _normal(person: KeyedPerson) -> bool:
+    return (
+        _usable(person.key, person.masked)
+        and all(_usable(k, m) for k, m in person.phones)
+        and all(_usable(k, m) for k, m in person.cards)
+    )
+
+
+def _usable(key: bytes, masked: str) -> bool:
+    """What `check_key` and `check_masked` accept, already in the form they return."""
+    return (
+        type(key) is bytes
+        and len(key) == KEY_BYTES
+        and 0 < len(masked) <= MAX_MASKED_CHARS
+        and "*" in masked
+        and masked == masked.strip()
+        and _clean(masked)
+    )
+
+
+def _people_violations(people: Sequence[KeyedPerson]) -> list[tuple[str, str]]:
+    """Every bad key and masked form of a bulk registration, by field path."""
+    violations: list[tuple[str, str]] = []
+
+    def check(key: bytes, masked: str, field: str, key_name: str, masked_name: str) -> None:
+        try:
+            check_key(key, f"{field}.{key_name}")
+        except InvalidArgument as error:
+            violations.extend(error.violations)
+        try:
+            check_masked(masked, f"{field}.{masked_name}")
+        except InvalidArgument as error:
+            violations.extend(error.violations)
 
     for i, person in enumerate(people):
         f = f"people[{i}]"
-        ok = checked(person.key, person.masked, f, "person_key", "masked_id_number")
+        check(person.key, person.masked, f, "person_key", "masked_id_number")
         for j, (key, masked) in enumerate(person.phones):
-            ok &= checked(key, masked, f"{f}.phones[{j}]", "phone_key", "masked_phone")
+            check(key, masked, f"{f}.phones[{j}]", "phone_key", "masked_phone")
         for j, (key, masked) in enumerate(person.cards):
-            ok &= checked(key, masked, f"{f}.cards[{j}]", "card_key", "masked_card")
-        if ok:
-            out.append(
-                KeyedPerson(
-                    bytes(person.key),
-                    person.masked.strip(),
-                    [(bytes(k), m.strip()) for k, m in person.phones],
-                    [(bytes(k), m.strip()) for k, m in person.cards],
-                )
-            )
-    if violations:
-        raise InvalidArgument(violations)
-    return out
+            check(key, masked, f"{f}.cards[{j}]", "card_key", "masked_card")
+    return violations
