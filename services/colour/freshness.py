@@ -44,6 +44,11 @@ class FeedFreshness:
         self._cache: tuple[tuple[int, int], Mapping[str, Freshness]] | None = None
         # Raising sources by rule-set version (every verdict of that set depends on them).
         self._raising: dict[str, frozenset[str]] = {}
+        # The stale feeds of a verdict that fired nothing, by rule-set version, for the
+        # catalogue they were computed from (a new one each second or on new feed times).
+        self._stale_memo: (
+            tuple[Mapping[str, Freshness], dict[str, tuple[Freshness, ...]]] | None
+        ) = None
 
     def set_feed_times(self, last_updated: Mapping[str, dt.datetime | None]) -> None:
         """When each source's latest batch was accepted (from RiskIndexService.ListSources). A
@@ -65,7 +70,17 @@ class FeedFreshness:
         raising = self._raising.get(rule_set.version)
         if raising is None:
             raising = self._raising[rule_set.version] = depends_on(rule_set, ())
-        return self.stale(raising | depends_on(rule_set, fired) if fired else raising)
+        if fired:
+            return self.stale(raising | depends_on(rule_set, fired))
+        # Most verdicts fire no rule: their answer is the same for everyone within a second.
+        catalogue = self._catalogue()
+        memo = self._stale_memo
+        if memo is None or memo[0] is not catalogue:
+            memo = self._stale_memo = (catalogue, {})
+        found = memo[1].get(rule_set.version)
+        if found is None:
+            found = memo[1][rule_set.version] = self.stale(raising)
+        return found
 
     def _catalogue(self) -> Mapping[str, Freshness]:
         now = self._now()

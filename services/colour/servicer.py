@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import datetime as dt
+import functools
 from collections.abc import Iterator
 
 import grpc
@@ -49,19 +51,46 @@ def freshness_to_proto(f: Freshness) -> colour_pb2.SourceFreshness:
     return out
 
 
-def verdict_to_proto(a: Assessment) -> colour_pb2.Verdict:
-    verdict = colour_pb2.Verdict(
-        colour=common_pb2.COLOUR_UNSPECIFIED if a.colour is None else _COLOUR[int(a.colour)],
-        rule_set_version=a.rule_set_version,
-        index_version=a.index_version,
-        day=a.day.isoformat(),
-        registered=a.registered,
-        stale_sources=a.stale_sources,
-        person_key=a.person_key,
-        stale=bool(a.stale_feeds),
-        stale_feeds=[freshness_to_proto(f) for f in a.stale_feeds],
-        hour="" if a.hour is None else format_hour(a.hour),
+@functools.lru_cache(maxsize=256)
+def _verdict_common(
+    colour: int | None,
+    rule_set_version: str,
+    index_version: int,
+    day: dt.date,
+    registered: bool,
+    stale_feeds: tuple[Freshness, ...],
+    hour: int | None,
+) -> colour_pb2.Verdict:
+    """What every verdict of one colour, version and moment shares (most people's whole
+    verdict): built once and copied, because the display path builds one per Show and the
+    freshness of a dozen feeds costs more than the rest of the answer."""
+    return colour_pb2.Verdict(
+        colour=common_pb2.COLOUR_UNSPECIFIED if colour is None else _COLOUR[colour],
+        rule_set_version=rule_set_version,
+        index_version=index_version,
+        day=day.isoformat(),
+        registered=registered,
+        stale_sources=[f.source for f in stale_feeds],
+        stale=bool(stale_feeds),
+        stale_feeds=[freshness_to_proto(f) for f in stale_feeds],
+        hour="" if hour is None else format_hour(hour),
     )
+
+
+def verdict_to_proto(a: Assessment) -> colour_pb2.Verdict:
+    verdict = colour_pb2.Verdict()
+    verdict.CopyFrom(
+        _verdict_common(
+            None if a.colour is None else int(a.colour),
+            a.rule_set_version,
+            a.index_version,
+            a.day,
+            a.registered,
+            a.stale_feeds,
+            a.hour,
+        )
+    )
+    verdict.person_key = a.person_key
     for r in a.reasons:
         verdict.reasons.add(
             rule_id=r.rule_id,
