@@ -830,6 +830,11 @@ def _run_import(
 
 def _print_import(file: Path, result: population.ImportResult) -> None:
     c = result.checkpoint
+    if result.checkpoint_was_stale:
+        out.print(
+            "the checkpoint was for a service that does not hold these people (a new data "
+            "directory?): imported from the first line"
+        )
     if result.already_complete:
         out.print(
             f"{file.name} was imported already (checkpoint {result.checkpoint_path}); "

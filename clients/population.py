@@ -45,6 +45,7 @@ from datetime import date, timedelta
 from pathlib import Path
 from typing import IO, Any
 
+import grpc
 from healthcode.v1 import common_pb2, declaration_pb2, declaration_pb2_grpc
 
 from clients import feedgen
@@ -311,6 +312,8 @@ class ImportResult:
     resumed_after: int  # the checkpoint's line when this run started (0: from the top)
     rows_sent: int = 0  # rows this run sent
     already_complete: bool = False
+    # The checkpoint was for a service that does not hold the file's people: sent again.
+    checkpoint_was_stale: bool = False
 
 
 @dataclass
@@ -325,6 +328,41 @@ class _Segment:
 
 
 Progress = Callable[[int, int], None]  # (bytes read, rows sent this run)
+
+
+# How many of a file's first people a resumed import asks the service about.
+CHECKPOINT_PROBES = 5
+
+
+def _service_has_file(
+    stub: declaration_pb2_grpc.DeclarationServiceStub,
+    path: Path,
+    kind: FileFormat,
+    actor: common_pb2.Actor,
+) -> bool:
+    """Whether the service holds any of the file's first people: a checkpoint only holds for
+    the service it was written against."""
+    asked = 0
+    with path.open("rb") as binary:
+        for _line, rec in records(CountingLines(binary), kind):
+            id_number = _text(rec.get("id_number")) if isinstance(rec, dict) else ""
+            if not id_number:
+                continue
+            request = declaration_pb2.GetPersonRequest(
+                actor=actor, person=common_pb2.PersonRef(id_number=id_number)
+            )
+            try:
+                stub.GetPerson(request)
+                return True
+            except grpc.RpcError as e:
+                # NOT_FOUND: not there; INVALID_ARGUMENT: a row the import rejected. Anything
+                # else (the service is down) is the caller's to report.
+                if e.code() not in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.INVALID_ARGUMENT):
+                    raise
+            asked += 1
+            if asked >= CHECKPOINT_PROBES:
+                break
+    return False
 
 
 def import_file(
@@ -353,9 +391,17 @@ def import_file(
             f"{checkpoint_path} belongs to another file (or this one was edited at the top); "
             "pass --restart to import from the first line"
         )
+    stale = (
+        saved is not None and saved.last_line > 0 and not _service_has_file(stub, path, kind, actor)
+    )
+    if stale:
+        # The checkpoint is for a service that no longer holds these people (a new data
+        # directory, another deployment): send everything again; what is there is skipped.
+        saved = None
     head = min(path.stat().st_size, FINGERPRINT_BYTES)
     checkpoint = saved or Checkpoint(str(path.resolve()), fingerprint(path, head), head)
     result = ImportResult(checkpoint, checkpoint_path, report_path, checkpoint.last_line)
+    result.checkpoint_was_stale = stale
     if checkpoint.complete and checkpoint.size == path.stat().st_size:
         result.already_complete = True
         return result

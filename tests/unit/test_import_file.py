@@ -98,14 +98,28 @@ class Down(grpc.RpcError, grpc.Call):  # type: ignore[misc]
         return "connection refused"
 
 
+class Unknown(Down):
+    def code(self) -> grpc.StatusCode:
+        return grpc.StatusCode.NOT_FOUND
+
+    def details(self) -> str:
+        return "this person has not registered"
+
+
 class StandIn:
     """Answers ImportPeople like the service: rows with an empty name are rejected. Fails the
-    call numbered `fail_on` (after reading its rows) as a crash would."""
+    call numbered `fail_on` (after reading its rows) as a crash would. GetPerson finds the
+    people it stored (a resumed import asks whether the service still holds the file)."""
 
     def __init__(self, fail_on: int | None = None) -> None:
         self.fail_on = fail_on
         self.calls: list[list[declaration_pb2.ImportPeopleRequest]] = []
         self.stored: set[str] = set()
+
+    def GetPerson(self, request: declaration_pb2.GetPersonRequest) -> object:
+        if request.person.id_number not in self.stored:
+            raise Unknown()
+        return declaration_pb2.GetPersonResponse()
 
     def ImportPeople(
         self, requests: Iterator[declaration_pb2.ImportPeopleRequest], timeout: float
@@ -185,9 +199,10 @@ def test_a_crashed_import_resumes_after_the_last_acknowledged_line(tmp_path: Pat
         (9, "name", "a name is required")
     ]
 
-    resumed_stub = StandIn()
+    resumed_stub = StandIn()  # the same service, back: it holds what it acknowledged
+    resumed_stub.stored = set(crashing.stored)
     result = run(resumed_stub, path)
-    assert result.resumed_after == 9
+    assert result.resumed_after == 9 and not result.checkpoint_was_stale
     sent = [row.line for call in resumed_stub.calls for m in call[1:] for row in m.rows]
     assert sent[0] == 10 and 9 not in sent  # acknowledged lines are not read again
     c = result.checkpoint
@@ -222,3 +237,21 @@ def test_rows_appended_after_a_finished_import_are_imported_by_the_next_run(
     assert not again.already_complete and again.resumed_after == 6
     assert (again.checkpoint.imported, again.checkpoint.last_line) == (7, 8)
     assert run(stub, path).already_complete
+
+
+def test_a_checkpoint_for_a_service_without_the_people_imports_from_the_first_line(
+    tmp_path: Path,
+) -> None:
+    path = people_file(tmp_path)
+    assert run(StandIn(), path).checkpoint.complete
+    # A new data directory behind the same address: the checkpoint says done, the service
+    # holds nobody. Everything is sent again (what is there would be skipped).
+    fresh = StandIn()
+    result = run(fresh, path)
+    assert result.checkpoint_was_stale and not result.already_complete
+    assert result.resumed_after == 0
+    c = result.checkpoint
+    assert (c.imported, c.rejected, c.last_line, c.complete) == (23, 2, 26, True)
+    assert len(fresh.stored) == 23
+    # Against the service that holds them, a finished import stays finished.
+    assert run(fresh, path).already_complete
