@@ -42,6 +42,7 @@ def create_server(
     max_workers: int = 16,
     ready: bool = True,
     max_in_flight: int = 0,
+    reuse_port: bool = False,
 ) -> tuple[grpc.Server, int]:
     """Build, bind and START a server; return it with the bound port (port 0: a free one).
 
@@ -51,6 +52,12 @@ def create_server(
     `add_servicers(server)` registers the service's servicers; `service_names` are their full
     names (`healthcode.v1.RiskIndexService`), reported SERVING by the library health servicer
     (with "" for the whole server) and listed by reflection so `buf curl` can call them.
+
+    `reuse_port=True` binds with SO_REUSEPORT (grpc's `grpc.so_reuseport`): the worker
+    processes of one service share its port and the kernel spreads connections among them
+    (services/_common/workers.py). Otherwise the port is this server's alone: a second process
+    started on it fails to bind instead of silently taking half of the connections (grpc
+    enables SO_REUSEPORT by default on Linux).
     """
     shedder = Shedder(max_in_flight or max(2, max_workers * 3 // 4))
     server = grpc.server(
@@ -62,6 +69,7 @@ def create_server(
         options=[
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.so_reuseport", 1 if reuse_port else 0),
         ],
     )
     add_servicers(server)
@@ -71,7 +79,10 @@ def create_server(
     reflection.enable_server_reflection(
         [*names, health.SERVICE_NAME, reflection.SERVICE_NAME], server
     )
-    bound = server.add_insecure_port(f"{host}:{port}")
+    try:
+        bound = server.add_insecure_port(f"{host}:{port}")
+    except RuntimeError:  # grpc raises when nothing could be bound (the port is taken)
+        bound = 0
     if bound == 0:
         raise OSError(f"could not bind {host}:{port}")
     server.start()
@@ -119,22 +130,31 @@ def serve_forever(
     grace: float = 5.0,
     on_stop: Callable[[], None] | None = None,
     before_stop: Callable[[], None] | None = None,
+    *,
+    signals: Sequence[signal.Signals] = (signal.SIGTERM, signal.SIGINT),
+    stop_when: Callable[[], bool] | None = None,
 ) -> None:
     """Block until SIGTERM or SIGINT, then stop with a grace period. `before_stop` runs once
     health says NOT_SERVING and before the listener closes (end server streams, so they do not
     hold the grace period); `on_stop` runs after (close repositories). Call from the main
-    thread."""
+    thread.
+
+    A worker process (services/_common/workers.py) passes `signals=(SIGTERM,)`, since its
+    parent forwards a Ctrl-C as SIGTERM, and `stop_when` (checked twice a second: its parent
+    is gone)."""
     stopping = threading.Event()
 
     def handle(signum: int, _frame: FrameType | None) -> None:
         logger.info("signal %s: stopping within %.1fs", signal.Signals(signum).name, grace)
         stopping.set()
 
-    previous = {s: signal.signal(s, handle) for s in (signal.SIGTERM, signal.SIGINT)}
+    previous = {s: signal.signal(s, handle) for s in signals}
     try:
         # Waiting on an Event in short steps keeps the main thread responsive to signals.
         while not stopping.wait(0.5):
-            pass
+            if stop_when is not None and stop_when():
+                logger.info("told to stop: stopping within %.1fs", grace)
+                break
         stop(server, grace, before_stop=before_stop)
     finally:
         for s, h in previous.items():

@@ -1,8 +1,17 @@
-"""`python -m services.colour`: wire the colour service and wait for SIGTERM."""
+"""`python -m services.colour`: wire the colour service and wait for SIGTERM.
+
+With HEALTHCODE_COLOUR_PROCESSES = N > 1 this process supervises N workers on the one port
+(`python -m services.colour --worker i --port P`, services/_common/workers.py), each with its
+own replica of the verdicts following the risk index and its own snapshot.
+"""
 
 from __future__ import annotations
 
 import logging
+import os
+import signal
+import sys
+from collections.abc import Sequence
 
 import grpc
 from healthcode.v1 import colour_pb2_grpc
@@ -12,6 +21,7 @@ from services._common.identifiers import Identifiers
 from services._common.logs import setup_logging
 from services._common.server import create_server, serve_forever, set_serving
 from services._common.telemetry import instrumented_channel, setup_tracing
+from services._common.workers import WorkerRole, parse_worker_args, supervise
 from services.colour.config import ColourConfig
 from services.colour.logic import ColourDesk
 from services.colour.peers import RiskIndexPeer
@@ -21,9 +31,28 @@ from services.colour.servicer import SERVICE_NAME, ColourServicer
 log = logging.getLogger("services.colour")
 
 
-def main() -> None:
+def main(argv: Sequence[str] | None = None) -> None:
+    args = parse_worker_args(argv, "the colour service")
     config = ColourConfig.from_env()
-    setup_logging("colour", config.platform.log_level)
+    if args.index is None and config.processes > 1:
+        setup_logging("colour", config.platform.log_level)
+        load_secret(config.platform.data_dir)  # made once, before the workers read it
+        port = config.port if args.port is None else args.port
+        sys.exit(
+            supervise("colour", "services.colour", config.processes, config.platform.host, port)
+        )
+    worker: WorkerRole | None = None
+    if args.index is not None:
+        worker = WorkerRole(args.index)
+        config = config.for_worker(args.index, args.port)
+        setup_logging(f"colour.{args.index}", config.platform.log_level)
+    else:
+        setup_logging("colour", config.platform.log_level)
+    serve(config, worker)
+
+
+def serve(config: ColourConfig, worker: WorkerRole | None) -> None:
+    """One process serving the colour service: the only one, or worker `worker.index`."""
     setup_tracing("colour")
     secret = load_secret(config.platform.data_dir)
     server: grpc.Server | None = None
@@ -31,6 +60,8 @@ def main() -> None:
     def installed(_version: int) -> None:
         if server is not None:
             set_serving(server, True)
+            if worker is not None:
+                worker.ready()
 
     replica = Replica(config.replica, secret, keeps_rule_set=True, on_installed=installed)
     engine = replica.engine
@@ -46,8 +77,16 @@ def main() -> None:
         # NOT_SERVING until the first index arrives: a replica without one can only answer
         # UNAVAILABLE, so load balancers and `make run` must not route to it yet
         ready=False,
+        reuse_port=worker is not None,
     )
     replica.start()
+    if worker is not None:
+        log.info(
+            "colour worker %d (pid %d), its snapshot %s",
+            worker.index,
+            os.getpid(),
+            config.replica.snapshot_path,
+        )
     log.info(
         "colour on port %d, following the risk index at %s", port, config.replica.risk_index_addr
     )
@@ -56,7 +95,12 @@ def main() -> None:
         replica.stop()
         risk_index_channel.close()
 
-    serve_forever(server, on_stop=on_stop)
+    if worker is None:
+        serve_forever(server, on_stop=on_stop)
+    else:
+        serve_forever(
+            server, on_stop=on_stop, signals=(signal.SIGTERM,), stop_when=worker.parent_gone
+        )
 
 
 if __name__ == "__main__":

@@ -9,11 +9,16 @@
 | HEALTHCODE_COLOUR_RECONNECT_MAX_S     | 5 (backoff ceiling, seconds)          |
 | HEALTHCODE_COLOUR_FRESHNESS_S         | 30 (ListSources poll, seconds)        |
 | HEALTHCODE_COLOUR_SNAPSHOT_S          | 300 (own index snapshot; 0: never)    |
+| HEALTHCODE_COLOUR_PROCESSES           | 1 (worker processes on the one port)  |
 | HEALTHCODE_DATA_DIR, HEALTHCODE_SECRET, ... | see services/_common/config.py  |
 
 The rule-set, reconnect, freshness and snapshot settings are those of every replica of the
 verdicts (`ReplicaConfig`): the colour service's and the one each display process holds, so
 both start from the same rule set and follow the index alike.
+
+With HEALTHCODE_COLOUR_PROCESSES = N > 1 the process started supervises N workers on the one port
+(SO_REUSEPORT, services/_common/workers.py), each with its own replica and its own snapshot
+`<data_dir>/colour/index.<i>.snapshot`.
 
 The rule set activated through SetRuleSet is kept in `<data_dir>/colour/rule_set.toml` and wins
 over HEALTHCODE_COLOUR_RULE_SET at the next start, so a restart does not undo an activation.
@@ -23,10 +28,11 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
-from services._common.config import ConfigError, PlatformConfig, env_float
+from services._common.config import ConfigError, PlatformConfig, env_float, env_int
+from services._common.workers import MAX_PROCESSES
 from services.rules import DEFAULT_RULE_SET_PATH
 
 
@@ -63,12 +69,18 @@ class ReplicaConfig:
             snapshot_interval_s=env_float(env, "HEALTHCODE_COLOUR_SNAPSHOT_S", 300.0, low=0.0),
         )
 
+    def for_worker(self, index: int) -> ReplicaConfig:
+        """The replica of worker `index` of a service with several processes: its own
+        snapshot file (`index.<i>.snapshot`), everything else alike."""
+        return replace(self, snapshot_path=self.snapshot_path.with_name(f"index.{index}.snapshot"))
+
 
 @dataclass(frozen=True, slots=True)
 class ColourConfig:
     platform: PlatformConfig
     port: int
     replica: ReplicaConfig
+    processes: int = 1
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> ColourConfig:
@@ -78,4 +90,13 @@ class ColourConfig:
             platform=platform,
             port=platform.ports.colour,
             replica=ReplicaConfig.from_env(env, platform, "colour"),
+            processes=env_int(env, "HEALTHCODE_COLOUR_PROCESSES", 1, low=1, high=MAX_PROCESSES),
+        )
+
+    def for_worker(self, index: int, port: int | None) -> ColourConfig:
+        """Worker `index` of several processes, on the port its parent holds."""
+        return replace(
+            self,
+            port=self.port if port is None else port,
+            replica=self.replica.for_worker(index),
         )

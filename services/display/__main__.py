@@ -1,8 +1,16 @@
-"""`python -m services.display`: wire the display service and wait for SIGTERM."""
+"""`python -m services.display`: wire the display service and wait for SIGTERM.
+
+With HEALTHCODE_DISPLAY_PROCESSES = N > 1 this process creates what the workers share (the
+signing key, the shared claims file) and then supervises N workers on the one port
+(`python -m services.display --worker i --port P`, services/_common/workers.py).
+"""
 
 from __future__ import annotations
 
 import logging
+import os
+import signal
+import sys
 from collections.abc import Callable, Sequence
 
 import grpc
@@ -14,8 +22,11 @@ from services._common.identifiers import Identifiers
 from services._common.logs import setup_logging
 from services._common.server import create_server, serve_forever, set_serving
 from services._common.telemetry import instrumented_channel, setup_tracing
+from services._common.workers import WorkerRole, parse_worker_args, supervise
 from services.colour.replica import Replica
 from services.display.config import DisplayConfig
+from services.display.counters import CounterSource, SummedCounters
+from services.display.ledger import create_ledger
 from services.display.logic import DisplayDesk, LiveColour
 from services.display.peers import ColourPeer, DeclarationPeer, ReplicaColour
 from services.display.servicer import SERVICE_NAME, DisplayServicer
@@ -25,13 +36,47 @@ from services.display.tokens import CodeTokens, load_or_create_signing_key
 log = logging.getLogger("services.display")
 
 
-def main() -> None:
+def main(argv: Sequence[str] | None = None) -> None:
+    args = parse_worker_args(argv, "the display service")
     config = DisplayConfig.from_env()
-    setup_logging("display", config.platform.log_level)
+    if args.index is None and config.processes > 1:
+        setup_logging("display", config.platform.log_level)
+        # Made once here, before any worker starts: two workers starting together must not
+        # each create a signing key (or race to create the shared file's tables).
+        load_or_create_signing_key(config.signing_key_path)
+        load_secret(config.platform.data_dir)
+        create_ledger(config.shared_file())
+        sys.exit(
+            supervise(
+                "display",
+                "services.display",
+                config.processes,
+                config.platform.host,
+                config.port if args.port is None else args.port,
+            )
+        )
+    worker: WorkerRole | None = None
+    if args.index is not None:
+        worker = WorkerRole(args.index)
+        config = config.for_worker(args.index, args.port)
+        setup_logging(f"display.{args.index}", config.platform.log_level)
+    else:
+        setup_logging("display", config.platform.log_level)
+    serve(config, worker)
+
+
+def serve(config: DisplayConfig, worker: WorkerRole | None) -> None:
+    """One process serving the display service: the only one, or worker `worker.index`."""
     setup_tracing("display")
     secret = load_secret(config.platform.data_dir)
     tokens = CodeTokens(load_or_create_signing_key(config.signing_key_path), config.token_ttl_ms)
-    display_log = DisplayLog(config.db_path)
+    display_log = DisplayLog(config.db_path, shared=config.shared_path)
+    counters: CounterSource = display_log
+    summed: SummedCounters | None = None
+    if config.shared_path is not None:
+        # WatchCounters at any worker reports the sum over every worker's log.
+        summed = SummedCounters(display_log, config.db_path, config.shared_path)
+        counters = summed
     declaration_channel = instrumented_channel(config.declaration_addr)
     server: grpc.Server | None = None
     desk: DisplayDesk | None = None
@@ -39,6 +84,8 @@ def main() -> None:
     def installed(_version: int) -> None:
         if server is not None:
             set_serving(server, True)
+            if worker is not None:
+                worker.ready()
 
     def registrations_changed(delta: Sequence[changes.Change]) -> None:
         if desk is not None:
@@ -65,7 +112,7 @@ def main() -> None:
         live_colour,
         DeclarationPeer(declaration_channel, config.peer_timeout_s).holder_of,
     )
-    servicer = DisplayServicer(desk, display_log, tokens, Identifiers.from_secret(secret))
+    servicer = DisplayServicer(desk, counters, tokens, Identifiers.from_secret(secret))
     server, port = create_server(
         lambda s: display_pb2_grpc.add_DisplayServiceServicer_to_server(servicer, s),
         [SERVICE_NAME],
@@ -75,7 +122,14 @@ def main() -> None:
         max_workers=config.max_workers,
         # With its own replica, NOT_SERVING until the first index version arrives.
         ready=replica is None,
+        reuse_port=worker is not None,
     )
+    if worker is not None and replica is None:
+        worker.ready()
+    if worker is not None:
+        log.info(
+            "display worker %d (pid %d), its log %s", worker.index, os.getpid(), config.db_path
+        )
     if replica is not None:
         replica.start()
         log.info(
@@ -91,12 +145,19 @@ def main() -> None:
     def on_stop() -> None:
         if replica is not None:
             replica.stop()
+        if summed is not None:
+            summed.close()
         display_log.close()
         if colour_channel is not None:
             colour_channel.close()
         declaration_channel.close()
 
-    serve_forever(server, on_stop=on_stop)
+    if worker is None:
+        serve_forever(server, on_stop=on_stop)
+    else:
+        serve_forever(
+            server, on_stop=on_stop, signals=(signal.SIGTERM,), stop_when=worker.parent_gone
+        )
 
 
 if __name__ == "__main__":

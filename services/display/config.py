@@ -10,6 +10,7 @@
 | HEALTHCODE_DISPLAY_PEER_TIMEOUT_S | 2 (deadline of each colour/declaration call) |
 | HEALTHCODE_DISPLAY_COLOUR         | replica: the verdicts held in this process   |
 |                                   | service: ask the colour service each time    |
+| HEALTHCODE_DISPLAY_PROCESSES      | 1 (worker processes on the one port, 1-64)   |
 | HEALTHCODE_COLOUR_RULE_SET, ...   | the replica's settings: services/colour/config.py |
 | HEALTHCODE_DATA_DIR, ...          | see services/_common/config.py               |
 
@@ -21,17 +22,24 @@ machine without the memory for an index).
 Files under `<data_dir>/display/`: `display.db` (the display log, SQLite WAL),
 `signing.key` (the Ed25519 seed, 0600; created at first start and kept, so that codes on screens
 survive a restart) and `index.snapshot` (the replica's last index version).
+
+With HEALTHCODE_DISPLAY_PROCESSES = N > 1 (services/_common/workers.py) worker i has its own
+`display.<i>.db` and `index.<i>.snapshot`; all share `signing.key` (created by the parent
+before any worker starts) and `shared.db` (token claims and first displays:
+services/display/ledger.py).
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from services._common.config import ConfigError, PlatformConfig, env_float, env_int
+from services._common.workers import MAX_PROCESSES
 from services.colour.config import ReplicaConfig
+from services.display.ledger import SHARED_FILE
 
 COLOUR_SOURCES = ("replica", "service")
 
@@ -49,6 +57,9 @@ class DisplayConfig:
     peer_timeout_s: float
     colour_source: str
     replica: ReplicaConfig
+    processes: int = 1
+    # The file the workers share (token claims, first displays); None with one process.
+    shared_path: Path | None = None
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> DisplayConfig:
@@ -72,4 +83,23 @@ class DisplayConfig:
             peer_timeout_s=env_float(env, "HEALTHCODE_DISPLAY_PEER_TIMEOUT_S", 2.0, low=0.05),
             colour_source=colour_source,
             replica=ReplicaConfig.from_env(env, platform, "display"),
+            processes=env_int(env, "HEALTHCODE_DISPLAY_PROCESSES", 1, low=1, high=MAX_PROCESSES),
+        )
+
+    @property
+    def directory(self) -> Path:
+        return self.db_path.parent
+
+    def shared_file(self) -> Path:
+        return self.directory / SHARED_FILE
+
+    def for_worker(self, index: int, port: int | None) -> DisplayConfig:
+        """Worker `index` of several processes: its own log (`display.<i>.db`) and replica
+        snapshot (`index.<i>.snapshot`), the shared file, the port its parent holds."""
+        return replace(
+            self,
+            port=self.port if port is None else port,
+            db_path=self.directory / f"display.{index}.db",
+            shared_path=self.shared_file(),
+            replica=self.replica.for_worker(index),
         )

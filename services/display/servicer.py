@@ -13,8 +13,9 @@ from services._common.days import format_day, parse_day, today
 from services._common.errors import InvalidArgument
 from services._common.identifiers import Identifiers
 from services._common.status import grpc_errors
+from services.display.counters import CounterSource
 from services.display.logic import DisplayDesk, Place, place
-from services.display.store import DayCounters, DisplayLog
+from services.display.store import DayCounters
 from services.display.tokens import CodeTokens
 
 SERVICE_NAME = display_pb2.DESCRIPTOR.services_by_name["DisplayService"].full_name
@@ -61,12 +62,13 @@ class DisplayServicer(display_pb2_grpc.DisplayServiceServicer):
     def __init__(
         self,
         desk: DisplayDesk,
-        log: DisplayLog,
+        counters: CounterSource,
         tokens: CodeTokens,
         identifiers: Identifiers,
     ) -> None:
+        """`counters`: the display log itself (one process) or the sum over every worker's."""
         self._desk = desk
-        self._log = log
+        self._counters = counters
         self._tokens = tokens
         self._identifiers = identifiers
 
@@ -134,7 +136,7 @@ class DisplayServicer(display_pb2_grpc.DisplayServiceServicer):
         while context.is_active():
             day = fixed_day if fixed_day is not None else today()
             # Short waits: a cancelled watcher frees its server thread within a second.
-            counters = self._log.wait_for_change(day, sequence, timeout=1.0)
+            counters = self._counters.wait_for_change(day, sequence, timeout=1.0)
             now = time.monotonic()
             if counters.sequence != sequence or day != sent_day or now - last_sent >= _HEARTBEAT_S:
                 yield counters_to_proto(counters)

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from services._common.storage import open_sqlite
+from services.display.ledger import SharedLedger
 from services.display.tokens import TokenReplayed
 
 log = logging.getLogger(__name__)
@@ -171,7 +172,9 @@ class DisplayLog:
     """The log's one writer, and the counters it keeps.
 
     `record` blocks until the event is committed. A scan's token id is claimed in the same
-    transaction, so two scans of one token (even in one batch) cannot both be accepted.
+    transaction, so two scans of one token (even in one batch) cannot both be accepted. With
+    `shared` (several worker processes, each with its own log) the claim is made in the shared
+    file within the batch, just before the batch commits here (services/display/ledger.py).
     """
 
     def __init__(
@@ -180,8 +183,13 @@ class DisplayLog:
         *,
         max_batch: int = 512,
         clock_ms: Callable[[], int] = lambda: int(time.time() * 1000),
+        shared: Path | None = None,
     ) -> None:
+        """`shared`: the file the workers of one service share (services/display/ledger.py);
+        token claims and first displays go there instead of into this log."""
         self._path = path
+        self._shared_path = shared
+        self._shared: SharedLedger | None = None
         self._max_batch = max_batch
         self._clock_ms = clock_ms
         self._queue: queue.Queue[_Job | None] = queue.Queue()
@@ -230,6 +238,8 @@ class DisplayLog:
             conn.execute("PRAGMA synchronous=FULL")
             conn.executescript(_SCHEMA)
             self._load_counters(conn)
+            if self._shared_path is not None:
+                self._shared = SharedLedger(self._shared_path)
         except BaseException as exc:  # noqa: BLE001 - handed to the constructor's caller
             self._startup_error = exc
             self._ready.set()
@@ -256,32 +266,70 @@ class DisplayLog:
                     return
         finally:
             conn.close()
+            if self._shared is not None:
+                self._shared.close()
 
     def _commit(self, conn: sqlite3.Connection, batch: list[_Job]) -> None:
         results: list[Recorded] = []
         cells: list[tuple[int, str, str, int]] = []
         first_days: list[int] = []
+        claimed_shared: list[bytes] = []
         try:
             conn.execute("BEGIN IMMEDIATE")
-            for event, _ in batch:
-                accepted = True
-                outcome = event.outcome
-                colour = event.colour
-                if event.kind == SCAN and outcome == OK and event.token_id is not None:
+            # People this log has not seen before (first displays, if no other worker saw them).
+            new_here: list[int] = []
+            for i, (event, _) in enumerate(batch):
+                if event.kind == SHOW and event.outcome == OK and event.person_key is not None:
+                    cur = conn.execute(
+                        "INSERT OR IGNORE INTO holders (person_key, first_day) VALUES (?, ?)",
+                        (event.person_key, event.day),
+                    )
+                    if cur.rowcount == 1:
+                        new_here.append(i)
+            claims = [
+                i
+                for i, (event, _) in enumerate(batch)
+                if event.kind == SCAN and event.outcome == OK and event.token_id is not None
+            ]
+            replayed: set[int] = set()
+            if self._shared is None:
+                for i in claims:
+                    event = batch[i][0]
                     cur = conn.execute(
                         "INSERT OR IGNORE INTO scanned_tokens (token_id, expires_at_ms) "
                         "VALUES (?, ?)",
                         (event.token_id, event.token_expires_at_ms or event.at_ms),
                     )
                     if cur.rowcount == 0:
-                        accepted, outcome, colour = False, TOKEN_REPLAYED, None
-                if event.kind == SHOW and outcome == OK and event.person_key is not None:
-                    cur = conn.execute(
-                        "INSERT OR IGNORE INTO holders (person_key, first_day) VALUES (?, ?)",
-                        (event.person_key, event.day),
-                    )
-                    if cur.rowcount == 1:
-                        first_days.append(event.day)
+                        replayed.add(i)
+                first_days.extend(batch[i][0].day for i in new_here)
+            elif claims or new_here:
+                # Several workers: the claim and the first display are the service's, not this
+                # log's (services/display/ledger.py).
+                won, first = self._shared.settle(
+                    [
+                        (
+                            batch[i][0].token_id or b"",
+                            batch[i][0].token_expires_at_ms or batch[i][0].at_ms,
+                        )
+                        for i in claims
+                    ],
+                    [(batch[i][0].person_key or b"", batch[i][0].day) for i in new_here],
+                    self._clock_ms(),
+                    prune=self._prune_due(),
+                )
+                for i, ok in zip(claims, won, strict=True):
+                    if ok:
+                        claimed_shared.append(batch[i][0].token_id or b"")
+                    else:
+                        replayed.add(i)
+                first_days.extend(
+                    batch[i][0].day for i, new in zip(new_here, first, strict=True) if new
+                )
+            for i, (event, _) in enumerate(batch):
+                accepted = i not in replayed
+                outcome = event.outcome if accepted else TOKEN_REPLAYED
+                colour = event.colour if accepted else None
                 cur = conn.execute(
                     "INSERT INTO display_events (kind, outcome, at_ms, day, person_key, "
                     "masked_id, masked_name, device, place, actor, colour, index_version, "
@@ -313,7 +361,8 @@ class DisplayLog:
                 )
                 cells.append(cell)
                 results.append(Recorded(event_id, accepted))
-            self._prune(conn)
+            if self._shared is None and self._prune_due():
+                self._prune(conn)
             conn.execute("COMMIT")
         except BaseException as exc:
             log.exception("display log commit failed; %d callers get an error", len(batch))
@@ -321,6 +370,9 @@ class DisplayLog:
                 conn.execute("ROLLBACK")
             except sqlite3.Error:
                 pass
+            if self._shared is not None:
+                # Those scans were not logged: their tokens may be scanned again.
+                self._shared.release(claimed_shared)
             for _, done in batch:
                 done.set_exception(exc)
             return
@@ -334,13 +386,18 @@ class DisplayLog:
         for (_, done), recorded in zip(batch, results, strict=True):
             done.set_result(recorded)
 
-    def _prune(self, conn: sqlite3.Connection) -> None:
-        # Expired tokens can no longer be replayed (they fail the freshness check first), so
-        # their ids need not be kept; prune at most once a minute.
+    def _prune_due(self) -> bool:
+        # Prune claims of expired tokens at most once a minute.
         now = self._clock_ms()
         if now - self._last_prune_ms < 60_000:
-            return
+            return False
         self._last_prune_ms = now
+        return True
+
+    def _prune(self, conn: sqlite3.Connection) -> None:
+        # Expired tokens can no longer be replayed (they fail the freshness check first), so
+        # their ids need not be kept.
+        now = self._clock_ms()
         conn.execute("DELETE FROM scanned_tokens WHERE expires_at_ms < ?", (now - 120_000,))
 
     def _load_counters(self, conn: sqlite3.Connection) -> None:
