@@ -150,7 +150,7 @@ def load_city(stack: Stack, people: int, work: Path, figures: Figures | None) ->
     population.write_people(people_file, city, on_block=lambda _n: None)
     progress(f"wrote {people:,} people in {time.perf_counter() - t:.1f} s")
     t = time.perf_counter()
-    healthcode(stack, "import", str(people_file), "--batch", "10000")
+    healthcode(stack, "import", str(people_file), "--batch", "50000")
     imported_s = time.perf_counter() - t
     wait_people_in_index(stack, people)
     stack.wait_colour_version(accepted_version(stack), timeout_s=3600)

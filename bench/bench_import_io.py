@@ -36,6 +36,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--people", type=int, default=1_000_000)
     parser.add_argument("--cache", default=tempfile.gettempdir(), help="where the file is kept")
+    parser.add_argument("--batch", type=int, default=50_000, help="rows an ImportPeople message")
     args = parser.parse_args(argv)
     people = args.people
     cached = Path(args.cache) / f"healthcode-people-{people}-s{SEED}.csv"
@@ -49,7 +50,7 @@ def main(argv: list[str] | None = None) -> None:
         pids = {name: stack.processes[name].pid for name in ("declaration", "risk_index")}
         before = {name: _usage(pid) for name, pid in pids.items()}
         start = time.perf_counter()
-        healthcode(stack, "import", str(file), "--batch", "10000")
+        healthcode(stack, "import", str(file), "--batch", str(args.batch))
         acked = time.perf_counter() - start
         wait_people_in_index(stack, people)
         stack.wait_colour_version(accepted_version(stack), timeout_s=3600)
@@ -58,7 +59,7 @@ def main(argv: list[str] | None = None) -> None:
     finally:
         stack.stop()
         shutil.rmtree(work, ignore_errors=True)
-    print(f"Command: `python -m bench.bench_import_io --people {people}`")
+    print(f"Command: `python -m bench.bench_import_io --people {people} --batch {args.batch}`")
     print(f"- acknowledged in {acked:.1f} s ({people / acked:,.0f} people/s)")
     print(f"- held by the risk index and the replicas in {held:.1f} s ({people / held:,.0f}/s)")
     for name in pids:

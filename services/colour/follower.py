@@ -34,11 +34,12 @@ from services.colour.engine import ColourEngine
 
 log = logging.getLogger(__name__)
 
-# Chunks are at most 1 MiB; leave room for the envelope. The follower's own loop backs off
-# between attempts; the channel's reconnect backoff (grpc's default grows to 120 s) is held to
-# a second, so a replica is back within a second of the risk index.
+# Snapshot chunks are at most 1 MiB, a delta at most 32 MiB (MAX_DELTA_BYTES in
+# services/risk_index/logic.py). The follower's own loop backs off between attempts; the
+# channel's reconnect backoff (grpc's default grows to 120 s) is held to a second, so a
+# replica is back within a second of the risk index.
 _CHANNEL_OPTIONS: list[tuple[str, int | str]] = [
-    ("grpc.max_receive_message_length", 8 << 20),
+    ("grpc.max_receive_message_length", 64 << 20),
     *RECONNECT_OPTIONS,
 ]
 

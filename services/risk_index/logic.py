@@ -102,8 +102,10 @@ class Delta:
 
 
 # A delta larger than this goes as the whole version instead (a replica's receive limit is
-# 8 MiB): a replica far behind a busy feed.
-MAX_DELTA_BYTES = 4 << 20
+# 64 MiB): a replica far behind a busy feed. A bulk import's version (50,000 people with their
+# phones and residence rows, about 4 MiB; two of them in one publish interval) must still go
+# as a delta: at 18 M people the whole version is over a gigabyte.
+MAX_DELTA_BYTES = 32 << 20
 # How many versions' changes are kept for replicas that reconnect (about 10 minutes at one
 # version a second); a replica further behind is sent a snapshot.
 DELTA_HISTORY = 600
