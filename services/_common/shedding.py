@@ -52,6 +52,11 @@ class Shedder(grpc.ServerInterceptor):
     def in_flight(self) -> int:
         return self._in_flight
 
+    def busy(self) -> bool:
+        """Whether secondary content is being shed now: a call that can do without it (a
+        Show's reasons) should leave it out."""
+        return self._in_flight > self.secondary_limit
+
     def intercept_service(
         self,
         continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler | None],

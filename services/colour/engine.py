@@ -339,9 +339,13 @@ class ColourEngine:
             )
         return matcher.current
 
-    def evaluate(self, person_key: bytes, *, shared_only: bool = False) -> Assessment:
-        """The colour of one person (by 16-byte key) with reasons and remedies."""
-        return self._assess(self._verdicts(shared_only), person_key, self._people)[0]
+    def evaluate(
+        self, person_key: bytes, *, shared_only: bool = False, reasons: bool = True
+    ) -> Assessment:
+        """The colour of one person (by 16-byte key) with reasons and remedies; without them
+        when `reasons` is False (an overloaded display sheds them, marking the answer)."""
+        verdicts = self._verdicts(shared_only)
+        return self._assess(verdicts, person_key, self._people, with_reasons=reasons)[0]
 
     def colours(
         self,
@@ -403,6 +407,8 @@ class ColourEngine:
         verdicts: hm.Verdicts,
         person_key: bytes,
         phones: Mapping[bytes, str] | PersonDirectory | None,
+        *,
+        with_reasons: bool = True,
     ) -> tuple[Assessment, hm.Verdict | None, list[hm.Evidence], dict[int, str]]:
         """The assessment from one `Verdicts`, with what Explain needs beside it."""
         rule_set = self._rules.by_version(verdicts.plan.version)
@@ -413,7 +419,8 @@ class ColourEngine:
         remedies: tuple[RemedyView, ...] = ()
         evidence: list[hm.Evidence] = []
         masks: dict[int, str] = {}
-        if verdict is not None and person_id is not None and (verdict.rules or verdict.cleared):
+        fired = verdict is not None and bool(verdict.rules or verdict.cleared)
+        if fired and person_id is not None and verdict is not None and with_reasons:
             evidence = verdicts.explain(person_id)
             masks = explanation.phone_masks(person_key, index, evidence, phones)
             reasons = explanation.reasons(rule_set, verdict, evidence, masks)
@@ -428,6 +435,7 @@ class ColourEngine:
             index_version=index.version,
             day=day_date(verdicts.today),
             stale_feeds=self._feeds.stale_for(rule_set, () if verdict is None else verdict.rules),
+            reasons_shed=fired and not with_reasons,
             hour=verdicts.hour,
         )
         return assessment, verdict, evidence, masks

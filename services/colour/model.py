@@ -90,6 +90,7 @@ class Assessment:
     day: dt.date
     stale_feeds: tuple[Freshness, ...] = ()
     hour: int | None = None  # the hour number the verdicts were evaluated at (an hour of `day`)
+    reasons_shed: bool = False  # reasons and remedies left out under overload
 
     @property
     def stale_sources(self) -> tuple[str, ...]:

@@ -91,6 +91,7 @@ def verdict_to_proto(a: Assessment) -> colour_pb2.Verdict:
         )
     )
     verdict.person_key = a.person_key
+    verdict.reasons_shed = a.reasons_shed
     for r in a.reasons:
         verdict.reasons.add(
             rule_id=r.rule_id,

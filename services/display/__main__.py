@@ -20,7 +20,7 @@ from services._common import changes
 from services._common.config import load_secret
 from services._common.identifiers import Identifiers
 from services._common.logs import setup_logging
-from services._common.server import create_server, serve_forever, set_serving
+from services._common.server import SHEDDERS, create_server, serve_forever, set_serving
 from services._common.telemetry import instrumented_channel, setup_tracing
 from services._common.workers import WorkerRole, parse_worker_args, supervise
 from services.colour.replica import Replica
@@ -79,6 +79,12 @@ def serve(config: DisplayConfig, worker: WorkerRole | None) -> None:
         counters = summed
     declaration_channel = instrumented_channel(config.declaration_addr)
     server: grpc.Server | None = None
+
+    def shedding() -> bool:
+        # Under overload a Show's reasons are shed before its colour (services/_common/shedding.py).
+        shedder = None if server is None else SHEDDERS.get(id(server))
+        return shedder is not None and shedder.busy()
+
     desk: DisplayDesk | None = None
 
     def installed(_version: int) -> None:
@@ -102,7 +108,7 @@ def serve(config: DisplayConfig, worker: WorkerRole | None) -> None:
             on_installed=installed,
             on_changes=registrations_changed,
         )
-        live_colour = ReplicaColour(replica.engine).live_colour
+        live_colour = ReplicaColour(replica.engine, busy=shedding).live_colour
     else:
         colour_channel = instrumented_channel(config.colour_addr)
         live_colour = ColourPeer(colour_channel, config.peer_timeout_s).live_colour

@@ -9,6 +9,8 @@ service, cached by the desk. Each call to a peer has a deadline: the display pat
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import grpc
 from healthcode.v1 import (
     colour_pb2,
@@ -58,12 +60,15 @@ class ReplicaColour:
     """Live colours from the replica of the verdicts held in this process (one hop per
     display): the colour service's engine and answer, without the call."""
 
-    def __init__(self, engine: ColourEngine) -> None:
+    def __init__(self, engine: ColourEngine, busy: Callable[[], bool] = lambda: False) -> None:
+        """`busy()`: the server is shedding secondary content; the reasons are left out (the
+        verdict says so) and the colour is answered whole."""
         self._engine = engine
+        self._busy = busy
 
     def live_colour(self, person_key: bytes, min_version: int = 0) -> LiveColour:
         self._engine.wait_for_version(min_version, VERSION_WAIT_S)
-        assessment = self._engine.evaluate(person_key)
+        assessment = self._engine.evaluate(person_key, reasons=not self._busy())
         colour = None if assessment.colour is None else int(assessment.colour)
         return LiveColour(
             colour,

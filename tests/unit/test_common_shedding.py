@@ -87,6 +87,7 @@ def test_past_the_limit_calls_are_shed_with_a_retry_delay_and_secondary_ones_fir
     for _ in more:
         assert slow.entered.acquire(timeout=10)
     assert shedder.in_flight == 4
+    assert shedder.busy()  # secondary content is shed now: a Show leaves out its reasons
     with pytest.raises(grpc.RpcError) as refused:
         _call(channel, "Work").result()
     assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
@@ -101,4 +102,4 @@ def test_past_the_limit_calls_are_shed_with_a_retry_delay_and_secondary_ones_fir
     assert [f.result() for f in [first, *more]] == [b"x"] * 4
     assert _call(channel, "Work").result() == b"x"
     assert _call(channel, "GetStatus").result() == b"x"
-    assert shedder.in_flight == 0
+    assert shedder.in_flight == 0 and not shedder.busy()
