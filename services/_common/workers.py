@@ -40,9 +40,13 @@ import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from types import FrameType
+from typing import Protocol, Self, TypeVar
+
+from services._common.config import PlatformConfig
+from services._common.logs import setup_logging
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +72,47 @@ def parse_worker_args(argv: Sequence[str] | None, description: str) -> WorkerArg
     if args.worker is not None and not 0 <= args.worker < MAX_PROCESSES:
         parser.error(f"--worker: 0-{MAX_PROCESSES - 1}")
     return WorkerArgs(args.worker, args.port)
+
+
+class ServiceConfig(Protocol):
+    """What `run_service` reads of a service's configuration."""
+
+    @property
+    def platform(self) -> PlatformConfig: ...
+    @property
+    def port(self) -> int: ...
+    @property
+    def processes(self) -> int: ...
+    def for_worker(self, index: int, port: int | None) -> Self: ...
+
+
+C = TypeVar("C", bound=ServiceConfig)
+
+
+def run_service(
+    name: str,
+    config: C,
+    serve: Callable[[C, WorkerRole | None], None],
+    argv: Sequence[str] | None = None,
+    before_workers: Callable[[C], None] = lambda _config: None,
+) -> None:
+    """`python -m services.<name>`: serve as the only process, as worker `--worker i`, or, with
+    N > 1 processes configured, supervise N workers (`before_workers` first makes what they
+    share, so that two starting together do not both create it)."""
+    args = parse_worker_args(argv, f"the {name} service")
+    if args.index is None and config.processes > 1:
+        setup_logging(name, config.platform.log_level)
+        before_workers(config)
+        port = config.port if args.port is None else args.port
+        sys.exit(supervise(name, f"services.{name}", config.processes, config.platform.host, port))
+    worker: WorkerRole | None = None
+    if args.index is not None:
+        worker = WorkerRole(args.index)
+        config = config.for_worker(args.index, args.port)
+        setup_logging(f"{name}.{args.index}", config.platform.log_level)
+    else:
+        setup_logging(name, config.platform.log_level)
+    serve(config, worker)
 
 
 class WorkerRole:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import logging
 import os
 import signal
-import sys
 from collections.abc import Sequence
 
 import grpc
@@ -18,10 +17,9 @@ from healthcode.v1 import colour_pb2_grpc
 
 from services._common.config import load_secret
 from services._common.identifiers import Identifiers
-from services._common.logs import setup_logging
 from services._common.server import create_server, serve_forever, set_serving
 from services._common.telemetry import instrumented_channel, setup_tracing
-from services._common.workers import WorkerRole, parse_worker_args, supervise
+from services._common.workers import WorkerRole, run_service
 from services.colour.config import ColourConfig
 from services.colour.logic import ColourDesk
 from services.colour.peers import RiskIndexPeer
@@ -32,23 +30,12 @@ log = logging.getLogger("services.colour")
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    args = parse_worker_args(argv, "the colour service")
-    config = ColourConfig.from_env()
-    if args.index is None and config.processes > 1:
-        setup_logging("colour", config.platform.log_level)
-        load_secret(config.platform.data_dir)  # made once, before the workers read it
-        port = config.port if args.port is None else args.port
-        sys.exit(
-            supervise("colour", "services.colour", config.processes, config.platform.host, port)
-        )
-    worker: WorkerRole | None = None
-    if args.index is not None:
-        worker = WorkerRole(args.index)
-        config = config.for_worker(args.index, args.port)
-        setup_logging(f"colour.{args.index}", config.platform.log_level)
-    else:
-        setup_logging("colour", config.platform.log_level)
-    serve(config, worker)
+    run_service("colour", ColourConfig.from_env(), serve, argv, before_workers=_shared_files)
+
+
+def _shared_files(config: ColourConfig) -> None:
+    """The deployment secret, made once, before the workers read it."""
+    load_secret(config.platform.data_dir)
 
 
 def serve(config: ColourConfig, worker: WorkerRole | None) -> None:

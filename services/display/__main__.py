@@ -10,7 +10,6 @@ from __future__ import annotations
 import logging
 import os
 import signal
-import sys
 from collections.abc import Callable, Sequence
 
 import grpc
@@ -19,10 +18,9 @@ from healthcode.v1 import display_pb2_grpc
 from services._common import changes
 from services._common.config import load_secret
 from services._common.identifiers import Identifiers
-from services._common.logs import setup_logging
 from services._common.server import SHEDDERS, create_server, serve_forever, set_serving
 from services._common.telemetry import instrumented_channel, setup_tracing
-from services._common.workers import WorkerRole, parse_worker_args, supervise
+from services._common.workers import WorkerRole, run_service
 from services.colour.replica import Replica
 from services.display.config import DisplayConfig
 from services.display.counters import CounterSource, SummedCounters
@@ -37,32 +35,15 @@ log = logging.getLogger("services.display")
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    args = parse_worker_args(argv, "the display service")
-    config = DisplayConfig.from_env()
-    if args.index is None and config.processes > 1:
-        setup_logging("display", config.platform.log_level)
-        # Made once here, before any worker starts: two workers starting together must not
-        # each create a signing key (or race to create the shared file's tables).
-        load_or_create_signing_key(config.signing_key_path)
-        load_secret(config.platform.data_dir)
-        create_ledger(config.shared_file())
-        sys.exit(
-            supervise(
-                "display",
-                "services.display",
-                config.processes,
-                config.platform.host,
-                config.port if args.port is None else args.port,
-            )
-        )
-    worker: WorkerRole | None = None
-    if args.index is not None:
-        worker = WorkerRole(args.index)
-        config = config.for_worker(args.index, args.port)
-        setup_logging(f"display.{args.index}", config.platform.log_level)
-    else:
-        setup_logging("display", config.platform.log_level)
-    serve(config, worker)
+    run_service("display", DisplayConfig.from_env(), serve, argv, before_workers=_shared_files)
+
+
+def _shared_files(config: DisplayConfig) -> None:
+    """Made once, before any worker starts: two workers starting together must not each create
+    a signing key (or race to create the shared file's tables)."""
+    load_or_create_signing_key(config.signing_key_path)
+    load_secret(config.platform.data_dir)
+    create_ledger(config.shared_file())
 
 
 def serve(config: DisplayConfig, worker: WorkerRole | None) -> None:

@@ -233,3 +233,26 @@ def colour_name(colour: int) -> str:
         common_pb2.COLOUR_YELLOW: "yellow",
         common_pb2.COLOUR_RED: "red",
     }.get(colour, "unknown")  # type: ignore[call-overload]
+
+
+_CLOSE_CONTACT_UNTIL_NEGATIVE = """
+version = "%s"
+[[rules]]
+id = "close-contact"
+colour = "red"
+scope = "shared"
+window_days = 14
+checks = [{ source = "close_contact" }]
+clears = [{ source = "nat_negative", window_hours = 48 }]
+text_zh = "近14天内被判定为密切接触者。"
+text_en = "Identified as a close contact within the last 14 days."
+what_clears_zh = "48小时内核酸检测阴性(经核验)后自动转绿。"
+what_clears_en = "Turns green on a verified negative test from the last 48 hours."
+"""
+
+
+def close_contact_until_negative(version: str) -> str:
+    """A policy for the journey tests: a close contact is red until a verified negative test
+    from the last 48 hours (the default rule set clears close contacts only on release from
+    quarantine)."""
+    return _CLOSE_CONTACT_UNTIL_NEGATIVE % version

@@ -21,6 +21,7 @@ from healthcode.v1 import (
 from clients import feedgen
 from clients.channel import open_channel
 from clients.stack import Stack
+from tests.e2e.rules_support import close_contact_until_negative
 from tests.e2e.waits import eventually, today
 
 PEOPLE = feedgen.synthetic_id_numbers(24, 9090)
@@ -30,22 +31,8 @@ ADMIN = common_pb2.Actor(role=common_pb2.ACTOR_ROLE_ADMIN, principal="policy-des
 SERVICE = common_pb2.Actor(role=common_pb2.ACTOR_ROLE_SERVICE, principal="e2e")
 DEVICE = display_pb2.Device(device_id="phone-e2e", place="Tianjin railway station")
 
-# Stricter than the default: a close contact is red until a verified negative test, and a
-# phone that was in a high-risk area makes its holder yellow.
-POLICY = """
-version = "e2e-display-replica"
-[[rules]]
-id = "close-contact"
-colour = "red"
-scope = "shared"
-window_days = 14
-checks = [{ source = "close_contact" }]
-clears = [{ source = "nat_negative", window_hours = 48 }]
-text_zh = "近14天内被判定为密切接触者。"
-text_en = "Identified as a close contact within the last 14 days."
-what_clears_zh = "48小时内核酸检测阴性(经核验)后自动转绿。"
-what_clears_en = "Turns green on a verified negative test from the last 48 hours."
-"""
+# Unlike the default: a close contact is red until a verified negative test.
+POLICY = close_contact_until_negative("e2e-display-replica")
 
 
 def _citizen(id_number: str) -> common_pb2.Actor:

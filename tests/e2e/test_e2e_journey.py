@@ -23,6 +23,7 @@ from healthcode.v1 import (
 from clients import feedgen
 from clients.channel import open_channel
 from clients.stack import Stack
+from tests.e2e.rules_support import close_contact_until_negative
 from tests.e2e.waits import eventually, today
 
 T = TypeVar("T")
@@ -37,20 +38,7 @@ DEVICE = display_pb2.Device(device_id="phone-e2e", place="Tianjin railway statio
 
 # The policy for this journey: a close contact is red until a verified negative test (the
 # default rule set clears close contacts only on release from quarantine).
-POLICY = """
-version = "e2e-close-contact-nat"
-[[rules]]
-id = "close-contact"
-colour = "red"
-scope = "shared"
-window_days = 14
-checks = [{ source = "close_contact" }]
-clears = [{ source = "nat_negative", window_hours = 48 }]
-text_zh = "近14天内被判定为密切接触者。"
-text_en = "Identified as a close contact within the last 14 days."
-what_clears_zh = "48小时内核酸检测阴性(经核验)后自动转绿。"
-what_clears_en = "Turns green on a verified negative test from the last 48 hours."
-"""
+POLICY = close_contact_until_negative("e2e-close-contact-nat")
 
 
 def test_close_contact_turns_red_and_a_negative_test_clears_it(stack: Stack) -> None:
