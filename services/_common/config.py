@@ -13,20 +13,27 @@ the variable) on a value it cannot use; nothing re-reads the environment later.
 | HEALTHCODE_DISPLAY_PORT         | 50054                 |
 | HEALTHCODE_<SERVICE>_ADDR       | 127.0.0.1:<its port>  |
 | HEALTHCODE_LOG_LEVEL            | INFO                  |
-| HEALTHCODE_SECRET               | (hex, 32 bytes) else <data_dir>/secret.key |
+| HEALTHCODE_SECRET               | (hex, 32 bytes) else HEALTHCODE_SECRET_FILE |
+| HEALTHCODE_SECRET_FILE          | (a path) else <data_dir>/secret.key   |
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import secrets
+import stat
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 SECRET_BYTES = 32
 SECRET_FILE = "secret.key"
+SECRET_ENV = "HEALTHCODE_SECRET"
+SECRET_FILE_ENV = "HEALTHCODE_SECRET_FILE"
+
+log = logging.getLogger(__name__)
 
 
 class ConfigError(ValueError):
@@ -169,23 +176,30 @@ def _addr(env: Mapping[str, str], name: str, port: int) -> str:
 def load_secret(data_dir: Path | str, env: Mapping[str, str] | None = None) -> bytes:
     """The 32-byte deployment secret that keys every identifier hash.
 
-    `HEALTHCODE_SECRET` (64 hex characters) wins; otherwise `<data_dir>/secret.key`, created once
-    with mode 0600. Every service of one deployment must use the same secret, or their keys for
-    the same person differ; creating it atomically lets services that start together agree.
+    In order, the first that is set:
+
+    - `HEALTHCODE_SECRET`: 64 hexadecimal characters in the environment (a Kubernetes
+      `secretKeyRef`, compose's `environment:`).
+    - `HEALTHCODE_SECRET_FILE`: the path of a file holding 64 hexadecimal characters (surrounding
+      whitespace and a final newline allowed: what `openssl rand -hex 32` prints), or exactly 32
+      raw bytes (the form of `secret.key`): a Secret mounted as a volume. A file that other
+      users may read is used, with one warning naming the path (a Kubernetes Secret volume is
+      0644 unless `defaultMode: 0400` is set).
+    - `<data_dir>/secret.key`: 32 raw bytes, created once with mode 0600.
+
+    Setting both variables is refused. Every service of one deployment must use the same
+    secret, or their keys for the same person differ; creating the file atomically lets services
+    that start together agree. The value is never logged nor put in an error message.
     """
     env = os.environ if env is None else env
-    raw = env.get("HEALTHCODE_SECRET", "").strip()
+    raw = env.get(SECRET_ENV, "").strip()
+    file_name = env.get(SECRET_FILE_ENV, "").strip()
+    if raw and file_name:
+        raise ConfigError(f"{SECRET_ENV} and {SECRET_FILE_ENV} are both set: set one")
     if raw:
-        try:
-            secret = bytes.fromhex(raw)
-        except ValueError:
-            raise ConfigError("HEALTHCODE_SECRET: not hexadecimal") from None
-        if len(secret) != SECRET_BYTES:
-            raise ConfigError(
-                f"HEALTHCODE_SECRET: {len(secret)} bytes, should be {SECRET_BYTES} "
-                f"({2 * SECRET_BYTES} hex characters)"
-            )
-        return secret
+        return _secret_from_hex(raw, SECRET_ENV)
+    if file_name:
+        return _secret_from_file(Path(file_name), SECRET_FILE_ENV)
     directory = Path(data_dir)
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / SECRET_FILE
@@ -194,7 +208,65 @@ def load_secret(data_dir: Path | str, env: Mapping[str, str] | None = None) -> b
     secret = path.read_bytes()
     if len(secret) != SECRET_BYTES:
         raise ConfigError(f"{path}: {len(secret)} bytes, should be {SECRET_BYTES}")
+    warn_if_readable_by_others(path, "the identifier secret")
     return secret
+
+
+def _secret_from_hex(text: str, source: str) -> bytes:
+    # The messages say what is wrong with the value, never any part of it.
+    try:
+        secret = bytes.fromhex(text)
+    except ValueError:
+        raise ConfigError(f"{source}: not hexadecimal") from None
+    if len(secret) != SECRET_BYTES:
+        raise ConfigError(
+            f"{source}: {len(secret)} bytes, should be {SECRET_BYTES} "
+            f"({2 * SECRET_BYTES} hex characters)"
+        )
+    return secret
+
+
+def _secret_from_file(path: Path, variable: str) -> bytes:
+    try:
+        content = path.read_bytes()
+    except FileNotFoundError:
+        raise ConfigError(f"{variable}: {path}: no such file") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{variable}: {path} is a directory, not a file") from None
+    except OSError as error:
+        raise ConfigError(f"{variable}: {path}: cannot read ({error.strerror})") from None
+    warn_if_readable_by_others(path, variable)
+    if len(content) == SECRET_BYTES:
+        return content
+    try:
+        text = content.decode("ascii").strip()
+    except UnicodeDecodeError:
+        raise ConfigError(
+            f"{variable}: {path} holds {len(content)} bytes: should be {2 * SECRET_BYTES} "
+            f"hex characters or {SECRET_BYTES} raw bytes"
+        ) from None
+    return _secret_from_hex(text, f"{variable}: {path}")
+
+
+_warned_readable: set[str] = set()
+
+
+def warn_if_readable_by_others(path: Path, what: str) -> None:
+    """Log once per file (its path and mode, nothing of its content) that users other than the
+    owner and group may read it."""
+    try:
+        mode = stat.S_IMODE(path.stat().st_mode)
+    except OSError:
+        return
+    if mode & stat.S_IROTH and str(path) not in _warned_readable:
+        _warned_readable.add(str(path))
+        log.warning(
+            "%s: %s is readable by every user (mode %04o); make it 0400 or 0600 "
+            "(a Kubernetes Secret volume: defaultMode: 0400)",
+            what,
+            path,
+            mode,
+        )
 
 
 def _create_secret(path: Path) -> None:

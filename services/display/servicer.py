@@ -147,6 +147,18 @@ class DisplayServicer(display_pb2_grpc.DisplayServiceServicer):
     def GetVerificationKey(
         self, request: display_pb2.GetVerificationKeyRequest, context: grpc.ServicerContext
     ) -> display_pb2.GetVerificationKeyResponse:
-        return display_pb2.GetVerificationKeyResponse(
-            ed25519_public_key=self._tokens.public_key, token_ttl_ms=self._tokens.ttl_ms
+        keys = self._tokens.verification_keys()
+        signer = keys[0]
+        response = display_pb2.GetVerificationKeyResponse(
+            ed25519_public_key=signer.public_key,
+            token_ttl_ms=self._tokens.ttl_ms,
+            key_id=signer.key_id,
         )
+        for key in keys:
+            published = response.keys.add(
+                key_id=key.key_id, ed25519_public_key=key.public_key, signing=key is signer
+            )
+            published.not_before.FromMilliseconds(key.created_at_ms)
+            if key.not_after_ms is not None:
+                published.not_after.FromMilliseconds(key.not_after_ms)
+        return response
