@@ -9,22 +9,46 @@ Counters are kept per (day, kind, colour) in a small table updated in the same t
 restart reads totals from a few hundred rows instead of scanning a billion events.
 
 No raw identifier is stored: a person appears as the 16-byte keyed hash plus masked text.
+
+Retention (R15): with `retention_ms` (HEALTHCODE_DISPLAY_RETENTION_DAYS, services/display/
+config.py) the writer thread purges, at start and then every `purge_interval_s`, the events
+older than the window and the per-person rows kept only for them: claims of expired tokens, and
+holders with no event inside the window (those with one keep their row, its day moved into the
+window: services/display/ledger.py `purge_holders`). The per-day counters (`daily_counters`,
+`first_displays`) are aggregates and stay, so the figures of every day, kept or not, and the
+totals are unchanged. A pass is a series of small transactions (`purge_chunk` rows each) taken
+between two group commits, so a display never waits for more than one chunk; one log line per
+pass gives the counts. Deleted rows are overwritten (`secure_delete`) and the WAL is truncated
+after a pass when no reader holds it. With several workers, worker 0 also purges the shared
+file. The log is in time order (ids grow with time): a row logged out of order, after a step
+back of the clock, goes once the rows before it have.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
+import math
 import queue
 import sqlite3
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Generator
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeAlias
 
+from services._common.days import SHANGHAI, day_number
 from services._common.storage import open_sqlite
-from services.display.ledger import SharedLedger
+from services.display.ledger import (
+    KEEP_EXPIRED_MS,
+    SharedLedger,
+    purge_claims,
+    purge_holders,
+    truncate_wal,
+    write_transaction,
+)
 from services.display.tokens import TokenReplayed
 
 log = logging.getLogger(__name__)
@@ -60,11 +84,18 @@ CREATE TABLE IF NOT EXISTS scanned_tokens (
     token_id BLOB PRIMARY KEY,
     expires_at_ms INTEGER NOT NULL
 ) WITHOUT ROWID;
--- Everyone who ever displayed a code, with the day of their first display (applicants).
+-- Everyone who displayed a code, with the day of their first display (applicants); past the
+-- retention window, only people with an event inside it, with the day of their last one.
 CREATE TABLE IF NOT EXISTS holders (
     person_key BLOB PRIMARY KEY,
     first_day INTEGER NOT NULL
 ) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS holders_first_day ON holders (first_day);
+-- New holders per day (this log's applicants): an aggregate, kept past the retention window.
+CREATE TABLE IF NOT EXISTS first_displays (
+    day INTEGER PRIMARY KEY,
+    n INTEGER NOT NULL
+);
 CREATE TABLE IF NOT EXISTS daily_counters (
     day INTEGER NOT NULL,
     kind TEXT NOT NULL,
@@ -165,7 +196,24 @@ class Recorded:
     accepted: bool
 
 
+@dataclass(slots=True)
+class Purged:
+    """What one retention pass deleted."""
+
+    events: int = 0
+    token_claims: int = 0
+    holders: int = 0  # dropped: no event inside the window
+    holders_kept: int = 0  # an event inside the window: kept, their day moved into it
+    # The shared file (worker 0 of several): claims and holders of the service.
+    shared_token_claims: int = 0
+    shared_holders: int = 0
+    shared_holders_kept: int = 0
+
+
 _Job = tuple[DisplayEvent, "Future[Recorded]"]
+# A display to log, a purge asked for (answered when a pass that started after it ends), or
+# None: stop.
+_Item: TypeAlias = "_Job | Future[Purged] | None"
 
 
 class DisplayLog:
@@ -184,15 +232,28 @@ class DisplayLog:
         max_batch: int = 512,
         clock_ms: Callable[[], int] = lambda: int(time.time() * 1000),
         shared: Path | None = None,
+        retention_ms: int | None = None,
+        purge_interval_s: float = 3600.0,
+        purge_chunk: int = 1000,
+        purges_shared: bool = False,
     ) -> None:
         """`shared`: the file the workers of one service share (services/display/ledger.py);
-        token claims and first displays go there instead of into this log."""
+        token claims and first displays go there instead of into this log. `retention_ms`:
+        purge what is older (None: keep everything), at start and every `purge_interval_s`,
+        `purge_chunk` rows per transaction; `purges_shared`: this worker also purges the
+        shared file (one worker does)."""
         self._path = path
         self._shared_path = shared
         self._shared: SharedLedger | None = None
         self._max_batch = max_batch
         self._clock_ms = clock_ms
-        self._queue: queue.Queue[_Job | None] = queue.Queue()
+        self._retention_ms = retention_ms
+        self._purge_interval_s = purge_interval_s
+        self._purge_chunk = max(1, purge_chunk)
+        self._purges_shared = purges_shared
+        self._purges = 0
+        self._last_purged: Purged | None = None
+        self._queue: queue.Queue[_Item] = queue.Queue()
         self._counters = Counters()
         self._changed = threading.Condition()
         self._ready = threading.Event()
@@ -222,6 +283,23 @@ class DisplayLog:
             self._changed.wait_for(lambda: self._counters.sequence > after_sequence, timeout)
             return self._counters.day_view(day)
 
+    def purge(self, timeout: float = 60.0) -> Purged:
+        """Run a retention pass now (after the one under way, if any); what it deleted."""
+        if self._retention_ms is None:
+            raise RuntimeError("this display log has no retention period")
+        if not self._thread.is_alive():
+            raise RuntimeError("the display log is closed")
+        done: Future[Purged] = Future()
+        self._queue.put(done)
+        return done.result(timeout=timeout)
+
+    def wait_purged(self, passes: int = 1, timeout: float = 60.0) -> Purged | None:
+        """What the last retention pass deleted, once `passes` have ended since the start
+        (the first one runs at start); None if they have not within `timeout`."""
+        with self._changed:
+            self._changed.wait_for(lambda: self._purges >= passes, timeout)
+            return self._last_purged if self._purges >= passes else None
+
     def close(self) -> None:
         if self._thread.is_alive():
             self._queue.put(None)
@@ -236,7 +314,16 @@ class DisplayLog:
             # WAL with synchronous=FULL: a committed display survives power loss, not only a
             # process crash; group commit keeps the fsync count down.
             conn.execute("PRAGMA synchronous=FULL")
+            # Purged rows are overwritten on disk, not left in free pages.
+            conn.execute("PRAGMA secure_delete=ON")
+            had_first_displays = _has_table(conn, "first_displays")
             conn.executescript(_SCHEMA)
+            if not had_first_displays:
+                # A log from before first_displays: applicants were counted from holders.
+                conn.execute(
+                    "INSERT OR IGNORE INTO first_displays (day, n) "
+                    "SELECT first_day, COUNT(*) FROM holders GROUP BY first_day"
+                )
             self._load_counters(conn)
             if self._shared_path is not None:
                 self._shared = SharedLedger(self._shared_path)
@@ -246,28 +333,73 @@ class DisplayLog:
             return
         self._ready.set()
         try:
-            while True:
-                first = self._queue.get()
-                if first is None:
-                    return
-                batch = [first]
-                stop = False
-                while len(batch) < self._max_batch:
-                    try:
-                        job = self._queue.get_nowait()
-                    except queue.Empty:
-                        break
-                    if job is None:
-                        stop = True
-                        break
-                    batch.append(job)
-                self._commit(conn, batch)
-                if stop:
-                    return
+            self._serve(conn)
         finally:
             conn.close()
             if self._shared is not None:
                 self._shared.close()
+
+    def _serve(self, conn: sqlite3.Connection) -> None:
+        """Commit what queues up, batch by batch; between two batches, one step of a
+        retention pass when one is under way."""
+        purging: Generator[None, None, Purged] | None = None
+        answering: list[Future[Purged]] = []  # answered when the pass under way ends
+        asked: list[Future[Purged]] = []  # asked meanwhile: answered by the next pass
+        next_pass = time.monotonic() if self._retention_ms is not None else math.inf
+        try:
+            while True:
+                if purging is None and (asked or time.monotonic() >= next_pass):
+                    purging = self._purge_pass(conn)
+                    answering, asked = asked, []
+                if purging is not None:
+                    timeout: float | None = 0.0
+                elif math.isinf(next_pass):
+                    timeout = None
+                else:
+                    timeout = max(0.0, next_pass - time.monotonic())
+                batch: list[_Job] = []
+                stop = False
+                try:
+                    item = self._queue.get(timeout=timeout)
+                    while True:
+                        if item is None:
+                            stop = True
+                            break
+                        if isinstance(item, Future):
+                            asked.append(item)
+                        else:
+                            batch.append(item)
+                            if len(batch) >= self._max_batch:
+                                break
+                        item = self._queue.get_nowait()
+                except queue.Empty:
+                    pass
+                if batch:
+                    self._commit(conn, batch)
+                if stop:
+                    return
+                if purging is None:
+                    continue
+                try:
+                    next(purging)
+                    continue
+                except StopIteration as end:
+                    purged: Purged = end.value
+                    self._purged(purged)
+                    for waiter in answering:
+                        waiter.set_result(purged)
+                except Exception as exc:
+                    log.exception("purging the display log %s failed", self._path.name)
+                    for waiter in answering:
+                        waiter.set_exception(exc)
+                purging, answering = None, []
+                next_pass = time.monotonic() + self._purge_interval_s
+        finally:
+            if purging is not None:
+                purging.close()
+            for waiter in answering + asked:
+                if not waiter.done():
+                    waiter.set_exception(RuntimeError("the display log is closed"))
 
     def _commit(self, conn: sqlite3.Connection, batch: list[_Job]) -> None:
         results: list[Recorded] = []
@@ -325,6 +457,12 @@ class DisplayLog:
                         replayed.add(i)
                 first_days.extend(
                     batch[i][0].day for i, new in zip(new_here, first, strict=True) if new
+                )
+            for day in first_days:
+                conn.execute(
+                    "INSERT INTO first_displays (day, n) VALUES (?, 1) "
+                    "ON CONFLICT (day) DO UPDATE SET n = n + 1",
+                    (day,),
                 )
             for i, (event, _) in enumerate(batch):
                 accepted = i not in replayed
@@ -398,15 +536,121 @@ class DisplayLog:
         # Expired tokens can no longer be replayed (they fail the freshness check first), so
         # their ids need not be kept.
         now = self._clock_ms()
-        conn.execute("DELETE FROM scanned_tokens WHERE expires_at_ms < ?", (now - 120_000,))
+        conn.execute("DELETE FROM scanned_tokens WHERE expires_at_ms < ?", (now - KEEP_EXPIRED_MS,))
+
+    # -- retention ------------------------------------------------------------------------
+
+    def _purge_pass(self, conn: sqlite3.Connection) -> Generator[None, None, Purged]:
+        """One retention pass: each step (up to the next `yield`) is one short transaction."""
+        assert self._retention_ms is not None
+        now = self._clock_ms()
+        cutoff_ms = now - self._retention_ms
+        cutoff_day = day_number(dt.datetime.fromtimestamp(cutoff_ms / 1000, SHANGHAI))
+        chunk = self._purge_chunk
+        purged = Purged()
+        done = False
+        while not done:
+            n, done = _purge_events(conn, cutoff_ms, chunk)
+            purged.events += n
+            yield
+        done = False
+        while not done:
+            n, done = purge_claims(conn, now - KEEP_EXPIRED_MS, chunk)
+            purged.token_claims += n
+            yield
+        done = False
+        while not done:
+            dropped, kept, done = purge_holders(conn, cutoff_day, cutoff_ms, [conn], chunk)
+            purged.holders += dropped
+            purged.holders_kept += kept
+            yield
+        if self._shared is not None and self._purges_shared:
+            yield from self._purge_shared(self._shared, now, cutoff_ms, cutoff_day, purged)
+        truncate_wal(conn)
+        return purged
+
+    def _purge_shared(
+        self, shared: SharedLedger, now: int, cutoff_ms: int, cutoff_day: int, purged: Purged
+    ) -> Generator[None, None, None]:
+        # counters.py imports this module; its list of the directory's logs is wanted here.
+        from services.display.counters import log_files
+
+        chunk = self._purge_chunk
+        done = False
+        while not done:
+            n, done = shared.purge_claims(now - KEEP_EXPIRED_MS, chunk)
+            purged.shared_token_claims += n
+            yield
+        # A holder of the service is kept if any worker's log (display.<i>.db, or a
+        # display.db left by a single-process run) names them inside the window.
+        logs = [
+            sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=1.0)
+            for path in log_files(self._path.parent)
+        ]
+        try:
+            # Each person is looked up in every log: fewer people per step with more logs.
+            per_step = max(1, chunk // max(1, len(logs)))
+            done = False
+            while not done:
+                dropped, kept, done = shared.purge_holders(cutoff_day, cutoff_ms, logs, per_step)
+                purged.shared_holders += dropped
+                purged.shared_holders_kept += kept
+                yield
+        finally:
+            for events in logs:
+                events.close()
+        shared.truncate_wal()
+
+    def _purged(self, purged: Purged) -> None:
+        days = (self._retention_ms or 0) / 86_400_000
+        shared = (
+            f"; shared file: {purged.shared_token_claims} token claims, "
+            f"{purged.shared_holders} holders ({purged.shared_holders_kept} kept)"
+            if self._shared is not None and self._purges_shared
+            else ""
+        )
+        log.info(
+            "display log %s, retention %g days: purged %d events, %d token claims, %d holders; "
+            "%d holders kept (an event inside the window)%s",
+            self._path.name,
+            days,
+            purged.events,
+            purged.token_claims,
+            purged.holders,
+            purged.holders_kept,
+            shared,
+        )
+        with self._changed:
+            self._purges += 1
+            self._last_purged = purged
+            self._changed.notify_all()
 
     def _load_counters(self, conn: sqlite3.Connection) -> None:
         rows = conn.execute("SELECT day, kind, outcome, colour, n FROM daily_counters").fetchall()
-        firsts = conn.execute(
-            "SELECT first_day, COUNT(*) FROM holders GROUP BY first_day"
-        ).fetchall()
+        firsts = conn.execute("SELECT day, n FROM first_displays").fetchall()
         with self._changed:
             for day, kind, outcome, colour, n in rows:
                 self._counters.add((day, kind, outcome, colour), n)
             for day, n in firsts:
                 self._counters.first_displays[day] = n
+
+
+def _has_table(conn: sqlite3.Connection, name: str) -> bool:
+    row = conn.execute(
+        "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (name,)
+    ).fetchone()
+    return row is not None
+
+
+def _purge_events(conn: sqlite3.Connection, cutoff_ms: int, chunk: int) -> tuple[int, bool]:
+    """Delete, in one transaction, the events logged before `cutoff_ms` among the `chunk`
+    oldest: (how many, whether the window's start was reached). Ids grow with time, so the
+    oldest rows come first and no index on the time is needed on the hot path."""
+    rows = conn.execute(
+        "SELECT id, at_ms FROM display_events ORDER BY id LIMIT ?", (chunk,)
+    ).fetchall()
+    old = [(int(row[0]),) for row in rows if int(row[1]) < cutoff_ms]
+    if old:
+        with write_transaction(conn):
+            conn.executemany("DELETE FROM display_events WHERE id = ?", old)
+    return len(old), len(old) < len(rows) or len(rows) < chunk
