@@ -103,6 +103,10 @@ def parse_rule_set(text: str, filename: str = "<text>") -> RuleSet:
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         raise RuleSetError(filename, [("", f"not valid TOML: {e}")]) from e
+    except RecursionError:
+        # tomllib recurses once per level of nested arrays and inline tables: a few hundred
+        # levels (no rule set has more than four) would otherwise fail the call unexplained.
+        raise RuleSetError(filename, [("", "arrays or tables nested too deeply")]) from None
     try:
         parsed = _RuleSetFile.model_validate(raw)
     except ValidationError as e:
