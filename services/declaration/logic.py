@@ -11,23 +11,27 @@ import datetime as dt
 import hashlib
 import logging
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from functools import partial
 from typing import TypeVar
 
 from services._common import days
-from services._common.actors import Actor, Role
+from services._common.actors import PROXY_ROLES, Actor, Role, check_not_self, no_mandate
 from services._common.days import check_county, format_day, next_midnight, parse_day
 from services._common.errors import (
     AlreadyExists,
     FailedPrecondition,
     InvalidArgument,
     NotFound,
+    PermissionDenied,
     ResourceExhausted,
 )
 from services._common.identifiers import Identified, Identifiers, check_name
 from services._common.logs import redact
 from services._common.temperature import body_temperature, is_fever
 from services.declaration.model import (
+    GRANT,
+    REGISTRATION,
     SYMPTOMS,
     CheckedChunk,
     Declaration,
@@ -38,8 +42,11 @@ from services.declaration.model import (
     ImportPlan,
     ImportState,
     KnownPerson,
+    Mandate,
+    NewMandate,
     OutboxMessage,
     Person,
+    Proxy,
     RecordedActor,
     Visit,
 )
@@ -53,8 +60,8 @@ V = TypeVar("V")
 # Who may act for a person: themself, a family proxy, a grid worker (R3).
 ACTING_ROLES = (Role.CITIZEN, Role.FAMILY_PROXY, Role.GRID_WORKER)
 # Reading a person's masked record: also operators and platform services.
-READING_ROLES = (*ACTING_ROLES, Role.ADMIN, Role.SERVICE)
-PHONE_ROLES = (*ACTING_ROLES, Role.ADMIN)
+READING_ROLES = (*ACTING_ROLES, Role.ADMIN, Role.SERVICE, Role.SUPPORT)
+PHONE_ROLES = (*ACTING_ROLES, Role.ADMIN, Role.SUPPORT)
 
 MAX_PHONES = 10
 MAX_VISITS = 100
@@ -74,6 +81,20 @@ REGISTRAR_ROLES = (Role.CITIZEN, Role.FAMILY_PROXY, Role.GRID_WORKER)
 MAX_IMPORT_ROWS = 50_000
 MAX_PRINCIPAL_CHARS = 128
 
+# Mandates (R3, issue 10): a family proxy or grid worker acts for a person only under one.
+# Granted by the person themself or an operator; revoked by the person, the proxy or an
+# operator; listed by each of them for what concerns them; checked by the platform's services
+# (the display service, before a proxy's Show).
+GRANT_ROLES = (Role.CITIZEN, Role.ADMIN)
+REVOKE_ROLES = (Role.CITIZEN, Role.FAMILY_PROXY, Role.GRID_WORKER, Role.ADMIN)
+LIST_ROLES = (*REVOKE_ROLES, Role.SERVICE, Role.SUPPORT)
+CHECK_ROLES = (Role.SERVICE, Role.ADMIN)
+MAX_REASON_CHARS = 200
+DEFAULT_PAGE = 100
+MAX_PAGE = 1000
+# Mandate ids are SQLite rowids: a larger uint64 names no mandate.
+MAX_MANDATE_ID = 2**63 - 1
+
 
 def utc_now() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
@@ -81,6 +102,27 @@ def utc_now() -> dt.datetime:
 
 def recorded(actor: Actor) -> RecordedActor:
     return RecordedActor(actor.role, actor.principal, actor.masked_id_number)
+
+
+def proxy_of(actor: Actor) -> Proxy:
+    """The proxy a family proxy or grid worker acts as: a person by key, an account by id."""
+    if actor.role is Role.FAMILY_PROXY:
+        return Proxy(Role.FAMILY_PROXY, actor.person_key, actor.masked_id_number)
+    return Proxy(Role.GRID_WORKER, principal=actor.principal)
+
+
+def _ms(value: dt.datetime) -> int:
+    return int(value.timestamp() * 1000)
+
+
+@dataclass(frozen=True, slots=True)
+class ProxyInput:
+    """A proxy as a request names it, not validated yet: a role, and a family member (person
+    reference, already hashed) or a grid worker's account id."""
+
+    role: Role | None
+    person: Identified | None = None
+    principal: str = ""
 
 
 class Declarations:
@@ -128,8 +170,15 @@ class Declarations:
             raise InvalidArgument(violations)
         assert person is not None and checked_name is not None
         actor.acts_for(person.key, ACTING_ROLES, "register")
+        check_not_self(actor, person.key, "register")
+        now = self._clock()
 
         existing = self._repo.get_person(person.key)
+        # A proxy registering someone new gets a mandate for them (recorded with the person);
+        # replaying it for someone already registered needs one, like any other act for them.
+        mandate = None
+        if existing is not None and actor.is_proxy:
+            mandate = self._mandate(actor, person.key, now, "register")
         if existing is not None and existing.name != checked_name:
             raise AlreadyExists(
                 f"{person.masked} is registered under another name; correct the name or ask "
@@ -163,6 +212,15 @@ class Declarations:
         outbox += [_link_phone_message(person.key, masked_id, k, m) for k, m in new_phones]
         if new_card is not None:
             outbox.append(_link_card_message(person.key, masked_id, *new_card))
+        new_mandate = None
+        if existing is None and actor.is_proxy:
+            new_mandate = NewMandate(
+                self._named(proxy_of(actor)),
+                person.key,
+                None,
+                REGISTRATION,
+                recorded(actor),
+            )
         stored = self._repo.save_registration(
             key=person.key,
             name=checked_name,
@@ -171,17 +229,27 @@ class Declarations:
             phones=new_phones,
             card=new_card,
             actor=recorded(actor),
-            now=self._clock(),
+            now=now,
             outbox=outbox,
+            new_mandate=new_mandate,
+            mandate=_held(mandate, now),
         )
         self._on_outbox()
         if existing is None:
-            logger.info("registered %s by %s", masked_id, actor.role)
+            if actor.is_proxy:
+                logger.info(
+                    "registered %s by %s, with a mandate for them", masked_id, actor.proxy_name()
+                )
+            else:
+                logger.info("registered %s by %s", masked_id, actor.role)
+        elif mandate is not None:
+            _log_act(actor, mandate, "replayed a registration", masked_id)
         return stored, existing is None
 
     def add_phone(self, actor: Actor, person: Identified, raw_phone: str) -> Person:
         phone = self._ids.phone(raw_phone, "phone")
-        actor.acts_for(person.key, PHONE_ROLES, "add a phone")
+        now = self._clock()
+        mandate = self._may_act(actor, person.key, PHONE_ROLES, "add a phone", now)
         current = self._registered(person)
         if any(p.key == phone.key for p in current.phones):
             return current  # already linked: adding again is a harmless replay
@@ -194,26 +262,35 @@ class Declarations:
             person.key,
             phone.key,
             phone.masked,
-            self._clock(),
+            now,
             [_link_phone_message(person.key, current.masked_id_number, phone.key, phone.masked)],
+            mandate=_held(mandate, now),
         )
         self._on_outbox()
+        _log_act(actor, mandate, f"linked phone {phone.masked}", current.masked_id_number)
         return stored
 
     def remove_phone(self, actor: Actor, person: Identified, phone: Identified) -> Person:
-        actor.acts_for(person.key, PHONE_ROLES, "remove a phone")
+        now = self._clock()
+        mandate = self._may_act(actor, person.key, PHONE_ROLES, "remove a phone", now)
         current = self._registered(person)
         stored = self._repo.remove_phone(
-            person.key, phone.key, self._clock(), [_unlink_phone_message(phone.key)]
+            person.key,
+            phone.key,
+            now,
+            [_unlink_phone_message(phone.key)],
+            mandate=_held(mandate, now),
         )
         if stored is None:
             raise NotFound(f"that phone is not linked to {current.masked_id_number}")
         self._on_outbox()
+        _log_act(actor, mandate, "unlinked a phone", current.masked_id_number)
         return stored
 
     def link_card(self, actor: Actor, person: Identified, raw_card: str) -> Person:
         card = self._ids.card(raw_card, "transit_card")
-        actor.acts_for(person.key, PHONE_ROLES, "link a transit card")
+        now = self._clock()
+        mandate = self._may_act(actor, person.key, PHONE_ROLES, "link a transit card", now)
         current = self._registered(person)
         if current.card_key == card.key:
             return current
@@ -223,18 +300,20 @@ class Declarations:
         stored = self._repo.set_card(
             person.key,
             (card.key, card.masked),
-            self._clock(),
+            now,
             [_link_card_message(person.key, current.masked_id_number, card.key, card.masked)],
+            mandate=_held(mandate, now),
         )
         self._on_outbox()
+        _log_act(actor, mandate, f"linked transit card {card.masked}", current.masked_id_number)
         return stored
 
     def get_person(
         self, actor: Actor, person: Identified, recent: int = 0
     ) -> tuple[Person, list[Declaration]]:
-        actor.acts_for(person.key, READING_ROLES, "read a person's record")
         if recent > MAX_RECENT:
             raise InvalidArgument([("recent_declarations", f"at most {MAX_RECENT}")])
+        self._may_act(actor, person.key, READING_ROLES, "read a person's record", self._clock())
         current = self._registered(person)
         declarations = self._repo.recent_declarations(person.key, recent) if recent else []
         return current, declarations
@@ -248,7 +327,7 @@ class Declarations:
         now = self._clock()
         today = days.today(now)
         symptoms, temperature, visits, contact_day = validate_declaration(data, today)
-        actor.acts_for(person.key, ACTING_ROLES, "declare")
+        mandate = self._may_act(actor, person.key, ACTING_ROLES, "declare", now)
         current = self._registered(person)
         opens = next_midnight(now)
         if self._repo.declared_on(person.key, today):
@@ -276,10 +355,12 @@ class Declarations:
             case_contact_day=contact_day,
             derived_sources=sources,
             outbox_for=outbox_for,
+            mandate=_held(mandate, now),
         )
         if stored is None:  # a concurrent declaration won the race
             raise _already_declared(masked, today, opens)
         self._on_outbox()
+        _log_act(actor, mandate, f"declared for {format_day(today)}", masked)
         return stored, opens
 
     # -- bulk import (R1) ---------------------------------------------------------------------
@@ -345,6 +426,279 @@ class Declarations:
         if found is None:
             raise NotFound("no person is registered with that ID number; Register first")
         return found
+
+    # -- mandates (R3): who may act for whom ---------------------------------------------------
+
+    def _may_act(
+        self,
+        actor: Actor,
+        person_key: bytes,
+        allowed: Sequence[Role],
+        action: str,
+        now: dt.datetime,
+    ) -> Mandate | None:
+        """PermissionDenied unless the actor may `action` for the person: a citizen only for
+        themself, a family proxy or grid worker only under an active mandate (returned, so
+        the write can check it again in its transaction and record it). Checked before
+        anything is read, so a refused proxy learns nothing about the person."""
+        actor.acts_for(person_key, allowed, action)
+        if not actor.is_proxy:
+            return None
+        check_not_self(actor, person_key, action)
+        return self._mandate(actor, person_key, now, action)
+
+    def _mandate(self, actor: Actor, person_key: bytes, now: dt.datetime, action: str) -> Mandate:
+        found = self._repo.active_mandate(proxy_of(actor), person_key, _ms(now))
+        if found is None:
+            logger.info("refused: %s may not %s without a mandate", actor.proxy_name(), action)
+            raise no_mandate(actor, action)
+        return found
+
+    def _named(self, proxy: Proxy) -> Proxy:
+        """A family proxy named by key only gets their masked ID number, if registered."""
+        if proxy.role is not Role.FAMILY_PROXY or proxy.masked_id_number:
+            return proxy
+        assert proxy.person_key is not None
+        known = self._repo.get_person(proxy.person_key)
+        masked = known.masked_id_number if known is not None else ""
+        return Proxy(Role.FAMILY_PROXY, proxy.person_key, masked)
+
+    def grant_mandate(
+        self,
+        actor: Actor,
+        person: Identified,
+        proxy: ProxyInput,
+        valid_until: dt.datetime | None = None,
+        reason: str = "",
+    ) -> tuple[Mandate, bool]:
+        """Let a family member or grid worker act for the person, from now until
+        `valid_until` (None: until revoked). By the person themself (CITIZEN) or an operator
+        (ADMIN). (mandate, created): the same grant again returns the active one unchanged;
+        one with another end replaces it (the old one is revoked, naming the new)."""
+        now = self._clock()
+        violations: list[tuple[str, str]] = []
+        checked = _collect(violations, lambda: check_proxy(proxy, "proxy"))
+        if checked is not None and checked.person_key == person.key:
+            violations.append(
+                ("proxy.person", "a mandate is for someone else: a person acts for themself")
+            )
+        if valid_until is not None and valid_until <= now:
+            violations.append(("valid_until", "must be in the future; leave it unset for no end"))
+        why = _collect(violations, lambda: check_reason(reason, "reason"))
+        if violations:
+            raise InvalidArgument(violations)
+        assert checked is not None and why is not None
+        actor.require(GRANT_ROLES, "grant a mandate")
+        if actor.role is Role.CITIZEN and actor.person_key != person.key:
+            raise PermissionDenied(
+                "a citizen grants mandates only for themself; an administrator grants others"
+            )
+        current = self._registered(person)
+        mandate, created = self._repo.grant_mandate(
+            NewMandate(
+                self._named(checked),
+                person.key,
+                _ms(valid_until) if valid_until is not None else None,
+                GRANT,
+                recorded(actor),
+                why,
+            ),
+            _ms(now),
+        )
+        if created:
+            until = valid_until.isoformat() if valid_until is not None else "revoked"
+            logger.info(
+                "mandate %d granted: %s for %s until %s, approved by %s",
+                mandate.mandate_id,
+                mandate.proxy.name,
+                current.masked_id_number,
+                until,
+                _who(actor),
+            )
+        return mandate, created
+
+    def revoke_mandate(
+        self, actor: Actor, mandate_id: int, reason: str = ""
+    ) -> tuple[Mandate, bool]:
+        """End a mandate now. By the person acted for (CITIZEN), the proxy themself or an
+        operator (ADMIN). (mandate, revoked): revoking one revoked before changes nothing."""
+        violations: list[tuple[str, str]] = []
+        if mandate_id <= 0:
+            violations.append(("mandate_id", "required: the id ListMandates shows"))
+        why = _collect(violations, lambda: check_reason(reason, "reason"))
+        if violations:
+            raise InvalidArgument(violations)
+        assert why is not None
+        actor.require(REVOKE_ROLES, "revoke a mandate")
+
+        def may(mandate: Mandate) -> None:
+            if actor.role is Role.ADMIN:
+                return
+            if actor.role is Role.CITIZEN and actor.person_key == mandate.person_key:
+                return
+            if actor.is_proxy and _same_proxy(proxy_of(actor), mandate.proxy):
+                return
+            raise PermissionDenied(
+                f"mandate {mandate_id} may be revoked by the person it is for, its proxy or an "
+                "administrator"
+            )
+
+        done = None
+        if mandate_id <= MAX_MANDATE_ID:
+            done = self._repo.revoke_mandate(
+                mandate_id, recorded(actor), why, _ms(self._clock()), may
+            )
+        if done is None:
+            raise NotFound(
+                f"there is no mandate {mandate_id}; `healthcode mandate list` shows them"
+            )
+        mandate, revoked = done
+        if revoked:
+            logger.info(
+                "mandate %d revoked: %s for %s, by %s",
+                mandate_id,
+                mandate.proxy.name,
+                mandate.masked_id_number,
+                _who(actor),
+            )
+        return mandate, revoked
+
+    def list_mandates(
+        self,
+        actor: Actor,
+        *,
+        person: Identified | None = None,
+        proxy: ProxyInput | None = None,
+        include_inactive: bool = False,
+        page_size: int = 0,
+        page_token: str = "",
+    ) -> tuple[list[Mandate], str]:
+        """Mandates in the order they were granted, a page at a time: (page, next page token,
+        "" after the last). A citizen sees the mandates for themself (who may act for them); a
+        family proxy or grid worker the ones they hold (whom they act for); an operator, the
+        support desk or a platform service any, by person, by proxy, or all. Active ones only,
+        unless `include_inactive` (revoked and expired ones too: the history)."""
+        violations: list[tuple[str, str]] = []
+        checked = None
+        if proxy is not None:
+            checked = _collect(violations, lambda: check_proxy(proxy, "proxy"))
+        if page_size > MAX_PAGE:
+            violations.append(("page_size", f"at most {MAX_PAGE}"))
+        after = 0
+        if page_token:
+            if not (page_token.isascii() and page_token.isdigit()) or len(page_token) > 18:
+                violations.append(("page_token", "pass next_page_token of the previous reply"))
+            else:
+                after = int(page_token)
+        if violations:
+            raise InvalidArgument(violations)
+        actor.require(LIST_ROLES, "list mandates")
+        person_key = person.key if person is not None else None
+        if actor.role is Role.CITIZEN:
+            if person_key is not None and person_key != actor.person_key:
+                raise PermissionDenied(
+                    "a citizen sees the mandates for themself only (who may act for them)"
+                )
+            person_key = actor.person_key
+        elif actor.is_proxy:
+            own = proxy_of(actor)
+            if checked is not None and not _same_proxy(checked, own):
+                raise PermissionDenied("a proxy sees the mandates they hold only")
+            checked = own
+        now = _ms(self._clock())
+        limit = page_size or DEFAULT_PAGE
+        found = self._repo.list_mandates(
+            person_key=person_key,
+            proxy=checked,
+            active_at_ms=None if include_inactive else now,
+            after_id=after,
+            limit=limit + 1,
+        )
+        more = len(found) > limit
+        page = found[:limit]
+        return page, str(page[-1].mandate_id) if more else ""
+
+    def check_mandate(self, actor: Actor, proxy: ProxyInput, person: Identified) -> Mandate | None:
+        """The proxy's mandate for the person active now, or None: what the display service
+        asks before a proxy's Show (a revocation counts at once: nothing is cached here)."""
+        checked = check_proxy(proxy, "proxy")
+        actor.require(CHECK_ROLES, "check mandates")
+        return self._repo.active_mandate(checked, person.key, _ms(self._clock()))
+
+    def now_ms(self) -> int:
+        """The service clock, Unix ms (a mandate's state is told as of it)."""
+        return _ms(self._clock())
+
+
+def check_proxy(proxy: ProxyInput, field: str) -> Proxy:
+    """A proxy as named in a request -> Proxy, or InvalidArgument naming every bad field."""
+    violations: list[tuple[str, str]] = []
+    principal = proxy.principal.strip()
+    if proxy.role not in PROXY_ROLES:
+        violations.append((f"{field}.role", "FAMILY_PROXY or GRID_WORKER"))
+    elif proxy.role is Role.FAMILY_PROXY:
+        if proxy.person is None:
+            violations.append((f"{field}.person", "a family proxy is named by their ID number"))
+        if principal:
+            violations.append((f"{field}.principal", "only with GRID_WORKER"))
+    else:
+        if proxy.person is not None:
+            violations.append((f"{field}.person", "only with FAMILY_PROXY"))
+        if not principal:
+            violations.append((f"{field}.principal", "a grid worker's account id is required"))
+        elif len(principal) > MAX_PRINCIPAL_CHARS or not principal.isprintable():
+            violations.append(
+                (f"{field}.principal", f"at most {MAX_PRINCIPAL_CHARS} printable characters")
+            )
+        elif redact(principal) != principal:
+            violations.append((f"{field}.principal", "an account id, not an ID or phone number"))
+    if violations:
+        raise InvalidArgument(violations)
+    if proxy.role is Role.FAMILY_PROXY:
+        assert proxy.person is not None
+        return Proxy(Role.FAMILY_PROXY, proxy.person.key, proxy.person.masked)
+    return Proxy(Role.GRID_WORKER, principal=principal)
+
+
+def check_reason(reason: str, field: str) -> str:
+    """A free-text reason, stripped: at most MAX_REASON_CHARS printable characters, no ID or
+    phone number (it is stored and shown)."""
+    text = reason.strip()
+    if len(text) > MAX_REASON_CHARS or not text.isprintable():
+        raise InvalidArgument([(field, f"at most {MAX_REASON_CHARS} printable characters")])
+    if redact(text) != text:
+        raise InvalidArgument([(field, "must not hold an ID or phone number")])
+    return text
+
+
+def _same_proxy(a: Proxy, b: Proxy) -> bool:
+    if a.role is not b.role:
+        return False
+    if a.role is Role.FAMILY_PROXY:
+        return a.person_key == b.person_key
+    return a.principal == b.principal
+
+
+def _held(mandate: Mandate | None, now: dt.datetime) -> tuple[int, int] | None:
+    """The mandate a proxy's write holds, as the repository checks it: (id, the act's ms)."""
+    return None if mandate is None else (mandate.mandate_id, _ms(now))
+
+
+def _who(actor: Actor) -> str:
+    """An actor as logged: role and account id or masked ID number."""
+    return f"{actor.role} {actor.principal or actor.masked_id_number}".strip()
+
+
+def _log_act(actor: Actor, mandate: Mandate | None, what: str, masked: str) -> None:
+    """Every act by a proxy names the proxy and the mandate in the service log."""
+    if mandate is not None:
+        logger.info(
+            "%s %s for %s under mandate %d",
+            actor.proxy_name(),
+            what,
+            masked,
+            mandate.mandate_id,
+        )
 
 
 def validate_declaration(
@@ -483,6 +837,7 @@ def validate_import_row(ids: Identifiers, row: ImportInput) -> ImportPerson:
         (card.key, card.masked) if card is not None else None,
         county,
         by,
+        proxy.key if proxy is not None else None,
     )
 
 

@@ -7,7 +7,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
-from services._common.actors import Role
+from services._common.actors import Role, proxy_person_label
 
 # Symptom names as stored; the proto's Symptom enum maps onto them one to one.
 SYMPTOMS = (
@@ -52,6 +52,84 @@ class Person:
     imported_by: str = ""  # the operator whose bulk import stored the person; "" if Register
 
 
+# -- mandates (R3: who may act for whom) -------------------------------------------------------
+
+# Why a mandate exists: the proxy registered the person (Register), a bulk import row named the
+# proxy as registrar, or it was granted (GrantMandate).
+REGISTRATION = "registration"
+IMPORT = "import"
+GRANT = "grant"
+BASES = (REGISTRATION, IMPORT, GRANT)
+
+# A mandate's state at a given time.
+ACTIVE = "active"
+EXPIRED = "expired"
+REVOKED = "revoked"
+
+
+@dataclass(frozen=True, slots=True)
+class Proxy:
+    """Who holds a mandate: a family member (a person: key and masked ID number) or a grid
+    worker (an account id). Never a raw number."""
+
+    role: Role  # FAMILY_PROXY or GRID_WORKER
+    person_key: bytes | None = None  # a family proxy
+    masked_id_number: str = ""  # a family proxy's, masked ("" when only the key is known)
+    principal: str = ""  # a grid worker
+
+    @property
+    def name(self) -> str:
+        """As told and logged: `family_proxy 11**************2X`, `grid_worker grid-0042`."""
+        if self.role is Role.FAMILY_PROXY:
+            return f"{self.role} {proxy_person_label(self.masked_id_number, self.person_key)}"
+        return f"{self.role} {self.principal}"
+
+
+@dataclass(frozen=True, slots=True)
+class Mandate:
+    """A proxy's mandate to act for one person, as recorded: granted (when, by whom, on what
+    basis), possibly time-boxed, possibly revoked (when, by whom, why)."""
+
+    mandate_id: int
+    proxy: Proxy
+    person_key: bytes
+    masked_id_number: str  # the person's
+    person_name: str  # the person's name (masked when shown)
+    granted_at_ms: int
+    valid_until_ms: int | None  # None: open-ended
+    basis: str  # REGISTRATION | IMPORT | GRANT
+    approved_by: RecordedActor
+    reason: str = ""
+    revoked_at_ms: int | None = None
+    revoked_by: RecordedActor | None = None
+    revoke_reason: str = ""
+
+    def state(self, at_ms: int) -> str:
+        """ACTIVE, EXPIRED or REVOKED at `at_ms` (Unix ms)."""
+        if self.revoked_at_ms is not None and self.revoked_at_ms <= at_ms:
+            return REVOKED
+        if self.granted_at_ms > at_ms:
+            return EXPIRED  # not yet in force (only a clock set back sees this)
+        if self.valid_until_ms is not None and self.valid_until_ms <= at_ms:
+            return EXPIRED
+        return ACTIVE
+
+    def active(self, at_ms: int) -> bool:
+        return self.state(at_ms) == ACTIVE
+
+
+@dataclass(frozen=True, slots=True)
+class NewMandate:
+    """A mandate about to be recorded (the repository assigns the id)."""
+
+    proxy: Proxy
+    person_key: bytes
+    valid_until_ms: int | None
+    basis: str
+    approved_by: RecordedActor
+    reason: str = ""
+
+
 @dataclass(frozen=True, slots=True)
 class Visit:
     county: int
@@ -83,6 +161,7 @@ class Declaration:
     case_contact: bool
     case_contact_day: int | None
     derived_sources: Sequence[str]
+    mandate_id: int | None = None  # the mandate a proxy declared under; None otherwise
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,6 +220,9 @@ class ImportPerson(NamedTuple):
     card: tuple[bytes, str] | None
     residence_county: int | None
     registered_by: RecordedActor
+    # With FAMILY_PROXY and the family member's ID number: their key (for the mandate that
+    # a new person's row records); None otherwise.
+    registrar_key: bytes | None = None
 
 
 class KnownPerson(NamedTuple):

@@ -15,8 +15,8 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from services._common.actors import Role
-from services._common.errors import AlreadyExists
+from services._common.actors import NoMandate, Role
+from services._common.errors import AlreadyExists, NotFound
 from services._common.storage import SqliteRepository
 from services.declaration.model import (
     Declaration,
@@ -24,10 +24,13 @@ from services.declaration.model import (
     ImportPlan,
     ImportState,
     KnownPerson,
+    Mandate,
+    NewMandate,
     OutboxMessage,
     PendingMessage,
     Person,
     Phone,
+    Proxy,
     RecordedActor,
     Visit,
 )
@@ -99,6 +102,53 @@ SCHEMA_V3 = """
 ALTER TABLE outbox ADD COLUMN body BLOB;  -- the serialized request; payload is then ''
 """
 
+# Proxy mandates (R3, issue 10): a family proxy (a person, by key and masked ID number) or a grid
+# worker (an account id) acts for a person only while a mandate links them. A mandate records
+# when it was granted, on what basis (the proxy registered the person, a bulk import named
+# them, or a grant) and who approved it, may end at `valid_until_ms`, and may be revoked (when,
+# by whom, why). Rows are never deleted: the table is the record of every mandate there was.
+# Times are Unix milliseconds, so "active at t" is a plain comparison. Declarations record the
+# mandate a proxy declared under.
+SCHEMA_V4 = """
+CREATE TABLE mandates (
+    mandate_id         INTEGER PRIMARY KEY AUTOINCREMENT,
+    proxy_role         TEXT    NOT NULL CHECK (proxy_role IN ('family_proxy', 'grid_worker')),
+    proxy_key          BLOB    CHECK (proxy_key IS NULL OR length(proxy_key) = 16),
+    proxy_masked       TEXT    NOT NULL DEFAULT '',  -- a family proxy's masked ID number
+    proxy_principal    TEXT    NOT NULL DEFAULT '',  -- a grid worker's account id
+    person_key         BLOB    NOT NULL REFERENCES persons(person_key),
+    granted_at_ms      INTEGER NOT NULL,
+    valid_until_ms     INTEGER,                      -- NULL: open-ended
+    basis              TEXT    NOT NULL CHECK (basis IN ('registration', 'import', 'grant')),
+    approved_by_role   TEXT    NOT NULL,
+    approved_by        TEXT    NOT NULL,             -- account id ('' for a person)
+    approved_by_masked TEXT    NOT NULL DEFAULT '',  -- the approving person's masked ID number
+    reason             TEXT    NOT NULL DEFAULT '',
+    revoked_at_ms      INTEGER,                      -- NULL: not revoked
+    revoked_by_role    TEXT,
+    revoked_by         TEXT,
+    revoked_by_masked  TEXT,
+    revoke_reason      TEXT    NOT NULL DEFAULT '',
+    CHECK ((proxy_role = 'family_proxy') = (proxy_key IS NOT NULL)),
+    CHECK ((proxy_role = 'grid_worker') = (proxy_principal != ''))
+);
+CREATE INDEX mandates_by_person ON mandates(person_key);
+CREATE INDEX mandates_by_proxy_key ON mandates(proxy_key);
+CREATE INDEX mandates_by_proxy_principal ON mandates(proxy_principal);
+ALTER TABLE declarations ADD COLUMN mandate_id INTEGER REFERENCES mandates(mandate_id);
+"""
+
+# A mandate with the person's masked ID number and name.
+_MANDATE_SELECT = (
+    "SELECT m.*, p.masked_id_number AS person_masked, p.name AS person_name "
+    "FROM mandates m JOIN persons p ON p.person_key = m.person_key"
+)
+# Active at a time (bound twice): granted, not revoked, not expired.
+_ACTIVE_AT = (
+    "m.revoked_at_ms IS NULL AND m.granted_at_ms <= ? "
+    "AND (m.valid_until_ms IS NULL OR m.valid_until_ms > ?)"
+)
+
 # Keys per `IN (...)` look-up: well under SQLite's limit on bound parameters.
 LOOKUP_CHUNK = 500
 
@@ -112,7 +162,7 @@ def _time(text: str) -> dt.datetime:
 
 
 class DeclarationRepository(SqliteRepository):
-    MIGRATIONS = (SCHEMA_V1, SCHEMA_V2, SCHEMA_V3)
+    MIGRATIONS = (SCHEMA_V1, SCHEMA_V2, SCHEMA_V3, SCHEMA_V4)
 
     def __init__(self, path: Path | str, *, cache_mib: int = 256) -> None:
         super().__init__(path)
@@ -185,9 +235,16 @@ class DeclarationRepository(SqliteRepository):
         actor: RecordedActor,
         now: dt.datetime,
         outbox: Sequence[OutboxMessage],
+        new_mandate: NewMandate | None = None,
+        mandate: tuple[int, int] | None = None,
     ) -> Person:
-        """Insert (or extend) a person with phones and card, and queue the outbox, atomically."""
+        """Insert (or extend) a person with phones and card, and queue the outbox, atomically.
+        A new person registered by a proxy gets `new_mandate` in the same transaction; a
+        proxy's replay for a stored person holds `mandate` (id, the act's time in ms), checked
+        still active in the transaction."""
         with self.transaction() as conn:
+            if mandate is not None:
+                _require_active(conn, *mandate)
             if new:
                 try:
                     conn.execute(
@@ -207,6 +264,8 @@ class DeclarationRepository(SqliteRepository):
                 except sqlite3.IntegrityError:
                     # A concurrent registration of the same person won; the caller retries.
                     raise AlreadyExists("the person was registered concurrently; retry") from None
+                if new_mandate is not None:
+                    _insert_mandate(conn, new_mandate, _ms(now))
             for phone_key, masked in phones:
                 self._insert_phone(conn, key, phone_key, masked, now)
             if card is not None:
@@ -244,8 +303,11 @@ class DeclarationRepository(SqliteRepository):
         masked: str,
         now: dt.datetime,
         outbox: Sequence[OutboxMessage],
+        mandate: tuple[int, int] | None = None,
     ) -> Person:
         with self.transaction() as conn:
+            if mandate is not None:
+                _require_active(conn, *mandate)
             self._insert_phone(conn, key, phone_key, masked, now)
             self._enqueue(conn, outbox, now)
             person = self._person(conn, key)
@@ -253,10 +315,17 @@ class DeclarationRepository(SqliteRepository):
         return person
 
     def remove_phone(
-        self, key: bytes, phone_key: bytes, now: dt.datetime, outbox: Sequence[OutboxMessage]
+        self,
+        key: bytes,
+        phone_key: bytes,
+        now: dt.datetime,
+        outbox: Sequence[OutboxMessage],
+        mandate: tuple[int, int] | None = None,
     ) -> Person | None:
         """The person after removal, or None if the phone was not theirs."""
         with self.transaction() as conn:
+            if mandate is not None:
+                _require_active(conn, *mandate)
             gone = conn.execute(
                 "DELETE FROM phones WHERE phone_key = ? AND person_key = ?", (phone_key, key)
             ).rowcount
@@ -271,8 +340,11 @@ class DeclarationRepository(SqliteRepository):
         card: tuple[bytes, str],
         now: dt.datetime,
         outbox: Sequence[OutboxMessage],
+        mandate: tuple[int, int] | None = None,
     ) -> Person:
         with self.transaction() as conn:
+            if mandate is not None:
+                _require_active(conn, *mandate)
             self._set_card(conn, key, card)
             self._enqueue(conn, outbox, now)
             person = self._person(conn, key)
@@ -288,9 +360,12 @@ class DeclarationRepository(SqliteRepository):
         *,
         imported_by: str,
         now: dt.datetime,
+        approved_by: RecordedActor | None = None,
     ) -> ImportPlan:
         """One chunk in one transaction: read what its rows touch, let `plan` decide, write
-        the new persons, links and outbox messages (executemany). Durable on return."""
+        the new persons, links and outbox messages (executemany). Durable on return. A new
+        person whose row names a family proxy (by ID number) or a grid worker gets a mandate
+        for them, approved by the importer (`approved_by`, default an ADMIN `imported_by`)."""
         person_keys = {r.key for r in rows}
         phone_keys = {key for r in rows for _, key, _ in r.phones}
         card_keys = {r.card[0] for r in rows if r.card is not None}
@@ -325,6 +400,16 @@ class DeclarationRepository(SqliteRepository):
                     # In key order: neighbouring inserts share B-tree pages.
                     for r in sorted(decided.new_persons, key=lambda r: r.key)
                 ),
+            )
+            approver = approved_by or RecordedActor(Role.ADMIN, imported_by)
+            _insert_mandates(
+                conn,
+                (
+                    NewMandate(proxy, r.key, None, "import", approver)
+                    for r in decided.new_persons
+                    if (proxy := _registrar(r)) is not None
+                ),
+                _ms(now),
             )
             conn.executemany(
                 "UPDATE persons SET card_key = ?, masked_card = ? WHERE person_key = ?",
@@ -406,15 +491,22 @@ class DeclarationRepository(SqliteRepository):
         case_contact_day: int | None,
         derived_sources: Sequence[str],
         outbox_for: Any,
+        mandate: tuple[int, int] | None = None,
     ) -> Declaration | None:
         """Store a declaration and its outbox messages; None if one exists for that day.
-        `outbox_for(declaration_id)` builds the messages (batch ids name the declaration)."""
+        `outbox_for(declaration_id)` builds the messages (batch ids name the declaration).
+        A proxy's declaration holds `mandate` (id, the act's time in ms): checked still active
+        in the transaction, and recorded with the declaration."""
+        mandate_id = mandate[0] if mandate is not None else None
         with self.transaction() as conn:
+            if mandate is not None:
+                _require_active(conn, *mandate)
             try:
                 cursor = conn.execute(
                     "INSERT INTO declarations (person_key, day, declared_at, actor_role, actor, "
                     "actor_masked, symptoms, temperature, visits, case_contact, "
-                    "case_contact_day, derived_sources) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    "case_contact_day, derived_sources, mandate_id) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     (
                         key,
                         day,
@@ -430,6 +522,7 @@ class DeclarationRepository(SqliteRepository):
                         int(case_contact),
                         case_contact_day,
                         json.dumps(list(derived_sources)),
+                        mandate_id,
                     ),
                 )
             except sqlite3.IntegrityError:
@@ -448,6 +541,7 @@ class DeclarationRepository(SqliteRepository):
             case_contact=case_contact,
             case_contact_day=case_contact_day,
             derived_sources=list(derived_sources),
+            mandate_id=mandate_id,
         )
 
     def recent_declarations(self, key: bytes, limit: int) -> list[Declaration]:
@@ -469,9 +563,98 @@ class DeclarationRepository(SqliteRepository):
                 case_contact=bool(r["case_contact"]),
                 case_contact_day=r["case_contact_day"],
                 derived_sources=json.loads(r["derived_sources"]),
+                mandate_id=r["mandate_id"],
             )
             for r in rows
         ]
+
+    # -- mandates ----------------------------------------------------------------------------
+
+    def mandate(self, mandate_id: int) -> Mandate | None:
+        with self.reading() as conn:
+            return _mandate(conn, mandate_id)
+
+    def active_mandate(self, proxy: Proxy, person_key: bytes, at_ms: int) -> Mandate | None:
+        """The proxy's mandate for the person in force at `at_ms`, if any (the latest)."""
+        with self.reading() as conn:
+            return _active(conn, proxy, person_key, at_ms)
+
+    def grant_mandate(self, new: NewMandate, now_ms: int) -> tuple[Mandate, bool]:
+        """Record a mandate: (it, True); or (the active one, False) when the same proxy already
+        has one for the person ending at the same time (a replay). An active one ending at
+        another time is replaced: revoked by the new grant's approver, naming its successor."""
+        with self.transaction() as conn:
+            current = _active(conn, new.proxy, new.person_key, now_ms)
+            if current is not None and current.valid_until_ms == new.valid_until_ms:
+                return current, False
+            known = conn.execute(
+                "SELECT 1 FROM persons WHERE person_key = ?", (new.person_key,)
+            ).fetchone()
+            if known is None:
+                raise NotFound("no person is registered with that ID number; Register first")
+            mandate_id = _insert_mandate(conn, new, now_ms)
+            if current is not None:
+                _set_revoked(
+                    conn,
+                    current.mandate_id,
+                    now_ms,
+                    new.approved_by,
+                    f"replaced by mandate {mandate_id}",
+                )
+            stored = _mandate(conn, mandate_id)
+        assert stored is not None
+        return stored, True
+
+    def revoke_mandate(
+        self,
+        mandate_id: int,
+        by: RecordedActor,
+        reason: str,
+        now_ms: int,
+        may: Callable[[Mandate], None],
+    ) -> tuple[Mandate, bool] | None:
+        """Revoke a mandate: (it, True); (it, False) if it was revoked before (nothing
+        changes); None if there is no such mandate. `may(mandate)` raises if the caller may
+        not revoke it (checked in the transaction, on the stored row)."""
+        with self.transaction() as conn:
+            current = _mandate(conn, mandate_id)
+            if current is None:
+                return None
+            may(current)
+            if current.revoked_at_ms is not None:
+                return current, False
+            _set_revoked(conn, mandate_id, now_ms, by, reason)
+            stored = _mandate(conn, mandate_id)
+        assert stored is not None
+        return stored, True
+
+    def list_mandates(
+        self,
+        *,
+        person_key: bytes | None = None,
+        proxy: Proxy | None = None,
+        active_at_ms: int | None = None,
+        after_id: int = 0,
+        limit: int = 100,
+    ) -> list[Mandate]:
+        """Mandates in id order after `after_id`: for a person, of a proxy, or both (neither:
+        all); only those active at `active_at_ms` unless it is None."""
+        where = ["m.mandate_id > ?"]
+        args: list[Any] = [after_id]
+        if person_key is not None:
+            where.append("m.person_key = ?")
+            args.append(person_key)
+        if proxy is not None:
+            clause, bound = _proxy_match(proxy)
+            where.append(clause)
+            args.extend(bound)
+        if active_at_ms is not None:
+            where.append(_ACTIVE_AT)
+            args += [active_at_ms, active_at_ms]
+        sql = f"{_MANDATE_SELECT} WHERE {' AND '.join(where)} ORDER BY m.mandate_id LIMIT ?"
+        with self.reading() as conn:
+            rows = conn.execute(sql, (*args, limit)).fetchall()
+        return [_mandate_of(r) for r in rows]
 
     # -- outbox ------------------------------------------------------------------------------
 
@@ -521,6 +704,132 @@ class DeclarationRepository(SqliteRepository):
                 "UPDATE outbox SET attempts = attempts + 1, last_error = ?, dead = ? WHERE id = ?",
                 (error[:500], int(dead), message_id),
             )
+
+
+def _ms(value: dt.datetime) -> int:
+    return int(value.timestamp() * 1000)
+
+
+def _proxy_match(proxy: Proxy) -> tuple[str, tuple[Any, ...]]:
+    if proxy.role is Role.FAMILY_PROXY:
+        return "m.proxy_role = 'family_proxy' AND m.proxy_key = ?", (proxy.person_key,)
+    return "m.proxy_role = 'grid_worker' AND m.proxy_principal = ?", (proxy.principal,)
+
+
+def _active(
+    conn: sqlite3.Connection, proxy: Proxy, person_key: bytes, at_ms: int
+) -> Mandate | None:
+    clause, bound = _proxy_match(proxy)
+    row = conn.execute(
+        f"{_MANDATE_SELECT} WHERE m.person_key = ? AND {clause} AND {_ACTIVE_AT} "
+        "ORDER BY m.mandate_id DESC LIMIT 1",
+        (person_key, *bound, at_ms, at_ms),
+    ).fetchone()
+    return _mandate_of(row) if row is not None else None
+
+
+def _mandate(conn: sqlite3.Connection, mandate_id: int) -> Mandate | None:
+    row = conn.execute(f"{_MANDATE_SELECT} WHERE m.mandate_id = ?", (mandate_id,)).fetchone()
+    return _mandate_of(row) if row is not None else None
+
+
+def _require_active(conn: sqlite3.Connection, mandate_id: int, at_ms: int) -> None:
+    """NoMandate unless the mandate is still in force: a proxy's write checks it again in its
+    own transaction, so a revocation that lands between the check and the write wins."""
+    row = conn.execute(
+        f"SELECT 1 FROM mandates m WHERE m.mandate_id = ? AND {_ACTIVE_AT}",
+        (mandate_id, at_ms, at_ms),
+    ).fetchone()
+    if row is None:
+        raise NoMandate(
+            f"mandate {mandate_id} was revoked or expired a moment ago: nothing was changed; "
+            "the person or an administrator may grant a new one (`healthcode mandate grant`)"
+        )
+
+
+def _registrar(row: ImportPerson) -> Proxy | None:
+    """The proxy a new person's import row names, if it can hold a mandate."""
+    by = row.registered_by
+    if by.role is Role.FAMILY_PROXY and row.registrar_key is not None:
+        return Proxy(Role.FAMILY_PROXY, row.registrar_key, by.masked_id_number)
+    if by.role is Role.GRID_WORKER and by.principal:
+        return Proxy(Role.GRID_WORKER, principal=by.principal)
+    return None
+
+
+_INSERT_MANDATE = (
+    "INSERT INTO mandates (proxy_role, proxy_key, proxy_masked, proxy_principal, person_key, "
+    "granted_at_ms, valid_until_ms, basis, approved_by_role, approved_by, approved_by_masked, "
+    "reason) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+
+
+def _mandate_row(new: NewMandate, now_ms: int) -> tuple[Any, ...]:
+    p = new.proxy
+    return (
+        p.role.value,
+        p.person_key if p.role is Role.FAMILY_PROXY else None,
+        p.masked_id_number if p.role is Role.FAMILY_PROXY else "",
+        p.principal if p.role is Role.GRID_WORKER else "",
+        new.person_key,
+        now_ms,
+        new.valid_until_ms,
+        new.basis,
+        new.approved_by.role.value,
+        new.approved_by.principal,
+        new.approved_by.masked_id_number,
+        new.reason,
+    )
+
+
+def _insert_mandate(conn: sqlite3.Connection, new: NewMandate, now_ms: int) -> int:
+    cursor = conn.execute(_INSERT_MANDATE, _mandate_row(new, now_ms))
+    return int(cursor.lastrowid or 0)
+
+
+def _insert_mandates(conn: sqlite3.Connection, mandates: Iterable[NewMandate], now_ms: int) -> None:
+    conn.executemany(_INSERT_MANDATE, (_mandate_row(m, now_ms) for m in mandates))
+
+
+def _set_revoked(
+    conn: sqlite3.Connection, mandate_id: int, now_ms: int, by: RecordedActor, reason: str
+) -> None:
+    conn.execute(
+        "UPDATE mandates SET revoked_at_ms = ?, revoked_by_role = ?, revoked_by = ?, "
+        "revoked_by_masked = ?, revoke_reason = ? WHERE mandate_id = ? AND revoked_at_ms IS NULL",
+        (now_ms, by.role.value, by.principal, by.masked_id_number, reason, mandate_id),
+    )
+
+
+def _mandate_of(r: sqlite3.Row) -> Mandate:
+    role = Role(r["proxy_role"])
+    proxy = (
+        Proxy(role, bytes(r["proxy_key"]), r["proxy_masked"])
+        if role is Role.FAMILY_PROXY
+        else Proxy(role, principal=r["proxy_principal"])
+    )
+    revoked_by = None
+    if r["revoked_at_ms"] is not None:
+        revoked_by = RecordedActor(
+            Role(r["revoked_by_role"]), r["revoked_by"] or "", r["revoked_by_masked"] or ""
+        )
+    return Mandate(
+        mandate_id=int(r["mandate_id"]),
+        proxy=proxy,
+        person_key=bytes(r["person_key"]),
+        masked_id_number=r["person_masked"],
+        person_name=r["person_name"],
+        granted_at_ms=int(r["granted_at_ms"]),
+        valid_until_ms=r["valid_until_ms"],
+        basis=r["basis"],
+        approved_by=RecordedActor(
+            Role(r["approved_by_role"]), r["approved_by"], r["approved_by_masked"]
+        ),
+        reason=r["reason"],
+        revoked_at_ms=r["revoked_at_ms"],
+        revoked_by=revoked_by,
+        revoke_reason=r["revoke_reason"],
+    )
 
 
 def _chunks(keys: Iterable[bytes]) -> Iterable[list[bytes]]:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Iterator
 
 import grpc
+from google.protobuf import timestamp_pb2
 from healthcode.v1 import declaration_pb2, declaration_pb2_grpc
 
 from services._common.actors import Actor, Role
@@ -19,13 +21,20 @@ from services._common.days import format_day
 from services._common.errors import InvalidArgument
 from services._common.identifiers import Identifiers, mask_name
 from services._common.status import grpc_errors
-from services.declaration.logic import Declarations
+from services.declaration.logic import Declarations, ProxyInput
 from services.declaration.model import (
+    ACTIVE,
+    EXPIRED,
+    GRANT,
+    IMPORT,
+    REGISTRATION,
+    REVOKED,
     SYMPTOMS,
     Declaration,
     DeclarationInput,
     ImportInput,
     ImportOutcome,
+    Mandate,
     Person,
 )
 from services.declaration.model import RecordedActor as DomainActor
@@ -79,10 +88,71 @@ def declaration_to_proto(d: Declaration) -> declaration_pb2.Declaration:
         case_contact=d.case_contact,
         case_contact_day=format_day(d.case_contact_day) if d.case_contact_day is not None else "",
         derived_sources=list(d.derived_sources),
+        mandate_id=d.mandate_id or 0,
     )
     if d.temperature_celsius is not None:
         msg.temperature_celsius = d.temperature_celsius
     return msg
+
+
+_BASIS = {
+    REGISTRATION: declaration_pb2.MANDATE_BASIS_REGISTRATION,
+    IMPORT: declaration_pb2.MANDATE_BASIS_IMPORT,
+    GRANT: declaration_pb2.MANDATE_BASIS_GRANT,
+}
+_STATE = {
+    ACTIVE: declaration_pb2.MANDATE_STATE_ACTIVE,
+    EXPIRED: declaration_pb2.MANDATE_STATE_EXPIRED,
+    REVOKED: declaration_pb2.MANDATE_STATE_REVOKED,
+}
+
+
+def _from_ms(ms: int) -> dt.datetime:
+    return dt.datetime.fromtimestamp(ms / 1000, dt.UTC)
+
+
+def mandate_to_proto(m: Mandate, now_ms: int) -> declaration_pb2.Mandate:
+    """A mandate as answered, its state as of `now_ms`."""
+    msg = declaration_pb2.Mandate(
+        mandate_id=m.mandate_id,
+        proxy=_actor(DomainActor(m.proxy.role, m.proxy.principal, m.proxy.masked_id_number)),
+        proxy_person_key=m.proxy.person_key or b"",
+        person_key=m.person_key,
+        masked_id_number=m.masked_id_number,
+        masked_name=mask_name(m.person_name),
+        granted_at=timestamp(_from_ms(m.granted_at_ms)),
+        basis=_BASIS[m.basis],
+        approved_by=_actor(m.approved_by),
+        reason=m.reason,
+        revoke_reason=m.revoke_reason,
+        state=_STATE[m.state(now_ms)],
+    )
+    if m.valid_until_ms is not None:
+        msg.valid_until.CopyFrom(timestamp(_from_ms(m.valid_until_ms)))
+    if m.revoked_at_ms is not None:
+        msg.revoked_at.CopyFrom(timestamp(_from_ms(m.revoked_at_ms)))
+    if m.revoked_by is not None:
+        msg.revoked_by.CopyFrom(_actor(m.revoked_by))
+    return msg
+
+
+def _time(ts: timestamp_pb2.Timestamp, field: str) -> dt.datetime:
+    try:
+        return ts.ToDatetime(dt.UTC)
+    except (ValueError, OverflowError):
+        raise InvalidArgument([(field, "a time between the years 1 and 9999")]) from None
+
+
+def _proxy_input(
+    msg: declaration_pb2.MandateProxy, identifiers: Identifiers, field: str
+) -> ProxyInput:
+    """A named proxy, its person reference hashed here (the rest is checked by the logic)."""
+    person = (
+        person_from_proto(msg.person, identifiers, f"{field}.person")
+        if msg.HasField("person")
+        else None
+    )
+    return ProxyInput(_ROLE_OF.get(msg.role), person, msg.principal)
 
 
 def _actor(actor: DomainActor) -> declaration_pb2.RecordedActor:
@@ -198,6 +268,73 @@ class DeclarationServicer(declaration_pb2_grpc.DeclarationServiceServicer):
         if actor is None:
             raise InvalidArgument([("actor", "the first message names the importer")])
         return response
+
+    # -- mandates (R3) -----------------------------------------------------------------------
+
+    @grpc_errors
+    def GrantMandate(
+        self, request: declaration_pb2.GrantMandateRequest, context: grpc.ServicerContext
+    ) -> declaration_pb2.GrantMandateResponse:
+        actor = actor_from_proto(request.actor, self._ids)
+        person = person_from_proto(request.person, self._ids, "person")
+        proxy = _proxy_input(request.proxy, self._ids, "proxy")
+        until = (
+            _time(request.valid_until, "valid_until") if request.HasField("valid_until") else None
+        )
+        mandate, created = self._d.grant_mandate(actor, person, proxy, until, request.reason)
+        return declaration_pb2.GrantMandateResponse(
+            mandate=mandate_to_proto(mandate, self._d.now_ms()), created=created
+        )
+
+    @grpc_errors
+    def RevokeMandate(
+        self, request: declaration_pb2.RevokeMandateRequest, context: grpc.ServicerContext
+    ) -> declaration_pb2.RevokeMandateResponse:
+        actor = actor_from_proto(request.actor, self._ids)
+        mandate, revoked = self._d.revoke_mandate(actor, request.mandate_id, request.reason)
+        return declaration_pb2.RevokeMandateResponse(
+            mandate=mandate_to_proto(mandate, self._d.now_ms()), revoked=revoked
+        )
+
+    @grpc_errors
+    def ListMandates(
+        self, request: declaration_pb2.ListMandatesRequest, context: grpc.ServicerContext
+    ) -> declaration_pb2.ListMandatesResponse:
+        actor = actor_from_proto(request.actor, self._ids)
+        person = (
+            person_from_proto(request.person, self._ids, "person")
+            if request.HasField("person")
+            else None
+        )
+        proxy = (
+            _proxy_input(request.proxy, self._ids, "proxy") if request.HasField("proxy") else None
+        )
+        mandates, token = self._d.list_mandates(
+            actor,
+            person=person,
+            proxy=proxy,
+            include_inactive=request.include_inactive,
+            page_size=request.page_size,
+            page_token=request.page_token,
+        )
+        now = self._d.now_ms()
+        return declaration_pb2.ListMandatesResponse(
+            mandates=[mandate_to_proto(m, now) for m in mandates], next_page_token=token
+        )
+
+    @grpc_errors
+    def CheckMandate(
+        self, request: declaration_pb2.CheckMandateRequest, context: grpc.ServicerContext
+    ) -> declaration_pb2.CheckMandateResponse:
+        actor = actor_from_proto(request.actor, self._ids)
+        person = person_from_proto(request.person, self._ids, "person")
+        proxy = _proxy_input(request.proxy, self._ids, "proxy")
+        mandate = self._d.check_mandate(actor, proxy, person)
+        if mandate is None:
+            return declaration_pb2.CheckMandateResponse(active=False)
+        return declaration_pb2.CheckMandateResponse(
+            active=True, mandate=mandate_to_proto(mandate, self._d.now_ms())
+        )
 
 
 def _count(response: declaration_pb2.ImportPeopleResponse, outcome: ImportOutcome) -> None:

@@ -1,6 +1,7 @@
 """Showing and scanning codes (R9, R10): the order of the checks and what is logged.
 
-Show:  holder registered? -> live colour -> sign a short-lived token -> log durably -> reply.
+Show:  a proxy's mandate? -> holder registered? -> live colour -> sign a short-lived token ->
+       log durably -> reply.
 Scan:  token genuine? fresh? -> live colour -> claim the token and log in one transaction
        (a second scan of the same token is refused) -> reply.
 Look-up (代查): a verifier reads an ID card -> live colour -> log -> reply.
@@ -16,12 +17,19 @@ servicer wires in.
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from services._common.actors import Actor, Role
+from services._common.actors import (
+    Actor,
+    Role,
+    check_not_self,
+    no_mandate,
+    proxy_person_label,
+)
 from services._common.cache import cached_lookup
 from services._common.days import SHANGHAI, check_county, day_number
 from services._common.errors import InvalidArgument, Unavailable
@@ -30,8 +38,11 @@ from services._common.temperature import body_temperature, is_fever
 from services.display.store import LOOKUP, OK, SCAN, SHOW, DisplayEvent, DisplayLog
 from services.display.tokens import CodeTokens, TokenClaims, TokenError, TokenExpired, TokenReplayed
 
+logger = logging.getLogger(__name__)
+
 # Who may do what (roles are asserted by the caller until credentials carry them, issue 10).
-# The holder, or a proxy showing a code for someone without a smartphone (R3).
+# The holder, or a proxy showing a code for someone without a smartphone (R3), under an active
+# mandate the declaration service confirms (a citizen's own Show asks nothing more).
 SHOW_ROLES = frozenset({Role.CITIZEN, Role.FAMILY_PROXY, Role.GRID_WORKER})
 SCAN_ROLES = frozenset({Role.VERIFIER, Role.PARTNER})
 # Reading someone's colour from their ID card is staff work (代查, R10).
@@ -54,6 +65,15 @@ class Holder:
 
     masked_name: str
     masked_id_number: str
+
+
+@dataclass(frozen=True, slots=True)
+class MandateHeld:
+    """A proxy's active mandate for a person, as the declaration service confirmed it."""
+
+    mandate_id: int
+    proxy_masked_id_number: str = ""  # a family proxy's, as recorded with the mandate
+    valid_until_ms: int | None = None  # None: until revoked
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,9 +125,19 @@ def place(device_id: str, where: str, county: int, field: str) -> Place:
     return Place(redact(device_id), redact(where), county)
 
 
-def actor_label(actor: Actor) -> str:
-    """Who acted, as logged: the role and the opaque principal or the masked ID number."""
-    return f"{actor.role}:{actor.principal or actor.masked_id_number}"
+def actor_label(actor: Actor, mandate: MandateHeld | None = None) -> str:
+    """Who acted, as logged: the role and the opaque principal or the masked ID number. A
+    proxy is named with the mandate they acted under (`family_proxy:11**...2X mandate:7`): a
+    family proxy by their masked ID number (they are a person; the start of their person key
+    when only that is known), a grid worker by account id."""
+    if mandate is None:
+        return f"{actor.role}:{actor.principal or actor.masked_id_number}"
+    if actor.role is Role.FAMILY_PROXY:
+        masked = actor.masked_id_number or mandate.proxy_masked_id_number
+        who = proxy_person_label(masked, actor.person_key)
+    else:
+        who = actor.principal
+    return f"{actor.role}:{who} mandate:{mandate.mandate_id}"
 
 
 def _now_ms() -> int:
@@ -124,15 +154,19 @@ class DisplayDesk:
         live_colour: Callable[[bytes, int], LiveColour],  # (person key, min index version)
         holder_of: Callable[[bytes], Holder],
         *,
+        mandate_of: Callable[[Actor, bytes], MandateHeld | None] | None = None,
         clock_ms: Callable[[], int] = _now_ms,
         unknown_retry_s: float = 2.0,
     ) -> None:
+        """`mandate_of(proxy, person key)`: the proxy's active mandate for the person, or None
+        (asked for proxies only; without it no proxy may show a code)."""
         self._tokens = tokens
         self._log = log
         self._live_colour = live_colour
         # Only people found registered are kept, so an unregistered person is always told
         # (NOT_FOUND from the declaration service) when they try to show a code.
         self._holder_of = cached_lookup(holder_of)
+        self._mandate_of = mandate_of
         self._clock_ms = clock_ms
         self._unknown_retry_s = unknown_retry_s
 
@@ -145,14 +179,25 @@ class DisplayDesk:
         `min_version`, the colour is from that index version or a later one (read your
         writes: the candidate's cleared code right after the negative test's ingest)."""
         actor.acts_for(person_key, SHOW_ROLES, "show a code")
+        # A proxy only under an active mandate, checked before anything about the person is
+        # read; the holder's own Show (the hot path) asks nothing more.
+        mandate = self._mandate(actor, person_key) if actor.is_proxy else None
         holder = self._holder_of(person_key)
         live = self._colour_of(person_key, min_version)
         now = self._clock_ms()
         token, claims = self._tokens.issue(person_key, now)
         recorded = self._log.record(
-            self._event(SHOW, OK, now, person_key, holder, where, actor, live, claims)
+            self._event(SHOW, OK, now, person_key, holder, where, actor, live, claims, mandate)
         )
         return Shown(live, holder, token, claims, recorded.event_id)
+
+    def _mandate(self, actor: Actor, person_key: bytes) -> MandateHeld:
+        check_not_self(actor, person_key, "show a code")
+        held = self._mandate_of(actor, person_key) if self._mandate_of is not None else None
+        if held is None:
+            logger.info("refused a show by %s: no active mandate", actor.proxy_name())
+            raise no_mandate(actor, "show a code")
+        return held
 
     def scan(
         self, actor: Actor, token: str, where: Place, temperature: float | None = None
@@ -220,6 +265,7 @@ class DisplayDesk:
         actor: Actor,
         live: LiveColour | None,
         claims: TokenClaims | None,
+        mandate: MandateHeld | None = None,
     ) -> DisplayEvent:
         return DisplayEvent(
             kind=kind,
@@ -231,7 +277,7 @@ class DisplayDesk:
             place=where.place,
             masked_id=holder.masked_id_number if holder else "",
             masked_name=holder.masked_name if holder else "",
-            actor=actor_label(actor),
+            actor=actor_label(actor, mandate),
             colour=None if live is None else live.colour,
             index_version=None if live is None else live.index_version,
             rule_set_version=None if live is None else live.rule_set_version,

@@ -271,7 +271,12 @@ def test_bad_declaration(stack: tuple[DeclarationProcess, RiskIndexProcess]) -> 
         decl.stub.Declare(declaration_pb2.DeclareRequest(actor=GRID))
     assert [f for f, _ in field_violations(caught.value)] == ["person"]
     with pytest.raises(grpc.RpcError) as caught:
-        decl.stub.Declare(declaration_pb2.DeclareRequest(actor=GRID, person=by_id(8)))
+        decl.stub.Declare(
+            declaration_pb2.DeclareRequest(
+                actor=common_pb2.Actor(role=common_pb2.ACTOR_ROLE_CITIZEN, person=by_id(8)),
+                person=by_id(8),
+            )
+        )
     assert caught.value.code() == grpc.StatusCode.NOT_FOUND
 
 

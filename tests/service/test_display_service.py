@@ -58,10 +58,33 @@ def citizen(id_number: str) -> common_pb2.Actor:
 
 
 class StandInDeclaration(declaration_pb2_grpc.DeclarationServiceServicer):
-    """GetPerson for the registered people: the display service's only question."""
+    """GetPerson for the registered people, and CheckMandate for proxies: the display
+    service's only questions. `mandates`: (proxy person key or grid worker id, person key) ->
+    (mandate id, the proxy's masked ID number); `checks` counts the CheckMandate calls."""
 
     def __init__(self, registered: dict[bytes, str]) -> None:
         self.registered = registered
+        self.mandates: dict[tuple[bytes | str, bytes], tuple[int, str]] = {}
+        self.checks = 0
+
+    def CheckMandate(
+        self, request: declaration_pb2.CheckMandateRequest, context: grpc.ServicerContext
+    ) -> declaration_pb2.CheckMandateResponse:
+        self.checks += 1
+        proxy = request.proxy
+        who = proxy.person.person_key if proxy.HasField("person") else proxy.principal
+        found = self.mandates.get((who, request.person.person_key))
+        if found is None:
+            return declaration_pb2.CheckMandateResponse(active=False)
+        mandate_id, masked = found
+        return declaration_pb2.CheckMandateResponse(
+            active=True,
+            mandate=declaration_pb2.Mandate(
+                mandate_id=mandate_id,
+                proxy=declaration_pb2.RecordedActor(role=proxy.role, masked_id_number=masked),
+                person_key=request.person.person_key,
+            ),
+        )
 
     def GetPerson(
         self, request: declaration_pb2.GetPersonRequest, context: grpc.ServicerContext
@@ -97,6 +120,7 @@ class Platform:
     clock: Clock
     db_path: Path
     tokens: CodeTokens
+    declaration: StandInDeclaration
 
     def show(
         self, id_number: str, actor: common_pb2.Actor | None = None
@@ -127,7 +151,7 @@ def platform(tmp_path: Path, clock: Clock, start_server: StartServer) -> Iterato
     colour_servicer = ColourServicer(ColourDesk(engine), identifiers)
     names = {HASHER.person_key(HOLDER): "张**", HASHER.person_key(CONTACT): "李*"}
     names[HASHER.person_key(OTHER)] = "王*"
-    declaration = StandInDeclaration(names)  # type: ignore[abstract]  # only GetPerson
+    declaration = StandInDeclaration(names)  # type: ignore[abstract]  # two RPCs only
 
     def add_peers(server: grpc.Server) -> None:
         colour_pb2_grpc.add_ColourServiceServicer_to_server(colour_servicer, server)
@@ -139,11 +163,13 @@ def platform(tmp_path: Path, clock: Clock, start_server: StartServer) -> Iterato
     tokens = CodeTokens(SigningKey(b"\x07" * 32))
     db_path = tmp_path / "display" / "display.db"
     log = DisplayLog(db_path)
+    declaration_peer = DeclarationPeer(peers.channel, 5)
     desk = DisplayDesk(
         tokens,
         log,
         ColourPeer(peers.channel, 5).live_colour,
-        DeclarationPeer(peers.channel, 5).holder_of,
+        declaration_peer.holder_of,
+        mandate_of=declaration_peer.check_mandate,
         clock_ms=clock.ms,
         unknown_retry_s=0.2,
     )
@@ -154,7 +180,12 @@ def platform(tmp_path: Path, clock: Clock, start_server: StartServer) -> Iterato
         max_workers=32,
     )
     yield Platform(
-        engine, display_pb2_grpc.DisplayServiceStub(display.channel), clock, db_path, tokens
+        engine,
+        display_pb2_grpc.DisplayServiceStub(display.channel),
+        clock,
+        db_path,
+        tokens,
+        declaration,
     )
     display.close()  # before the log it writes to
     log.close()
@@ -284,6 +315,11 @@ def test_who_may_do_what(platform: Platform) -> None:
     assert not_yours.value.code() == grpc.StatusCode.PERMISSION_DENIED
     proxy = common_pb2.Actor(
         role=common_pb2.ACTOR_ROLE_FAMILY_PROXY, person=common_pb2.PersonRef(id_number=OTHER)
+    )
+    # A family member shows the code of the relative they registered (a mandate links them).
+    platform.declaration.mandates[HASHER.person_key(OTHER), HASHER.person_key(HOLDER)] = (
+        1,
+        mask_id_number(OTHER),
     )
     assert platform.show(HOLDER, actor=proxy).masked_name == "张**"
     token = platform.show(HOLDER).token

@@ -210,6 +210,9 @@ def test_bad_declaration_fields(service: Declarations, ids: Identifiers) -> None
 
 def test_unregistered_person(service: Declarations, ids: Identifiers) -> None:
     with pytest.raises(NotFound, match="Register"):
+        service.declare(citizen(ids, IDS[9]), ref(ids, IDS[9]), DeclarationInput())
+    # A proxy holds no mandate for someone not registered: refused before anything is read.
+    with pytest.raises(PermissionDenied, match="no active mandate"):
         service.declare(GRID, ref(ids, IDS[9]), DeclarationInput())
 
 
