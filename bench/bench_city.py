@@ -208,8 +208,8 @@ class Watcher(threading.Thread):
 
     def __init__(self, address: str, known: int) -> None:
         super().__init__(daemon=True, name="bench-watch")
-        self.channel = grpc.insecure_channel(
-            address, [("grpc.max_receive_message_length", 64 << 20)]
+        self.channel = open_channel(
+            address, options=[("grpc.max_receive_message_length", 64 << 20)]
         )
         self.call = risk_index_pb2_grpc.RiskIndexServiceStub(self.channel).WatchIndex(
             risk_index_pb2.WatchIndexRequest(known_version=known)
@@ -296,8 +296,13 @@ def steady_load(stack: Stack, sample: list[str], seconds: float, figures: Figure
                     )
                 except grpc.RpcError as e:
                     # A synthetic number the city already holds (both are drawn from the same
-                    # space): not a new person, so not a write to time.
-                    if isinstance(e, grpc.Call) and e.code() == grpc.StatusCode.ALREADY_EXISTS:
+                    # space): not a new person, so not a write to time. (Under another name:
+                    # ALREADY_EXISTS; registered by someone else, the grid worker holds no
+                    # mandate for them: PERMISSION_DENIED.)
+                    if isinstance(e, grpc.Call) and e.code() in (
+                        grpc.StatusCode.ALREADY_EXISTS,
+                        grpc.StatusCode.PERMISSION_DENIED,
+                    ):
                         collisions.append(id_number)
                         continue
                     raise
@@ -374,7 +379,10 @@ def steady_load(stack: Stack, sample: list[str], seconds: float, figures: Figure
 
 
 def show_rate(stack: Stack, sample: list[str], seconds: float, clients: int) -> float:
-    jobs = [Job("show", stack.peers.display, i, seconds, sample) for i in range(clients)]
+    jobs = [
+        Job("show", stack.peers.display, i, seconds, sample, data_dir=str(stack.data_dir))
+        for i in range(clients)
+    ]
     phase = run_phase("show", jobs)
     if phase.error_count:
         raise RuntimeError(f"Show failed {phase.error_count} times: {phase.first_error}")

@@ -67,6 +67,7 @@ class Job:
     seconds: float
     id_numbers: list[str] = field(default_factory=list)
     tokens: list[tuple[float, str]] = field(default_factory=list)  # (issued at, token)
+    data_dir: str = ""  # the stack's: its credentials, as the CLI finds them
 
 
 @dataclass
@@ -99,6 +100,8 @@ def _client(job: Job, barrier: Barrier, results: Any) -> None:
     tokens: list[tuple[float, str]] = []
     skipped = 0
     ran_out = False
+    if job.data_dir:
+        os.environ["HEALTHCODE_DATA_DIR"] = job.data_dir
     with open_channel(job.address, timeout_s=CALL_TIMEOUT_S) as channel:
         health = health_pb2_grpc.HealthStub(channel)
         display = display_pb2_grpc.DisplayServiceStub(channel)
@@ -306,6 +309,7 @@ def run(args: argparse.Namespace) -> tuple[int, str]:
                         args.seconds,
                         ids if kind == "show" else [],
                         tokens[i] if tokens else [],
+                        str(stack.data_dir),
                     )
                     for i in range(args.clients)
                 ]

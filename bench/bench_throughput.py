@@ -106,6 +106,7 @@ class Bench:
             ["taskset", "-c", cpus, sys.executable, "-m", "bench.echo_server"]
             + ["--port", str(self.echo_port), "--procs", str(processes)],
             cwd=REPO,
+            env=self.echo_env(),
             stdout=subprocess.DEVNULL,
             start_new_session=True,
         )
@@ -114,6 +115,14 @@ class Bench:
             if time.monotonic() > deadline or self.echo.poll() is not None:
                 raise RuntimeError("the echo server did not start")
             time.sleep(0.1)
+
+    def echo_env(self) -> dict[str, str]:
+        """Mutual TLS for the echo server too, with the stack's credentials: Show and the
+        echo then pay the same transport, and the difference is the display's own work."""
+        env = dict(os.environ)
+        if self.stack is not None:
+            env["HEALTHCODE_ECHO_CREDENTIALS"] = str(self.stack.credentials_dir)
+        return env
 
     def stop_echo(self) -> None:
         if self.echo is not None:
@@ -130,6 +139,7 @@ class Bench:
             command = ["taskset", "-c", ",".join(map(str, sorted(self.generator_cpus))), *command]
         env = self.stack.env()
         env["HEALTHCODE_ECHO_ADDR"] = f"127.0.0.1:{self.echo_port}"
+        env["HEALTHCODE_ECHO_CREDENTIALS"] = str(self.stack.credentials_dir)
         done = subprocess.run(
             [*command, *args], env=env, cwd=REPO, capture_output=True, text=True, check=False
         )
@@ -210,8 +220,8 @@ def _errors(result: dict[str, Any]) -> str:
 
 
 def throughput(bench: Bench, processes: int) -> dict[str, float]:
-    bench.start_echo(processes)
     stack = bench.start_stack(processes)
+    bench.start_echo(processes)  # after the stack: it serves with the stack's credentials
     try:
         bench.seed()
         echo = bench.flat(f"echo-{processes}p", "echo", "show")
@@ -278,8 +288,8 @@ def throughput(bench: Bench, processes: int) -> dict[str, float]:
 
 
 def three_hops(bench: Bench, one_hop: float) -> None:
-    bench.start_echo(1)
     bench.start_stack(1, colour_source="service")
+    bench.start_echo(1)
     try:
         bench.seed()
         show = bench.flat("show-colour-service", "display", "show")

@@ -32,6 +32,7 @@ import threading
 import time
 from collections.abc import Iterator
 from concurrent import futures
+from pathlib import Path
 from types import FrameType
 from typing import Any
 
@@ -40,6 +41,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from grpc_health.v1 import health, health_pb2_grpc
 from healthcode.v1 import colour_pb2, common_pb2, display_pb2, display_pb2_grpc
 
+from services._common.auth import Security
 from services._common.server import MAX_MESSAGE_BYTES
 
 DEFAULT_PORT = 50059
@@ -48,8 +50,8 @@ SERVICE_NAME = "healthcode.v1.DisplayService"
 
 
 def echo_token() -> str:
-    """A token of a real one's length: "HC1." + base64url of 113 bytes (49 body + 64 signature)."""
-    return "HC1." + base64.urlsafe_b64encode(bytes(range(113))).decode().rstrip("=")
+    """A token of a real one's length: "HC1." + base64url of 121 bytes (57 body + 64 signature)."""
+    return "HC1." + base64.urlsafe_b64encode(bytes(range(121))).decode().rstrip("=")
 
 
 def _verdict() -> colour_pb2.Verdict:
@@ -133,7 +135,14 @@ def create_echo_server(host: str = "127.0.0.1", port: int = 0) -> tuple[grpc.Ser
     display_pb2_grpc.add_DisplayServiceServicer_to_server(EchoDisplay(), server)
     health_servicer = health.HealthServicer(experimental_non_blocking=True)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    bound = server.add_insecure_port(f"{host}:{port}")
+    # HEALTHCODE_ECHO_CREDENTIALS (a platform credentials directory): mutual TLS, as the
+    # display serves, so a comparison counts the same transport; plain text otherwise.
+    credentials = os.environ.get("HEALTHCODE_ECHO_CREDENTIALS", "")
+    if credentials:
+        tls = Security.load(Path(credentials), "display").server_credentials()
+        bound = server.add_secure_port(f"{host}:{port}", tls)
+    else:
+        bound = server.add_insecure_port(f"{host}:{port}")
     if bound == 0:
         raise OSError(f"could not bind {host}:{port}")
     server.start()

@@ -16,7 +16,9 @@ load --rate`. The echo server (bench/echo_server.py) answers the same two RPCs.
 The host is `host:port` (default HEALTHCODE_DISPLAY_ADDR, else 127.0.0.1:50054). People, as
 `healthcode load` chooses them: HEALTHCODE_LOAD_PEOPLE_FILE (a people file, as `healthcode
 seed` writes), else the synthetic city of HEALTHCODE_LOAD_CITY people and seed
-HEALTHCODE_LOAD_SEED (1); HEALTHCODE_LOAD_SAMPLE (1,000) of them.
+HEALTHCODE_LOAD_SEED (1); HEALTHCODE_LOAD_SAMPLE (1,000) of them. The display is reached with
+the CLI's credentials (HEALTHCODE_DATA_DIR of the platform); the echo server with
+HEALTHCODE_INSECURE=1.
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ grpc_gevent.init_gevent()
 from healthcode.v1 import common_pb2, display_pb2, display_pb2_grpc
 
 from clients import load
+from clients.channel import open_channel
 from services._common.config import Peers
 
 TIMEOUT_S = 10.0
@@ -63,7 +66,10 @@ class _DisplayUser(User):
     wait_time = constant(0)
 
     def on_start(self) -> None:
-        self.channel = grpc.insecure_channel(self.host or Peers.from_env().display)
+        # Mutual TLS and a bearer token per call, as the CLI (clients/credentials.py:
+        # HEALTHCODE_DATA_DIR or HEALTHCODE_CREDENTIALS); HEALTHCODE_INSECURE=1 for the echo
+        # server, which speaks plain text.
+        self.channel = open_channel(self.host or Peers.from_env().display, timeout_s=TIMEOUT_S)
         self.stub = display_pb2_grpc.DisplayServiceStub(self.channel)
         self.rng = random.Random()
         self.device = display_pb2.Device(device_id=f"locust-{id(self)}", place="locust")

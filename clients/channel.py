@@ -13,11 +13,12 @@ EvaluateStream) are long-lived by design and get none.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from typing import Any, NamedTuple
+from typing import Any, Literal, NamedTuple
 
 import grpc
 from google.rpc import error_details_pb2
 
+from clients.credentials import BearerTokens, ClientCredentials, for_target
 from services._common.config import RECONNECT_OPTIONS, Peers
 from services._common.status import details_of
 
@@ -73,11 +74,24 @@ class _DefaultDeadline(grpc.UnaryUnaryClientInterceptor, grpc.StreamUnaryClientI
         return continuation(self._details(client_call_details), request_iterator)
 
 
-def open_channel(target: str, *, timeout_s: float = DEFAULT_TIMEOUT_S) -> grpc.Channel:
-    """An insecure channel to `target` (loopback / inside the cluster) with a default deadline
-    on unary calls. Use as a context manager, or close it."""
-    channel = grpc.insecure_channel(target, options=_OPTIONS)
-    return grpc.intercept_channel(channel, _DefaultDeadline(timeout_s))
+def open_channel(
+    target: str,
+    *,
+    timeout_s: float = DEFAULT_TIMEOUT_S,
+    credentials: ClientCredentials | None | Literal["auto"] = "auto",
+    options: list[tuple[str, int | str]] | None = None,
+) -> grpc.Channel:
+    """A channel to `target` with a default deadline on unary calls: mutual TLS with the
+    client's certificate and a bearer token on every call (clients/credentials.py; "auto": a
+    stack started in this process, else the environment), or plain text for an insecure
+    development stack (`credentials=None`). Use as a context manager, or close it."""
+    creds = for_target(target) if credentials == "auto" else credentials
+    opts = [*(options or []), *_OPTIONS]  # grpc takes the first of two same-named options
+    if creds is None:
+        channel = grpc.insecure_channel(target, options=opts)
+        return grpc.intercept_channel(channel, _DefaultDeadline(timeout_s))
+    channel = grpc.secure_channel(target, creds.channel_credentials(), options=opts)
+    return grpc.intercept_channel(channel, _DefaultDeadline(timeout_s), BearerTokens(creds))
 
 
 def describe_error(error: grpc.RpcError) -> str:
@@ -89,6 +103,8 @@ def describe_error(error: grpc.RpcError) -> str:
     lines = [f"{code.name}: {error.details() or ''}".rstrip(": ")]
     if code == grpc.StatusCode.UNAVAILABLE:
         lines.append("  (is the service running? `healthcode status` checks all four)")
+    if code == grpc.StatusCode.UNAUTHENTICATED:
+        lines.append("  (sign in again, or check HEALTHCODE_CREDENTIALS / HEALTHCODE_TOKEN)")
     if code == grpc.StatusCode.DEADLINE_EXCEEDED:
         lines.append("  (the service did not answer in time; --timeout raises the limit)")
     for detail in details_of(error):

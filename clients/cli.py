@@ -26,6 +26,7 @@ import enum
 import hashlib
 import io
 import json
+import os
 import re
 import sys
 from collections.abc import Callable, Iterator, Sequence
@@ -39,6 +40,8 @@ from google.rpc import error_details_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_status import rpc_status
 from healthcode.v1 import (
+    account_pb2,
+    account_pb2_grpc,
     colour_pb2,
     colour_pb2_grpc,
     common_pb2,
@@ -69,7 +72,10 @@ from rich.text import Text
 
 from clients import feedgen, load, load_report, population
 from clients.channel import DEFAULT_TIMEOUT_S, Peers, describe_error, open_channel
+from clients.credentials import ClientCredentials, for_target
 from clients.feedgen import COUNTIES, TIANJIN_DISTRICTS
+from services._common.auth import Security
+from services._common.config import ConfigError
 from services._common.days import hour_of_date, hour_start, now_shanghai
 
 app = typer.Typer(
@@ -150,6 +156,27 @@ def _main(
 # --- helpers ---------------------------------------------------------------------------------
 
 
+def _load_auth(target: load.Target, where: str, people: list[str]) -> load.LoadAuth | None:
+    """The load generator's certificate and tokens (minted before the run), unless the target
+    speaks plain text (the echo server, an insecure development stack)."""
+    # The echo server speaks plain text unless started with the platform's credentials
+    # (HEALTHCODE_ECHO_CREDENTIALS, as bench/bench_throughput.py does).
+    if target == load.Target.echo and not os.environ.get("HEALTHCODE_ECHO_CREDENTIALS"):
+        return None
+    try:
+        creds = for_target(where)
+    except ConfigError as e:
+        raise load.LoadError(str(e)) from None
+    if creds is None:
+        return None
+    directory = creds.security.directory
+    if (directory / "load.pem").exists():  # the load generator's own edge certificate
+        creds = ClientCredentials(
+            Security.load(directory, "load"), creds.issuer, creds.secret, creds.token
+        )
+    return load.load_auth(creds, people, "load-gate")
+
+
 def _fail(error: grpc.RpcError, what: str) -> NoReturn:
     err.print(f"[bold red]{what} failed[/]")
     err.print(describe_error(error), markup=False, highlight=False)
@@ -157,7 +184,11 @@ def _fail(error: grpc.RpcError, what: str) -> NoReturn:
 
 
 def _channel(target: str) -> grpc.Channel:
-    return open_channel(target, timeout_s=_settings.timeout)
+    try:
+        return open_channel(target, timeout_s=_settings.timeout)
+    except ConfigError as e:  # no credentials found: say where they are looked for
+        err.print(f"[bold red]cannot connect:[/] {e}", highlight=False)
+        raise typer.Exit(2) from None
 
 
 class By(enum.StrEnum):
@@ -1066,7 +1097,7 @@ def explain(
     phone it came through, the county and its grading), what cleared it or would clear it,
     and how fresh each source is. Names and numbers are masked."""
     request = colour_pb2.ExplainRequest(
-        actor=_staff(common_pb2.ACTOR_ROLE_VERIFIER, principal),
+        actor=_staff(common_pb2.ACTOR_ROLE_SUPPORT, principal),
         person=common_pb2.PersonRef(id_number=id_number),
         shared_only=shared_only,
     )
@@ -1304,6 +1335,48 @@ def counters(
             _fail(e, "counters")
         except KeyboardInterrupt:
             stream.cancel()
+
+
+@app.command("sign-in")
+def sign_in(
+    id_number: Annotated[str, typer.Argument(help="Your 18-digit resident ID number.")],
+    phone: Annotated[str, typer.Option(help="A mobile number registered to you.")],
+    code: Annotated[
+        str | None,
+        typer.Option(help="The six digits from the SMS (asked for when not given)."),
+    ] = None,
+    token_only: Annotated[
+        bool, typer.Option("--token-only", help="Print only the token (for HEALTHCODE_TOKEN).")
+    ] = False,
+) -> None:
+    """Sign in as a person: a one-time code goes by SMS to a phone registered to you, and the
+    code gets a bearer token for fifteen minutes. `export HEALTHCODE_TOKEN=...` then makes
+    every command act as you. A development stack (`make run`) has no SMS gateway: the code
+    comes back in the reply and is used at once."""
+    with _channel(_settings.peers.declaration) as channel:
+        stub = account_pb2_grpc.AccountServiceStub(channel)
+        try:
+            sent = stub.RequestSignInCode(
+                account_pb2.RequestSignInCodeRequest(id_number=id_number, phone=phone)
+            )
+        except grpc.RpcError as e:
+            _fail(e, "asking for a sign-in code")
+        if code is None:
+            if sent.development_code:
+                code = sent.development_code
+                err.print(f"development stack: the code sent to {sent.masked_phone} is used")
+            else:
+                code = typer.prompt(f"the code sent to {sent.masked_phone}")
+        try:
+            signed = stub.SignIn(account_pb2.SignInRequest(id_number=id_number, code=code))
+        except grpc.RpcError as e:
+            _fail(e, "signing in")
+    if token_only:
+        out.print(signed.token, markup=False, highlight=False, soft_wrap=True)
+        return
+    until = signed.expires_at.ToDatetime(dt.UTC).astimezone().strftime("%H:%M")
+    out.print(f"signed in as {signed.masked_id_number} until {until}; to act as yourself:")
+    out.print(f"export HEALTHCODE_TOKEN={signed.token}", markup=False, soft_wrap=True)
 
 
 @app.command()
@@ -1579,6 +1652,7 @@ def load_test(
             messages=messages,
             tokens=tokens,
             seed=seed,
+            auth=_load_auth(target, where, people),
         )
         plan.check()
         total = load.expected_calls(plan)
@@ -1617,6 +1691,470 @@ def load_test(
         out.print(f"plot: {plot}")
     if summary.failed:
         raise typer.Exit(1)
+
+
+# --- mandate: who may act for whom (R3) --------------------------------------------------------
+
+mandate_app = typer.Typer(
+    name="mandate",
+    help="Mandates (代办授权): a family proxy or grid worker acts only for the people a mandate "
+    "links them to. Registering someone records one for the proxy who did it; [bold]grant[/] "
+    "adds one (optionally until a date), [bold]revoke[/] ends one at once, [bold]list[/] shows "
+    "who may act for a person, or whom a proxy acts for. Everything printed is masked.",
+    no_args_is_help=True,
+    rich_markup_mode="rich",
+)
+app.add_typer(mandate_app)
+
+
+class GrantBy(enum.StrEnum):
+    """Who grants a mandate."""
+
+    citizen = "citizen"
+    admin = "admin"
+
+
+class MandateBy(enum.StrEnum):
+    """Who calls a mandate command."""
+
+    citizen = "citizen"
+    family_proxy = "family-proxy"
+    grid_worker = "grid-worker"
+    admin = "admin"
+
+
+_MANDATE_BASIS = {
+    declaration_pb2.MANDATE_BASIS_REGISTRATION: "registered them",
+    declaration_pb2.MANDATE_BASIS_IMPORT: "bulk import",
+    declaration_pb2.MANDATE_BASIS_GRANT: "granted",
+}
+_MANDATE_STATE = {
+    declaration_pb2.MANDATE_STATE_ACTIVE: "[bold green]active[/]",
+    declaration_pb2.MANDATE_STATE_EXPIRED: "[yellow]expired[/]",
+    declaration_pb2.MANDATE_STATE_REVOKED: "[red]revoked[/]",
+}
+_ROLE_NAME = {
+    common_pb2.ACTOR_ROLE_CITIZEN: "citizen",
+    common_pb2.ACTOR_ROLE_FAMILY_PROXY: "family proxy",
+    common_pb2.ACTOR_ROLE_GRID_WORKER: "grid worker",
+    common_pb2.ACTOR_ROLE_ADMIN: "admin",
+    common_pb2.ACTOR_ROLE_SERVICE: "service",
+}
+
+
+def _mandate_caller(
+    by: MandateBy, id_number: str | None, proxy_id: str | None, principal: str
+) -> common_pb2.Actor:
+    """The actor of a mandate command: a citizen (themself, by `id_number`), a family proxy
+    (by `proxy_id`), a grid worker or an administrator (by `principal`)."""
+    if by == MandateBy.citizen:
+        if not id_number:
+            raise typer.BadParameter("a citizen names themself", param_hint="--id-number")
+        return common_pb2.Actor(
+            role=common_pb2.ACTOR_ROLE_CITIZEN, person=common_pb2.PersonRef(id_number=id_number)
+        )
+    if by == MandateBy.family_proxy:
+        if not proxy_id:
+            raise typer.BadParameter(
+                "a family proxy gives their own ID number", param_hint="--proxy-id"
+            )
+        return common_pb2.Actor(
+            role=common_pb2.ACTOR_ROLE_FAMILY_PROXY,
+            person=common_pb2.PersonRef(id_number=proxy_id),
+        )
+    role = common_pb2.ACTOR_ROLE_GRID_WORKER
+    if by == MandateBy.admin:
+        role = common_pb2.ACTOR_ROLE_ADMIN
+    return _staff(role, principal)
+
+
+def _mandate_proxy(
+    family_member: str | None, grid_worker: str | None
+) -> declaration_pb2.MandateProxy:
+    if (family_member is None) == (grid_worker is None):
+        raise typer.BadParameter("give --family-member ID_NUMBER or --grid-worker ACCOUNT")
+    if family_member is not None:
+        return declaration_pb2.MandateProxy(
+            role=common_pb2.ACTOR_ROLE_FAMILY_PROXY,
+            person=common_pb2.PersonRef(id_number=family_member),
+        )
+    return declaration_pb2.MandateProxy(
+        role=common_pb2.ACTOR_ROLE_GRID_WORKER, principal=grid_worker or ""
+    )
+
+
+def _until(text: str | None, days: int | None) -> dt.datetime | None:
+    """--until (a day: through its end; or a time; Asia/Shanghai unless given) or --days."""
+    if text is not None and days is not None:
+        raise typer.BadParameter("give --until or --days, not both")
+    if days is not None:
+        return dt.datetime.now(dt.UTC) + dt.timedelta(days=days)
+    if text is None:
+        return None
+    try:
+        if len(text) == 10:
+            day = dt.date.fromisoformat(text)
+            return dt.datetime.combine(day + dt.timedelta(days=1), dt.time(), _CST)
+        when = dt.datetime.fromisoformat(text)
+    except ValueError:
+        raise typer.BadParameter(
+            f"{text!r}: write YYYY-MM-DD (through that day) or YYYY-MM-DDTHH:MM",
+            param_hint="--until",
+        ) from None
+    return when if when.tzinfo is not None else when.replace(tzinfo=_CST)
+
+
+def _cst(ts: Any) -> str:
+    return f"{ts.ToDatetime(dt.UTC).astimezone(_CST):%Y-%m-%d %H:%M}"
+
+
+def _recorded(actor: declaration_pb2.RecordedActor) -> str:
+    role = _ROLE_NAME.get(actor.role, "?")
+    who = actor.masked_id_number or actor.principal
+    return f"{role} {who}".strip()
+
+
+def _print_mandate(m: declaration_pb2.Mandate) -> None:
+    """One mandate, a few short lines (masked only)."""
+    state = _MANDATE_STATE.get(m.state, "?")
+    out.print(f"[bold]mandate {m.mandate_id}[/]  {state}")
+    out.print(f"  for       {m.masked_name} {m.masked_id_number}", markup=False, highlight=False)
+    proxy = _recorded(m.proxy)
+    if m.proxy_person_key and not m.proxy.masked_id_number:
+        proxy += f" key:{m.proxy_person_key.hex()[:8]}"
+    out.print(f"  proxy     {proxy}", markup=False, highlight=False)
+    until = f"until {_cst(m.valid_until)} CST" if m.HasField("valid_until") else "open-ended"
+    out.print(f"  since     {_cst(m.granted_at)} CST, {until}", markup=False, highlight=False)
+    approved = f"{_recorded(m.approved_by)} ({_MANDATE_BASIS.get(m.basis, '?')})"
+    if m.reason:
+        approved += f": {m.reason}"
+    out.print(f"  approved  {approved}", markup=False, highlight=False)
+    if m.HasField("revoked_at"):
+        revoked = f"{_cst(m.revoked_at)} CST by {_recorded(m.revoked_by)}"
+        if m.revoke_reason:
+            revoked += f": {m.revoke_reason}"
+        out.print(f"  revoked   {revoked}", markup=False, highlight=False)
+
+
+_MandateByOption = Annotated[
+    MandateBy,
+    typer.Option(
+        "--by",
+        help="Who calls: citizen (the person themself), family-proxy (give --proxy-id), "
+        "grid-worker or admin (give --principal).",
+    ),
+]
+
+
+@mandate_app.command("grant")
+def mandate_grant(
+    id_number: Annotated[
+        str, typer.Argument(help="The resident ID number of the person who is acted for.")
+    ],
+    family_member: Annotated[
+        str | None,
+        typer.Option(
+            help="The family member who may act for them: their own ID number.",
+            show_default=False,
+        ),
+    ] = None,
+    grid_worker: Annotated[
+        str | None,
+        typer.Option(
+            help="The grid worker who may act for them: their account id.", show_default=False
+        ),
+    ] = None,
+    until: Annotated[
+        str | None,
+        typer.Option(
+            help="When it ends: YYYY-MM-DD (through that day) or YYYY-MM-DDTHH:MM, Asia/Shanghai. "
+            "Default: until revoked.",
+            show_default=False,
+        ),
+    ] = None,
+    days: Annotated[
+        int | None,
+        typer.Option(
+            min=1, help="Ends this many days from now (instead of --until).", show_default=False
+        ),
+    ] = None,
+    reason: Annotated[
+        str, typer.Option(help="Why (stored and shown; no ID or phone numbers).")
+    ] = "",
+    by: Annotated[
+        GrantBy,
+        typer.Option(
+            "--by",
+            help="Who grants: the person themself (citizen) or an administrator (admin, with "
+            "--principal).",
+        ),
+    ] = GrantBy.citizen,
+    principal: _PrincipalOption = "cli",
+) -> None:
+    """Let a family member or grid worker act for a person (declare, link phones, show the code).
+
+    Granted by the person themself or by an administrator (--by admin --principal ID).
+    Granting the same again changes nothing; with another end it replaces the earlier one.
+
+    [dim]healthcode mandate grant PERSON_ID --family-member RELATIVE_ID[/]
+    [dim]healthcode mandate grant PERSON_ID --grid-worker grid-hp-007 --days 30[/]"""
+    request = declaration_pb2.GrantMandateRequest(
+        actor=_mandate_caller(MandateBy(by.value), id_number, None, principal),
+        person=common_pb2.PersonRef(id_number=id_number),
+        proxy=_mandate_proxy(family_member, grid_worker),
+        reason=reason,
+    )
+    ends = _until(until, days)
+    if ends is not None:
+        request.valid_until.FromDatetime(ends.astimezone(dt.UTC))
+    with _channel(_settings.peers.declaration) as channel:
+        try:
+            response = declaration_pb2_grpc.DeclarationServiceStub(channel).GrantMandate(request)
+        except grpc.RpcError as e:
+            _fail(e, "mandate grant")
+    m = response.mandate
+    verb = "granted" if response.created else "already in force"
+    out.print(
+        f"mandate {m.mandate_id} {verb}: {_recorded(m.proxy)} may act for "
+        f"{m.masked_name} ({m.masked_id_number})"
+    )
+
+
+@mandate_app.command("revoke")
+def mandate_revoke(
+    mandate_id: Annotated[int, typer.Argument(min=1, help="The mandate's id (`mandate list`).")],
+    reason: Annotated[
+        str, typer.Option(help="Why (stored and shown; no ID or phone numbers).")
+    ] = "",
+    by: _MandateByOption = MandateBy.citizen,
+    id_number: Annotated[
+        str | None,
+        typer.Option(help="With --by citizen: your own ID number.", show_default=False),
+    ] = None,
+    proxy_id: _ProxyOption = None,
+    principal: _PrincipalOption = "cli",
+) -> None:
+    """End a mandate now: by the person it is for, the proxy themself, or an administrator.
+
+    The proxy's next act for the person is refused (PERMISSION_DENIED).
+
+    [dim]healthcode mandate revoke 7 --id-number PERSON_ID --reason 'moved in with me'[/]
+    [dim]healthcode mandate revoke 7 --by grid-worker --principal grid-hp-007[/]"""
+    request = declaration_pb2.RevokeMandateRequest(
+        actor=_mandate_caller(by, id_number, proxy_id, principal),
+        mandate_id=mandate_id,
+        reason=reason,
+    )
+    with _channel(_settings.peers.declaration) as channel:
+        try:
+            response = declaration_pb2_grpc.DeclarationServiceStub(channel).RevokeMandate(request)
+        except grpc.RpcError as e:
+            _fail(e, "mandate revoke")
+    m = response.mandate
+    verb = "revoked" if response.revoked else "was already revoked"
+    out.print(
+        f"mandate {m.mandate_id} {verb}: {_recorded(m.proxy)} may no longer act for "
+        f"{m.masked_name} ({m.masked_id_number})"
+    )
+
+
+@mandate_app.command("list")
+def mandate_list(
+    id_number: Annotated[
+        str | None,
+        typer.Argument(
+            help="The person acted for (with --by citizen: yourself; for a proxy or an "
+            "administrator: only mandates for this person).",
+            show_default=False,
+        ),
+    ] = None,
+    include_inactive: Annotated[
+        bool, typer.Option("--all", help="Also revoked and expired mandates (the history).")
+    ] = False,
+    by: _MandateByOption = MandateBy.citizen,
+    proxy_id: _ProxyOption = None,
+    principal: _PrincipalOption = "cli",
+) -> None:
+    """Who may act for a person (as the person), or whom a proxy acts for (as the proxy).
+
+    Active mandates by default; --all adds revoked and expired ones, with who ended them.
+
+    [dim]healthcode mandate list PERSON_ID[/]
+    [dim]healthcode mandate list --by family-proxy --proxy-id RELATIVE_ID[/]
+    [dim]healthcode mandate list --by grid-worker --principal grid-hp-007 --all[/]"""
+    request = declaration_pb2.ListMandatesRequest(
+        actor=_mandate_caller(by, id_number, proxy_id, principal),
+        include_inactive=include_inactive,
+    )
+    if id_number is not None:
+        request.person.id_number = id_number
+    found: list[declaration_pb2.Mandate] = []
+    with _channel(_settings.peers.declaration) as channel:
+        stub = declaration_pb2_grpc.DeclarationServiceStub(channel)
+        while True:
+            try:
+                page = stub.ListMandates(request)
+            except grpc.RpcError as e:
+                _fail(e, "mandate list")
+            found.extend(page.mandates)
+            if not page.next_page_token:
+                break
+            request.page_token = page.next_page_token
+    kind = "mandate" if include_inactive else "active mandate"
+    if not found:
+        out.print(f"no {kind}s")
+        return
+    out.print(f"{len(found)} {kind}{'s' if len(found) > 1 else ''}")
+    for m in found:
+        _print_mandate(m)
+
+
+# --- keys: the display's token signing keys --------------------------------------------------
+
+keys_app = typer.Typer(
+    name="keys",
+    help="The display's code-token signing keys (a key ring in a directory, shared by every "
+    "display worker): [bold]list[/] shows each key's id, public key and status; [bold]rotate[/] "
+    "makes a new key the signer and retires the old one, which still verifies the codes it "
+    "signed until they expire. Works on the directory itself (no service call); running "
+    "displays pick a rotation up without a restart. Never prints private keys.",
+    no_args_is_help=True,
+    rich_markup_mode="rich",
+)
+app.add_typer(keys_app)
+
+_DataDirOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--data-dir",
+        help="The display's data directory (default HEALTHCODE_DATA_DIR, else ./data); the "
+        "ring is its display/token-keys.",
+        show_default=False,
+    ),
+]
+_KeysDirOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--keys-dir",
+        help="The key ring directory itself (default HEALTHCODE_TOKEN_KEYS_DIR, else "
+        "<data dir>/display/token-keys).",
+        show_default=False,
+    ),
+]
+
+
+def _key_ring_paths(data_dir: Path | None, keys_dir: Path | None) -> tuple[Path, Path]:
+    """(the ring, the signing.key of earlier versions an empty ring imports)."""
+    import os
+
+    from services.display.config import legacy_signing_key, token_keys_dir
+
+    data = (
+        data_dir if data_dir is not None else Path(os.environ.get("HEALTHCODE_DATA_DIR", "./data"))
+    )
+    if keys_dir is not None:
+        ring = keys_dir
+    elif data_dir is not None:
+        ring = token_keys_dir({}, data)  # an explicit --data-dir wins over the environment
+    else:
+        ring = token_keys_dir(os.environ, data)
+    return ring, legacy_signing_key(data)
+
+
+def _ms_text(ms: int | None) -> str | None:
+    from services.display.keyring import format_ms
+
+    return None if ms is None else format_ms(ms)
+
+
+@keys_app.command("list")
+def keys_list(
+    data_dir: _DataDirOption = None,
+    keys_dir: _KeysDirOption = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+) -> None:
+    """Every key in the ring: id, status (signing, retired and still verifying, expired), when
+    it was created and retired, until when it verifies, its public key in hex."""
+    from services.display.keyring import KeyRingError, now_ms, read_keys, signer_of
+
+    ring, legacy = _key_ring_paths(data_dir, keys_dir)
+    try:
+        keys = read_keys(ring)
+    except KeyRingError as e:
+        err.print(f"[bold red]cannot read the key ring:[/] {e}", highlight=False)
+        raise typer.Exit(1) from None
+    at = now_ms()
+    signer = signer_of(keys)
+    rows = [
+        {
+            "key_id": k.key_id_hex,
+            "status": k.status(signer, at),
+            "created_at": _ms_text(k.created_at_ms),
+            "retired_at": _ms_text(k.retired_at_ms),
+            "verifies_until": _ms_text(k.not_after_ms),
+            "public_key": k.public_key.hex(),
+            "legacy": k.legacy,
+        }
+        for k in keys
+    ]
+    if as_json:
+        out.print_json(json.dumps({"directory": str(ring), "keys": rows}))
+        return
+    if not keys:
+        note = (
+            f"; {legacy} (an earlier version's key) is imported at the next start"
+            if legacy.exists()
+            else ""
+        )
+        out.print(
+            f"no token keys in {ring} (a display creates the first at start{note})", highlight=False
+        )
+        return
+    table = Table(title=f"token keys in {ring}", title_justify="left")
+    for column in ("key id", "status", "created", "retired", "verifies until", "public key"):
+        table.add_column(column, no_wrap=column != "public key")
+    for row in rows:
+        status = str(row["status"]) + (" (legacy)" if row["legacy"] else "")
+        table.add_row(
+            str(row["key_id"]),
+            status,
+            str(row["created_at"]),
+            str(row["retired_at"] or "-"),
+            str(row["verifies_until"] or "-"),
+            str(row["public_key"]),
+        )
+    out.print(table)
+
+
+@keys_app.command("rotate")
+def keys_rotate(data_dir: _DataDirOption = None, keys_dir: _KeysDirOption = None) -> None:
+    """A new key signs from now on; the current one is retired: it signs no more but verifies
+    the codes it signed until they expire (75 s: a minute of token life, the 10 s a running
+    display may take to notice, 5 s of clock skew), then it is dropped; keys past that are
+    deleted. Displays reading the ring pick the new key up without a restart."""
+    from services.display.keyring import KeyRingError, rotate
+
+    ring, legacy = _key_ring_paths(data_dir, keys_dir)
+    try:
+        done = rotate(ring, legacy_key=legacy)
+    except KeyRingError as e:
+        err.print(f"[bold red]rotation failed:[/] {e}", highlight=False)
+        raise typer.Exit(1) from None
+    out.print(
+        f"{done.signer.key_id_hex} signs from now (public key {done.signer.public_key.hex()})",
+        highlight=False,
+        soft_wrap=True,
+    )
+    for key in done.retired:
+        out.print(
+            f"{key.key_id_hex} retired: verifies until {_ms_text(key.not_after_ms)}",
+            highlight=False,
+        )
+    for key in done.removed:
+        out.print(
+            f"{key.key_id_hex} removed (it verified until {_ms_text(key.not_after_ms)})",
+            highlight=False,
+        )
 
 
 def main() -> None:

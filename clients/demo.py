@@ -296,7 +296,7 @@ def _pick_examples(peers: Peers, population: list[feedgen.Person], version: int)
     _wait_colour(peers, version)
     with open_channel(peers.colour) as channel:
         stub = colour_pb2_grpc.ColourServiceStub(channel)
-        actor = common_pb2.Actor(role=common_pb2.ACTOR_ROLE_SERVICE, principal="demo")
+        actor = common_pb2.Actor(role=common_pb2.ACTOR_ROLE_ADMIN, principal="demo")
         for person in population:
             v = stub.Evaluate(
                 colour_pb2.EvaluateRequest(
@@ -366,6 +366,8 @@ def _cli_setup(stack: Stack) -> tuple[str, list[str]]:
     if stack.ports != DEFAULT_PORTS:
         for name, addr in stack.peers.items():
             setup.append(f"export HEALTHCODE_{name.upper()}_ADDR={addr}")
+    # The CLI's certificate and the operator's token issuer (clients/credentials.py).
+    setup.append(f"export HEALTHCODE_DATA_DIR={shlex.quote(str(stack.data_dir))}")
     return "healthcode", setup
 
 
@@ -388,6 +390,7 @@ def print_welcome(stack: Stack, people: DemoPeople, sample_feed: Path) -> None:
     if people.phone_red:
         lines.append(f"{hc} explain {people.phone_red}     # red through a linked phone (R7)")
     who = people.green or people.population[0].id_number
+    creds = shlex.quote(str(stack.credentials_dir))
     draft = write_sample_draft(sample_feed.with_name("draft_rules.toml"))
     lines += [
         f'TOKEN=$({hc} show {who} --token-only) && {hc} scan "$TOKEN"',
@@ -398,8 +401,8 @@ def print_welcome(stack: Stack, people: DemoPeople, sample_feed: Path) -> None:
         f"{hc} counters --follow",
         f"{hc} --help",
         (
-            "buf curl --protocol grpc --http2-prior-knowledge --list-methods "
-            f"http://127.0.0.1:{stack.ports['display']}"
+            f"buf curl --protocol grpc --cacert {creds}/ca.pem --cert {creds}/cli.pem "
+            f"--key {creds}/cli.key --list-methods https://127.0.0.1:{stack.ports['display']}"
         ),
     ]
     for line in lines:
@@ -491,7 +494,7 @@ def _wait_red(stack: Stack, id_number: str, timeout_s: float = 20.0) -> None:
     deadline = time.monotonic() + timeout_s
     with open_channel(stack.peers.colour) as channel:
         stub = colour_pb2_grpc.ColourServiceStub(channel)
-        actor = common_pb2.Actor(role=common_pb2.ACTOR_ROLE_SERVICE, principal="demo")
+        actor = common_pb2.Actor(role=common_pb2.ACTOR_ROLE_ADMIN, principal="demo")
         request = colour_pb2.EvaluateRequest(
             actor=actor, person=common_pb2.PersonRef(id_number=id_number)
         )

@@ -56,6 +56,7 @@ from healthcode.v1 import (
     display_pb2_grpc,
 )
 
+from clients.credentials import ClientCredentials
 from services._common.logs import redact
 
 ECHO_PORT = 50059
@@ -281,6 +282,47 @@ class Midnight:
 
 
 @dataclass(frozen=True)
+class LoadAuth:
+    """What a generator process presents: the load generator's certificate, and a token per
+    person shown (minted before the run, so signing costs the measurement nothing) plus one
+    for the scanning verifier and one for the exam organiser's stream. Picklable, for spawned
+    processes; never printed."""
+
+    ca: bytes = field(repr=False)
+    cert: bytes = field(repr=False)
+    key: bytes = field(repr=False)
+    person_tokens: dict[str, str] = field(repr=False, default_factory=dict)
+    verifier_token: str = field(repr=False, default="")
+    partner_token: str = field(repr=False, default="")
+
+    def channel_credentials(self) -> grpc.ChannelCredentials:
+        return grpc.ssl_channel_credentials(self.ca, self.key, self.cert)
+
+
+def load_auth(creds: ClientCredentials, people: Sequence[str], verifier: str) -> LoadAuth:
+    """Tokens for a run, minted by the operator's issuer (clients/credentials.py)."""
+    person_tokens: dict[str, str] = {}
+    for id_number in people:
+        actor = common_pb2.Actor(
+            role=common_pb2.ACTOR_ROLE_CITIZEN, person=common_pb2.PersonRef(id_number=id_number)
+        )
+        token = creds.token_for(actor)
+        if token is not None:
+            person_tokens[id_number] = token
+    verifier_actor = common_pb2.Actor(role=common_pb2.ACTOR_ROLE_VERIFIER, principal=verifier)
+    partner_actor = common_pb2.Actor(role=common_pb2.ACTOR_ROLE_PARTNER, principal=verifier)
+    security = creds.security
+    return LoadAuth(
+        security.ca,
+        security.cert,
+        security.key,
+        person_tokens,
+        creds.token_for(verifier_actor) or "",
+        creds.token_for(partner_actor) or "",
+    )
+
+
+@dataclass(frozen=True)
 class LoadPlan:
     """What to drive, how hard and for how long. `rate` None: closed loop (flat out)."""
 
@@ -305,6 +347,9 @@ class LoadPlan:
     # Which of `procs` processes this plan is for (set by `share`); its schedule is offset by
     # index/procs of an interval so that the processes' calls interleave.
     index: int = 0
+    # Mutual TLS and bearer tokens for a platform that checks credentials (`load_auth`); None:
+    # plain text (the echo server, an insecure development stack).
+    auth: LoadAuth | None = None
 
     def check(self) -> None:
         """Raise LoadError naming what is wrong with the plan."""
@@ -558,6 +603,21 @@ class _Caller:
         )
         people = list(plan.people)
         self.show_requests = [show_request(p, device) for p in people]
+        # With credentials every call carries its bearer token; the actor is left to it.
+        auth = plan.auth
+        self.show_metadata: list[tuple[tuple[str, str], ...] | None] = [None] * len(people)
+        self.scan_metadata: tuple[tuple[str, str], ...] | None = None
+        self.stream_metadata: tuple[tuple[str, str], ...] | None = None
+        if auth is not None:
+            self.show_metadata = [
+                (("authorization", f"Bearer {auth.person_tokens[p]}"),)
+                if p in auth.person_tokens
+                else None
+                for p in people
+            ]
+            self.scan_metadata = (("authorization", f"Bearer {auth.verifier_token}"),)
+            self.stream_metadata = (("authorization", f"Bearer {auth.partner_token}"),)
+            self.verifier = common_pb2.Actor()
         # A few distinct streams, each a different slice of the people (rotated).
         per_stream = plan.batch * plan.messages if plan.call == Call.evaluate_stream else 1
         batches = []
@@ -565,6 +625,9 @@ class _Caller:
             start = b * per_stream
             chunk = [people[(start + k) % len(people)] for k in range(per_stream)]
             batches.append(evaluate_stream_batch(chunk, f"load-batch-{plan.index}", plan.batch))
+        if auth is not None:
+            for batch in batches:
+                batch[0].ClearField("actor")
         self.batches = batches
         self.tokens: collections.deque[tuple[float, str]] = collections.deque()
         self.token_max_age_s = 60.0 - TOKEN_MARGIN_S
@@ -577,8 +640,12 @@ class _Caller:
         return self.turn % len(self.display)
 
     async def show(self) -> str:
-        request = self.show_requests[self.rng.randrange(len(self.show_requests))]
-        reply = await self.display[self._next()].Show(request, timeout=self.plan.timeout_s)
+        which = self.rng.randrange(len(self.show_requests))
+        reply = await self.display[self._next()].Show(
+            self.show_requests[which],
+            timeout=self.plan.timeout_s,
+            metadata=self.show_metadata[which],
+        )
         return reply.token
 
     async def scan(self) -> None:
@@ -591,12 +658,14 @@ class _Caller:
             raise _OutOfTokens
         _, token = self.tokens.popleft()
         request = display_pb2.ScanRequest(actor=self.verifier, token=token, device=self.scan_device)
-        await self.display[self._next()].Scan(request, timeout=self.plan.timeout_s)
+        await self.display[self._next()].Scan(
+            request, timeout=self.plan.timeout_s, metadata=self.scan_metadata
+        )
 
     async def evaluate_stream(self) -> int:
         entries = self.batches[self.rng.randrange(len(self.batches))]
         stream = self.colour[self._next()].EvaluateStream(
-            iter(entries), timeout=self.plan.timeout_s
+            iter(entries), timeout=self.plan.timeout_s, metadata=self.stream_metadata
         )
         answered = problems = 0
         async for answer in stream:
@@ -624,7 +693,9 @@ class _Caller:
         """Show `count` codes (unmeasured, 32 at a time) and keep their tokens for Scan."""
         try:
             key = await self.display[0].GetVerificationKey(
-                display_pb2.GetVerificationKeyRequest(), timeout=self.plan.timeout_s
+                display_pb2.GetVerificationKeyRequest(),
+                timeout=self.plan.timeout_s,
+                metadata=self.scan_metadata,
             )
             if key.token_ttl_ms:
                 self.token_max_age_s = max(1.0, key.token_ttl_ms / 1000 - TOKEN_MARGIN_S)
@@ -744,10 +815,17 @@ async def run_process(
 ) -> WorkerResult:
     """One process's part of the load: connect, warm up (and prepare Scan tokens), call
     `ready` (the processes' barrier), run the loop, return what was measured."""
-    channels = [
-        grpc.aio.insecure_channel(plan.address, options=_CHANNEL_OPTIONS)
-        for _ in range(plan.channels)
-    ]
+    if plan.auth is not None:
+        tls = plan.auth.channel_credentials()
+        channels = [
+            grpc.aio.secure_channel(plan.address, tls, options=_CHANNEL_OPTIONS)
+            for _ in range(plan.channels)
+        ]
+    else:
+        channels = [
+            grpc.aio.insecure_channel(plan.address, options=_CHANNEL_OPTIONS)
+            for _ in range(plan.channels)
+        ]
     try:
         caller = _Caller(plan, channels)
         await _warm_up(plan, caller, channels)

@@ -22,7 +22,10 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from healthcode.v1 import colour_pb2, colour_pb2_grpc
 
 from clients.channel import Peers, open_channel
-from services._common.config import Ports
+from clients.credentials import ClientCredentials, register
+from services._common.auth import create_issuer_keys
+from services._common.config import Ports, load_secret
+from services._common.pki import create_dev_credentials
 
 REPO = Path(__file__).resolve().parent.parent
 # Start order: the risk index first (colour follows it, declaration registers people in it).
@@ -83,6 +86,8 @@ class Stack:
             path.append(env["PYTHONPATH"])
         env["PYTHONPATH"] = os.pathsep.join(path)
         env["HEALTHCODE_DATA_DIR"] = str(self.data_dir)
+        # Sign-in codes come back in the reply: a development stack has no SMS gateway.
+        env["HEALTHCODE_SMS"] = "reply"
         env["HEALTHCODE_HOST"] = "127.0.0.1"
         for name, port in self.ports.items():
             env[f"HEALTHCODE_{name.upper()}_PORT"] = str(port)
@@ -90,9 +95,34 @@ class Stack:
         env.update(self.extra_env)
         return env
 
+    @property
+    def credentials_dir(self) -> Path:
+        return Path(
+            self.extra_env.get("HEALTHCODE_CREDENTIALS", "") or self.data_dir / "credentials"
+        )
+
+    @property
+    def insecure(self) -> bool:
+        return self.extra_env.get("HEALTHCODE_INSECURE", "") in {"1", "true", "yes"}
+
+    def prepare_credentials(self) -> ClientCredentials | None:
+        """The development CA, a certificate for every identity, the token issuer's keys and
+        the deployment secret, made once in the data directory (kept across restarts); this
+        process then reaches the stack as the CLI does (clients/credentials.py)."""
+        if self.insecure:
+            creds = None
+        else:
+            create_dev_credentials(self.credentials_dir)
+            create_issuer_keys(self.credentials_dir)
+            secret = load_secret(self.data_dir, self.env())
+            creds = ClientCredentials.load(self.credentials_dir, "cli", secret)
+        register([addr for _name, addr in self.peers.items()], creds)
+        return creds
+
     def start(self, names: tuple[str, ...] = SERVICES) -> None:
         env = self.env()
         (self.data_dir / "logs").mkdir(parents=True, exist_ok=True)
+        self.prepare_credentials()
         for name in names:
             log = open(self.log_path(name), "ab")  # noqa: SIM115 - closed in stop()
             self._logs[name] = log

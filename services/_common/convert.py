@@ -8,6 +8,7 @@ from google.protobuf import timestamp_pb2
 from healthcode.v1 import common_pb2
 
 from services._common.actors import Actor, Role
+from services._common.auth import ActorMismatch, Caller, current_caller
 from services._common.errors import InvalidArgument
 from services._common.identifiers import Identified, Identifiers, check_key
 from services._common.logs import redact
@@ -21,6 +22,7 @@ _ROLES: dict[common_pb2.ActorRole.ValueType, Role] = {
     common_pb2.ACTOR_ROLE_PARTNER: Role.PARTNER,
     common_pb2.ACTOR_ROLE_ADMIN: Role.ADMIN,
     common_pb2.ACTOR_ROLE_SERVICE: Role.SERVICE,
+    common_pb2.ACTOR_ROLE_SUPPORT: Role.SUPPORT,
 }
 _ROLE_PROTO = {role: value for value, role in _ROLES.items()}
 
@@ -34,8 +36,49 @@ def role_to_proto(role: Role) -> common_pb2.ActorRole.ValueType:
 def actor_from_proto(
     msg: common_pb2.Actor, identifiers: Identifiers | None, field: str = "actor"
 ) -> Actor:
-    """Validate the caller. Citizens and family proxies name themselves by `person` (an ID
+    """The caller of this call. Where credentials are checked (services/_common/auth.py) the
+    credential decides: an unset actor means "as my credential says", and a body claiming any
+    other role, account or person is refused. Without credentials (in-process tests) the body
+    is validated and taken. Citizens and family proxies name themselves by `person` (an ID
     number is hashed here, so only its key and masked form are kept)."""
+    caller = current_caller()
+    if caller is not None and msg.role == common_pb2.ACTOR_ROLE_UNSPECIFIED:
+        if msg.principal or msg.HasField("person"):
+            raise InvalidArgument([(f"{field}.role", "set the role, or leave the actor unset")])
+        return caller.actor()
+    claimed = _actor_from_body(msg, identifiers, field)
+    if caller is None:
+        return claimed
+    return _as_credential(claimed, caller, field)
+
+
+def _as_credential(claimed: Actor, caller: Caller, field: str) -> Actor:
+    """The body's actor when the credential vouches for it; ActorMismatch otherwise."""
+    if claimed.role not in caller.roles:
+        raise ActorMismatch(
+            f"{field} claims the role {claimed.role}, but the credential is {caller.describe()}: "
+            "leave the actor unset, or claim what the credential says"
+        )
+    if caller.person_key is not None:  # a person's token: only themself, as citizen or proxy
+        if claimed.person_key != caller.person_key:
+            raise ActorMismatch(
+                f"{field}.person names someone other than the signed-in person; a family member "
+                "acts for a relative by naming themself as family_proxy"
+            )
+        masked = caller.masked_id_number or claimed.masked_id_number
+        return Actor(claimed.role, claimed.principal, caller.person_key, masked)
+    if caller.role is Role.SERVICE:
+        # A platform service's account is its certificate's name, whatever the body says.
+        return Actor(Role.SERVICE, caller.principal)
+    if claimed.principal != caller.principal:
+        raise ActorMismatch(
+            f"{field}.principal claims the account {claimed.principal!r}, but the credential is "
+            f"{caller.describe()}"
+        )
+    return claimed
+
+
+def _actor_from_body(msg: common_pb2.Actor, identifiers: Identifiers | None, field: str) -> Actor:
     role = _ROLES.get(msg.role)
     if role is None:
         raise InvalidArgument([(f"{field}.role", "set the role the caller acts in")])

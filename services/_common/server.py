@@ -18,6 +18,8 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from services._common.auth import Security, process_security
+from services._common.malformed import MalformedRequests
 from services._common.shedding import Shedder
 from services._common.telemetry import server_interceptor
 
@@ -43,6 +45,7 @@ def create_server(
     ready: bool = True,
     max_in_flight: int = 0,
     reuse_port: bool = False,
+    security: Security | None = None,
 ) -> tuple[grpc.Server, int]:
     """Build, bind and START a server; return it with the bound port (port 0: a free one).
 
@@ -58,12 +61,27 @@ def create_server(
     (services/_common/workers.py). Otherwise the port is this server's alone: a second process
     started on it fails to bind instead of silently taking half of the connections (grpc
     enables SO_REUSEPORT by default on Linux).
+
+    With `security` (by default what `auth.setup_security` loaded for this process) the port speaks mutual TLS only and every call is authenticated and checked
+    against the access table (services/_common/auth.py); without it (in-process tests, an
+    explicitly insecure development run) the port is plain text and the body's actor is taken.
     """
+    if security is None:
+        security = process_security()
     shedder = Shedder(max_in_flight or max(2, max_workers * 3 // 4))
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="grpc"),
-        # The shedder first: a refused call costs no tracing span.
-        interceptors=[shedder, server_interceptor()],
+        # A body that does not parse first: refused (INVALID_ARGUMENT, not grpc's INTERNAL)
+        # before it takes a shedder slot or a span, and no interceptor after it ever sees a
+        # request that is not its message. Then the shedder: a refused call costs no span.
+        # Then who is calling (mutual TLS, bearer tokens, the access table): a refused caller
+        # changes nothing and costs no span.
+        interceptors=[
+            MalformedRequests(),
+            shedder,
+            *([security.interceptor()] if security is not None else []),
+            server_interceptor(),
+        ],
         # At the door: calls accepted but not yet given a thread are bounded too.
         maximum_concurrent_rpcs=max_workers * 8,
         options=[
@@ -80,7 +98,10 @@ def create_server(
         [*names, health.SERVICE_NAME, reflection.SERVICE_NAME], server
     )
     try:
-        bound = server.add_insecure_port(f"{host}:{port}")
+        if security is not None:
+            bound = server.add_secure_port(f"{host}:{port}", security.server_credentials())
+        else:
+            bound = server.add_insecure_port(f"{host}:{port}")
     except RuntimeError:  # grpc raises when nothing could be bound (the port is taken)
         bound = 0
     if bound == 0:

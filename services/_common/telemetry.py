@@ -10,29 +10,40 @@ Sampling: one request in a hundred starts a recorded trace (a display's span and
 makes are then recorded together: the sampler follows the parent), unless the standard
 `OTEL_TRACES_SAMPLER` / `OTEL_TRACES_SAMPLER_ARG` variables say otherwise. Recording every span
 of a city's midnight peak would cost the hot path more than the display itself.
+
+Export: `HEALTHCODE_TRACE_CONSOLE=1` prints spans on stdout; `HEALTHCODE_TRACE_FILE=PATH`
+appends every span as one JSON line to PATH (the processes of a deployment may share one file:
+each batch is one append). Both are for development and tests; a deployment would add an OTLP
+exporter here.
 """
 
 from __future__ import annotations
 
 import os
+import threading
+from collections.abc import Sequence
+from pathlib import Path
 
 import grpc
 from opentelemetry import trace
 from opentelemetry.instrumentation.grpc import client_interceptor, grpcext, server_interceptor
 from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import (
     BatchSpanProcessor,
     ConsoleSpanExporter,
     SimpleSpanProcessor,
     SpanExporter,
+    SpanExportResult,
 )
 from opentelemetry.sdk.trace.sampling import ALWAYS_ON, ParentBased, Sampler, TraceIdRatioBased
 
+from services._common.auth import process_security, secure_channel
 from services._common.config import RECONNECT_OPTIONS
 
 __all__ = [
     "RECONNECT_OPTIONS",
+    "JsonLinesSpanExporter",
     "client_interceptor",
     "instrumented_channel",
     "server_interceptor",
@@ -49,7 +60,8 @@ def setup_tracing(service_name: str, exporter: SpanExporter | None = None) -> Tr
 
     `exporter` receives every span synchronously (tests pass an `InMemorySpanExporter`; every
     request is then traced). Without one, spans are sampled (DEFAULT_TRACE_RATIO, or the
-    OTEL_TRACES_SAMPLER variables) and propagated; `HEALTHCODE_TRACE_CONSOLE=1` prints them.
+    OTEL_TRACES_SAMPLER variables) and propagated; `HEALTHCODE_TRACE_CONSOLE=1` prints them,
+    `HEALTHCODE_TRACE_FILE=PATH` appends them to a file as JSON lines.
     Calling it again (several services in one test process) adds the exporter to the existing
     provider, because OpenTelemetry allows the global provider to be set only once.
     """
@@ -68,17 +80,49 @@ def setup_tracing(service_name: str, exporter: SpanExporter | None = None) -> Tr
         trace.set_tracer_provider(provider)
         if os.environ.get("HEALTHCODE_TRACE_CONSOLE") == "1":
             provider.add_span_processor(BatchSpanProcessor(ConsoleSpanExporter()))
+        if trace_file := os.environ.get("HEALTHCODE_TRACE_FILE", ""):
+            provider.add_span_processor(BatchSpanProcessor(JsonLinesSpanExporter(trace_file)))
     if exporter is not None:
         provider.add_span_processor(SimpleSpanProcessor(exporter))
     return provider
 
 
+class JsonLinesSpanExporter(SpanExporter):
+    """Every span as one JSON line (OpenTelemetry's own `to_json`) appended to a file."""
+
+    def __init__(self, path: Path | str) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+        self._fd: int | None = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        data = "".join(span.to_json(indent=None) + "\n" for span in spans).encode()
+        with self._lock:
+            if self._fd is None:
+                return SpanExportResult.FAILURE
+            # One O_APPEND write per batch: lines of several processes do not interleave.
+            view = memoryview(data)
+            while view:
+                view = view[os.write(self._fd, view) :]
+        return SpanExportResult.SUCCESS
+
+    def shutdown(self) -> None:
+        with self._lock:
+            if self._fd is not None:
+                os.close(self._fd)
+                self._fd = None
+
+
 def instrumented_channel(
     target: str, options: list[tuple[str, int | str]] | None = None
 ) -> grpc.Channel:
-    """An insecure channel to a peer whose calls carry the current trace context, reconnecting
-    within a second of the peer's return."""
-    channel = grpc.insecure_channel(target, options=[*RECONNECT_OPTIONS, *(options or [])])
+    """A channel to a peer whose calls carry the current trace context, reconnecting within a
+    second of the peer's return: mutual TLS with this process's certificate (plain text only in
+    an insecure development run)."""
+    channel = secure_channel(
+        target, process_security(), options=[*RECONNECT_OPTIONS, *(options or [])]
+    )
     # The OpenTelemetry interceptor implements its own interceptor interface (grpcext), not
     # grpc's, so it is attached with grpcext's intercept_channel. It wraps server-streaming
     # calls in a plain generator, which loses `cancel()`; long-lived watch streams (WatchIndex,

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 import grpc
 from healthcode.v1 import colour_pb2_grpc
 
+from services._common.auth import setup_security
 from services._common.config import load_secret
 from services._common.identifiers import Identifiers
 from services._common.server import create_server, serve_forever, set_serving
@@ -25,6 +26,7 @@ from services.colour.logic import ColourDesk
 from services.colour.peers import RiskIndexPeer
 from services.colour.replica import Replica
 from services.colour.servicer import SERVICE_NAME, ColourServicer
+from services.display.peers import DeclarationPeer as MandatePeer
 
 log = logging.getLogger("services.colour")
 
@@ -41,6 +43,7 @@ def _shared_files(config: ColourConfig) -> None:
 def serve(config: ColourConfig, worker: WorkerRole | None) -> None:
     """One process serving the colour service: the only one, or worker `worker.index`."""
     setup_tracing("colour")
+    setup_security("colour", config.platform.data_dir)
     secret = load_secret(config.platform.data_dir)
     server: grpc.Server | None = None
 
@@ -53,7 +56,14 @@ def serve(config: ColourConfig, worker: WorkerRole | None) -> None:
     replica = Replica(config.replica, secret, keeps_rule_set=True, on_installed=installed)
     engine = replica.engine
     risk_index_channel = instrumented_channel(config.replica.risk_index_addr)
-    desk = ColourDesk(engine, publish=RiskIndexPeer(risk_index_channel).publish_rule_set)
+    # Mandates are checked as the display checks them (cached for at most a second).
+    declaration_channel = instrumented_channel(config.replica.declaration_addr)
+    mandates = MandatePeer(declaration_channel, timeout_s=2.0)
+    desk = ColourDesk(
+        engine,
+        publish=RiskIndexPeer(risk_index_channel).publish_rule_set,
+        mandate_of=mandates.check_mandate,
+    )
     servicer = ColourServicer(desk, Identifiers.from_secret(secret))
     server, port = create_server(
         lambda s: colour_pb2_grpc.add_ColourServiceServicer_to_server(servicer, s),
@@ -81,6 +91,7 @@ def serve(config: ColourConfig, worker: WorkerRole | None) -> None:
     def on_stop() -> None:
         replica.stop()
         risk_index_channel.close()
+        declaration_channel.close()
 
     if worker is None:
         serve_forever(server, on_stop=on_stop)

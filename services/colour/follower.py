@@ -29,6 +29,7 @@ import healthcode_matcher as hm
 from healthcode.v1 import risk_index_pb2, risk_index_pb2_grpc
 
 from services._common import changes
+from services._common.auth import process_security, secure_channel
 from services._common.config import RECONNECT_OPTIONS
 from services.colour.engine import ColourEngine
 
@@ -73,7 +74,7 @@ class IndexFollower:
         # A plain channel: the OpenTelemetry client interceptor turns a response stream into a
         # bare generator that cannot be cancelled, and stop() must cancel the watch. A stream
         # that lives for days is no use as one trace anyway.
-        self._channel = grpc.insecure_channel(risk_index_addr, _CHANNEL_OPTIONS)
+        self._channel = secure_channel(risk_index_addr, process_security(), _CHANNEL_OPTIONS)
         self._stub = risk_index_pb2_grpc.RiskIndexServiceStub(self._channel)
         self._stop = threading.Event()
         self._lock = threading.Lock()

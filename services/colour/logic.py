@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import replace
 
-from services._common.actors import Actor, Role
+from services._common.actors import Actor, Role, no_mandate
 from services._common.errors import InvalidArgument
 from services._common.identifiers import Identified
 from services.colour.engine import ColourEngine
@@ -27,7 +27,7 @@ EVALUATE_ROLES = frozenset(Role)
 # The explanation names sources, days and phones: the person (or whoever acts for them) and
 # staff. Partners (hospitals, exams, buses) and feeds need the colour, not the evidence.
 EXPLAIN_ROLES = frozenset(
-    {Role.CITIZEN, Role.FAMILY_PROXY, Role.GRID_WORKER, Role.VERIFIER, Role.ADMIN, Role.SERVICE}
+    {Role.CITIZEN, Role.FAMILY_PROXY, Role.GRID_WORKER, Role.SUPPORT, Role.ADMIN, Role.SERVICE}
 )
 # Policy: only the administrator changes or tries rule sets.
 RULE_SET_ROLES = frozenset({Role.ADMIN})
@@ -40,13 +40,18 @@ class ColourDesk:
     """The colour service's answers, each behind its role check."""
 
     def __init__(
-        self, engine: ColourEngine, publish: Callable[[str, str], int] | None = None
+        self,
+        engine: ColourEngine,
+        publish: Callable[[str, str], int] | None = None,
+        mandate_of: Callable[[Actor, bytes], object | None] | None = None,
     ) -> None:
         """`publish(text, filename)` sends an activated rule set to every replica through the
         risk index and names the version that carries it; without it (a replica on its own,
-        in tests) activation is local."""
+        in tests) activation is local. `mandate_of(proxy, person key)` confirms a proxy's
+        active mandate with the declaration service; without it a proxy sees no explanation."""
         self.engine = engine
         self._publish = publish
+        self._mandate_of = mandate_of
 
     def evaluator(self, actor: Actor) -> Callable[..., Assessment]:
         """Check the actor once, then answer many: a 50,000-candidate exam list (R12) names
@@ -65,6 +70,11 @@ class ColourDesk:
         self, actor: Actor, person: Identified, *, shared_only: bool, min_version: int = 0
     ) -> Explanation:
         actor.acts_for(person.key, EXPLAIN_ROLES, "see an explanation")
+        # The reasons are the person's: a proxy sees them only under an active mandate.
+        if actor.is_proxy and (
+            self._mandate_of is None or self._mandate_of(actor, person.key) is None
+        ):
+            raise no_mandate(actor, "see an explanation")
         self.engine.wait_for_version(min_version, VERSION_WAIT_S)
         return self.engine.explain(
             person.key, shared_only=shared_only, masked_id_number=person.masked

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-from healthcode.v1 import declaration_pb2_grpc, risk_index_pb2_grpc
+import grpc
+from healthcode.v1 import account_pb2_grpc, declaration_pb2_grpc, risk_index_pb2_grpc
 
+from services._common.auth import process_security, setup_security
 from services._common.identifiers import Identifiers
 from services._common.logs import setup_logging
 from services._common.server import create_server, serve_forever
@@ -13,12 +15,15 @@ from services.declaration.logic import Declarations
 from services.declaration.outbox import OutboxWorker
 from services.declaration.repository import DeclarationRepository
 from services.declaration.servicer import SERVICE_NAME, DeclarationServicer
+from services.declaration.signin import SERVICE_NAME as ACCOUNT_SERVICE_NAME
+from services.declaration.signin import AccountServicer, SignInDesk, sms_sender
 
 
 def main() -> None:
     config = DeclarationConfig.from_env()
     setup_logging("declaration", config.platform.log_level)
     setup_tracing("declaration")
+    setup_security("declaration", config.platform.data_dir)
     repository = DeclarationRepository(config.db_path)
     identifiers = Identifiers.from_secret(config.secret)
     channel = instrumented_channel(config.risk_index_addr)
@@ -31,9 +36,24 @@ def main() -> None:
     )
     declarations = Declarations(repository, identifiers, on_outbox=outbox.wake)
     servicer = DeclarationServicer(declarations, identifiers)
+    # Signing in: this service knows people and their phones (AccountService).
+    security = process_security()
+    accounts = AccountServicer(
+        SignInDesk(
+            repository,
+            identifiers,
+            security.issuer() if security is not None else None,
+            sms_sender(config.sms),
+        )
+    )
+
+    def add_servicers(server: grpc.Server) -> None:
+        declaration_pb2_grpc.add_DeclarationServiceServicer_to_server(servicer, server)
+        account_pb2_grpc.add_AccountServiceServicer_to_server(accounts, server)
+
     server, _port = create_server(
-        lambda s: declaration_pb2_grpc.add_DeclarationServiceServicer_to_server(servicer, s),
-        [SERVICE_NAME],
+        add_servicers,
+        [SERVICE_NAME, ACCOUNT_SERVICE_NAME],
         port=config.port,
         host=config.platform.host,
         max_in_flight=config.platform.max_in_flight,

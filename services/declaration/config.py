@@ -8,6 +8,7 @@
 | HEALTHCODE_OUTBOX_RETRY_MAX_S         | 10 (backoff ceiling while the index is down) |
 | HEALTHCODE_OUTBOX_DEADLINE_S          | 5 (per call to the risk index)              |
 | HEALTHCODE_OUTBOX_BULK_DEADLINE_S     | 60 (per call carrying a bulk import's chunk) |
+| HEALTHCODE_SMS                        | none (sign-in codes: `reply` for development) |
 | HEALTHCODE_DATA_DIR, HEALTHCODE_SECRET, ... | see services/_common/config.py        |
 """
 
@@ -18,7 +19,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from services._common.config import PlatformConfig, env_float, load_secret
+from services._common.config import ConfigError, PlatformConfig, env_float, load_secret
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,6 +32,8 @@ class DeclarationConfig:
     outbox_deadline_s: float
     outbox_bulk_deadline_s: float
     secret: bytes
+    # Where sign-in codes go (services/declaration/signin.py): "none", or "reply" (development).
+    sms: str = "none"
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> DeclarationConfig:
@@ -48,4 +51,12 @@ class DeclarationConfig:
                 env, "HEALTHCODE_OUTBOX_BULK_DEADLINE_S", 60.0, low=0.1
             ),
             secret=load_secret(platform.data_dir, env),
+            sms=_sms(env),
         )
+
+
+def _sms(env: Mapping[str, str]) -> str:
+    value = env.get("HEALTHCODE_SMS", "none").strip() or "none"
+    if value not in {"none", "reply"}:
+        raise ConfigError(f"HEALTHCODE_SMS: {value!r} should be none or reply")
+    return value

@@ -16,6 +16,7 @@ import grpc
 from healthcode.v1 import display_pb2_grpc
 
 from services._common import changes
+from services._common.auth import setup_security
 from services._common.config import load_secret
 from services._common.identifiers import Identifiers
 from services._common.server import SHEDDERS, create_server, serve_forever, set_serving
@@ -29,7 +30,7 @@ from services.display.logic import DisplayDesk, LiveColour
 from services.display.peers import ColourPeer, DeclarationPeer, ReplicaColour
 from services.display.servicer import SERVICE_NAME, DisplayServicer
 from services.display.store import DisplayLog
-from services.display.tokens import CodeTokens, load_or_create_signing_key
+from services.display.tokens import CodeTokens
 
 log = logging.getLogger("services.display")
 
@@ -40,8 +41,8 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 def _shared_files(config: DisplayConfig) -> None:
     """Made once, before any worker starts: two workers starting together must not each create
-    a signing key (or race to create the shared file's tables)."""
-    load_or_create_signing_key(config.signing_key_path)
+    a first signing key (or race to create the shared file's tables)."""
+    config.ensure_signing_key()
     load_secret(config.platform.data_dir)
     create_ledger(config.shared_file())
 
@@ -49,9 +50,16 @@ def _shared_files(config: DisplayConfig) -> None:
 def serve(config: DisplayConfig, worker: WorkerRole | None) -> None:
     """One process serving the display service: the only one, or worker `worker.index`."""
     setup_tracing("display")
+    setup_security("display", config.platform.data_dir)
     secret = load_secret(config.platform.data_dir)
-    tokens = CodeTokens(load_or_create_signing_key(config.signing_key_path), config.token_ttl_ms)
-    display_log = DisplayLog(config.db_path, shared=config.shared_path)
+    tokens = CodeTokens(config.key_ring(), config.token_ttl_ms)
+    display_log = DisplayLog(
+        config.db_path,
+        shared=config.shared_path,
+        retention_ms=config.retention_ms,
+        purge_interval_s=config.purge_interval_s,
+        purges_shared=config.purges_shared,
+    )
     counters: CounterSource = display_log
     summed: SummedCounters | None = None
     if config.shared_path is not None:
@@ -93,11 +101,14 @@ def serve(config: DisplayConfig, worker: WorkerRole | None) -> None:
     else:
         colour_channel = instrumented_channel(config.colour_addr)
         live_colour = ColourPeer(colour_channel, config.peer_timeout_s).live_colour
+    declaration = DeclarationPeer(declaration_channel, config.peer_timeout_s)
     desk = DisplayDesk(
         tokens,
         display_log,
         live_colour,
-        DeclarationPeer(declaration_channel, config.peer_timeout_s).holder_of,
+        declaration.holder_of,
+        # A proxy's Show asks the declaration service for their mandate (cached <= 1 s).
+        mandate_of=declaration.check_mandate,
     )
     servicer = DisplayServicer(desk, counters, tokens, Identifiers.from_secret(secret))
     server, port = create_server(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from healthcode.v1 import risk_index_pb2_grpc
 
+from services._common.auth import setup_security
 from services._common.identifiers import Identifiers
 from services._common.logs import setup_logging
 from services._common.server import create_server, serve_forever
@@ -18,6 +19,7 @@ def main() -> None:
     config = RiskIndexConfig.from_env()
     setup_logging("risk_index", config.platform.log_level)
     setup_tracing("risk_index")
+    setup_security("risk_index", config.platform.data_dir)
     repository = RiskIndexRepository(config.db_path)
     identifiers = Identifiers.from_secret(config.secret)
     risk_index = RiskIndex(

@@ -33,9 +33,10 @@ from tests.e2e.waits import eventually
 FEED = common_pb2.Actor(role=common_pb2.ACTOR_ROLE_FEED, principal="e2e-feeds")
 # Rows a declaration would have produced on an earlier day (a fever yesterday) can no longer be
 # declared today: they arrive as the declaration service's outbox sent them then.
-OUTBOX = common_pb2.Actor(role=common_pb2.ACTOR_ROLE_SERVICE, principal="declaration")
+# What the declaration outbox does, done by an operator (a token cannot claim a service).
+OUTBOX = common_pb2.Actor(role=common_pb2.ACTOR_ROLE_ADMIN, principal="declaration")
 ADMIN = common_pb2.Actor(role=common_pb2.ACTOR_ROLE_ADMIN, principal="policy-desk")
-SUPPORT = common_pb2.Actor(role=common_pb2.ACTOR_ROLE_VERIFIER, principal="support-desk-3")
+SUPPORT = common_pb2.Actor(role=common_pb2.ACTOR_ROLE_SUPPORT, principal="support-desk-3")
 VERIFIER = common_pb2.Actor(role=common_pb2.ACTOR_ROLE_VERIFIER, principal="exam-gate-2")
 DEVICE = display_pb2.Device(device_id="e2e-phone", place="天津市第一中学考点")
 DECLARED = ("declared_fever", "declared_symptoms", "declared_case_contact", "declared_travel")

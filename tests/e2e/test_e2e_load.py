@@ -21,6 +21,7 @@ from healthcode.v1 import display_pb2, display_pb2_grpc
 from typer.testing import CliRunner
 
 from clients import cli, load
+from clients.channel import open_channel
 from clients.stack import REPO, Stack
 from tests.e2e.waits import eventually
 
@@ -28,8 +29,11 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 CITY, SEED, SAMPLE = 30, 5, 20
 
 
-def env() -> dict[str, str]:
+def env(stack: Stack | None = None) -> dict[str, str]:
+    """The CLI's environment; with a stack, its data directory (where the credentials are)."""
     e = dict(os.environ)
+    if stack is not None:
+        e["HEALTHCODE_DATA_DIR"] = str(stack.data_dir)
     e["PYTHONPATH"] = os.pathsep.join([str(REPO), str(REPO / "protos")])
     e["COLUMNS"] = "120"
     return e
@@ -142,7 +146,7 @@ def test_the_locust_file_times_show_and_scan(echo: str, tmp_path: Path) -> None:
             "--only-summary",
         ],
         cwd=tmp_path,
-        env={**env(), "HEALTHCODE_LOAD_SAMPLE": "10"},
+        env={**env(), "HEALTHCODE_LOAD_SAMPLE": "10", "HEALTHCODE_INSECURE": "1"},
         capture_output=True,
         text=True,
         timeout=120,
@@ -174,7 +178,7 @@ def seeded(module_stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Sta
     def shown() -> list[str]:
         """Who cannot be shown yet (the colour service follows the index)."""
         missing = []
-        with grpc.insecure_channel(p.display) as channel:
+        with open_channel(p.display) as channel:
             stub = display_pb2_grpc.DisplayServiceStub(channel)
             device = display_pb2.Device(device_id="e2e-load", place="test")
             for id_number in people:
@@ -201,7 +205,7 @@ def test_show_and_scan_against_the_display_service(seeded: Stack, tmp_path: Path
             "--rate", "20", "--duration", "2", "--json", str(tmp_path / "show.json"),
             "--plot", str(tmp_path / "show.png"),
         ],
-        cwd=REPO, env=env(), capture_output=True, text=True, timeout=170, check=False,
+        cwd=REPO, env=env(seeded), capture_output=True, text=True, timeout=170, check=False,
     )  # fmt: skip
     out = done.stdout + done.stderr
     assert done.returncode == 0, out
@@ -217,7 +221,7 @@ def test_show_and_scan_against_the_display_service(seeded: Stack, tmp_path: Path
             "--call", "scan", "--rate", "10", "--duration", "2",
             "--json", str(tmp_path / "scan.json"),
         ],
-        cwd=REPO, env=env(), capture_output=True, text=True, timeout=170, check=False,
+        cwd=REPO, env=env(seeded), capture_output=True, text=True, timeout=170, check=False,
     )  # fmt: skip
     out = done.stdout + done.stderr
     assert done.returncode == 0, out
@@ -233,7 +237,7 @@ def test_evaluate_stream_against_the_colour_service(seeded: Stack, tmp_path: Pat
             "--batch", "25", "--calls", "6", "--concurrency", "2",
             "--json", str(tmp_path / "stream.json"),
         ],
-        cwd=REPO, env=env(), capture_output=True, text=True, timeout=170, check=False,
+        cwd=REPO, env=env(seeded), capture_output=True, text=True, timeout=170, check=False,
     )  # fmt: skip
     out = done.stdout + done.stderr
     assert done.returncode == 0, out
@@ -253,7 +257,7 @@ def test_evaluate_stream_against_the_colour_service(seeded: Stack, tmp_path: Pat
             "--batch", "1", "--messages", "5", "--calls", "4", "--concurrency", "2",
             "--json", str(tmp_path / "single.json"),
         ],
-        cwd=REPO, env=env(), capture_output=True, text=True, timeout=170, check=False,
+        cwd=REPO, env=env(seeded), capture_output=True, text=True, timeout=170, check=False,
     )  # fmt: skip
     out = done.stdout + done.stderr
     assert done.returncode == 0, out
@@ -267,7 +271,7 @@ def test_unregistered_people_fail_fast_saying_why(seeded: Stack) -> None:
             sys.executable, "-m", "clients.cli", *peers_args(seeded), "load", "--sample", "5",
             "--city", "5", "--seed", "999", "--rate", "5", "--duration", "1",
         ],
-        cwd=REPO, env=env(), capture_output=True, text=True, timeout=170, check=False,
+        cwd=REPO, env=env(seeded), capture_output=True, text=True, timeout=170, check=False,
     )  # fmt: skip
     out = done.stdout + done.stderr
     assert done.returncode == 1 and "NOT_FOUND" in out and "registered" in out, out

@@ -26,7 +26,8 @@ PERSON = feedgen.synthetic_id_numbers(1, 8180)[0]
 ME = common_pb2.PersonRef(id_number=PERSON)
 CITIZEN = common_pb2.Actor(role=common_pb2.ACTOR_ROLE_CITIZEN, person=ME)
 FEED = common_pb2.Actor(role=common_pb2.ACTOR_ROLE_FEED, principal="cdc")
-SERVICE = common_pb2.Actor(role=common_pb2.ACTOR_ROLE_SERVICE, principal="e2e")
+# Operators act as admin: a platform service is known by its certificate, not a token.
+SERVICE = common_pb2.Actor(role=common_pb2.ACTOR_ROLE_ADMIN, principal="e2e")
 VERIFIER = common_pb2.Actor(role=common_pb2.ACTOR_ROLE_VERIFIER, principal="gate-1")
 DEVICE = display_pb2.Device(device_id="phone-r")
 

@@ -34,7 +34,8 @@ from tests.e2e.waits import eventually, today
 PEOPLE = feedgen.synthetic_id_numbers(24, 6160)
 PAIRS = [PEOPLE[i : i + 2] for i in range(0, len(PEOPLE), 2)]
 FEED = common_pb2.Actor(role=common_pb2.ACTOR_ROLE_FEED, principal="cdc")
-SERVICE = common_pb2.Actor(role=common_pb2.ACTOR_ROLE_SERVICE, principal="e2e")
+# Operators act as admin: a platform service is known by its certificate, not a token.
+SERVICE = common_pb2.Actor(role=common_pb2.ACTOR_ROLE_ADMIN, principal="e2e")
 DISPLAY_THREADS = 6
 
 

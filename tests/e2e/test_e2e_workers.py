@@ -36,7 +36,8 @@ from services.display.tokens import TokenReplayed
 from tests.e2e.waits import eventually
 
 PEOPLE = feedgen.synthetic_id_numbers(12, 4242)
-SERVICE = common_pb2.Actor(role=common_pb2.ACTOR_ROLE_SERVICE, principal="e2e")
+# Operators act as admin: a platform service is known by its certificate, not a token.
+SERVICE = common_pb2.Actor(role=common_pb2.ACTOR_ROLE_ADMIN, principal="e2e")
 VERIFIER = common_pb2.Actor(role=common_pb2.ACTOR_ROLE_VERIFIER, principal="gate-w")
 DEVICE = display_pb2.Device(device_id="phone-w", place="Tianjin west station")
 CHANNELS = 16  # distinct connections: the kernel spreads them over the workers
@@ -52,7 +53,7 @@ def _citizen(id_number: str) -> common_pb2.Actor:
 def _connection(addr: str) -> grpc.Channel:
     # A subchannel pool of its own: channels with the same settings in one process otherwise
     # share one TCP connection, which would always reach the same worker.
-    return grpc.insecure_channel(addr, options=[("grpc.use_local_subchannel_pool", 1)])
+    return open_channel(addr, options=[("grpc.use_local_subchannel_pool", 1)])
 
 
 def _serving_pids(stack: Stack, name: str) -> dict[int, int]:

@@ -384,7 +384,7 @@ def _without_rule(text: str, rule_id: str) -> str:
 
 # --- through the servicer --------------------------------------------------------------------
 
-SUPPORT = common_pb2.Actor(role=common_pb2.ACTOR_ROLE_VERIFIER, principal="support-7")
+SUPPORT = common_pb2.Actor(role=common_pb2.ACTOR_ROLE_SUPPORT, principal="support-7")
 ADMIN = common_pb2.Actor(role=common_pb2.ACTOR_ROLE_ADMIN, principal="policy")
 
 

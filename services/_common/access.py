@@ -1,0 +1,94 @@
+"""Who may call what: the one table every service's AuthInterceptor applies (issue 10, R15).
+
+Keys are full gRPC method names; values the roles whose credential may call the method. A
+method missing here is refused to everyone (tests/unit/test_access_matrix.py checks that every
+RPC of every service has an entry and that each role reaches only what its row allows). The
+services' own checks (a citizen acts only for themself, a proxy only under a mandate) come on
+top: this table says which doors a role may knock on, the logic what it may do inside.
+
+A person's token carries CITIZEN and may act as FAMILY_PROXY; platform services, feeds and
+partners are known by their certificates; staff by their tokens.
+"""
+
+from __future__ import annotations
+
+from services._common.actors import Role
+
+# Health checks, reflection and signing in: any connection with a platform certificate, an edge
+# without a token too (signing in is how a person gets one).
+ANY_CALLER = (
+    "/grpc.health.v1.Health/",
+    "/grpc.reflection.",
+    "/healthcode.v1.AccountService/",
+)
+
+C, FP, GW, V = Role.CITIZEN, Role.FAMILY_PROXY, Role.GRID_WORKER, Role.VERIFIER
+FEED, PARTNER, ADMIN, SERVICE, SUPPORT = (
+    Role.FEED,
+    Role.PARTNER,
+    Role.ADMIN,
+    Role.SERVICE,
+    Role.SUPPORT,
+)
+# Acting for a person: themself, a family member, a grid worker (under a mandate).
+PEOPLE = frozenset({C, FP, GW})
+EVERYONE = frozenset(Role)
+
+_DECLARATION = "/healthcode.v1.DeclarationService/"
+_RISK_INDEX = "/healthcode.v1.RiskIndexService/"
+_COLOUR = "/healthcode.v1.ColourService/"
+_DISPLAY = "/healthcode.v1.DisplayService/"
+_ACCOUNT = "/healthcode.v1.AccountService/"
+
+ACCESS: dict[str, frozenset[Role]] = {
+    # declaration: people register and declare; the support desk corrects phone links after an
+    # appeal; services read the masked holder of a code.
+    _DECLARATION + "Register": PEOPLE,
+    _DECLARATION + "Declare": PEOPLE,
+    _DECLARATION + "AddPhone": PEOPLE | {ADMIN, SUPPORT},
+    _DECLARATION + "RemovePhone": PEOPLE | {ADMIN, SUPPORT},
+    _DECLARATION + "LinkTransitCard": PEOPLE | {ADMIN, SUPPORT},
+    _DECLARATION + "GetPerson": PEOPLE | {ADMIN, SERVICE, SUPPORT},
+    _DECLARATION + "ImportPeople": frozenset({ADMIN}),
+    # mandates (R3): the person or an operator grants; the person, the proxy or an operator
+    # revokes; each lists what concerns them; the display service checks a proxy's Show.
+    _DECLARATION + "GrantMandate": frozenset({C, ADMIN}),
+    _DECLARATION + "RevokeMandate": PEOPLE | {ADMIN},
+    _DECLARATION + "ListMandates": PEOPLE | {ADMIN, SERVICE, SUPPORT},
+    _DECLARATION + "CheckMandate": frozenset({SERVICE, ADMIN}),
+    # mandates (who may act for whom): granted by the holder or an admin, revoked by either
+    # side or the support desk, checked by the display before a proxy's Show.
+    _DECLARATION + "GrantMandate": frozenset({C, ADMIN}),
+    _DECLARATION + "RevokeMandate": PEOPLE | {ADMIN, SUPPORT},
+    _DECLARATION + "ListMandates": PEOPLE | {ADMIN, SUPPORT},
+    _DECLARATION + "CheckMandate": frozenset({SERVICE, ADMIN}),
+    # risk index: feeds write their sources; the registry is the declaration service's.
+    _RISK_INDEX + "IngestBatch": frozenset({FEED, SERVICE, ADMIN}),
+    _RISK_INDEX + "SetCountyLevel": frozenset({ADMIN, FEED}),
+    _RISK_INDEX + "RegisterPerson": frozenset({SERVICE, ADMIN}),
+    _RISK_INDEX + "LinkPhone": frozenset({SERVICE, ADMIN}),
+    _RISK_INDEX + "UnlinkPhone": frozenset({SERVICE, ADMIN}),
+    _RISK_INDEX + "LinkCard": frozenset({SERVICE, ADMIN}),
+    _RISK_INDEX + "RegisterPeople": frozenset({SERVICE, ADMIN}),
+    _RISK_INDEX + "ListSources": frozenset({FEED, SERVICE, ADMIN, SUPPORT}),
+    _RISK_INDEX + "GetIndexVersion": frozenset({FEED, PARTNER, SERVICE, ADMIN, SUPPORT}),
+    _RISK_INDEX + "WatchIndex": frozenset({SERVICE, ADMIN}),
+    _RISK_INDEX + "PublishRuleSet": frozenset({SERVICE, ADMIN}),
+    # colour: a person's own colour comes through Show; Evaluate answers staff and partners
+    # about anyone, so people may not call it. Reasons (Explain) only for the holder, their
+    # proxies and the support desk.
+    _COLOUR + "Evaluate": frozenset({GW, V, PARTNER, SERVICE, ADMIN, SUPPORT}),
+    _COLOUR + "EvaluateStream": frozenset({PARTNER, SERVICE, ADMIN}),
+    _COLOUR + "SetRuleSet": frozenset({ADMIN}),
+    _COLOUR + "GetStatus": frozenset({SERVICE, ADMIN, SUPPORT}),
+    _COLOUR + "Explain": PEOPLE | {SERVICE, ADMIN, SUPPORT},
+    _COLOUR + "WhatIf": frozenset({ADMIN}),
+    # display: people show their code; verifiers and partners scan; counters for operators.
+    _DISPLAY + "Show": PEOPLE,
+    _DISPLAY + "Scan": frozenset({V, PARTNER}),
+    _DISPLAY + "WatchCounters": frozenset({SERVICE, ADMIN, SUPPORT}),
+    _DISPLAY + "GetVerificationKey": EVERYONE,
+    # signing in (also without a token: ANY_CALLER)
+    _ACCOUNT + "RequestSignInCode": EVERYONE,
+    _ACCOUNT + "SignIn": EVERYONE,
+}
