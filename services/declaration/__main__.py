@@ -16,7 +16,7 @@ from services.declaration.outbox import OutboxWorker
 from services.declaration.repository import DeclarationRepository
 from services.declaration.servicer import SERVICE_NAME, DeclarationServicer
 from services.declaration.signin import SERVICE_NAME as ACCOUNT_SERVICE_NAME
-from services.declaration.signin import AccountServicer, SignInDesk, sms_sender
+from services.declaration.signin import AccountServicer, SignInDesk, StaffDesk, sms_sender
 
 
 def main() -> None:
@@ -38,13 +38,10 @@ def main() -> None:
     servicer = DeclarationServicer(declarations, identifiers)
     # Signing in: this service knows people and their phones (AccountService).
     security = process_security()
+    issuer = security.issuer() if security is not None else None
     accounts = AccountServicer(
-        SignInDesk(
-            repository,
-            identifiers,
-            security.issuer() if security is not None else None,
-            sms_sender(config.sms),
-        )
+        SignInDesk(repository, identifiers, issuer, sms_sender(config.sms)),
+        StaffDesk(repository, issuer),
     )
 
     def add_servicers(server: grpc.Server) -> None:

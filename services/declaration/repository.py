@@ -12,6 +12,7 @@ import datetime as dt
 import json
 import sqlite3
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -161,8 +162,35 @@ def _time(text: str) -> dt.datetime:
     return dt.datetime.fromisoformat(text)
 
 
+# Staff accounts for signing in (services/declaration/signin.py): the password only as a salted
+# scrypt hash. Disabled accounts are kept (who had which role, and why it ended).
+SCHEMA_V5 = """
+CREATE TABLE staff_accounts (
+    principal       TEXT    PRIMARY KEY,
+    role            TEXT    NOT NULL CHECK (role IN ('grid_worker', 'verifier', 'support', 'admin')),
+    context         TEXT    NOT NULL DEFAULT '',  -- a verifier's workplace
+    password_hash   BLOB    NOT NULL,             -- scrypt(password, salt)
+    salt            BLOB    NOT NULL,
+    created_at_ms   INTEGER NOT NULL,
+    created_by      TEXT    NOT NULL,             -- the administrator's account id
+    disabled_at_ms  INTEGER,
+    disabled_reason TEXT    NOT NULL DEFAULT ''
+) WITHOUT ROWID;
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class StaffAccount:
+    principal: str
+    role: str
+    context: str
+    password_hash: bytes
+    salt: bytes
+    disabled: bool
+
+
 class DeclarationRepository(SqliteRepository):
-    MIGRATIONS = (SCHEMA_V1, SCHEMA_V2, SCHEMA_V3, SCHEMA_V4)
+    MIGRATIONS = (SCHEMA_V1, SCHEMA_V2, SCHEMA_V3, SCHEMA_V4, SCHEMA_V5)
 
     def __init__(self, path: Path | str, *, cache_mib: int = 256) -> None:
         super().__init__(path)
@@ -171,6 +199,62 @@ class DeclarationRepository(SqliteRepository):
         # re-reading them. Pages are allocated as used: a small database stays small.
         with self._lock:
             self._conn.execute(f"PRAGMA cache_size=-{cache_mib * 1024}")
+
+    # -- staff accounts ----------------------------------------------------------------------
+
+    def staff_account(self, principal: str) -> StaffAccount | None:
+        with self.reading() as conn:
+            row = conn.execute(
+                "SELECT principal, role, context, password_hash, salt, disabled_at_ms"
+                " FROM staff_accounts WHERE principal = ?",
+                (principal,),
+            ).fetchone()
+        if row is None:
+            return None
+        return StaffAccount(row[0], row[1], row[2], row[3], row[4], row[5] is not None)
+
+    def save_staff_account(
+        self,
+        principal: str,
+        role: str,
+        context: str,
+        password_hash: bytes,
+        salt: bytes,
+        now_ms: int,
+        created_by: str,
+    ) -> bool:
+        """Create the account, or give an existing one (enabled again) this password and
+        role. True when it was created."""
+        with self.transaction() as conn:
+            existed = conn.execute(
+                "SELECT 1 FROM staff_accounts WHERE principal = ?", (principal,)
+            ).fetchone()
+            conn.execute(
+                "INSERT INTO staff_accounts (principal, role, context, password_hash, salt,"
+                " created_at_ms, created_by) VALUES (?, ?, ?, ?, ?, ?, ?)"
+                " ON CONFLICT (principal) DO UPDATE SET role = excluded.role,"
+                " context = excluded.context, password_hash = excluded.password_hash,"
+                " salt = excluded.salt, disabled_at_ms = NULL, disabled_reason = ''",
+                (principal, role, context, password_hash, salt, now_ms, created_by),
+            )
+        return existed is None
+
+    def disable_staff_account(self, principal: str, now_ms: int, reason: str) -> bool | None:
+        """True: disabled now; False: it was already; None: no such account."""
+        with self.transaction() as conn:
+            row = conn.execute(
+                "SELECT disabled_at_ms FROM staff_accounts WHERE principal = ?", (principal,)
+            ).fetchone()
+            if row is None:
+                return None
+            if row[0] is not None:
+                return False
+            conn.execute(
+                "UPDATE staff_accounts SET disabled_at_ms = ?, disabled_reason = ?"
+                " WHERE principal = ?",
+                (now_ms, reason, principal),
+            )
+        return True
 
     # -- persons -----------------------------------------------------------------------------
 

@@ -27,8 +27,21 @@ import grpc
 from google.protobuf import timestamp_pb2
 from healthcode.v1 import account_pb2, account_pb2_grpc
 
-from services._common.auth import PERSON_TOKEN_TTL, TokenIssuer
-from services._common.errors import FailedPrecondition, InvalidArgument, ResourceExhausted
+from services._common.actors import Actor, Role
+from services._common.auth import (
+    PERSON_TOKEN_TTL,
+    STAFF_TOKEN_TTL,
+    VERIFIER_CONTEXTS,
+    TokenIssuer,
+)
+from services._common.convert import actor_from_proto
+from services._common.errors import (
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    ResourceExhausted,
+    Unauthenticated,
+)
 from services._common.identifiers import Identifiers
 from services._common.status import grpc_errors
 from services.declaration.repository import DeclarationRepository
@@ -134,8 +147,42 @@ def _digest(code: str) -> bytes:
 
 
 class AccountServicer(account_pb2_grpc.AccountServiceServicer):
-    def __init__(self, desk: SignInDesk) -> None:
+    def __init__(self, desk: SignInDesk, staff: StaffDesk) -> None:
         self._desk = desk
+        self._staff = staff
+
+    @grpc_errors
+    def SignInStaff(
+        self, request: account_pb2.SignInStaffRequest, context: grpc.ServicerContext
+    ) -> account_pb2.SignInStaffResponse:
+        token, expires, role, where = self._staff.sign_in(request.principal, request.password)
+        at = timestamp_pb2.Timestamp()
+        at.FromDatetime(expires)
+        return account_pb2.SignInStaffResponse(
+            token=token, expires_at=at, role=staff_role_to_proto(role), context=where
+        )
+
+    @grpc_errors
+    def CreateStaffAccount(
+        self, request: account_pb2.CreateStaffAccountRequest, context: grpc.ServicerContext
+    ) -> account_pb2.CreateStaffAccountResponse:
+        created = self._staff.create(
+            actor_from_proto(request.actor, None),
+            request.principal.strip(),
+            staff_role_from_proto(request.role),
+            request.context.strip(),
+            request.password,
+        )
+        return account_pb2.CreateStaffAccountResponse(created=created)
+
+    @grpc_errors
+    def DisableStaffAccount(
+        self, request: account_pb2.DisableStaffAccountRequest, context: grpc.ServicerContext
+    ) -> account_pb2.DisableStaffAccountResponse:
+        disabled = self._staff.disable(
+            actor_from_proto(request.actor, None), request.principal.strip(), request.reason
+        )
+        return account_pb2.DisableStaffAccountResponse(disabled=disabled)
 
     @grpc_errors
     def RequestSignInCode(
@@ -170,3 +217,145 @@ def sms_sender(setting: str) -> Callable[[str, str], None] | None:
 
 def _no_gateway(_masked_phone: str, _code: str) -> None:
     raise FailedPrecondition("no SMS gateway is configured (HEALTHCODE_SMS); codes cannot be sent")
+
+
+# --- staff accounts -------------------------------------------------------------------------
+
+MIN_PASSWORD_CHARS = 12
+MAX_PASSWORD_CHARS = 256
+# Failed staff sign-ins per account before it must wait (in memory: a restart forgives).
+MAX_STAFF_FAILURES = 10
+STAFF_LOCKOUT_S = 900.0
+# scrypt's cost: about 50 ms a try here, and 16 MiB of memory.
+_SCRYPT = {"n": 2**14, "r": 8, "p": 1, "maxmem": 64 * 1024 * 1024, "dklen": 32}
+_STAFF_ROLES = {
+    account_pb2.STAFF_ROLE_GRID_WORKER: Role.GRID_WORKER,
+    account_pb2.STAFF_ROLE_VERIFIER: Role.VERIFIER,
+    account_pb2.STAFF_ROLE_SUPPORT: Role.SUPPORT,
+    account_pb2.STAFF_ROLE_ADMIN: Role.ADMIN,
+}
+_STAFF_ROLE_PROTO = {role: value for value, role in _STAFF_ROLES.items()}
+
+
+class StaffSignInRefused(Unauthenticated):
+    """A wrong account or password (one message for both)."""
+
+    reason = "SIGN_IN_REFUSED"
+
+    def __init__(self) -> None:
+        super().__init__("no such account, or a wrong password")
+
+
+def _hash_password(password: str, salt: bytes) -> bytes:
+    return hashlib.scrypt(password.encode("utf-8"), salt=salt, **_SCRYPT)  # type: ignore[arg-type]
+
+
+class StaffDesk:
+    """Staff accounts (the administrator's) and their sign-in."""
+
+    def __init__(
+        self,
+        repository: DeclarationRepository,
+        issuer: TokenIssuer | None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._repo = repository
+        self._issuer = issuer
+        self._clock = clock
+        self._failures: dict[str, list[float]] = {}
+        self._lock = threading.Lock()
+
+    def create(self, actor: Actor, principal: str, role: Role, context: str, password: str) -> bool:
+        actor.require((Role.ADMIN,), "create staff accounts")
+        problems = _account_problems(principal, role, context)
+        if not MIN_PASSWORD_CHARS <= len(password) <= MAX_PASSWORD_CHARS:
+            problems.append(
+                ("password", f"{MIN_PASSWORD_CHARS} to {MAX_PASSWORD_CHARS} characters")
+            )
+        if problems:
+            raise InvalidArgument(problems)
+        salt = secrets.token_bytes(16)
+        created = self._repo.save_staff_account(
+            principal,
+            role.value,
+            context,
+            _hash_password(password, salt),
+            salt,
+            int(time.time() * 1000),
+            actor.principal,
+        )
+        logger.info(
+            "staff account %s %s as %s by %s",
+            principal,
+            "created" if created else "reset",
+            role.value,
+            actor.principal,
+        )
+        return created
+
+    def disable(self, actor: Actor, principal: str, reason: str) -> bool:
+        actor.require((Role.ADMIN,), "disable staff accounts")
+        done = self._repo.disable_staff_account(principal, int(time.time() * 1000), reason[:500])
+        if done is None:
+            raise NotFound(f"no staff account {principal!r}")
+        logger.info("staff account %s disabled by %s", principal, actor.principal)
+        return done
+
+    def sign_in(self, principal: str, password: str) -> tuple[str, dt.datetime, Role, str]:
+        """(token, when it expires, role, context) for the right password."""
+        if self._issuer is None:
+            raise FailedPrecondition("this service holds no token issuer key (issuer.key)")
+        now = self._clock()
+        with self._lock:
+            recent = [t for t in self._failures.get(principal, []) if now - t < STAFF_LOCKOUT_S]
+            self._failures[principal] = recent
+            if len(recent) >= MAX_STAFF_FAILURES:
+                raise ResourceExhausted(
+                    f"too many failed sign-ins for this account: try again in "
+                    f"{STAFF_LOCKOUT_S - (now - recent[0]):.0f} s"
+                )
+        account = self._repo.staff_account(principal) if principal else None
+        # Hash even for an unknown account, so the time taken does not say which exist.
+        salt = account.salt if account is not None else b"\0" * 16
+        tried = _hash_password(password, salt)
+        if (
+            account is None
+            or account.disabled
+            or not hmac.compare_digest(tried, account.password_hash)
+        ):
+            with self._lock:
+                self._failures.setdefault(principal, []).append(now)
+            logger.info("staff sign-in refused for %r", principal[:64])
+            raise StaffSignInRefused
+        with self._lock:
+            self._failures.pop(principal, None)
+        role = Role(account.role)
+        token = self._issuer.staff(role, principal, account.context, STAFF_TOKEN_TTL)
+        logger.info("staff signed in: %s as %s", principal, role.value)
+        return token, dt.datetime.now(dt.UTC) + STAFF_TOKEN_TTL, role, account.context
+
+
+def _account_problems(principal: str, role: Role, context: str) -> list[tuple[str, str]]:
+    problems: list[tuple[str, str]] = []
+    if not (1 <= len(principal) <= 64) or not all(c.isalnum() or c in "-_." for c in principal):
+        problems.append(("principal", "1 to 64 letters, digits, '-', '_' or '.'"))
+    elif principal.isdigit() and len(principal) >= 11:
+        problems.append(("principal", "an account id, not an ID or phone number"))
+    if role is Role.VERIFIER and context not in VERIFIER_CONTEXTS:
+        problems.append(
+            ("context", f"a verifier works at one of {', '.join(sorted(VERIFIER_CONTEXTS))}")
+        )
+    if role is not Role.VERIFIER and context:
+        problems.append(("context", "only a verifier's account names a workplace"))
+    return problems
+
+
+def staff_role_from_proto(value: int) -> Role:
+    role = _STAFF_ROLES.get(value)  # type: ignore[call-overload]
+    if role is None:
+        raise InvalidArgument([("role", "grid_worker, verifier, support or admin")])
+    return role
+
+
+def staff_role_to_proto(role: Role) -> account_pb2.StaffRole.ValueType:
+    return _STAFF_ROLE_PROTO[role]

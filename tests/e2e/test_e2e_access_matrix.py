@@ -154,7 +154,8 @@ def test_each_role_reaches_only_what_the_table_allows(module_stack: Stack) -> No
                         code == grpc.StatusCode.PERMISSION_DENIED
                         and reason_of(error) == "ROLE_NOT_ALLOWED"
                     ), f"{cred.name} may call {path} by the table, but was refused: {outcome}"
-                    assert code != grpc.StatusCode.UNAUTHENTICATED, (cred.name, path, outcome)
+                    # (a wrong staff password is the handler's UNAUTHENTICATED, not the door's)
+                    assert outcome != "UNAUTHENTICATED/UNAUTHENTICATED", (cred.name, path)
                 else:
                     refused += 1
                     assert code == grpc.StatusCode.PERMISSION_DENIED, (cred.name, path, outcome)

@@ -154,3 +154,71 @@ def test_the_cli_signs_in_and_prints_a_token(stack: Stack) -> None:
             lambda r: isinstance(r, display_pb2.ShowResponse),
         )
         assert isinstance(shown, display_pb2.ShowResponse)
+
+
+def _staff_channel(stack: Stack, token: str, target: str) -> grpc.Channel:
+    creds = ClientCredentials(Security.load(stack.credentials_dir, "cli"), issuer=None, token=token)
+    return open_channel(target, credentials=creds)
+
+
+def test_staff_sign_in_with_an_account_an_administrator_made(stack: Stack) -> None:
+    admin = common_pb2.Actor(role=common_pb2.ACTOR_ROLE_ADMIN, principal="root")
+    with open_channel(stack.peers.declaration) as channel:  # the operator's own admin token
+        accounts = account_pb2_grpc.AccountServiceStub(channel)
+        made = accounts.CreateStaffAccount(
+            account_pb2.CreateStaffAccountRequest(
+                actor=admin,
+                principal="bus-17",
+                role=account_pb2.STAFF_ROLE_VERIFIER,
+                context="bus",
+                password="correct horse battery",
+            )
+        )
+        assert made.created
+        with pytest.raises(grpc.RpcError) as short:
+            accounts.CreateStaffAccount(
+                account_pb2.CreateStaffAccountRequest(
+                    actor=admin, principal="desk-1", role=account_pb2.STAFF_ROLE_SUPPORT,
+                    password="short",
+                )
+            )  # fmt: skip
+        assert short.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        with pytest.raises(grpc.RpcError) as wrong:
+            accounts.SignInStaff(
+                account_pb2.SignInStaffRequest(principal="bus-17", password="wrong password!")
+            )
+        assert wrong.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        assert reason_of(wrong.value) == "SIGN_IN_REFUSED"
+        signed = accounts.SignInStaff(
+            account_pb2.SignInStaffRequest(principal="bus-17", password="correct horse battery")
+        )
+        assert signed.role == account_pb2.STAFF_ROLE_VERIFIER and signed.context == "bus"
+
+    # The verifier's token: it may ask for the verification keys, not show anyone's code, and
+    # not make accounts.
+    with _staff_channel(stack, signed.token, stack.peers.display) as display:
+        stub = display_pb2_grpc.DisplayServiceStub(display)
+        assert stub.GetVerificationKey(display_pb2.GetVerificationKeyRequest()).keys
+        refused = _show(display, ME)
+        assert isinstance(refused, grpc.Call)
+        assert reason_of(refused) == "ROLE_NOT_ALLOWED"  # type: ignore[arg-type]
+    with _staff_channel(stack, signed.token, stack.peers.declaration) as declaration:
+        with pytest.raises(grpc.RpcError) as not_admin:
+            account_pb2_grpc.AccountServiceStub(declaration).CreateStaffAccount(
+                account_pb2.CreateStaffAccountRequest(
+                    principal="bus-18", role=account_pb2.STAFF_ROLE_ADMIN, password="x" * 12
+                )
+            )
+        assert reason_of(not_admin.value) == "ROLE_NOT_ALLOWED"
+
+    # Disabled: it signs in no more.
+    with open_channel(stack.peers.declaration) as channel:
+        accounts = account_pb2_grpc.AccountServiceStub(channel)
+        assert accounts.DisableStaffAccount(
+            account_pb2.DisableStaffAccountRequest(actor=admin, principal="bus-17", reason="left")
+        ).disabled
+        with pytest.raises(grpc.RpcError) as gone:
+            accounts.SignInStaff(
+                account_pb2.SignInStaffRequest(principal="bus-17", password="correct horse battery")
+            )
+        assert gone.value.code() == grpc.StatusCode.UNAUTHENTICATED

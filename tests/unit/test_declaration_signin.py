@@ -11,11 +11,25 @@ import pytest
 from clients import feedgen
 from services._common.actors import Actor, Role
 from services._common.auth import TokenIssuer, TokenVerifier, create_issuer_keys
-from services._common.errors import FailedPrecondition, ResourceExhausted
+from services._common.errors import (
+    FailedPrecondition,
+    InvalidArgument,
+    PermissionDenied,
+    ResourceExhausted,
+)
 from services._common.identifiers import Identifiers
 from services.declaration.logic import Declarations
 from services.declaration.repository import DeclarationRepository
-from services.declaration.signin import CODE_TTL_S, SignInDesk, SignInRefused, sms_sender
+from services.declaration.signin import (
+    CODE_TTL_S,
+    MAX_STAFF_FAILURES,
+    STAFF_LOCKOUT_S,
+    SignInDesk,
+    SignInRefused,
+    StaffDesk,
+    StaffSignInRefused,
+    sms_sender,
+)
 from tests.support import SECRET
 
 ME = feedgen.synthetic_id_numbers(1, 99)[0]
@@ -97,3 +111,34 @@ def test_without_an_sms_gateway_no_code_is_sent_for_anyone(tmp_path: Path) -> No
     for phone in (MY_PHONE, NOT_MINE):
         with pytest.raises(FailedPrecondition, match="SMS gateway"):
             desk.request_code(ME, phone)
+
+
+def test_staff_accounts_sign_in_lock_after_failures_and_end_when_disabled(tmp_path: Path) -> None:
+    repo = DeclarationRepository(tmp_path / "d.sqlite3")
+    create_issuer_keys(tmp_path / "keys")
+    clock = Clock()
+    staff = StaffDesk(repo, TokenIssuer(tmp_path / "keys"), clock)
+    admin = Actor(Role.ADMIN, "root")
+    with pytest.raises(PermissionDenied):
+        staff.create(Actor(Role.SUPPORT, "desk-1"), "bus-17", Role.VERIFIER, "bus", "p" * 12)
+    with pytest.raises(InvalidArgument):
+        staff.create(admin, "bus-17", Role.VERIFIER, "moon", "p" * 12)  # no such workplace
+    assert staff.create(admin, "bus-17", Role.VERIFIER, "bus", "a good long password")
+    stored = repo.staff_account("bus-17")
+    assert stored is not None and b"a good long password" not in stored.password_hash
+    token, _, role, where = staff.sign_in("bus-17", "a good long password")
+    caller = TokenVerifier(tmp_path / "keys" / "issuer-keys.json").verify(token, "p")
+    assert (caller.role, caller.principal, caller.context) == (Role.VERIFIER, "bus-17", "bus")
+    assert (role, where) == (Role.VERIFIER, "bus")
+    for _ in range(MAX_STAFF_FAILURES):
+        with pytest.raises(StaffSignInRefused):
+            staff.sign_in("bus-17", "not the password")
+    with pytest.raises(ResourceExhausted):  # locked, even with the right password
+        staff.sign_in("bus-17", "a good long password")
+    clock.now += STAFF_LOCKOUT_S + 1
+    assert staff.sign_in("bus-17", "a good long password")[0]
+    assert staff.disable(admin, "bus-17", "left the bus company")
+    with pytest.raises(StaffSignInRefused):
+        staff.sign_in("bus-17", "a good long password")
+    with pytest.raises(StaffSignInRefused):
+        staff.sign_in("nobody", "a good long password")
