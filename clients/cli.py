@@ -8,6 +8,7 @@
     healthcode import people.csv
     healthcode seed --people 200000
     healthcode explain 120101199001011234
+    healthcode override set 120101199001011234 --colour green --hours 24 --reason '...'
     healthcode what-if draft-rules.toml
     healthcode counters --follow
     healthcode status
@@ -248,6 +249,10 @@ def _colour_badge(colour: int) -> str:
     return f"[{_COLOUR_STYLE[name]}] {name.upper()} [/]"
 
 
+# The rule id of the reason a manual override adds (services/colour/explanation.py).
+_MANUAL_OVERRIDE = "manual_override"
+
+
 def _reasons_table(verdict: colour_pb2.Verdict) -> Table | None:
     if not verdict.reasons:
         return None
@@ -259,6 +264,15 @@ def _reasons_table(verdict: colour_pb2.Verdict) -> Table | None:
     table.add_column("via")
     table.add_column("state")
     for r in verdict.reasons:
+        if r.rule_id == _MANUAL_OVERRIDE and verdict.HasField("manual_override"):
+            # The support desk's override: it decides the colour; the rules below hold again
+            # once it ends.
+            until = _cst(verdict.manual_override.valid_until)
+            table.add_row(
+                r.rule_id, f"{r.text_zh}\n{r.text_en}", "support desk", f"until {until}", "",
+                "[bold]decides[/]",
+            )  # fmt: skip
+            continue
         via = r.masked_phone or (str(r.county) if r.county else "")
         state = f"cleared by {r.cleared_by}" if r.cleared else "[bold]counts[/]"
         table.add_row(
@@ -271,6 +285,12 @@ def _print_verdict(verdict: colour_pb2.Verdict, *, remedies: bool = True) -> Non
     table = _reasons_table(verdict)
     if table is not None:
         out.print(table)
+    if verdict.HasField("manual_override"):
+        computed = verdict.manual_override.computed_colour
+        out.print(
+            f"  manual override until {_cst(verdict.manual_override.valid_until)} CST; the rules "
+            f"give {_colour_badge(computed)} underneath"
+        )
     if remedies:
         for m in verdict.remedies:
             how = m.text_en or "nothing clears it: it lapses when its window has passed"
@@ -1115,6 +1135,20 @@ def explain(
     out.print(f"{_colour_badge(v.colour)}  [bold]{who}[/]{scope}")
     if x.masked_phones:
         out.print(f"  phones in the name: {', '.join(x.masked_phones)}")
+    if v.HasField("manual_override"):
+        m = v.manual_override
+        out.print(
+            Panel(
+                f"{_colour_badge(m.colour)} by {m.actor} until {_cst(m.valid_until)} CST "
+                f"(set {_cst(m.set_at)} CST, override log #{m.seq})\n"
+                f"reason: {m.reason}\n"
+                f"the rules compute {_colour_badge(m.computed_colour)} underneath (below); it "
+                "shows again when the override ends",
+                title="manual override",
+                title_align="left",
+                expand=False,
+            )
+        )
     if not x.rules:
         out.print("no rule fired")
     for rule in x.rules:
@@ -1693,6 +1727,112 @@ def load_test(
         raise typer.Exit(1)
 
 
+# --- staff accounts (issue 10) -------------------------------------------------------------------
+
+staff_app = typer.Typer(
+    name="staff",
+    help="Staff accounts: grid workers, verifiers (with their workplace), the support desk and "
+    "administrators sign in with a password for a shift's token. [bold]add[/] creates an "
+    "account (or sets a new password), [bold]disable[/] ends one, [bold]sign-in[/] gets a "
+    "token. Adding and disabling need an administrator.",
+    no_args_is_help=True,
+    rich_markup_mode="rich",
+)
+app.add_typer(staff_app)
+
+_STAFF_ROLE_NAMES = {
+    "grid-worker": account_pb2.STAFF_ROLE_GRID_WORKER,
+    "verifier": account_pb2.STAFF_ROLE_VERIFIER,
+    "support": account_pb2.STAFF_ROLE_SUPPORT,
+    "admin": account_pb2.STAFF_ROLE_ADMIN,
+}
+
+
+def _password(prompt: str, password_stdin: bool, confirm: bool) -> str:
+    if password_stdin:
+        return sys.stdin.readline().rstrip("\n")
+    return str(typer.prompt(prompt, hide_input=True, confirmation_prompt=confirm))
+
+
+@staff_app.command("add")
+def staff_add(
+    principal: Annotated[str, typer.Argument(help="The account id, e.g. bus-17, desk-2.")],
+    role: Annotated[str, typer.Option(help="grid-worker, verifier, support or admin.")],
+    context: Annotated[
+        str, typer.Option(help="A verifier's workplace: bus, exam, hospital, venue, staff_desk.")
+    ] = "",
+    password_stdin: Annotated[
+        bool, typer.Option("--password-stdin", help="Read the password from standard input.")
+    ] = False,
+    admin: Annotated[str, typer.Option(help="The administrator's account id.")] = "operator",
+) -> None:
+    """Create a staff account, or give an existing one a new password and role. The password
+    (at least 12 characters) is asked for twice and stored only as a salted scrypt hash."""
+    if role not in _STAFF_ROLE_NAMES:
+        raise typer.BadParameter(", ".join(_STAFF_ROLE_NAMES), param_hint="--role")
+    password = _password("password", password_stdin, confirm=True)
+    request = account_pb2.CreateStaffAccountRequest(
+        actor=_staff(common_pb2.ACTOR_ROLE_ADMIN, admin),
+        principal=principal,
+        role=_STAFF_ROLE_NAMES[role],
+        context=context,
+        password=password,
+    )
+    with _channel(_settings.peers.declaration) as channel:
+        try:
+            done = account_pb2_grpc.AccountServiceStub(channel).CreateStaffAccount(request)
+        except grpc.RpcError as e:
+            _fail(e, "staff add")
+    out.print(f"staff account {principal} {'created' if done.created else 'updated'} ({role})")
+
+
+@staff_app.command("disable")
+def staff_disable(
+    principal: Annotated[str, typer.Argument(help="The account id.")],
+    reason: Annotated[str, typer.Option(help="Why (kept with the account).")] = "",
+    admin: Annotated[str, typer.Option(help="The administrator's account id.")] = "operator",
+) -> None:
+    """Disable a staff account: it signs in no more (its tokens run out within a shift)."""
+    request = account_pb2.DisableStaffAccountRequest(
+        actor=_staff(common_pb2.ACTOR_ROLE_ADMIN, admin), principal=principal, reason=reason
+    )
+    with _channel(_settings.peers.declaration) as channel:
+        try:
+            done = account_pb2_grpc.AccountServiceStub(channel).DisableStaffAccount(request)
+        except grpc.RpcError as e:
+            _fail(e, "staff disable")
+    out.print(f"staff account {principal} {'disabled' if done.disabled else 'was disabled'}")
+
+
+@staff_app.command("sign-in")
+def staff_sign_in(
+    principal: Annotated[str, typer.Argument(help="Your account id.")],
+    password_stdin: Annotated[
+        bool, typer.Option("--password-stdin", help="Read the password from standard input.")
+    ] = False,
+    token_only: Annotated[
+        bool, typer.Option("--token-only", help="Print only the token (for HEALTHCODE_TOKEN).")
+    ] = False,
+) -> None:
+    """Sign in as staff: a token for your account's role for a shift (eight hours)."""
+    password = _password("password", password_stdin, confirm=False)
+    with _channel(_settings.peers.declaration) as channel:
+        try:
+            signed = account_pb2_grpc.AccountServiceStub(channel).SignInStaff(
+                account_pb2.SignInStaffRequest(principal=principal, password=password)
+            )
+        except grpc.RpcError as e:
+            _fail(e, "signing in")
+    if token_only:
+        out.print(signed.token, markup=False, highlight=False, soft_wrap=True)
+        return
+    role = account_pb2.StaffRole.Name(signed.role).removeprefix("STAFF_ROLE_").lower()
+    where = f" at {signed.context}" if signed.context else ""
+    until = signed.expires_at.ToDatetime(dt.UTC).astimezone().strftime("%H:%M")
+    out.print(f"signed in as {principal} ({role}{where}) until {until}; to act as this account:")
+    out.print(f"export HEALTHCODE_TOKEN={signed.token}", markup=False, soft_wrap=True)
+
+
 # --- mandate: who may act for whom (R3) --------------------------------------------------------
 
 mandate_app = typer.Typer(
@@ -1739,6 +1879,7 @@ _ROLE_NAME = {
     common_pb2.ACTOR_ROLE_GRID_WORKER: "grid worker",
     common_pb2.ACTOR_ROLE_ADMIN: "admin",
     common_pb2.ACTOR_ROLE_SERVICE: "service",
+    common_pb2.ACTOR_ROLE_SUPPORT: "support desk",
 }
 
 
@@ -2007,6 +2148,218 @@ def mandate_list(
     out.print(f"{len(found)} {kind}{'s' if len(found) > 1 else ''}")
     for m in found:
         _print_mandate(m)
+
+
+# --- override: the support desk's manual colours ---------------------------------------------
+
+override_app = typer.Typer(
+    name="override",
+    help="Manual colour overrides (the support desk's correction after an appeal): "
+    "[bold]set[/] gives a person a colour until a time (at most 14 days ahead) whatever the "
+    "rules compute, on every display and colour replica from the next index version; "
+    "[bold]clear[/] ends one early; [bold]list[/] reads the append-only, hash-chained override "
+    "log and says whether the chain verifies. Each needs a reason, which the person sees with "
+    "their colour. Acts as the support desk (--principal: your account). Everything printed "
+    "is masked.",
+    no_args_is_help=True,
+    rich_markup_mode="rich",
+)
+app.add_typer(override_app)
+
+
+class OverrideColour(enum.StrEnum):
+    """The colour an override gives."""
+
+    green = "green"
+    yellow = "yellow"
+    red = "red"
+
+
+_OVERRIDE_COLOUR = {
+    OverrideColour.green: common_pb2.COLOUR_GREEN,
+    OverrideColour.yellow: common_pb2.COLOUR_YELLOW,
+    OverrideColour.red: common_pb2.COLOUR_RED,
+}
+_SupportPrincipalOption = Annotated[
+    str, typer.Option(help="Your support desk account (recorded in the override log).")
+]
+_ReasonOption = Annotated[
+    str,
+    typer.Option(
+        help="Why (5-500 characters, one line; shown to the person with their colour; never an "
+        "ID or phone number).",
+        show_default=False,
+    ),
+]
+
+
+def _support(principal: str) -> common_pb2.Actor:
+    return _staff(common_pb2.ACTOR_ROLE_SUPPORT, principal)
+
+
+def _override_until(until: str | None, hours: int | None, days: int | None) -> dt.datetime:
+    given = sum(x is not None for x in (until, hours, days))
+    if given != 1:
+        raise typer.BadParameter("give exactly one of --until, --hours and --days")
+    if hours is not None:
+        return dt.datetime.now(dt.UTC) + dt.timedelta(hours=hours)
+    ends = _until(until, days)
+    assert ends is not None
+    return ends
+
+
+def _print_override_entry(e: risk_index_pb2.OverrideEntry) -> None:
+    person = " ".join(p for p in (e.masked_id_number, f"key:{e.person_key.hex()[:8]}") if p)
+    if e.action == risk_index_pb2.OVERRIDE_ACTION_SET:
+        what = f"{_colour_badge(e.colour)} until {_cst(e.valid_until)} CST"
+    else:
+        what = "[bold]cleared[/]"
+    by = f"{_ROLE_NAME.get(e.actor_role, '?')} {e.actor_principal}"
+    out.print(f"[bold]#{e.seq}[/] {_cst(e.at)} CST  {person}  {what}", highlight=False)
+    out.print(f"    by {by} · index version {e.index_version}", markup=False, highlight=False)
+    out.print(f"    reason: {e.reason}", markup=False, highlight=False)
+
+
+@override_app.command("set")
+def override_set(
+    id_number: Annotated[str, typer.Argument(help="The person's resident ID number.")],
+    colour: Annotated[
+        OverrideColour, typer.Option("--colour", "--color", help="The colour to show.")
+    ],
+    reason: _ReasonOption,
+    until: Annotated[
+        str | None,
+        typer.Option(
+            help="When it ends: YYYY-MM-DD (through that day) or YYYY-MM-DDTHH:MM, Asia/Shanghai "
+            "unless an offset is given.",
+            show_default=False,
+        ),
+    ] = None,
+    hours: Annotated[
+        int | None,
+        typer.Option(
+            min=1, help="Ends this many hours from now (instead of --until).", show_default=False
+        ),
+    ] = None,
+    days: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            max=14,
+            help="Ends this many days from now (instead of --until).",
+            show_default=False,
+        ),
+    ] = None,
+    principal: _SupportPrincipalOption = "support-desk",
+) -> None:
+    """Give a person a colour until a time, whatever the rules compute (at most 14 days).
+
+    Every display and colour replica shows it from the index version printed; Explain shows it
+    first and the rules' colour underneath. A new override replaces the person's previous one.
+
+    [dim]healthcode override set PERSON_ID --colour green --hours 24 --reason 'appeal 2024-117: negative test at the hospital'[/]"""
+    ends = _override_until(until, hours, days)
+    request = risk_index_pb2.OverrideColourRequest(
+        actor=_support(principal),
+        person=common_pb2.PersonRef(id_number=id_number),
+        colour=_OVERRIDE_COLOUR[colour],
+        reason=reason,
+    )
+    request.valid_until.FromDatetime(ends.astimezone(dt.UTC))
+    with _channel(_settings.peers.risk_index) as channel:
+        try:
+            response = risk_index_pb2_grpc.RiskIndexServiceStub(channel).OverrideColour(request)
+        except grpc.RpcError as e:
+            _fail(e, "override set")
+    entry = response.entry
+    out.print(
+        f"override #{entry.seq}: {entry.masked_id_number} is {_colour_badge(entry.colour)} "
+        f"until {_cst(entry.valid_until)} CST, from index version {response.index_version}",
+        highlight=False,
+    )
+
+
+@override_app.command("clear")
+def override_clear(
+    id_number: Annotated[str, typer.Argument(help="The person's resident ID number.")],
+    reason: _ReasonOption,
+    principal: _SupportPrincipalOption = "support-desk",
+) -> None:
+    """End a person's override now: the rules' colour shows again from the version printed.
+
+    [dim]healthcode override clear PERSON_ID --reason 'appeal 2024-117 withdrawn'[/]"""
+    request = risk_index_pb2.ClearOverrideRequest(
+        actor=_support(principal),
+        person=common_pb2.PersonRef(id_number=id_number),
+        reason=reason,
+    )
+    with _channel(_settings.peers.risk_index) as channel:
+        try:
+            response = risk_index_pb2_grpc.RiskIndexServiceStub(channel).ClearOverride(request)
+        except grpc.RpcError as e:
+            _fail(e, "override clear")
+    entry = response.entry
+    out.print(
+        f"override cleared (#{entry.seq}): {entry.masked_id_number} has the rules' colour again "
+        f"from index version {response.index_version}",
+        highlight=False,
+    )
+
+
+@override_app.command("list")
+def override_list(
+    id_number: Annotated[
+        str | None,
+        typer.Argument(
+            help="Only this person's entries (default: everyone's).", show_default=False
+        ),
+    ] = None,
+    limit: Annotated[
+        int, typer.Option(min=1, help="At most this many entries, newest first.")
+    ] = 20,
+    principal: _SupportPrincipalOption = "support-desk",
+) -> None:
+    """The override log, newest first (who set or cleared what, until when, why), and whether
+    its hash chain verifies.
+
+    The chain links every entry to the one before by SHA-256: a changed, removed or reordered
+    entry is named. Note the head hash printed: kept elsewhere, it also shows a log cut short.
+
+    [dim]healthcode override list[/]
+    [dim]healthcode override list PERSON_ID --limit 5[/]"""
+    request = risk_index_pb2.ListOverridesRequest(
+        actor=_support(principal), page_size=min(limit, 500)
+    )
+    if id_number is not None:
+        request.person.id_number = id_number
+    entries: list[risk_index_pb2.OverrideEntry] = []
+    with _channel(_settings.peers.risk_index) as channel:
+        stub = risk_index_pb2_grpc.RiskIndexServiceStub(channel)
+        while True:
+            try:
+                page = stub.ListOverrides(request)
+            except grpc.RpcError as e:
+                _fail(e, "override list")
+            entries.extend(page.entries)
+            if not page.next_page_token or len(entries) >= limit:
+                break
+            request.page_token = page.next_page_token
+    if not entries:
+        out.print("no overrides" + (" for this person" if id_number else ""))
+    for entry in entries[:limit]:
+        _print_override_entry(entry)
+    if page.verified:
+        out.print(
+            f"[green]chain verified[/]: {page.entry_count} entries, head {page.head_hash}",
+            highlight=False,
+        )
+    else:
+        out.print(
+            f"[bold red]CHAIN BROKEN at entry {page.broken_seq}[/]: {page.problem} "
+            f"({page.entry_count} entries)",
+            highlight=False,
+        )
+        raise typer.Exit(3)
 
 
 # --- keys: the display's token signing keys --------------------------------------------------

@@ -5,6 +5,9 @@
 //! A byte is the proto's `Colour` number ([`wire_colour`]: 1 green, 2 yellow, 3 red),
 //! [`NOT_REGISTERED`] for a person the index does not hold (no data is not green), or
 //! [`INVALID`] for an entry that failed validation (named in the problems).
+//!
+//! [`Overrides`] (the support desk's manual colours, issue 10) replace the computed byte of
+//! the registered persons they name; without them (`None`) the batch costs what it always did.
 
 use rayon::prelude::*;
 
@@ -17,6 +20,11 @@ pub const NOT_REGISTERED: u8 = 0;
 pub const INVALID: u8 = 255;
 /// What a blank entry is told (as the per-person edge says it).
 pub const ID_NUMBER_REQUIRED: &str = "an ID number is required";
+
+/// Manual colours in force (the support desk's overrides): person key -> the wire byte that
+/// replaces the computed one (1 green, 2 yellow, 3 red). They apply to registered persons only:
+/// a person the index does not hold stays [`NOT_REGISTERED`].
+pub type Overrides = hashbrown::HashMap<Key, u8>;
 
 /// Entries at or above this count are split over the rayon pool.
 const PARALLEL_FROM: usize = 4096;
@@ -58,9 +66,27 @@ impl Verdicts {
         }
     }
 
+    /// The wire byte of a person key: its override if it names a registered person, else its
+    /// verdict's (or [`NOT_REGISTERED`]).
+    #[inline]
+    fn key_byte(&self, key: Key, overrides: Option<&Overrides>) -> u8 {
+        let person = self.index.registry.persons.get(key);
+        if let (Some(_), Some(manual)) = (person, overrides) {
+            if let Some(&byte) = manual.get(&key) {
+                return byte;
+            }
+        }
+        self.wire_byte(person)
+    }
+
     /// One ID number: its wire byte, or what is wrong with it. Blank is "required"; otherwise
     /// the message is the one `Hasher::person_key` refuses it with (as per-person calls see).
-    fn id_number_byte(&self, raw: &str, today: i64) -> Result<u8, String> {
+    fn id_number_byte(
+        &self,
+        raw: &str,
+        today: i64,
+        overrides: Option<&Overrides>,
+    ) -> Result<u8, String> {
         if raw.trim().is_empty() {
             return Err(ID_NUMBER_REQUIRED.to_string());
         }
@@ -69,7 +95,7 @@ impl Verdicts {
             .hasher
             .person_key_on(raw, today)
             .map_err(|e| e.to_string())?;
-        Ok(self.wire_byte(self.index.registry.persons.get(key)))
+        Ok(self.key_byte(key, overrides))
     }
 
     fn id_numbers_from(
@@ -77,11 +103,12 @@ impl Verdicts {
         first: usize,
         ids: &[&str],
         today: i64,
+        overrides: Option<&Overrides>,
     ) -> (Vec<u8>, Vec<EntryProblem>) {
         let mut colours = Vec::with_capacity(ids.len());
         let mut problems = Vec::new();
         for (n, raw) in ids.iter().enumerate() {
-            colours.push(match self.id_number_byte(raw, today) {
+            colours.push(match self.id_number_byte(raw, today, overrides) {
                 Ok(b) => b,
                 Err(message) => {
                     problems.push(EntryProblem {
@@ -115,15 +142,25 @@ impl Verdicts {
     /// assert_eq!(problems[0].entry, 1);
     /// ```
     pub fn colours_of_id_numbers(&self, ids: &[&str]) -> (Vec<u8>, Vec<EntryProblem>) {
+        self.colours_of_id_numbers_with(ids, None)
+    }
+
+    /// [`Verdicts::colours_of_id_numbers`], with the manual colours of `overrides` in place of
+    /// the computed ones of the registered persons they name.
+    pub fn colours_of_id_numbers_with(
+        &self,
+        ids: &[&str],
+        overrides: Option<&Overrides>,
+    ) -> (Vec<u8>, Vec<EntryProblem>) {
         // One clock reading for the batch (the birth date must not be after today).
         let today = shanghai_today();
         if ids.len() < PARALLEL_FROM {
-            return self.id_numbers_from(0, ids, today);
+            return self.id_numbers_from(0, ids, today, overrides);
         }
         let parts: Vec<(Vec<u8>, Vec<EntryProblem>)> = ids
             .par_chunks(CHUNK)
             .enumerate()
-            .map(|(c, chunk)| self.id_numbers_from(c * CHUNK, chunk, today))
+            .map(|(c, chunk)| self.id_numbers_from(c * CHUNK, chunk, today, overrides))
             .collect();
         let mut colours = Vec::with_capacity(ids.len());
         let mut problems = Vec::new();
@@ -137,7 +174,13 @@ impl Verdicts {
     /// Colour a batch of person keys: one wire byte per key in order ([`NOT_REGISTERED`] for
     /// a key the index does not hold). Large batches run in parallel.
     pub fn colours_of_keys(&self, keys: &[Key]) -> Vec<u8> {
-        let one = |&k: &Key| self.wire_byte(self.index.registry.persons.get(k));
+        self.colours_of_keys_with(keys, None)
+    }
+
+    /// [`Verdicts::colours_of_keys`], with the manual colours of `overrides` in place of the
+    /// computed ones of the registered persons they name.
+    pub fn colours_of_keys_with(&self, keys: &[Key], overrides: Option<&Overrides>) -> Vec<u8> {
+        let one = |&k: &Key| self.key_byte(k, overrides);
         if keys.len() >= PARALLEL_FROM {
             keys.par_iter().with_min_len(CHUNK).map(one).collect()
         } else {
@@ -264,7 +307,7 @@ mod tests {
         }
         let refs: Vec<&str> = batch.iter().map(String::as_str).collect();
         let (colours, problems) = v.colours_of_id_numbers(&refs);
-        let (seq_c, seq_p) = v.id_numbers_from(0, &refs, crate::ids::shanghai_today());
+        let (seq_c, seq_p) = v.id_numbers_from(0, &refs, crate::ids::shanghai_today(), None);
         assert_eq!((colours.clone(), problems.clone()), (seq_c, seq_p));
         assert_eq!(colours.len(), 9_000);
         assert_eq!(
@@ -291,6 +334,53 @@ mod tests {
         }
         assert_eq!(v.colours_of_keys(&keys[..3]), [3, 2, 1]);
         assert_eq!(v.colours_of_keys(&[7u128]), [NOT_REGISTERED]);
+    }
+
+    #[test]
+    fn overrides_replace_the_computed_byte_of_registered_persons_only() {
+        let people = ids(9_000, 8);
+        let stranger = ids(9_001, 9).pop().unwrap();
+        let (v, _) = verdicts(&people);
+        let key = |id: &str| v.index.hasher.person_key(id).unwrap();
+        // person 0 is red, person 2 green: the desk turned them green and red; a stranger's
+        // override changes nothing (no data is not a colour)
+        let overrides: Overrides = [
+            (key(&people[0]), 1u8),
+            (key(&people[2]), 3u8),
+            (key(&stranger), 1u8),
+        ]
+        .into_iter()
+        .collect();
+        let batch = [
+            people[0].as_str(),
+            people[1].as_str(),
+            people[2].as_str(),
+            stranger.as_str(),
+            "1",
+        ];
+        let (colours, problems) = v.colours_of_id_numbers_with(&batch, Some(&overrides));
+        assert_eq!(colours, [1, 2, 3, NOT_REGISTERED, INVALID]);
+        assert_eq!(problems.len(), 1);
+        assert_eq!(
+            v.colours_of_id_numbers_with(&batch, None).0,
+            [3, 2, 1, NOT_REGISTERED, INVALID]
+        );
+        let keys: Vec<Key> = [&people[0], &people[1], &people[2], &stranger]
+            .iter()
+            .map(|id| key(id))
+            .collect();
+        assert_eq!(
+            v.colours_of_keys_with(&keys, Some(&overrides)),
+            [1, 2, 3, NOT_REGISTERED]
+        );
+        // in parallel too: every entry as one by one
+        let refs: Vec<&str> = people.iter().map(String::as_str).collect();
+        let (all, _) = v.colours_of_id_numbers_with(&refs, Some(&overrides));
+        let plain = v.colours_of_id_numbers(&refs).0;
+        assert_eq!((all[0], all[1], all[2]), (1, 2, 3));
+        assert_eq!(all[3..], plain[3..]);
+        let all_keys: Vec<Key> = refs.iter().map(|id| key(id)).collect();
+        assert_eq!(v.colours_of_keys_with(&all_keys, Some(&overrides)), all);
     }
 
     #[test]

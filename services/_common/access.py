@@ -14,12 +14,17 @@ from __future__ import annotations
 
 from services._common.actors import Role
 
-# Health checks, reflection and signing in: any connection with a platform certificate, an edge
-# without a token too (signing in is how a person gets one).
-ANY_CALLER = (
-    "/grpc.health.v1.Health/",
-    "/grpc.reflection.",
-    "/healthcode.v1.AccountService/",
+# Health checks and reflection: any connection with a platform certificate, an edge without a
+# token too.
+ANY_CALLER = ("/grpc.health.v1.Health/", "/grpc.reflection.")
+# Signing in is how one gets a token: these methods too take an edge without one (and read no
+# actor). Exact names: every other method of AccountService needs a credential.
+SIGN_IN = frozenset(
+    {
+        "/healthcode.v1.AccountService/RequestSignInCode",
+        "/healthcode.v1.AccountService/SignIn",
+        "/healthcode.v1.AccountService/SignInStaff",
+    }
 )
 
 C, FP, GW, V = Role.CITIZEN, Role.FAMILY_PROXY, Role.GRID_WORKER, Role.VERIFIER
@@ -74,6 +79,11 @@ ACCESS: dict[str, frozenset[Role]] = {
     _RISK_INDEX + "GetIndexVersion": frozenset({FEED, PARTNER, SERVICE, ADMIN, SUPPORT}),
     _RISK_INDEX + "WatchIndex": frozenset({SERVICE, ADMIN}),
     _RISK_INDEX + "PublishRuleSet": frozenset({SERVICE, ADMIN}),
+    # manual colour overrides (the support desk's correction after an appeal): set, cleared and
+    # audited by the support desk and administrators only.
+    _RISK_INDEX + "OverrideColour": frozenset({SUPPORT, ADMIN}),
+    _RISK_INDEX + "ClearOverride": frozenset({SUPPORT, ADMIN}),
+    _RISK_INDEX + "ListOverrides": frozenset({SUPPORT, ADMIN}),
     # colour: a person's own colour comes through Show; Evaluate answers staff and partners
     # about anyone, so people may not call it. Reasons (Explain) only for the holder, their
     # proxies and the support desk.
@@ -88,7 +98,10 @@ ACCESS: dict[str, frozenset[Role]] = {
     _DISPLAY + "Scan": frozenset({V, PARTNER}),
     _DISPLAY + "WatchCounters": frozenset({SERVICE, ADMIN, SUPPORT}),
     _DISPLAY + "GetVerificationKey": EVERYONE,
-    # signing in (also without a token: ANY_CALLER)
+    # signing in (also without a token: SIGN_IN); staff accounts are the administrator's.
     _ACCOUNT + "RequestSignInCode": EVERYONE,
     _ACCOUNT + "SignIn": EVERYONE,
+    _ACCOUNT + "SignInStaff": EVERYONE,
+    _ACCOUNT + "CreateStaffAccount": frozenset({ADMIN}),
+    _ACCOUNT + "DisableStaffAccount": frozenset({ADMIN}),
 }

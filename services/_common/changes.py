@@ -9,6 +9,7 @@ of the whole population. Keys only: no raw identifier is ever in a change.
 
 from __future__ import annotations
 
+import datetime as dt
 import sys
 from array import array
 from collections.abc import Iterable, Sequence
@@ -122,7 +123,35 @@ class RuleSet:
         pass
 
 
-Change = Persons | Phones | Unlink | Cards | Rows | CountyLevel | RuleSet
+@dataclass(frozen=True, slots=True)
+class Override:
+    """A manual colour override set (or replaced) or cleared by the support desk (an entry of
+    the risk index's override log): every replica answers `colour` for the person while the
+    time of the answer is before `valid_until`. It changes no index entry. `colour` is the
+    matcher's (0 green, 1 yellow, 2 red), None for a clear; `actor` is masked ("support
+    de***2"); `seq` is the log entry's number."""
+
+    person_key: bytes
+    colour: int | None
+    reason: str
+    valid_until: dt.datetime | None
+    at: dt.datetime
+    actor: str
+    seq: int
+
+    @property
+    def is_clear(self) -> bool:
+        return self.colour is None
+
+    def active_at(self, when: dt.datetime) -> bool:
+        """In force at `when` (aware): a set override before its end."""
+        return self.valid_until is not None and when < self.valid_until
+
+    def apply(self, builder: hm.IndexBuilder) -> None:
+        pass
+
+
+Change = Persons | Phones | Unlink | Cards | Rows | CountyLevel | RuleSet | Override
 
 
 def apply_all(builder: hm.IndexBuilder, changes: Iterable[Change]) -> None:
@@ -151,9 +180,10 @@ def touched_persons(before: hm.Index, after: hm.Index, changes: Iterable[Change]
             out.update(ids(index.holders_of_phones(phones)))
 
     for change in changes:
-        if isinstance(change, Persons | Cards | RuleSet):
+        if isinstance(change, Persons | Cards | RuleSet | Override):
             # New people are counted above; cards carry no rows; a rule set is the engine's
-            # to apply (it re-evaluates everyone itself).
+            # to apply (it re-evaluates everyone itself); an override replaces a colour at
+            # answer time and changes no verdict.
             continue
         if isinstance(change, Rows) and change.replace:
             return None
@@ -205,6 +235,8 @@ def to_proto(from_version: int, changes: Iterable[Change]) -> risk_index_pb2.Ind
                 entry.rows.counties.extend(c.counties)
         elif isinstance(c, RuleSet):
             entry.rule_set.text, entry.rule_set.filename = c.text, c.filename
+        elif isinstance(c, Override):
+            entry.colour_override.CopyFrom(override_to_proto(c))
         else:
             entry.county.county, entry.county.level = c.county, c.level
     return delta
@@ -237,9 +269,50 @@ def from_proto(delta: risk_index_pb2.IndexDelta) -> list[Change]:
             out.append(CountyLevel(entry.county.county, entry.county.level))
         elif which == "rule_set":
             out.append(RuleSet(entry.rule_set.text, entry.rule_set.filename))
+        elif which == "colour_override":
+            out.append(override_from_proto(entry.colour_override, f"change {i}"))
         else:
             raise ValueError(f"change {i}: empty")
     return out
+
+
+def override_to_proto(c: Override) -> risk_index_pb2.OverrideChange:
+    out = risk_index_pb2.OverrideChange(
+        person_key=c.person_key,
+        action=(
+            risk_index_pb2.OVERRIDE_ACTION_CLEAR
+            if c.colour is None
+            else risk_index_pb2.OVERRIDE_ACTION_SET
+        ),
+        reason=c.reason,
+        actor=c.actor,
+        seq=c.seq,
+    )
+    if c.colour is not None:
+        out.colour = c.colour + 1  # type: ignore[assignment]  # proto Colour: 1 green ... 3 red
+    if c.valid_until is not None:
+        out.valid_until.FromDatetime(c.valid_until.astimezone(dt.UTC))
+    out.at.FromDatetime(c.at.astimezone(dt.UTC))
+    return out
+
+
+def override_from_proto(msg: risk_index_pb2.OverrideChange, where: str) -> Override:
+    """An override change, checked for shape (ValueError names what is wrong)."""
+    key = _aligned(msg.person_key, 0) if len(msg.person_key) == KEY else b""
+    if not key:
+        raise ValueError(f"{where}: an override names one {KEY}-byte person key")
+    try:
+        at = msg.at.ToDatetime(dt.UTC)
+        until = msg.valid_until.ToDatetime(dt.UTC) if msg.HasField("valid_until") else None
+    except (ValueError, OverflowError):
+        raise ValueError(f"{where}: an override's time is out of range") from None
+    if msg.action == risk_index_pb2.OVERRIDE_ACTION_CLEAR:
+        return Override(key, None, msg.reason, None, at, msg.actor, msg.seq)
+    if msg.action != risk_index_pb2.OVERRIDE_ACTION_SET or not 1 <= msg.colour <= 3:
+        raise ValueError(f"{where}: an override sets GREEN, YELLOW or RED, or clears")
+    if until is None:
+        raise ValueError(f"{where}: a set override has a valid_until")
+    return Override(key, int(msg.colour) - 1, msg.reason, until, at, msg.actor, msg.seq)
 
 
 def _aligned(keys: bytes, i: int) -> bytes:

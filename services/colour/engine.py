@@ -13,6 +13,15 @@ A reader takes `matcher.current` once and answers everything from that one `Verd
 index, plan, day and hour), so the colour, the reasons and the versions it reports always agree.
 An index's version is the risk index's number for it (version 0 is the empty index).
 
+Manual colour overrides (the support desk's corrections after an appeal, issue 10) come through
+the risk index like everything else: set and cleared in index deltas, and all of them on a
+stream's first version. The engine keeps those in force by person key and applies them to every
+local answer (Evaluate, Show and Scan through a display's replica, Explain, the packed batches):
+an override replaces the computed colour while the time of the answer is before its
+`valid_until` (so it ends exactly then, with no timer) and adds its reason first; Explain still
+lists what the rules computed underneath. Answers for other provinces (`shared_only`), counts
+and what-ifs are the rules' alone.
+
 No grpc here: the servicer turns protos into calls and the follower feeds index versions.
 """
 
@@ -39,6 +48,7 @@ from services.colour.model import (
     Assessment,
     Explanation,
     Freshness,
+    OverrideView,
     PersonCard,
     PersonDirectory,
     ReasonView,
@@ -105,6 +115,16 @@ class ColourEngine:
         # How long the recent deltas took to apply (seconds), and how many were applied.
         self._apply_times: deque[float] = deque(maxlen=1000)
         self._deltas_applied = 0
+        # Manual colour overrides by person key (perhaps expired: checked at answer time), and
+        # the latest override log entry they reflect. Replaced whole, never changed in place,
+        # so a reader takes the dict once without a lock; empty costs the hot path nothing.
+        self._overrides: dict[bytes, changes.Override] = {}
+        self._override_seq = 0
+        # (the overrides dict it was built from, when the first of them ends, what a batch
+        # takes): batches reuse it until either changes.
+        self._batch_cache: (
+            tuple[dict[bytes, changes.Override], dt.datetime | None, dict[bytes, int] | None] | None
+        ) = None
 
     # -- what changes verdicts --------------------------------------------------------------
 
@@ -165,6 +185,8 @@ class ColourEngine:
             builder = before.builder()
             changes.apply_all(builder, delta)
             index = builder.finish(version=version)
+            # Before the new verdicts go live: a reader of `version` sees its overrides.
+            self._take_overrides(delta)
             now = self._now()
             rules_changed = False
             for change in delta:
@@ -195,6 +217,68 @@ class ColourEngine:
             self._installed.notify_all()
         log.debug("index version %d applied (%d changes)", version, len(delta))
         return True
+
+    # -- manual overrides ---------------------------------------------------------------------
+
+    def _take_overrides(self, delta: Iterable[changes.Change]) -> None:
+        """Apply the override changes of a delta that are newer than those held. Caller holds
+        the write lock."""
+        updated: dict[bytes, changes.Override] | None = None
+        for change in delta:
+            if not isinstance(change, changes.Override) or change.seq <= self._override_seq:
+                continue
+            if updated is None:
+                updated = dict(self._overrides)
+            if change.is_clear:
+                updated.pop(change.person_key, None)
+            else:
+                updated[change.person_key] = change
+            self._override_seq = change.seq
+        if updated is not None:
+            self._overrides = updated
+
+    def replace_overrides(self, active: Iterable[changes.Override], last_seq: int) -> None:
+        """Hold exactly these overrides, reflecting the override log up to `last_seq` (a
+        stream's first version carries them; a replica's own snapshot keeps them)."""
+        with self._write_lock:
+            self._overrides = {o.person_key: o for o in active if not o.is_clear}
+            self._override_seq = last_seq
+
+    def overrides(self) -> tuple[list[changes.Override], int]:
+        """The overrides held (oldest first) and the latest log entry they reflect."""
+        with self._write_lock:
+            return sorted(self._overrides.values(), key=lambda o: o.seq), self._override_seq
+
+    def _override_of(self, person_key: bytes) -> changes.Override | None:
+        """The person's override in force now, if any."""
+        held = self._overrides
+        if not held:
+            return None
+        found = held.get(person_key)
+        return found if found is not None and found.active_at(self._now()) else None
+
+    def _batch_overrides(self, shared_only: bool) -> dict[bytes, int] | None:
+        """The overrides in force now as a batch takes them (person key -> wire colour), or
+        None: then the batch runs exactly as without overrides. Built once per set of
+        overrides held, and again only when the first of them ends."""
+        held = self._overrides
+        if shared_only or not held:
+            return None
+        now = self._now()
+        cached = self._batch_cache
+        if cached is not None and cached[0] is held and (cached[1] is None or now < cached[1]):
+            return cached[2]
+        active = [o for o in held.values() if o.colour is not None and o.active_at(now)]
+        wire = {o.person_key: o.colour + 1 for o in active if o.colour is not None}
+        first_end = min((o.valid_until for o in active if o.valid_until is not None), default=None)
+        self._batch_cache = (held, first_end, wire or None)
+        return wire or None
+
+    def _prune_overrides(self, now: dt.datetime) -> None:
+        """Forget overrides that have ended (answers ignore them already). Caller holds the
+        write lock."""
+        if any(not o.active_at(now) for o in self._overrides.values()):
+            self._overrides = {k: o for k, o in self._overrides.items() if o.active_at(now)}
 
     def follow_rule_set(self, text: str, filename: str) -> bool:
         """Run the rule set the risk index says is published (a stream's first version names
@@ -265,6 +349,7 @@ class ColourEngine:
         rule set whose time has come. True if anything was swapped."""
         now = self._now()
         with self._write_lock:
+            self._prune_overrides(now)
             activated = self._rules.activate_due(now)
             if self._matcher is None:
                 return activated
@@ -345,7 +430,9 @@ class ColourEngine:
         """The colour of one person (by 16-byte key) with reasons and remedies; without them
         when `reasons` is False (an overloaded display sheds them, marking the answer)."""
         verdicts = self._verdicts(shared_only)
-        return self._assess(verdicts, person_key, self._people, with_reasons=reasons)[0]
+        return self._assess(
+            verdicts, person_key, self._people, with_reasons=reasons, manual=not shared_only
+        )[0]
 
     def colours(
         self,
@@ -359,7 +446,8 @@ class ColourEngine:
         concatenated 16-byte person keys, not both. Only colours: no reasons, no explanation.
         More than MAX_BATCH_ENTRIES raises ResourceExhausted; keys that are not a whole number
         of 16 bytes raise InvalidArgument. The validation, hashing and look-ups run in the
-        matcher with the GIL released."""
+        matcher with the GIL released; so does replacing the colours of the registered people
+        with a manual override in force (not for `shared_only`; nothing at all without one)."""
         if id_numbers is not None and person_keys is not None:
             raise InvalidArgument(
                 [("person_keys", "a batch is id_numbers or person_keys, not both")]
@@ -376,6 +464,7 @@ class ColourEngine:
                 [(field, f"{count} entries > {MAX_BATCH_ENTRIES}")],
             )
         verdicts = self._verdicts(shared_only)
+        manual = self._batch_overrides(shared_only)
         problems: list[tuple[int, str]] = []
         if id_numbers is not None:
             text = "\n".join(id_numbers)
@@ -383,14 +472,14 @@ class ColourEngine:
                 # A line break inside an entry would split it: it is whitespace to the
                 # validation (trimmed at the ends, refused inside), and so is a space.
                 text = "\n".join(n.replace("\n", " ") for n in id_numbers)
-            colours, problems = verdicts.colours_of_id_numbers(text.encode())
+            colours, problems = verdicts.colours_of_id_numbers(text.encode(), manual)
         else:
             keys = person_keys or b""
             if len(keys) % 16:
                 raise InvalidArgument(
                     [("person_keys", f"16-byte keys, concatenated: {len(keys)} bytes is not")]
                 )
-            colours = verdicts.colours_of_keys(keys)
+            colours = verdicts.colours_of_keys(keys, manual)
         rule_set = self._rules.by_version(verdicts.plan.version)
         return BatchColours(
             colours=colours,
@@ -409,8 +498,11 @@ class ColourEngine:
         phones: Mapping[bytes, str] | PersonDirectory | None,
         *,
         with_reasons: bool = True,
+        manual: bool = True,
     ) -> tuple[Assessment, hm.Verdict | None, list[hm.Evidence], dict[int, str]]:
-        """The assessment from one `Verdicts`, with what Explain needs beside it."""
+        """The assessment from one `Verdicts`, with what Explain needs beside it. With
+        `manual`, a registered person's override in force replaces the colour and its reason
+        comes first (the rules' reasons follow: what holds once it ends)."""
         rule_set = self._rules.by_version(verdicts.plan.version)
         index = verdicts.index
         person_id = index.person_id_by_key(person_key)
@@ -425,18 +517,36 @@ class ColourEngine:
             masks = explanation.phone_masks(person_key, index, evidence, phones)
             reasons = explanation.reasons(rule_set, verdict, evidence, masks)
             remedies = tuple(explanation.remedy(rule_set, r) for r in verdict.rules)
+        colour = None if verdict is None else hm.Colour(verdict.colour)
+        override = None
+        if manual and colour is not None:
+            found = self._override_of(person_key)
+            if found is not None and found.colour is not None and found.valid_until is not None:
+                override = OverrideView(
+                    colour=hm.Colour(found.colour),
+                    computed=colour,
+                    reason=found.reason,
+                    valid_until=found.valid_until,
+                    set_at=found.at,
+                    actor=found.actor,
+                    seq=found.seq,
+                )
+                colour = override.colour
+                if with_reasons:
+                    reasons = (explanation.override_reason(override), *reasons)
         assessment = Assessment(
             person_key=person_key,
             registered=verdict is not None,
-            colour=None if verdict is None else hm.Colour(verdict.colour),
+            colour=colour,
             reasons=reasons,
             remedies=remedies,
             rule_set_version=rule_set.version,
             index_version=index.version,
             day=day_date(verdicts.today),
             stale_feeds=self._feeds.stale_for(rule_set, () if verdict is None else verdict.rules),
-            reasons_shed=fired and not with_reasons,
+            reasons_shed=(fired or override is not None) and not with_reasons,
             hour=verdicts.hour,
+            manual=override,
         )
         return assessment, verdict, evidence, masks
 
@@ -445,11 +555,15 @@ class ColourEngine:
     ) -> Explanation:
         """Every rule that fired or was cleared for the person, the rows behind each (source,
         day, masked phone, county and its grading), what clears it, and the freshness of every
-        source of the rule set (R16). One `Verdicts` answers all of it."""
+        source of the rule set (R16). One `Verdicts` answers all of it. A manual override in
+        force comes first (the assessment's colour, `manual`, and its reason); the rules are
+        what they computed underneath it."""
         verdicts = self._verdicts(shared_only)
         card = self._card(person_key)
         phones = None if card is None else card.phones
-        assessment, verdict, evidence, masks = self._assess(verdicts, person_key, phones)
+        assessment, verdict, evidence, masks = self._assess(
+            verdicts, person_key, phones, manual=not shared_only
+        )
         rule_set = self._rules.by_version(verdicts.plan.version)
         rules: tuple[RuleView, ...] = ()
         if verdict is not None:

@@ -1,6 +1,6 @@
 """The reasons behind a colour (R5, R7, R16): the matcher's evidence turned into views a person
 or the support desk can read: which rule, which source and day, through which (masked) phone,
-in which county, and what clears it.
+in which county, and what clears it; and a manual override's reason, shown before them.
 """
 
 from __future__ import annotations
@@ -12,12 +12,39 @@ from dataclasses import replace
 
 import healthcode_matcher as hm
 
-from services._common.days import day_date
+from services._common.days import SHANGHAI, day_date
 from services._common.sources import get_source
-from services.colour.model import EvidenceView, PersonDirectory, ReasonView, RemedyView, RuleView
+from services.colour.model import (
+    EvidenceView,
+    OverrideView,
+    PersonDirectory,
+    ReasonView,
+    RemedyView,
+    RuleView,
+)
 from services.rules import Rule, RuleSet
 
 log = logging.getLogger(__name__)
+
+
+# The rule id of the reason a manual override adds (first, before the rules' reasons).
+OVERRIDE_RULE_ID = "manual_override"
+
+
+def override_reason(manual: OverrideView) -> ReasonView:
+    """What a person reads about an override in force: by whom (masked), until when (Asia/
+    Shanghai), and why."""
+    until = manual.valid_until.astimezone(SHANGHAI).strftime("%Y-%m-%d %H:%M")
+    return ReasonView(
+        rule_id=OVERRIDE_RULE_ID,
+        text_zh=f"客服人工改码（{manual.actor}），有效至 {until}（北京时间）：{manual.reason}",
+        text_en=(
+            f"manual override by the support desk ({manual.actor}) until {until} CST: "
+            f"{manual.reason}"
+        ),
+        source="",
+        day=None,
+    )
 
 
 def evidence_day(ev: hm.Evidence) -> dt.date | None:

@@ -12,12 +12,17 @@ It also asks `ListSources` when each feed was last updated: after every version,
 `freshness_interval_s` on a thread of its own, because a stalled feed publishes no versions and
 that is exactly when its staleness must show (the engine judges staleness by the clock, so the
 verdicts turn stale even when the risk index cannot be reached).
+
+Manual colour overrides ride along: a delta's override changes are applied with it, and a
+stream's first version carries every override in force, taken before that version goes live.
+They are kept beside the replica's own snapshot, so a restart answers with them at once.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import logging
+import os
 import random
 import threading
 import time
@@ -26,6 +31,7 @@ from pathlib import Path
 
 import grpc
 import healthcode_matcher as hm
+from google.protobuf.message import DecodeError
 from healthcode.v1 import risk_index_pb2, risk_index_pb2_grpc
 
 from services._common import changes
@@ -43,6 +49,11 @@ _CHANNEL_OPTIONS: list[tuple[str, int | str]] = [
     ("grpc.max_receive_message_length", 64 << 20),
     *RECONNECT_OPTIONS,
 ]
+
+
+def overrides_path(snapshot: Path) -> Path:
+    """Where a replica keeps its manual overrides beside its index snapshot."""
+    return snapshot.with_name(snapshot.name + ".overrides")
 
 
 class IndexFollower:
@@ -136,6 +147,7 @@ class IndexFollower:
             )
             return False
         self._saved_version = index.version
+        self._resume_overrides(path)
         log.info(
             "resumed from own index snapshot at version %d in %.1f s",
             index.version,
@@ -144,14 +156,41 @@ class IndexFollower:
         return True
 
     def save_snapshot(self) -> bool:
-        """Write the index held to the replica's snapshot file unless it is there already."""
+        """Write the index held to the replica's snapshot file unless it is there already, and
+        the manual overrides held beside it (read after the index: at least as new)."""
         index = self._engine.index
         if self._snapshot_path is None or index is None or index.version == self._saved_version:
             return False
         self._snapshot_path.parent.mkdir(parents=True, exist_ok=True)
         index.save(str(self._snapshot_path))
+        self._save_overrides(self._snapshot_path)
         self._saved_version = index.version
         return True
+
+    def _save_overrides(self, snapshot: Path) -> None:
+        """The overrides held, as the stream's first version carries them (keys, masked
+        actors and reasons only), written atomically beside the snapshot: a replica that
+        restarts from its snapshot answers with them before it reaches the risk index."""
+        active, last_seq = self._engine.overrides()
+        wire = risk_index_pb2.ActiveOverrides(
+            overrides=[changes.override_to_proto(o) for o in active], last_seq=last_seq
+        )
+        target = overrides_path(snapshot)
+        part = target.with_name(target.name + ".part")
+        part.write_bytes(wire.SerializeToString())
+        os.replace(part, target)
+
+    def _resume_overrides(self, snapshot: Path) -> None:
+        path = overrides_path(snapshot)
+        if not path.is_file():
+            return
+        try:
+            wire = risk_index_pb2.ActiveOverrides.FromString(path.read_bytes())
+            active = [changes.override_from_proto(o, str(path)) for o in wire.overrides]
+        except (DecodeError, ValueError, OSError) as exc:
+            log.warning("own overrides %s refused (%s); the risk index will send them", path, exc)
+            return
+        self._engine.replace_overrides(active, wire.last_seq)
 
     def _save_periodically(self) -> None:
         while not self._stop.wait(self._snapshot_interval):
@@ -230,6 +269,7 @@ class IndexFollower:
                 raise hm.SnapshotError(
                     f"version {version}: the snapshot says it is version {index.version}"
                 )
+            self._follow_overrides(message)  # before the version goes live
             new = self._engine.install_index(index)
             self._follow_rule_set(message)
             if new:
@@ -245,6 +285,7 @@ class IndexFollower:
         to the version held says the replica is current (after a restart from its snapshot)."""
         held = self._engine.index_version
         if self._engine.has_index and message.version == held == message.delta.from_version:
+            self._follow_overrides(message)
             self._follow_rule_set(message)
             if self._on_installed is not None:
                 self._on_installed(held)
@@ -257,6 +298,9 @@ class IndexFollower:
             )
             return False
         delta = changes.from_proto(message.delta)
+        # Before the version goes live (its own override changes at or below the list's
+        # last entry are then already held).
+        self._follow_overrides(message)
         if self._engine.apply_changes(delta, message.version):
             if self._on_changes is not None:
                 self._on_changes(delta)
@@ -273,6 +317,19 @@ class IndexFollower:
         # runs the same rules), so a replica that was away while one was published catches up.
         if message.HasField("rule_set"):
             self._engine.follow_rule_set(message.rule_set.text, message.rule_set.filename)
+
+    def _follow_overrides(self, message: risk_index_pb2.WatchIndexResponse) -> None:
+        # A stream's first version carries every manual override in force, so a replica that
+        # was away (or is new) shows the same ones as every other.
+        if not message.HasField("active_overrides"):
+            return
+        wire = message.active_overrides
+        try:
+            active = [changes.override_from_proto(o, "active_overrides") for o in wire.overrides]
+        except ValueError as exc:
+            log.error("refused the overrides in force (%s); keeping those held", exc)
+            return
+        self._engine.replace_overrides(active, wire.last_seq)
 
     def _refresh_staleness(self) -> bool:
         try:

@@ -77,6 +77,20 @@ class RemedyView:
 
 
 @dataclass(frozen=True, slots=True)
+class OverrideView:
+    """A manual colour override in force for the person (the support desk's correction after an
+    appeal): the colour it gives, and the colour the rules compute underneath."""
+
+    colour: hm.Colour
+    computed: hm.Colour
+    reason: str
+    valid_until: dt.datetime
+    set_at: dt.datetime
+    actor: str  # masked: "support de***2"
+    seq: int  # its entry in the risk index's override log
+
+
+@dataclass(frozen=True, slots=True)
 class Assessment:
     """The colour of one person, why, and on what it was computed."""
 
@@ -91,6 +105,8 @@ class Assessment:
     stale_feeds: tuple[Freshness, ...] = ()
     hour: int | None = None  # the hour number the verdicts were evaluated at (an hour of `day`)
     reasons_shed: bool = False  # reasons and remedies left out under overload
+    # A manual override in force: `colour` is its colour; the rules' is `manual.computed`.
+    manual: OverrideView | None = None
 
     @property
     def stale_sources(self) -> tuple[str, ...]:

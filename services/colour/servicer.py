@@ -92,6 +92,19 @@ def verdict_to_proto(a: Assessment) -> colour_pb2.Verdict:
     )
     verdict.person_key = a.person_key
     verdict.reasons_shed = a.reasons_shed
+    if a.manual is not None:
+        o = a.manual
+        verdict.manual_override.CopyFrom(
+            colour_pb2.ManualOverride(
+                colour=_COLOUR[int(o.colour)],
+                computed_colour=_COLOUR[int(o.computed)],
+                reason=o.reason,
+                valid_until=timestamp(o.valid_until),
+                set_at=timestamp(o.set_at),
+                actor=o.actor,
+                seq=o.seq,
+            )
+        )
     for r in a.reasons:
         verdict.reasons.add(
             rule_id=r.rule_id,

@@ -1,6 +1,7 @@
-"""The risk index: accepts changes (feed batches, county levels, the person/phone/card registry),
-stores each durably under the number of the version that will carry it, then builds and
-publishes that version of the matcher `Index` for replicas to follow. No gRPC here.
+"""The risk index: accepts changes (feed batches, county levels, the person/phone/card registry,
+rule sets, the support desk's manual colour overrides), stores each durably under the number of
+the version that will carry it, then builds and publishes that version of the matcher `Index`
+for replicas to follow. No gRPC here.
 
 Coalesced versions: with a publish interval (HEALTHCODE_RISK_INDEX_PUBLISH_INTERVAL_S, 1 s by
 default), every change accepted within one interval is carried by the same next version, built
@@ -32,12 +33,14 @@ from healthcode_matcher import Index, IndexBuilder, SnapshotError
 from services._common import changes, days
 from services._common.actors import Actor, Role
 from services._common.days import check_county
-from services._common.errors import AlreadyExists, InvalidArgument, ResourceExhausted
+from services._common.errors import AlreadyExists, InvalidArgument, NotFound, ResourceExhausted
 from services._common.identifiers import Identifiers, check_key
 from services._common.sources import SOURCES, Source
 from services.risk_index.model import (
     IngestResult,
     KeyedPerson,
+    OverridePage,
+    OverrideRecord,
     RawRow,
     RegisteredPeople,
     SourceStats,
@@ -45,7 +48,12 @@ from services.risk_index.model import (
     bucket_hour,
 )
 from services.risk_index.repository import RiskIndexRepository
-from services.risk_index.validation import check_masked, check_people, validate_batch
+from services.risk_index.validation import (
+    check_masked,
+    check_people,
+    check_reason,
+    validate_batch,
+)
 from services.rules import RuleSetError, parse_rule_set
 
 logger = logging.getLogger(__name__)
@@ -57,8 +65,48 @@ REGISTRY_ROLES = (Role.SERVICE, Role.ADMIN)
 # tries them first); an admin may publish directly.
 RULE_SET_ROLES = (Role.SERVICE, Role.ADMIN)
 
+# Manual colour overrides (the support desk's correction after an appeal, issue 10): the
+# support desk and administrators set, clear and read them; the credential's account is
+# recorded in the override log.
+OVERRIDE_ROLES = (Role.SUPPORT, Role.ADMIN)
+# The longest an override may hold: an appeal's correction is looked at again within two weeks
+# (the longest rule windows are 14 days). A longer one is set anew when it ends.
+MAX_OVERRIDE = dt.timedelta(days=14)
+# An override's reason is shown to the person with their colour.
+OVERRIDE_REASON_CHARS = (5, 500)
+# The matcher's colours (0 green, 1 yellow, 2 red) as the override log names them.
+COLOUR_NAMES = ("green", "yellow", "red")
+# ListOverrides pages.
+DEFAULT_PAGE = 50
+MAX_PAGE = 500
+
 # Matcher county levels: 1 low, 2 medium, 3 high (0, "never graded", is not settable).
 COUNTY_LEVELS = {1: "low", 2: "medium", 3: "high"}
+
+
+def mask_account(principal: str) -> str:
+    """A staff account as a person may see it: `desk-2` -> `de***2` (short ones starred)."""
+    p = principal.strip()
+    if len(p) <= 2:
+        return "*" * max(1, len(p))
+    if len(p) <= 4:
+        return p[0] + "*" * (len(p) - 1)
+    return p[:2] + "***" + p[-1]
+
+
+def override_change(record: OverrideRecord) -> changes.Override:
+    """A log entry as the replicas apply it: the actor masked, the colour as the matcher's."""
+    colour = None if record.colour is None else COLOUR_NAMES.index(record.colour)
+    actor = f"{record.actor_role} {mask_account(record.actor_principal)}"
+    return changes.Override(
+        record.person_key,
+        colour,
+        record.reason,
+        record.valid_until,
+        record.at,
+        actor,
+        record.seq,
+    )
 
 
 def utc_now() -> dt.datetime:
@@ -257,6 +305,12 @@ class RiskIndex:
         # The rule set published last: every replica's stream starts with it.
         kept = repository.latest_rule_set()
         self._rule_set = None if kept is None else changes.RuleSet(*kept)
+        # Each person's latest override (perhaps expired; a cleared one is dropped) and the
+        # latest entry of the override log: every replica's stream starts with those in force.
+        latest, last_seq = repository.latest_overrides()
+        self._override_lock = threading.Lock()
+        self._overrides = {r.person_key: override_change(r) for r in latest if r.action == "set"}
+        self._override_seq = last_seq
         # Changes committed under the next version and not yet in a published index, in order.
         self._staged: list[changes.Change] = []
         self._interval = publish_interval_s
@@ -318,6 +372,15 @@ class RiskIndex:
     def rule_set(self) -> changes.RuleSet | None:
         """The rule set published last (None: never; replicas run their configured one)."""
         return self._rule_set
+
+    def active_overrides(self) -> tuple[list[changes.Override], int]:
+        """The overrides in force now, oldest first, and the latest override log entry they
+        reflect (what a stream's first version carries)."""
+        now = self._clock()
+        with self._override_lock:
+            active = [o for o in self._overrides.values() if o.active_at(now)]
+            seq = self._override_seq
+        return sorted(active, key=lambda o: o.seq), seq
 
     def list_sources(self) -> list[SourceView]:
         stats = self._repository.source_stats()
@@ -414,6 +477,148 @@ class RiskIndex:
             "rule set %s (%s) published with version %d", rule_set.version, filename, version
         )
         return version, rule_set.version
+
+    def override_colour(
+        self,
+        actor: Actor,
+        person_key: bytes,
+        colour: int | None,
+        reason: str,
+        valid_until: dt.datetime | None,
+    ) -> OverrideRecord:
+        """Set (or replace) a person's manual colour (`colour` the matcher's: 0 green, 1
+        yellow, 2 red) until `valid_until`: logged, chained and carried by the next version.
+        The stored entry names that version."""
+        actor.require(OVERRIDE_ROLES, "OverrideColour")
+        now = self._clock()
+        violations: list[tuple[str, str]] = []
+        key = self._override_key(person_key, violations)
+        if colour not in (0, 1, 2):
+            violations.append(("colour", "set GREEN, YELLOW or RED"))
+        text = self._override_reason(reason, violations)
+        if valid_until is None:
+            violations.append(
+                ("valid_until", "required: until when the override holds (at most 14 days)")
+            )
+        elif valid_until.tzinfo is None:
+            violations.append(("valid_until", "a time must carry its offset (UTC or +08:00)"))
+        elif valid_until <= now:
+            violations.append(("valid_until", f"{valid_until.isoformat()} is not in the future"))
+        elif valid_until > now + MAX_OVERRIDE:
+            violations.append(
+                (
+                    "valid_until",
+                    f"at most {MAX_OVERRIDE.days} days ahead; set a new override when it ends",
+                )
+            )
+        if violations:
+            raise InvalidArgument(violations)
+        assert colour is not None and valid_until is not None
+        masked = self._registered(key)
+        with self._write:
+            record = self._repository.append_override(
+                action="set",
+                person_key=key,
+                masked_id_number=masked,
+                colour=COLOUR_NAMES[colour],
+                reason=text,
+                valid_until=valid_until.astimezone(dt.UTC),
+                actor_role=actor.role.value,
+                actor_principal=actor.principal or actor.masked_id_number,
+                now=now,
+                version=self._next_version,
+            )
+            change = override_change(record)
+            with self._override_lock:
+                self._overrides[key] = change
+                self._override_seq = record.seq
+            self._stage(change)
+        logger.info(
+            "override %d: %s set %s until %s by %s %s -> version %d",
+            record.seq,
+            masked,
+            record.colour,
+            valid_until.isoformat(),
+            actor.role,
+            actor.principal,
+            record.index_version,
+        )
+        return record
+
+    def clear_override(self, actor: Actor, person_key: bytes, reason: str) -> OverrideRecord:
+        """End a person's override in force, logged and carried by the next version;
+        NotFound when none is in force."""
+        actor.require(OVERRIDE_ROLES, "ClearOverride")
+        violations: list[tuple[str, str]] = []
+        key = self._override_key(person_key, violations)
+        text = self._override_reason(reason, violations)
+        if violations:
+            raise InvalidArgument(violations)
+        masked = self._registered(key)
+        with self._write:
+            now = self._clock()
+            with self._override_lock:
+                current = self._overrides.get(key)
+            if current is None or not current.active_at(now):
+                raise NotFound("this person has no manual colour override in force")
+            record = self._repository.append_override(
+                action="clear",
+                person_key=key,
+                masked_id_number=masked,
+                colour=None,
+                reason=text,
+                valid_until=None,
+                actor_role=actor.role.value,
+                actor_principal=actor.principal or actor.masked_id_number,
+                now=now,
+                version=self._next_version,
+            )
+            change = override_change(record)
+            with self._override_lock:
+                self._overrides.pop(key, None)
+                self._override_seq = record.seq
+            self._stage(change)
+        logger.info(
+            "override %d: %s cleared (override %d) by %s %s -> version %d",
+            record.seq,
+            masked,
+            current.seq,
+            actor.role,
+            actor.principal,
+            record.index_version,
+        )
+        return record
+
+    def list_overrides(
+        self,
+        actor: Actor,
+        person_key: bytes | None = None,
+        page_size: int = 0,
+        page_token: str = "",
+    ) -> OverridePage:
+        """A page of the override log, newest first, with the whole chain verified."""
+        actor.require(OVERRIDE_ROLES, "ListOverrides")
+        violations: list[tuple[str, str]] = []
+        key = None if person_key is None else self._override_key(person_key, violations)
+        size = page_size or DEFAULT_PAGE
+        if not 1 <= size <= MAX_PAGE:
+            violations.append(("page_size", f"1-{MAX_PAGE}, or 0 for {DEFAULT_PAGE}"))
+        before: int | None = None
+        token = page_token.strip()
+        if token:
+            if not token.isascii() or not token.isdigit() or not 0 < int(token) < 2**62:
+                violations.append(("page_token", "pass the next_page_token of an answer"))
+            else:
+                before = int(token)
+        if violations:
+            raise InvalidArgument(violations)
+        entries = self._repository.override_entries(person_key=key, before=before, limit=size + 1)
+        more = len(entries) > size
+        entries = entries[:size]
+        check = self._repository.verify_overrides()
+        if not check.verified:
+            logger.error("the override log does not verify: %s", check.problem)
+        return OverridePage(entries, entries[-1].seq if more else None, check)
 
     def set_county_level(self, actor: Actor, county: int, level: int) -> int:
         actor.require(COUNTY_ROLES, "SetCountyLevel")
@@ -598,6 +803,32 @@ class RiskIndex:
         if violations:
             raise InvalidArgument(violations)
         return checked_key, checked_masked
+
+    @staticmethod
+    def _override_key(person_key: bytes, violations: list[tuple[str, str]]) -> bytes:
+        try:
+            return check_key(person_key, "person.person_key")
+        except InvalidArgument as error:
+            violations.extend(error.violations)
+            return b""
+
+    @staticmethod
+    def _override_reason(reason: str, violations: list[tuple[str, str]]) -> str:
+        try:
+            return check_reason(reason, "reason", *OVERRIDE_REASON_CHARS)
+        except InvalidArgument as error:
+            violations.extend(error.violations)
+            return ""
+
+    def _registered(self, key: bytes) -> str:
+        """The masked ID number of a registered person; NotFound otherwise (an override
+        colours a registered person's code: no data is no colour)."""
+        masked = self._repository.masked_person(key)
+        if masked is None:
+            raise NotFound(
+                "this person is not registered: only a registered person's colour can be overridden"
+            )
+        return masked
 
     @property
     def _next_version(self) -> int:

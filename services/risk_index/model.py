@@ -171,3 +171,45 @@ class State:
     county_levels: Mapping[int, int]
     rows: Sequence[SourceRows]
     latest: VersionRecord | None
+
+
+@dataclass(frozen=True, slots=True)
+class OverrideRecord:
+    """One entry of the override log (a manual colour override set or cleared), as stored.
+    `colour` is "green", "yellow" or "red" for a set entry, None for a clear; `valid_until` is
+    None for a clear. `prev_hash` and `hash` are 32 bytes (services/risk_index/overrides.py)."""
+
+    seq: int
+    at: dt.datetime
+    action: str  # "set" or "clear"
+    person_key: bytes
+    masked_id_number: str
+    colour: str | None
+    reason: str
+    valid_until: dt.datetime | None
+    actor_role: str
+    actor_principal: str
+    index_version: int
+    prev_hash: bytes
+    hash: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class ChainCheck:
+    """What verifying the override log's hash chain found: `broken_seq` is the first entry
+    that fails (0 when `verified`), `problem` says how."""
+
+    verified: bool
+    entry_count: int
+    head_hash: bytes
+    broken_seq: int = 0
+    problem: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class OverridePage:
+    """A page of the override log, newest first, with the whole chain's verification."""
+
+    entries: Sequence[OverrideRecord]
+    next_before: int | None  # the seq to continue below; None at the end
+    check: ChainCheck

@@ -1,5 +1,6 @@
 """The risk index's source of truth: feed batches with provenance, their rows, the person/phone/
-card registry, county levels and the numbered versions, in SQLite.
+card registry, county levels, published rule sets, the override log and the numbered versions,
+in SQLite.
 
 Identifiers are stored as 16-byte keyed hashes plus their masked forms; a raw ID or phone number
 never reaches a table. Each accepted change and its version number commit in one transaction,
@@ -13,17 +14,21 @@ import json
 import sqlite3
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import replace
 from operator import itemgetter
 from pathlib import Path
 
 from services._common import changes
 from services._common.sources import SOURCES
 from services._common.storage import SqliteRepository
+from services.risk_index import overrides
 from services.risk_index.model import (
     Batch,
     BatchRecord,
     CardLink,
+    ChainCheck,
     KeyedPerson,
+    OverrideRecord,
     PhoneLink,
     SourceRows,
     SourceStats,
@@ -139,6 +144,40 @@ CREATE TABLE rule_sets (
 """
 
 
+# Manual colour overrides (issue 10, item 4): an append-only, hash-chained audit log. Each entry
+# is one set or clear; the latest entry of a person says whether an override is in force. The
+# hash of an entry is SHA-256 over the hash before it and the entry's canonical encoding
+# (services/risk_index/overrides.py); the triggers refuse every UPDATE and DELETE, and no code
+# issues one. Each entry carries the index version that publishes it to the replicas.
+SCHEMA_OVERRIDES = """
+CREATE TABLE override_log (
+    seq              INTEGER PRIMARY KEY,   -- 1, 2, 3 ... without gaps
+    at               TEXT    NOT NULL,      -- ISO 8601, UTC
+    action           TEXT    NOT NULL CHECK (action IN ('set', 'clear')),
+    person_key       BLOB    NOT NULL CHECK (length(person_key) = 16),
+    masked_id_number TEXT    NOT NULL,
+    colour           TEXT    CHECK (colour IN ('green', 'yellow', 'red')),  -- NULL: a clear
+    reason           TEXT    NOT NULL,
+    valid_until      TEXT,                  -- ISO 8601, UTC; NULL: a clear
+    actor_role       TEXT    NOT NULL,
+    actor_principal  TEXT    NOT NULL,
+    index_version    INTEGER NOT NULL,
+    prev_hash        BLOB    NOT NULL CHECK (length(prev_hash) = 32),
+    hash             BLOB    NOT NULL CHECK (length(hash) = 32),
+    CHECK ((action = 'set') = (colour IS NOT NULL AND valid_until IS NOT NULL))
+);
+CREATE INDEX override_log_by_person ON override_log(person_key, seq);
+CREATE TRIGGER override_log_no_update BEFORE UPDATE ON override_log
+BEGIN
+    SELECT RAISE(ABORT, 'override_log is append-only');
+END;
+CREATE TRIGGER override_log_no_delete BEFORE DELETE ON override_log
+BEGIN
+    SELECT RAISE(ABORT, 'override_log is append-only');
+END;
+"""
+
+
 # Page cache of the risk index's connection (KiB). The registry tables are keyed by random
 # hashes, so a bulk registration touches pages all over them; SQLite's 2 MiB default cannot
 # even hold the interior pages of 18 M people, and every lookup then re-reads them.
@@ -146,7 +185,7 @@ CACHE_KIB = 64 * 1024
 
 
 class RiskIndexRepository(SqliteRepository):
-    MIGRATIONS = (SCHEMA_V1, SCHEMA_V2, SCHEMA_V3, SCHEMA_RULE_SETS)
+    MIGRATIONS = (SCHEMA_V1, SCHEMA_V2, SCHEMA_V3, SCHEMA_RULE_SETS, SCHEMA_OVERRIDES)
 
     def __init__(self, path: Path | str) -> None:
         super().__init__(path)
@@ -374,6 +413,111 @@ class RiskIndexRepository(SqliteRepository):
                 "SELECT text, filename FROM rule_sets ORDER BY version DESC LIMIT 1"
             ).fetchone()
         return None if row is None else (str(row["text"]), str(row["filename"]))
+
+    # -- overrides -------------------------------------------------------------------------
+
+    def masked_person(self, key: bytes) -> str | None:
+        """The masked ID number of a registered person; None if not registered."""
+        with self.reading() as conn:
+            row = conn.execute(
+                "SELECT masked_id_number FROM persons WHERE person_key = ?", (key,)
+            ).fetchone()
+        return None if row is None else str(row[0])
+
+    def append_override(
+        self,
+        *,
+        action: str,
+        person_key: bytes,
+        masked_id_number: str,
+        colour: str | None,
+        reason: str,
+        valid_until: dt.datetime | None,
+        actor_role: str,
+        actor_principal: str,
+        now: dt.datetime,
+        version: int,
+    ) -> OverrideRecord:
+        """Append one entry to the override log, chained to the one before, carried by
+        `version`, in one transaction; the stored entry."""
+        with self.transaction() as conn:
+            last = conn.execute(
+                "SELECT seq, hash FROM override_log ORDER BY seq DESC LIMIT 1"
+            ).fetchone()
+            seq = 1 if last is None else int(last[0]) + 1
+            prev = overrides.GENESIS if last is None else bytes(last[1])
+            unhashed = OverrideRecord(
+                seq=seq,
+                at=now,
+                action=action,
+                person_key=person_key,
+                masked_id_number=masked_id_number,
+                colour=colour,
+                reason=reason,
+                valid_until=valid_until,
+                actor_role=actor_role,
+                actor_principal=actor_principal,
+                index_version=version,
+                prev_hash=prev,
+                hash=b"",
+            )
+            record = replace(unhashed, hash=overrides.entry_hash(prev, unhashed))
+            self._open_version(conn, version, f"override:{seq}", now)
+            conn.execute(
+                "INSERT INTO override_log (seq, at, action, person_key, masked_id_number, "
+                "colour, reason, valid_until, actor_role, actor_principal, index_version, "
+                "prev_hash, hash) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    record.seq,
+                    overrides.iso(record.at),
+                    record.action,
+                    record.person_key,
+                    record.masked_id_number,
+                    record.colour,
+                    record.reason,
+                    None if record.valid_until is None else overrides.iso(record.valid_until),
+                    record.actor_role,
+                    record.actor_principal,
+                    record.index_version,
+                    record.prev_hash,
+                    record.hash,
+                ),
+            )
+            return record
+
+    def override_entries(
+        self, *, person_key: bytes | None = None, before: int | None = None, limit: int = 50
+    ) -> list[OverrideRecord]:
+        """Log entries newest first: below seq `before` (None: from the newest), optionally
+        one person's, at most `limit`."""
+        where, args = ["seq < ?"], [2**62 if before is None else before]
+        if person_key is not None:
+            where.append("person_key = ?")
+            args.append(person_key)  # type: ignore[arg-type]
+        with self.reading() as conn:
+            rows = conn.execute(
+                f"SELECT * FROM override_log WHERE {' AND '.join(where)} ORDER BY seq DESC LIMIT ?",
+                (*args, limit),
+            ).fetchall()
+        return [_override(r) for r in rows]
+
+    def verify_overrides(self) -> ChainCheck:
+        """Walk the whole override log's hash chain (in one read)."""
+        with self.reading() as conn:
+            return overrides.verify(
+                _override(r) for r in conn.execute("SELECT * FROM override_log ORDER BY seq")
+            )
+
+    def latest_overrides(self) -> tuple[list[OverrideRecord], int]:
+        """Each person's latest log entry (a set one means an override, perhaps expired),
+        and the latest seq (0: an empty log)."""
+        with self.reading() as conn:
+            rows = conn.execute(
+                "SELECT * FROM override_log WHERE seq IN "
+                "(SELECT MAX(seq) FROM override_log GROUP BY person_key) ORDER BY seq"
+            ).fetchall()
+            last = conn.execute("SELECT MAX(seq) FROM override_log").fetchone()[0]
+        return [_override(r) for r in rows], int(last or 0)
 
     def set_county_level(
         self, county: int, level: int, now: dt.datetime, version: int
@@ -645,6 +789,24 @@ def _rows_change(source: str, rows: Sequence[sqlite3.Row], replace: bool) -> cha
     times = [bucket_hour(r[1], r[3]) if spec.hourly else r[1] for r in rows]
     counties = [r[2] if r[2] is not None else 0 for r in rows] if spec.has_county else None
     return changes.Rows(source, b"".join(bytes(r[0]) for r in rows), times, counties, replace)
+
+
+def _override(r: sqlite3.Row) -> OverrideRecord:
+    return OverrideRecord(
+        seq=int(r["seq"]),
+        at=_from_iso(r["at"]),
+        action=str(r["action"]),
+        person_key=bytes(r["person_key"]),
+        masked_id_number=str(r["masked_id_number"]),
+        colour=None if r["colour"] is None else str(r["colour"]),
+        reason=str(r["reason"]),
+        valid_until=None if r["valid_until"] is None else _from_iso(r["valid_until"]),
+        actor_role=str(r["actor_role"]),
+        actor_principal=str(r["actor_principal"]),
+        index_version=int(r["index_version"]),
+        prev_hash=bytes(r["prev_hash"]),
+        hash=bytes(r["hash"]),
+    )
 
 
 def _latest(conn: sqlite3.Connection) -> VersionRecord | None:

@@ -6,14 +6,17 @@ import datetime as dt
 from collections.abc import Iterator
 
 import grpc
-from healthcode.v1 import risk_index_pb2, risk_index_pb2_grpc
+from google.protobuf import timestamp_pb2
+from healthcode.v1 import common_pb2, risk_index_pb2, risk_index_pb2_grpc
 
-from services._common.convert import actor_from_proto, timestamp
+from services._common import changes
+from services._common.actors import Role
+from services._common.convert import actor_from_proto, person_from_proto, role_to_proto, timestamp
 from services._common.errors import InvalidArgument
 from services._common.identifiers import Identifiers
 from services._common.status import grpc_errors
 from services.risk_index.logic import Delta, RiskIndex
-from services.risk_index.model import KeyedPerson, RawRow
+from services.risk_index.model import KeyedPerson, OverrideRecord, RawRow
 
 SERVICE_NAME = risk_index_pb2.DESCRIPTOR.services_by_name["RiskIndexService"].full_name
 
@@ -45,6 +48,56 @@ def _instant(row: risk_index_pb2.FeedRow, field: str) -> dt.datetime:
         return row.at.ToDatetime(dt.UTC)
     except (ValueError, OverflowError):
         raise InvalidArgument([(field, "not a valid time")]) from None
+
+
+def _time(value: timestamp_pb2.Timestamp, field: str) -> dt.datetime:
+    try:
+        return value.ToDatetime(dt.UTC)
+    except (ValueError, OverflowError):
+        raise InvalidArgument([(field, "not a valid time")]) from None
+
+
+# The proto's Colour (1 green, 2 yellow, 3 red) <-> the matcher's (0, 1, 2) and the log's names.
+_COLOUR_PROTO = {
+    "green": common_pb2.COLOUR_GREEN,
+    "yellow": common_pb2.COLOUR_YELLOW,
+    "red": common_pb2.COLOUR_RED,
+}
+
+
+def override_entry_to_proto(r: OverrideRecord) -> risk_index_pb2.OverrideEntry:
+    out = risk_index_pb2.OverrideEntry(
+        seq=r.seq,
+        at=timestamp(r.at),
+        action=(
+            risk_index_pb2.OVERRIDE_ACTION_SET
+            if r.action == "set"
+            else risk_index_pb2.OVERRIDE_ACTION_CLEAR
+        ),
+        person_key=r.person_key,
+        masked_id_number=r.masked_id_number,
+        colour=_COLOUR_PROTO.get(r.colour or "", common_pb2.COLOUR_UNSPECIFIED),
+        reason=r.reason,
+        actor_principal=r.actor_principal,
+        index_version=r.index_version,
+        prev_hash=r.prev_hash.hex(),
+        hash=r.hash.hex(),
+    )
+    try:
+        out.actor_role = role_to_proto(Role(r.actor_role))
+    except ValueError:
+        pass  # a role this version does not know: left unspecified
+    if r.valid_until is not None:
+        out.valid_until.CopyFrom(timestamp(r.valid_until))
+    return out
+
+
+def active_overrides_to_proto(
+    active: list[changes.Override], last_seq: int
+) -> risk_index_pb2.ActiveOverrides:
+    return risk_index_pb2.ActiveOverrides(
+        overrides=[changes.override_to_proto(o) for o in active], last_seq=last_seq
+    )
 
 
 class RiskIndexServicer(risk_index_pb2_grpc.RiskIndexServiceServicer):
@@ -192,9 +245,18 @@ class RiskIndexServicer(risk_index_pb2_grpc.RiskIndexServiceServicer):
     ) -> Iterator[risk_index_pb2.WatchIndexResponse]:
         first = True
         for step in self._index.watch(request.known_version, context.is_active):
-            # The stream's first whole version names the rule set published last, so a replica
-            # that connects, or reconnects after one was published, runs the same rules.
-            rule_set = self._index.rule_set if first else None
+            # The stream's first whole version names the rule set published last and every
+            # override in force, so a replica that connects, or reconnects after one was
+            # published, runs the same rules and shows the same overrides. A snapshot later in
+            # the stream (a replica too far behind for a delta) replaces everything it held, and
+            # the deltas it skipped may have carried a rule set or an override: it carries both
+            # too. They are read after the version was chosen: they reflect at least what it
+            # carries.
+            whole = first or not isinstance(step, Delta)
+            rule_set = self._index.rule_set if whole else None
+            overrides = (
+                active_overrides_to_proto(*self._index.active_overrides()) if whole else None
+            )
             first = False
             if isinstance(step, Delta):
                 message = risk_index_pb2.WatchIndexResponse(
@@ -205,11 +267,15 @@ class RiskIndexServicer(risk_index_pb2_grpc.RiskIndexServiceServicer):
                         rule_set.text,
                         rule_set.filename,
                     )
+                if overrides is not None:
+                    message.active_overrides.CopyFrom(overrides)
                 yield message
                 continue
             for chunk in snapshot_chunks(step.version, step.snapshot(), step.published_at):
                 if chunk.last_chunk and rule_set is not None:
                     chunk.rule_set.text, chunk.rule_set.filename = rule_set.text, rule_set.filename
+                if chunk.last_chunk and overrides is not None:
+                    chunk.active_overrides.CopyFrom(overrides)
                 yield chunk
 
     @grpc_errors
@@ -222,6 +288,58 @@ class RiskIndexServicer(risk_index_pb2_grpc.RiskIndexServiceServicer):
         )
         return risk_index_pb2.PublishRuleSetResponse(
             index_version=version, rule_set_version=rule_set_version
+        )
+
+    @grpc_errors
+    def OverrideColour(
+        self, request: risk_index_pb2.OverrideColourRequest, context: grpc.ServicerContext
+    ) -> risk_index_pb2.OverrideColourResponse:
+        actor = actor_from_proto(request.actor, self._ids)
+        person = person_from_proto(request.person, self._ids, "person")
+        colour = (
+            int(request.colour) - 1
+            if common_pb2.COLOUR_GREEN <= request.colour <= common_pb2.COLOUR_RED
+            else None
+        )
+        until = (
+            _time(request.valid_until, "valid_until") if request.HasField("valid_until") else None
+        )
+        record = self._index.override_colour(actor, person.key, colour, request.reason, until)
+        return risk_index_pb2.OverrideColourResponse(
+            index_version=record.index_version, entry=override_entry_to_proto(record)
+        )
+
+    @grpc_errors
+    def ClearOverride(
+        self, request: risk_index_pb2.ClearOverrideRequest, context: grpc.ServicerContext
+    ) -> risk_index_pb2.ClearOverrideResponse:
+        actor = actor_from_proto(request.actor, self._ids)
+        person = person_from_proto(request.person, self._ids, "person")
+        record = self._index.clear_override(actor, person.key, request.reason)
+        return risk_index_pb2.ClearOverrideResponse(
+            index_version=record.index_version, entry=override_entry_to_proto(record)
+        )
+
+    @grpc_errors
+    def ListOverrides(
+        self, request: risk_index_pb2.ListOverridesRequest, context: grpc.ServicerContext
+    ) -> risk_index_pb2.ListOverridesResponse:
+        actor = actor_from_proto(request.actor, self._ids)
+        key = (
+            person_from_proto(request.person, self._ids, "person").key
+            if request.HasField("person")
+            else None
+        )
+        page = self._index.list_overrides(actor, key, request.page_size, request.page_token)
+        check = page.check
+        return risk_index_pb2.ListOverridesResponse(
+            entries=[override_entry_to_proto(e) for e in page.entries],
+            next_page_token="" if page.next_before is None else str(page.next_before),
+            verified=check.verified,
+            entry_count=check.entry_count,
+            head_hash=check.head_hash.hex(),
+            broken_seq=check.broken_seq,
+            problem=check.problem,
         )
 
 

@@ -230,6 +230,21 @@ def _clean(text: str) -> bool:
     return _DIGIT_RUN.search(text) is None or redact(text) == text
 
 
+def check_reason(reason: str, field: str, min_chars: int, max_chars: int) -> str:
+    """A free-text reason a person will read (an override's), stripped: `min_chars` to
+    `max_chars` printable characters (no line breaks or control characters), never an ID or
+    phone number (`redact` would mask it)."""
+    text = reason.strip()
+    if len(text) < min_chars:
+        why = "required: say why" if not text else f"at least {min_chars} characters: say why"
+        raise InvalidArgument([(field, why)])
+    if len(text) > max_chars or not text.isprintable():
+        raise InvalidArgument([(field, f"at most {max_chars} printable characters, one line")])
+    if not _clean(text):
+        raise InvalidArgument([(field, "must not hold an ID or phone number")])
+    return text
+
+
 def check_attributes(attributes: Mapping[str, str], field: str) -> list[tuple[str, str]]:
     """Attributes are provenance: small, and never carrying a raw identifier."""
     items = dict(attributes)

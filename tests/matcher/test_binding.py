@@ -182,3 +182,29 @@ def test_every_field_of_a_rule_is_read() -> None:
         1,
         2,
     )
+
+
+# -- batch overrides -----------------------------------------------------------------------------
+
+
+def test_batch_overrides_replace_registered_colours_and_bad_ones_are_refused() -> None:
+    ids = hm.synthetic_id_numbers(3, 77).decode().split()
+    hasher = hm.Hasher(SECRET)
+    builder = hm.Index(SECRET).builder()
+    builder.define_source("confirmed", "person", False)
+    for i in ids[:2]:
+        builder.add_person(i)
+    builder.add_rows_by_identifier("confirmed", [ids[0]], [TODAY])
+    plan = hm.Plan([{"id": "c", "colour": "red", "checks": [{"source": "confirmed", "days": 14}]}])
+    v = hm.Verdicts(builder.finish(), plan, TODAY)
+    keys = b"".join(hasher.person_key(i) for i in ids)
+    text = "\n".join(ids).encode()
+    assert v.colours_of_keys(keys) == v.colours_of_keys(keys, {}) == bytes([3, 1, 0])
+    manual = {hasher.person_key(ids[0]): 1, hasher.person_key(ids[2]): 3}
+    assert v.colours_of_keys(keys, manual) == bytes([1, 1, 0])  # ids[2] is not registered
+    assert v.colours_of_id_numbers(text, manual) == (bytes([1, 1, 0]), [])
+    for bad in ({b"short": 1}, {hasher.person_key(ids[1]): 0}, {hasher.person_key(ids[1]): 4}):
+        with pytest.raises(hm.InvalidOperation):
+            v.colours_of_keys(keys, bad)
+        with pytest.raises(hm.InvalidOperation):
+            v.colours_of_id_numbers(text, bad)

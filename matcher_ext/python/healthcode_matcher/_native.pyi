@@ -324,16 +324,24 @@ class Verdicts:
         """Only the colour: the cheapest call."""
     def evaluate_id_number(self, id_number: str) -> Verdict | None:
         """Validate, hash, look up and evaluate. None if the person is not registered."""
-    def colours_of_id_numbers(self, id_numbers: bytes) -> tuple[bytes, list[tuple[int, str]]]:
+    def colours_of_id_numbers(
+        self, id_numbers: bytes, overrides: dict[bytes, int] | None = None
+    ) -> tuple[bytes, list[tuple[int, str]]]:
         """A batch of raw ID numbers, newline-separated UTF-8 (one entry a line, blank lines
         included), each as `evaluate_id_number` would take it -> (one byte per entry: the proto's
         Colour number, 1 green, 2 yellow, 3 red; 0 not registered; 255 invalid, and the invalid
         entries as (position, what is wrong), in order; a blank one is "an ID number is
         required"). Validated, hashed and looked up with the GIL released, in parallel when
-        large. InvalidOperation if the bytes are not UTF-8."""
-    def colours_of_keys(self, person_keys: bytes) -> bytes:
+        large. `overrides` (16-byte person key -> Colour number 1-3: manual colours) replace the
+        computed byte of the registered persons they name; None or empty costs nothing.
+        InvalidOperation if the bytes are not UTF-8, or an override is not a 16-byte key and a
+        number 1-3."""
+    def colours_of_keys(
+        self, person_keys: bytes, overrides: dict[bytes, int] | None = None
+    ) -> bytes:
         """Concatenated 16-byte person keys -> one byte per key (1 green, 2 yellow, 3 red; 0
-        not registered). GIL released. InvalidOperation if the length is not a multiple of 16."""
+        not registered), `overrides` as in `colours_of_id_numbers`. GIL released.
+        InvalidOperation if the length is not a multiple of 16."""
     def evaluate_many(self, person_ids: bytes) -> tuple[bytes, bytes]:
         """LE u32 ids -> (one colour byte per id, LE u64 fired mask per id). GIL released."""
     def explain(self, person_id: int) -> list[Evidence]: ...

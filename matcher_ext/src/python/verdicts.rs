@@ -4,9 +4,9 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use pyo3::prelude::*;
-use pyo3::types::PyBytes;
+use pyo3::types::{PyBytes, PyDict};
 
-use super::convert::{bitmap_bytes, keys_of, u32s_of};
+use super::convert::{bitmap_bytes, key_of, keys_of, u32s_of};
 use super::errors::{py_err, InvalidOperation};
 use super::evidence::PyEvidence;
 use super::index::PyIndex;
@@ -25,6 +25,29 @@ pub(crate) fn evaluate_id_number(
         None => Ok(None),
         Some(p) => Ok(Some(v.evaluate(p).map_err(py_err)?)),
     }
+}
+
+/// Manual colours from Python (a dict: 16-byte person key -> Colour number 1-3); none, or an
+/// empty dict, is no override at all (the batch takes its plain path). Read in place: a key's
+/// bytes are borrowed, not copied element by element.
+fn overrides_of(raw: Option<&Bound<'_, PyDict>>) -> PyResult<Option<batch::Overrides>> {
+    let Some(raw) = raw.filter(|d| !d.is_empty()) else {
+        return Ok(None);
+    };
+    let mut out = batch::Overrides::with_capacity(raw.len());
+    for (key, byte) in raw.iter() {
+        let key = key
+            .cast::<PyBytes>()
+            .map_err(|_| InvalidOperation::new_err("an override's key is 16 bytes"))?;
+        let byte: u8 = byte.extract().unwrap_or(0);
+        if !(1..=3).contains(&byte) {
+            return Err(InvalidOperation::new_err(
+                "an override is a Colour number 1-3 (green, yellow, red)",
+            ));
+        }
+        out.insert(key_of(key.as_bytes())?, byte);
+    }
+    Ok(Some(out))
 }
 
 /// A batch's colour bytes and its invalid entries as (position, what is wrong).
@@ -124,30 +147,38 @@ impl PyVerdicts {
     /// A batch of raw ID numbers, newline-separated UTF-8 bytes (one entry a line, blank lines
     /// included): validated, hashed, looked up and coloured with the GIL released.
     /// Returns (one byte per entry: the proto's Colour number 1-3, 0 not registered, 255
-    /// invalid; the invalid entries as (position, what is wrong), in order).
+    /// invalid; the invalid entries as (position, what is wrong), in order). `overrides`
+    /// (person key -> Colour number 1-3) replace the computed byte of registered persons.
+    #[pyo3(signature = (id_numbers, overrides=None))]
     fn colours_of_id_numbers<'py>(
         &self,
         py: Python<'py>,
         id_numbers: &[u8],
+        overrides: Option<&Bound<'py, PyDict>>,
     ) -> PyResult<PackedColours<'py>> {
         let text = std::str::from_utf8(id_numbers)
             .map_err(|_| InvalidOperation::new_err("ID numbers are UTF-8 text"))?;
+        let manual = overrides_of(overrides)?;
         let v = self.inner.clone();
-        let (colours, problems) = py.detach(|| v.colours_of_id_numbers(&batch::entries(text)));
+        let (colours, problems) =
+            py.detach(|| v.colours_of_id_numbers_with(&batch::entries(text), manual.as_ref()));
         let problems = problems.into_iter().map(|p| (p.entry, p.message)).collect();
         Ok((PyBytes::new(py, &colours), problems))
     }
 
     /// A batch of 16-byte person keys, concatenated: one byte per key (the proto's Colour
-    /// number 1-3, 0 not registered). The GIL is released.
+    /// number 1-3, 0 not registered), `overrides` as above. The GIL is released.
+    #[pyo3(signature = (person_keys, overrides=None))]
     fn colours_of_keys<'py>(
         &self,
         py: Python<'py>,
         person_keys: &[u8],
+        overrides: Option<&Bound<'py, PyDict>>,
     ) -> PyResult<Bound<'py, PyBytes>> {
         let keys = keys_of(person_keys)?;
+        let manual = overrides_of(overrides)?;
         let v = self.inner.clone();
-        let colours = py.detach(|| v.colours_of_keys(&keys));
+        let colours = py.detach(|| v.colours_of_keys_with(&keys, manual.as_ref()));
         Ok(PyBytes::new(py, &colours))
     }
 
