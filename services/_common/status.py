@@ -18,6 +18,7 @@ from google.protobuf import any_pb2, message
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
+from services._common.deadline import reset_deadline, set_deadline
 from services._common.errors import (
     AlreadyExists,
     DomainError,
@@ -132,10 +133,14 @@ def grpc_errors(method: F) -> F:
 
     @functools.wraps(method)
     def unary_wrapper(self: Any, request: Any, context: grpc.ServicerContext) -> Any:
+        # Waits inside the handler end with the caller's deadline (services/_common/deadline).
+        token = set_deadline(context.time_remaining())
         try:
             return method(self, request, context)
         except DomainError as error:
             _abort(context, error, method.__qualname__)
+        finally:
+            reset_deadline(token)
 
     return unary_wrapper  # type: ignore[return-value]
 

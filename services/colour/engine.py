@@ -41,6 +41,7 @@ import healthcode_matcher as hm
 
 from services._common import changes
 from services._common.days import day_date, hour_number, now_shanghai
+from services._common.deadline import bounded
 from services._common.errors import InvalidArgument, ResourceExhausted, Unavailable
 from services.colour import explanation
 from services.colour.freshness import FeedFreshness
@@ -328,7 +329,8 @@ class ColourEngine:
         if version <= self.index_version:
             return
         with self._installed:
-            if self._installed.wait_for(lambda: self.index_version >= version, timeout_s):
+            # No longer than the caller waits for the answer.
+            if self._installed.wait_for(lambda: self.index_version >= version, bounded(timeout_s)):
                 return
         raise Unavailable(
             f"this colour replica holds index version {self.index_version}; version {version} "

@@ -32,6 +32,7 @@ from services._common.actors import (
 )
 from services._common.cache import cached_lookup
 from services._common.days import SHANGHAI, check_county, day_number
+from services._common.deadline import bounded
 from services._common.errors import InvalidArgument, Unavailable
 from services._common.logs import redact
 from services._common.temperature import body_temperature, is_fever
@@ -242,7 +243,7 @@ class DisplayDesk:
     def _colour_of(self, person_key: bytes, min_version: int = 0) -> LiveColour:
         # A person registered a moment ago may not be in the index version the colour replica
         # holds yet; a short bounded wait spares them a confusing error.
-        deadline = time.monotonic() + self._unknown_retry_s
+        deadline = time.monotonic() + bounded(self._unknown_retry_s)  # not past the caller's
         while True:
             live = self._live_colour(person_key, min_version)
             if live.colour is not None:
