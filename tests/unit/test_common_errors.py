@@ -80,6 +80,9 @@ class _Context:
         self.status = status
         raise _Aborted
 
+    def time_remaining(self) -> float | None:
+        return None  # a call without a deadline
+
 
 class _Servicer:
     @grpc_errors
