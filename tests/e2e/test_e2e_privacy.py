@@ -30,6 +30,8 @@ from typing import Any
 import grpc
 import pytest
 from healthcode.v1 import (
+    account_pb2,
+    account_pb2_grpc,
     colour_pb2,
     common_pb2,
     declaration_pb2,
@@ -38,6 +40,7 @@ from healthcode.v1 import (
 )
 
 from clients import feedgen
+from clients.channel import open_channel
 from clients.stack import Stack, StackError
 from services._common.logs import redact
 from services.rules import DEFAULT_RULE_SET_PATH
@@ -255,15 +258,53 @@ def _scenario(s: Stubs) -> dict[str, int]:
     return got
 
 
+def _sign_in(stack: Stack) -> int:
+    """A person signs in by SMS code (one wrong code first), and an administrator makes a
+    staff account that signs in: the sign-in paths log and store nothing raw either."""
+    signed = 0
+    id_number, phones = next(iter(HOLDINGS.items()))
+    with open_channel(stack.peers.declaration) as channel:
+        accounts = account_pb2_grpc.AccountServiceStub(channel)
+        sent = accounts.RequestSignInCode(
+            account_pb2.RequestSignInCodeRequest(id_number=id_number, phone=phones[0])
+        )
+        wrong = "000000" if sent.development_code != "000000" else "111111"
+        with pytest.raises(grpc.RpcError):
+            accounts.SignIn(account_pb2.SignInRequest(id_number=id_number, code=wrong))
+        signed += bool(
+            accounts.SignIn(
+                account_pb2.SignInRequest(id_number=id_number, code=sent.development_code)
+            ).token
+        )
+        accounts.CreateStaffAccount(
+            account_pb2.CreateStaffAccountRequest(
+                actor=ADMIN,
+                principal="gate-privacy",
+                role=account_pb2.STAFF_ROLE_VERIFIER,
+                context="venue",
+                password="a long enough password",
+            )
+        )
+        signed += bool(
+            accounts.SignInStaff(
+                account_pb2.SignInStaffRequest(
+                    principal="gate-privacy", password="a long enough password"
+                )
+            ).token
+        )
+    return signed
+
+
 def test_no_raw_identifier_in_any_file_log_line_or_span(privacy_stack: Stack) -> None:
     stack = privacy_stack
     with stubs(stack) as s:
         got = _scenario(s)
+    got["signed_in"] = _sign_in(stack)
     codes = stack.stop()
     assert codes == dict.fromkeys(codes, 0), f"services did not stop cleanly: {codes}"
 
     # The scenario did something (so an empty directory cannot pass).
-    assert got["scans"] == 4 and got["displays"] >= 4, got
+    assert got["scans"] == 4 and got["displays"] >= 4 and got["signed_in"] == 2, got
     assert got["colour3"] >= 2, got  # the close contact and the roaming phones' holders
     assert got["explained_rules"] > 0 and got["whatif_persons"] >= 4, got
     assert got["declarations"] >= 1 and got["phones_of_1"] == 2 and got["feed_rows"] >= 5, got
