@@ -13,6 +13,7 @@ the variable) on a value it cannot use; nothing re-reads the environment later.
 | HEALTHCODE_DISPLAY_PORT         | 50054                 |
 | HEALTHCODE_<SERVICE>_ADDR       | 127.0.0.1:<its port>  |
 | HEALTHCODE_LOG_LEVEL            | INFO                  |
+| HEALTHCODE_<SERVICE>_HEALTH_PORT | unset (health alone, plain text, for probes) |
 | HEALTHCODE_SECRET               | (hex, 32 bytes) else HEALTHCODE_SECRET_FILE |
 | HEALTHCODE_SECRET_FILE          | (a path) else <data_dir>/secret.key   |
 """
@@ -25,7 +26,7 @@ import os
 import secrets
 import stat
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 SECRET_BYTES = 32
@@ -99,6 +100,12 @@ class PlatformConfig:
     # Unary calls a process works on at once before it sheds load (RESOURCE_EXHAUSTED with
     # RetryInfo; services/_common/shedding.py); 0: three quarters of its server threads.
     max_in_flight: int = 0
+    # Per service, a plain-text port serving only gRPC health, for Kubernetes' probes
+    # (HEALTHCODE_<SERVICE>_HEALTH_PORT; absent: none). The service port needs a certificate.
+    health_ports: Mapping[str, int] = field(default_factory=dict)
+
+    def health_port(self, service: str) -> int | None:
+        return self.health_ports.get(service)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> PlatformConfig:
@@ -126,6 +133,11 @@ class PlatformConfig:
             peers=peers,
             log_level=level,
             max_in_flight=env_int(env, "HEALTHCODE_MAX_IN_FLIGHT", 0, low=0, high=100_000),
+            health_ports={
+                name: _port(env, f"HEALTHCODE_{name.upper()}_HEALTH_PORT", 0)
+                for name in SERVICE_NAMES
+                if env.get(f"HEALTHCODE_{name.upper()}_HEALTH_PORT", "").strip()
+            },
         )
 
 

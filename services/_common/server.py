@@ -29,6 +29,8 @@ logger = logging.getLogger(__name__)
 # listener closes (a load balancer stops routing first, then in-flight calls finish).
 _HEALTH: dict[int, health.HealthServicer] = {}
 _NAMES: dict[int, list[str]] = {}
+# Each server's plain-text health-only server, where one was asked for (`health_port`).
+_HEALTH_ONLY: dict[int, grpc.Server] = {}
 # Each server's shedder, for status pages and tests (calls in progress, calls shed).
 SHEDDERS: dict[int, Shedder] = {}
 
@@ -46,6 +48,7 @@ def create_server(
     max_in_flight: int = 0,
     reuse_port: bool = False,
     security: Security | None = None,
+    health_port: int | None = None,
 ) -> tuple[grpc.Server, int]:
     """Build, bind and START a server; return it with the bound port (port 0: a free one).
 
@@ -65,6 +68,10 @@ def create_server(
     With `security` (by default what `auth.setup_security` loaded for this process) the port speaks mutual TLS only and every call is authenticated and checked
     against the access table (services/_common/auth.py); without it (in-process tests, an
     explicitly insecure development run) the port is plain text and the body's actor is taken.
+
+    `health_port` (HEALTHCODE_<SERVICE>_HEALTH_PORT) also serves the gRPC health service alone, in plain
+    text and without client certificates, for Kubernetes' gRPC probes, which cannot present
+    one. It says SERVING or NOT_SERVING and nothing else.
     """
     if security is None:
         security = process_security()
@@ -107,6 +114,10 @@ def create_server(
     if bound == 0:
         raise OSError(f"could not bind {host}:{port}")
     server.start()
+    if health_port is not None:
+        _HEALTH_ONLY[id(server)] = _health_only_server(
+            health_servicer, host, health_port, reuse_port
+        )
     _HEALTH[id(server)] = health_servicer
     SHEDDERS[id(server)] = shedder
     _NAMES[id(server)] = names
@@ -144,6 +155,30 @@ def stop(
     if before_stop is not None:
         before_stop()
     server.stop(grace).wait()
+    health_only = _HEALTH_ONLY.pop(id(server), None)
+    if health_only is not None:
+        health_only.stop(None).wait()
+
+
+def _health_only_server(
+    health_servicer: health.HealthServicer, host: str, port: int, reuse_port: bool
+) -> grpc.Server:
+    """The health service alone on `port`, plain text (for probes that present no
+    certificate); it shares the main server's statuses."""
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=2, thread_name_prefix="health"),
+        options=[("grpc.so_reuseport", 1 if reuse_port else 0)],
+    )
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    try:
+        bound = server.add_insecure_port(f"{host}:{port}")
+    except RuntimeError:
+        bound = 0
+    if bound == 0:
+        raise OSError(f"could not bind the health port {host}:{port}")
+    server.start()
+    logger.info("health alone (plain text, for probes) on %s:%d", host, bound)
+    return server
 
 
 def serve_forever(

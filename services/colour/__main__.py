@@ -70,6 +70,7 @@ def serve(config: ColourConfig, worker: WorkerRole | None) -> None:
         [SERVICE_NAME],
         port=config.port,
         host=config.platform.host,
+        health_port=config.platform.health_port("colour"),
         max_in_flight=config.platform.max_in_flight,
         # NOT_SERVING until the first index arrives: a replica without one can only answer
         # UNAVAILABLE, so load balancers and `make run` must not route to it yet

@@ -53,6 +53,7 @@ def main() -> None:
         [SERVICE_NAME, ACCOUNT_SERVICE_NAME],
         port=config.port,
         host=config.platform.host,
+        health_port=config.platform.health_port("declaration"),
         max_in_flight=config.platform.max_in_flight,
     )
     # Messages left by an earlier run go out now, whether or not anyone declares.

@@ -116,6 +116,7 @@ def serve(config: DisplayConfig, worker: WorkerRole | None) -> None:
         [SERVICE_NAME],
         port=config.port,
         host=config.platform.host,
+        health_port=config.platform.health_port("display"),
         max_in_flight=config.platform.max_in_flight,
         max_workers=config.max_workers,
         # With its own replica, NOT_SERVING until the first index version arrives.

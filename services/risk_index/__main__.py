@@ -37,6 +37,7 @@ def main() -> None:
         [SERVICE_NAME],
         port=config.port,
         host=config.platform.host,
+        health_port=config.platform.health_port("risk_index"),
         max_workers=config.workers,
     )
 

@@ -281,3 +281,32 @@ def test_a_rotated_issuer_key_keeps_earlier_tokens_valid(module_stack: Stack) ->
     for token in (before, after.person(PERSON_KEY, "")):
         error = _show(stack, token)
         assert error is None or error.code() != grpc.StatusCode.UNAUTHENTICATED, error
+
+
+def test_a_probe_port_answers_health_in_plain_text_and_nothing_else(tmp_path: Path) -> None:
+    """Kubernetes' gRPC probes present no certificate: HEALTHCODE_<SERVICE>_HEALTH_PORT serves
+    the health service alone, in plain text."""
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    from clients.stack import free_port
+
+    probe = free_port()
+    stack = Stack.on_free_ports(tmp_path / "data", {"HEALTHCODE_DISPLAY_HEALTH_PORT": str(probe)})
+    stack.start()
+    try:
+        stack.wait_healthy(timeout_s=60)
+        with grpc.insecure_channel(f"127.0.0.1:{probe}") as channel:
+            health = health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(service="healthcode.v1.DisplayService"), timeout=5
+            )
+            assert health.status == health_pb2.HealthCheckResponse.SERVING
+            with pytest.raises(grpc.RpcError) as other:
+                channel.unary_unary(
+                    "/healthcode.v1.DisplayService/GetVerificationKey",
+                    request_serializer=display_pb2.GetVerificationKeyRequest.SerializeToString,
+                    response_deserializer=display_pb2.GetVerificationKeyResponse.FromString,
+                )(display_pb2.GetVerificationKeyRequest(), timeout=5)
+            assert other.value.code() == grpc.StatusCode.UNIMPLEMENTED
+    finally:
+        codes = stack.stop()
+    assert codes == dict.fromkeys(codes, 0), codes
