@@ -33,7 +33,7 @@ import sys
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, NoReturn
+from typing import Annotated, Any, NoReturn, TypeVar
 
 import grpc
 import typer
@@ -78,6 +78,8 @@ from clients.feedgen import COUNTIES, TIANJIN_DISTRICTS
 from services._common.auth import Security
 from services._common.config import ConfigError
 from services._common.days import hour_of_date, hour_start, now_shanghai
+
+T = TypeVar("T")
 
 app = typer.Typer(
     name="healthcode",
@@ -182,6 +184,16 @@ def _fail(error: grpc.RpcError, what: str) -> NoReturn:
     err.print(f"[bold red]{what} failed[/]")
     err.print(describe_error(error), markup=False, highlight=False)
     raise typer.Exit(1)
+
+
+def _unary(target: str, call: Callable[[grpc.Channel], T], what: str) -> T:
+    """One call to the service at `target`; a failure is printed as a person should read it
+    (status, message, which field to fix) and exits 1."""
+    with _channel(target) as channel:
+        try:
+            return call(channel)
+        except grpc.RpcError as e:
+            _fail(e, what)
 
 
 def _channel(target: str) -> grpc.Channel:
@@ -355,11 +367,11 @@ def register(
         phones=phone or [],
         transit_card=card,
     )
-    with _channel(_settings.peers.declaration) as channel:
-        try:
-            response = declaration_pb2_grpc.DeclarationServiceStub(channel).Register(request)
-        except grpc.RpcError as e:
-            _fail(e, "register")
+    response = _unary(
+        _settings.peers.declaration,
+        lambda ch: declaration_pb2_grpc.DeclarationServiceStub(ch).Register(request),
+        "register",
+    )
     p = response.person
     verb = "registered" if response.created else "already registered"
     out.print(f"[bold]{p.masked_name}[/] ({p.masked_id_number}) {verb}")
@@ -430,11 +442,11 @@ def declare(
     )
     if temperature is not None:
         request.temperature_celsius = temperature
-    with _channel(_settings.peers.declaration) as channel:
-        try:
-            response = declaration_pb2_grpc.DeclarationServiceStub(channel).Declare(request)
-        except grpc.RpcError as e:
-            _fail(e, "declare")
+    response = _unary(
+        _settings.peers.declaration,
+        lambda ch: declaration_pb2_grpc.DeclarationServiceStub(ch).Declare(request),
+        "declare",
+    )
     d = response.declaration
     derived = ", ".join(d.derived_sources) or "no risk"
     nxt = response.next_opens_at.ToDatetime(dt.UTC).astimezone(dt.timezone(dt.timedelta(hours=8)))
@@ -466,11 +478,11 @@ def show(
         person=common_pb2.PersonRef(id_number=id_number),
         device=display_pb2.Device(device_id=device, place=place),
     )
-    with _channel(_settings.peers.display) as channel:
-        try:
-            response = display_pb2_grpc.DisplayServiceStub(channel).Show(request)
-        except grpc.RpcError as e:
-            _fail(e, "show")
+    response = _unary(
+        _settings.peers.display,
+        lambda ch: display_pb2_grpc.DisplayServiceStub(ch).Show(request),
+        "show",
+    )
     if token_only:
         print(response.token)
         return
@@ -525,11 +537,11 @@ def scan(
         request.person.id_number = id_number or ""
     if temperature is not None:
         request.temperature_celsius = temperature
-    with _channel(_settings.peers.display) as channel:
-        try:
-            response = display_pb2_grpc.DisplayServiceStub(channel).Scan(request)
-        except grpc.RpcError as e:
-            _fail(e, "scan")
+    response = _unary(
+        _settings.peers.display,
+        lambda ch: display_pb2_grpc.DisplayServiceStub(ch).Scan(request),
+        "scan",
+    )
     v = response.verdict
     alert = "  [bold red]TEMPERATURE ALERT[/]" if response.temperature_alert else ""
     out.print(
@@ -1121,11 +1133,11 @@ def explain(
         person=common_pb2.PersonRef(id_number=id_number),
         shared_only=shared_only,
     )
-    with _channel(_settings.peers.colour) as channel:
-        try:
-            x = colour_pb2_grpc.ColourServiceStub(channel).Explain(request)
-        except grpc.RpcError as e:
-            _fail(e, "explain")
+    x = _unary(
+        _settings.peers.colour,
+        lambda ch: colour_pb2_grpc.ColourServiceStub(ch).Explain(request),
+        "explain",
+    )
     v = x.verdict
     if not v.registered:
         out.print("this person is not in the index: no data, so no colour (register first)")
@@ -1484,11 +1496,11 @@ def set_rules(
         filename=file.name,
         dry_run=dry_run,
     )
-    with _channel(_settings.peers.colour) as channel:
-        try:
-            r = colour_pb2_grpc.ColourServiceStub(channel).SetRuleSet(request)
-        except grpc.RpcError as e:
-            _fail(e, "set-rules")
+    r = _unary(
+        _settings.peers.colour,
+        lambda ch: colour_pb2_grpc.ColourServiceStub(ch).SetRuleSet(request),
+        "set-rules",
+    )
     state = (
         "activated" if r.activated else ("dry run" if dry_run else "accepted, waits for valid_from")
     )
@@ -1778,11 +1790,11 @@ def staff_add(
         context=context,
         password=password,
     )
-    with _channel(_settings.peers.declaration) as channel:
-        try:
-            done = account_pb2_grpc.AccountServiceStub(channel).CreateStaffAccount(request)
-        except grpc.RpcError as e:
-            _fail(e, "staff add")
+    done = _unary(
+        _settings.peers.declaration,
+        lambda ch: account_pb2_grpc.AccountServiceStub(ch).CreateStaffAccount(request),
+        "staff add",
+    )
     out.print(f"staff account {principal} {'created' if done.created else 'updated'} ({role})")
 
 
@@ -1796,11 +1808,11 @@ def staff_disable(
     request = account_pb2.DisableStaffAccountRequest(
         actor=_staff(common_pb2.ACTOR_ROLE_ADMIN, admin), principal=principal, reason=reason
     )
-    with _channel(_settings.peers.declaration) as channel:
-        try:
-            done = account_pb2_grpc.AccountServiceStub(channel).DisableStaffAccount(request)
-        except grpc.RpcError as e:
-            _fail(e, "staff disable")
+    done = _unary(
+        _settings.peers.declaration,
+        lambda ch: account_pb2_grpc.AccountServiceStub(ch).DisableStaffAccount(request),
+        "staff disable",
+    )
     out.print(f"staff account {principal} {'disabled' if done.disabled else 'was disabled'}")
 
 
@@ -2048,11 +2060,11 @@ def mandate_grant(
     ends = _until(until, days)
     if ends is not None:
         request.valid_until.FromDatetime(ends.astimezone(dt.UTC))
-    with _channel(_settings.peers.declaration) as channel:
-        try:
-            response = declaration_pb2_grpc.DeclarationServiceStub(channel).GrantMandate(request)
-        except grpc.RpcError as e:
-            _fail(e, "mandate grant")
+    response = _unary(
+        _settings.peers.declaration,
+        lambda ch: declaration_pb2_grpc.DeclarationServiceStub(ch).GrantMandate(request),
+        "mandate grant",
+    )
     m = response.mandate
     verb = "granted" if response.created else "already in force"
     out.print(
@@ -2086,11 +2098,11 @@ def mandate_revoke(
         mandate_id=mandate_id,
         reason=reason,
     )
-    with _channel(_settings.peers.declaration) as channel:
-        try:
-            response = declaration_pb2_grpc.DeclarationServiceStub(channel).RevokeMandate(request)
-        except grpc.RpcError as e:
-            _fail(e, "mandate revoke")
+    response = _unary(
+        _settings.peers.declaration,
+        lambda ch: declaration_pb2_grpc.DeclarationServiceStub(ch).RevokeMandate(request),
+        "mandate revoke",
+    )
     m = response.mandate
     verb = "revoked" if response.revoked else "was already revoked"
     out.print(
@@ -2266,11 +2278,11 @@ def override_set(
         reason=reason,
     )
     request.valid_until.FromDatetime(ends.astimezone(dt.UTC))
-    with _channel(_settings.peers.risk_index) as channel:
-        try:
-            response = risk_index_pb2_grpc.RiskIndexServiceStub(channel).OverrideColour(request)
-        except grpc.RpcError as e:
-            _fail(e, "override set")
+    response = _unary(
+        _settings.peers.risk_index,
+        lambda ch: risk_index_pb2_grpc.RiskIndexServiceStub(ch).OverrideColour(request),
+        "override set",
+    )
     entry = response.entry
     out.print(
         f"override #{entry.seq}: {entry.masked_id_number} is {_colour_badge(entry.colour)} "
@@ -2293,11 +2305,11 @@ def override_clear(
         person=common_pb2.PersonRef(id_number=id_number),
         reason=reason,
     )
-    with _channel(_settings.peers.risk_index) as channel:
-        try:
-            response = risk_index_pb2_grpc.RiskIndexServiceStub(channel).ClearOverride(request)
-        except grpc.RpcError as e:
-            _fail(e, "override clear")
+    response = _unary(
+        _settings.peers.risk_index,
+        lambda ch: risk_index_pb2_grpc.RiskIndexServiceStub(ch).ClearOverride(request),
+        "override clear",
+    )
     entry = response.entry
     out.print(
         f"override cleared (#{entry.seq}): {entry.masked_id_number} has the rules' colour again "
