@@ -371,6 +371,11 @@ def _cli_setup(stack: Stack) -> tuple[str, list[str]]:
     return "healthcode", setup
 
 
+def _sign_in_line(hc: str, signer: feedgen.Person) -> str:
+    # A development stack has no SMS gateway: the code comes back in the reply.
+    return f"{hc} sign-in {signer.id_number} --phone {signer.phones[0]}     # a token of one's own"
+
+
 def print_welcome(stack: Stack, people: DemoPeople, sample_feed: Path) -> None:
     hc, setup = _cli_setup(stack)
     console.rule("[bold]health-code platform: running")
@@ -390,6 +395,7 @@ def print_welcome(stack: Stack, people: DemoPeople, sample_feed: Path) -> None:
     if people.phone_red:
         lines.append(f"{hc} explain {people.phone_red}     # red through a linked phone (R7)")
     who = people.green or people.population[0].id_number
+    signer = next((p for p in people.population if p.phones), None)
     creds = shlex.quote(str(stack.credentials_dir))
     draft = write_sample_draft(sample_feed.with_name("draft_rules.toml"))
     lines += [
@@ -399,6 +405,7 @@ def print_welcome(stack: Stack, people: DemoPeople, sample_feed: Path) -> None:
         f"{hc} explain {who}",
         f"{hc} what-if {draft}     # secondary contacts red: who would change, per district",
         f"{hc} counters --follow",
+        *([_sign_in_line(hc, signer)] if signer is not None else []),
         f"{hc} --help",
         (
             f"buf curl --protocol grpc --cacert {creds}/ca.pem --cert {creds}/cli.pem "
