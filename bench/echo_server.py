@@ -20,7 +20,6 @@ grpc's examples/python/multiprocessing does. It prints one line when every proce
 from __future__ import annotations
 
 import argparse
-import base64
 import contextlib
 import multiprocessing as mp
 import os
@@ -36,6 +35,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+import base45
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 from grpc_health.v1 import health, health_pb2_grpc
@@ -50,8 +50,8 @@ SERVICE_NAME = "healthcode.v1.DisplayService"
 
 
 def echo_token() -> str:
-    """A token of a real one's length: "HC1." + base64url of 121 bytes (57 body + 64 signature)."""
-    return "HC1." + base64.urlsafe_b64encode(bytes(range(121))).decode().rstrip("=")
+    """A token of a real one's length: "HCN1:" + base45 of 142 bytes (a COSE_Sign1 message)."""
+    return "HCN1:" + base45.b45encode(bytes(range(142))).decode()
 
 
 def _verdict() -> colour_pb2.Verdict:

@@ -3,7 +3,7 @@
     healthcode register 张三 120101199001011234 --phone 13812345678
     healthcode declare 120101199001011234 --temperature 36.6
     healthcode show 120101199001011234
-    healthcode scan HC1.xxxx --verifier gate-7
+    healthcode scan 'HCN1:xxxx' --verifier gate-7
     healthcode ingest close_contacts.csv --source close_contact
     healthcode import people.csv
     healthcode seed --people 200000
@@ -502,7 +502,11 @@ def show(
 @app.command()
 def scan(
     token: Annotated[
-        str | None, typer.Argument(help="The scanned code token (HC1....).", show_default=False)
+        str | None,
+        typer.Argument(
+            help="The scanned code token (HCN1:..., quoted: it may hold spaces).",
+            show_default=False,
+        ),
     ] = None,
     id_number: Annotated[
         str | None,

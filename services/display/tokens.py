@@ -6,27 +6,53 @@ service's Ed25519 keys (the key ring, `keyring.py`) and expires within a minute,
 screenshot of an old green code fails a scan; the colour itself is never in the token: a scan
 always asks for the live colour.
 
-Wire form: ``HC1.`` + base64url (no padding) of
+Wire form: ``HCN1:`` + base45 (RFC 9285) of a COSE_Sign1 message (RFC 9052, CBOR tag 18)
+whose payload is a CWT claims set (RFC 8392), the same layering as the EU digital COVID
+certificate but behind a prefix of our own (theirs is ``HC1:``) and without its zlib step (it
+makes these tokens longer, not shorter: a signature and two random ids do not compress).
+Prefix and base45 alphabet are all in the QR code's alphanumeric set, so a QR code of a token
+stays in alphanumeric mode (5.5 bits a character).
 
-    version 2 (1 byte) | key id (8) | person key (16) | issued at ms (8, big-endian)
-    | expires at ms (8) | token id (16, random) | Ed25519 signature over everything before it (64)
+    protected header   {1 (alg): -8 (EdDSA), 4 (kid): the signing key's 8-byte id}
+    unprotected header {}
+    payload (claims)   {2 (sub): person key (16-byte string),
+                        6 (iat): issued at, 4 (exp): expires at (seconds since the epoch,
+                             floating point, exact to the millisecond),
+                        7 (cti): token id (16 random bytes)}
+    signature          Ed25519 over the COSE Sig_structure
 
-The key id (the first 8 bytes of SHA-256 of the signing key's public key) picks the key a scan
-verifies with: a key id the ring does not publish is refused as forged. Version 1, from before
-key ids, is the same without the key id; it verifies only against the key imported from the
-earlier `signing.key` (marked legacy in the ring) while that key is published, and is refused
-as forged otherwise. `encode_token` and `decode_token` are the only code that knows the
-wire form.
+The `cwt` library builds, signs and verifies the COSE message, with the ring's keys as its
+COSE keys (the Ed25519 signature itself is PyNaCl's: twice as fast to verify as the OpenSSL one
+of cwt's own keys); the claims set is plain CBOR (`cbor2`); the text is `base45`'s. A message
+must be encoded exactly as we encode it (no bytes after it, nothing in the unprotected header):
+nothing in a token can vary without breaking its signature. Note: sub is the 16-byte person
+key as a byte string, where RFC 8392 has a text string. The kid (the first 8 bytes of SHA-256
+of the signing key's public key) picks the key a scan verifies with: a kid the ring does not
+publish is refused as forged.
+
+Transition: the format before this one, ``HC1.`` + base64url of a fixed binary layout (version
+2 with a key id; version 1 before key ids), is still accepted by `decode_token` so that codes
+shown by a display not yet upgraded keep scanning for their minute; nothing issues it any
+more. Version 1 verifies only against the key imported from the earlier `signing.key` (marked
+legacy in the ring) while that key is published, and is refused as forged otherwise.
+`encode_token` and `decode_token` are the only code that knows the wire form.
 """
 
 from __future__ import annotations
 
 import base64
+import math
 import secrets
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
+import base45
+import cbor2
+from cbor2 import CBORError, CBORTag
+from cwt import COSE, COSEMessage, COSETypes, CWTError, VerifyError
+from cwt.cose_key_interface import COSEKeyInterface
 from nacl.exceptions import BadSignatureError
 from nacl.signing import SigningKey
 
@@ -48,17 +74,29 @@ from services.display.keyring import (
     now_ms as wall_clock_ms,
 )
 
-PREFIX = "HC1."
+PREFIX = "HCN1:"
+MAX_TTL_MS = MAX_TOKEN_TTL_MS
+# A phone's clock and ours drift (CLOCK_SKEW_MS): a token "issued" slightly in the future is
+# still ours.
+
+# COSE and CWT labels (RFC 9052, RFC 9053, RFC 8392).
+_COSE_SIGN1_TAG = 18
+_ALG, _KID = 1, 4
+_EDDSA = -8
+_SUB, _EXP, _IAT, _CTI = 2, 4, 6, 7
+_OKP, _ED25519 = 1, 6
+# A token is about 215 characters; anything much longer is refused before it is decoded.
+_MAX_TOKEN_CHARS = 400
+
+# The format before this one, still verified during the transition (see the module doc).
+LEGACY_PREFIX = "HC1."
 _VERSION = 2
 _LEGACY_VERSION = 1
 _BODY = struct.Struct(f">B{KEY_ID_BYTES}s16sQQ16s")
 _LEGACY_BODY = struct.Struct(">B16sQQ16s")
 _SIGNATURE_LEN = 64
-TOKEN_BYTES = _BODY.size + _SIGNATURE_LEN
-_LEGACY_TOKEN_BYTES = _LEGACY_BODY.size + _SIGNATURE_LEN
-MAX_TTL_MS = MAX_TOKEN_TTL_MS
-# A phone's clock and ours drift (CLOCK_SKEW_MS): a token "issued" slightly in the future is
-# still ours.
+LEGACY_TOKEN_BYTES = _BODY.size + _SIGNATURE_LEN
+_V1_TOKEN_BYTES = _LEGACY_BODY.size + _SIGNATURE_LEN
 
 
 class TokenError(DomainError):
@@ -125,51 +163,166 @@ class TokenClaims:
 @dataclass(frozen=True, slots=True)
 class DecodedToken:
     """A token taken apart, not yet verified: nothing in it is to be trusted before
-    `signature` verifies over `signed` with the key `claims.key_id` names."""
+    `verifies_with` the key `claims.key_id` names says so."""
 
-    signed: bytes
-    signature: bytes
     claims: TokenClaims
+    # The COSE_Sign1 message; None for a token of the previous (``HC1.``) format, whose
+    # Ed25519 `signature` is over `signed`.
+    cose: bytes | None = None
+    signed: bytes = b""
+    signature: bytes = b""
+
+    def verifies_with(self, key: TokenKey) -> bool:
+        """Whether the token's signature is `key`'s."""
+        if self.cose is None:
+            try:
+                key.verify_key.verify(self.signed, self.signature)
+            except BadSignatureError:
+                return False
+            return True
+        try:
+            _COSE.decode(self.cose, _cose_key(key))
+        except _NOT_COSE:  # VerifyError, or what a hostile message provokes in cwt or cbor2
+            return False
+        return True
+
+
+# What cbor2 and cwt raise on bytes that are not the COSE message they expect.
+_NOT_COSE = (CBORError, CWTError, ValueError, TypeError, LookupError, RecursionError)
+# One COSE context for every token: alg and kid are set explicitly, never from the key.
+_COSE = COSE.new(alg_auto_inclusion=False, kid_auto_inclusion=False)
+
+
+class _RingCOSEKey(COSEKeyInterface):
+    """A ring key as cwt's COSE key (OKP, EdDSA, Ed25519, kid = the key id). The signature
+    itself is libsodium's (PyNaCl, as the ring holds the key): cwt's own Ed25519 key uses
+    OpenSSL, whose verification is about twice as slow (see docs/keys.md)."""
+
+    def __init__(self, key: TokenKey) -> None:
+        super().__init__({1: _OKP, 2: key.key_id, 3: _EDDSA})
+        self._ring_key = key
+
+    @property
+    def crv(self) -> int:
+        return _ED25519
+
+    def sign(self, msg: bytes) -> bytes:
+        return self._ring_key.signing_key.sign(msg).signature
+
+    def verify(self, msg: bytes, sig: bytes) -> None:
+        try:
+            self._ring_key.verify_key.verify(msg, sig)
+        except (BadSignatureError, ValueError, TypeError):
+            raise VerifyError("the signature does not verify") from None
+
+
+# Each ring key's COSE form, built once (by public key: one seed gives one public key).
+_COSE_KEYS: dict[bytes, _RingCOSEKey] = {}
+
+
+def _cose_key(key: TokenKey) -> _RingCOSEKey:
+    cose_key = _COSE_KEYS.get(key.public_key)
+    if cose_key is None:
+        if len(_COSE_KEYS) >= 64:  # a rotation adds a key now and then: keep few
+            _COSE_KEYS.clear()
+        cose_key = _COSE_KEYS[key.public_key] = _RingCOSEKey(key)
+    return cose_key
 
 
 def encode_token(claims: TokenClaims, key: TokenKey) -> str:
     """The wire form of `claims`, signed with `key` (whose id it carries)."""
-    body = _BODY.pack(
-        _VERSION,
-        key.key_id,
-        claims.person_key,
-        claims.issued_at_ms,
-        claims.expires_at_ms,
-        claims.token_id,
+    payload = cbor2.dumps(
+        {
+            _SUB: claims.person_key,
+            _IAT: claims.issued_at_ms / 1000,
+            _EXP: claims.expires_at_ms / 1000,
+            _CTI: claims.token_id,
+        }
     )
-    signature = key.signing_key.sign(body).signature
-    return PREFIX + base64.urlsafe_b64encode(body + signature).rstrip(b"=").decode("ascii")
+    message = _COSE.encode_and_sign(
+        payload, _cose_key(key), protected={_ALG: _EDDSA, _KID: key.key_id}, unprotected={}
+    )
+    assert isinstance(message, bytes)
+    return PREFIX + base45.b45encode(message).decode("ascii")
 
 
 def decode_token(token: str) -> DecodedToken:
     """The parts of a token's wire form; `TokenMalformed` if it is not one."""
-    text = token.strip()
+    # Not str.strip(): a space is a base45 digit and may end a token.
+    text = token.strip("\t\r\n\v\f")
+    if text.startswith(LEGACY_PREFIX):
+        return _decode_legacy(text.strip())
     if not text.startswith(PREFIX):
         raise TokenMalformed(f"a code token starts with {PREFIX!r}")
     payload = text[len(PREFIX) :]
-    if len(payload) > 4 * TOKEN_BYTES:
+    if len(payload) > _MAX_TOKEN_CHARS:
+        raise TokenMalformed("the code token is too long")
+    try:
+        raw = base45.b45decode(payload)
+    except ValueError:
+        raise TokenMalformed("the code token is not base45") from None
+    try:
+        tagged = cbor2.loads(raw)
+        if isinstance(tagged, CBORTag) and tagged.tag == _COSE_SIGN1_TAG:
+            message = COSEMessage(COSETypes.SIGN1, tagged.value)
+            protected = message.protected
+            claims = cbor2.loads(message.payload) if isinstance(message.payload, bytes) else None
+            # One encoding only: no bytes after the message, nothing in the unprotected header,
+            # no longer-than-needed CBOR; so nothing in a token varies without its signature.
+            canonical = message.unprotected == {} and cbor2.dumps(tagged) == raw
+    except _NOT_COSE:
+        raise TokenMalformed("the code token is not a COSE message") from None
+    if not (isinstance(tagged, CBORTag) and tagged.tag == _COSE_SIGN1_TAG and canonical):
+        raise TokenMalformed("a code token is one COSE_Sign1 message, encoded as we encode it")
+    if not isinstance(protected, dict) or protected.get(_ALG) != _EDDSA:
+        raise TokenMalformed("a code token is signed with EdDSA")
+    key_id = protected.get(_KID)
+    if not isinstance(key_id, bytes) or len(key_id) != KEY_ID_BYTES:
+        raise TokenMalformed(f"a code token names its signing key by a {KEY_ID_BYTES}-byte kid")
+    if not isinstance(claims, dict):
+        raise TokenMalformed("a code token's payload is a CWT claims set")
+    person_key, token_id = claims.get(_SUB), claims.get(_CTI)
+    if not (isinstance(person_key, bytes) and len(person_key) == 16):
+        raise TokenMalformed("a code token's sub is a 16-byte person key")
+    if not (isinstance(token_id, bytes) and len(token_id) == 16):
+        raise TokenMalformed("a code token's cti is a 16-byte token id")
+    issued, expires = _time_ms(claims.get(_IAT)), _time_ms(claims.get(_EXP))
+    if issued is None or expires is None:
+        raise TokenMalformed("a code token's iat and exp are times in seconds")
+    return DecodedToken(TokenClaims(person_key, issued, expires, token_id, key_id), cose=raw)
+
+
+def _time_ms(value: Any) -> int | None:
+    """A CWT NumericDate (seconds, integer or floating point) in milliseconds."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    if not math.isfinite(value) or not 0 <= value < 2**40:
+        return None
+    return round(value * 1000)
+
+
+def _decode_legacy(text: str) -> DecodedToken:
+    """The previous format (``HC1.`` + base64url), still verified during the transition."""
+    payload = text[len(LEGACY_PREFIX) :]
+    if len(payload) > 4 * LEGACY_TOKEN_BYTES:
         raise TokenMalformed("the code token is too long")
     try:
         raw = base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4))
     except (ValueError, TypeError):
         raise TokenMalformed("the code token is not base64url") from None
     version = raw[0] if raw else -1
-    if version == _VERSION and len(raw) == TOKEN_BYTES:
+    if version == _VERSION and len(raw) == LEGACY_TOKEN_BYTES:
         signed, signature = raw[: _BODY.size], raw[_BODY.size :]
         _, key_id, person_key, issued, expires, token_id = _BODY.unpack(signed)
         claims = TokenClaims(person_key, issued, expires, token_id, key_id)
-        return DecodedToken(signed, signature, claims)
-    if version == _LEGACY_VERSION and len(raw) == _LEGACY_TOKEN_BYTES:
+        return DecodedToken(claims, signed=signed, signature=signature)
+    if version == _LEGACY_VERSION and len(raw) == _V1_TOKEN_BYTES:
         signed, signature = raw[: _LEGACY_BODY.size], raw[_LEGACY_BODY.size :]
         _, person_key, issued, expires, token_id = _LEGACY_BODY.unpack(signed)
-        return DecodedToken(signed, signature, TokenClaims(person_key, issued, expires, token_id))
-    if len(raw) not in (TOKEN_BYTES, _LEGACY_TOKEN_BYTES):
-        raise TokenMalformed(f"a code token is {TOKEN_BYTES} bytes, this one {len(raw)}")
+        claims = TokenClaims(person_key, issued, expires, token_id)
+        return DecodedToken(claims, signed=signed, signature=signature)
+    if len(raw) not in (LEGACY_TOKEN_BYTES, _V1_TOKEN_BYTES):
+        raise TokenMalformed(f"a code token is {LEGACY_TOKEN_BYTES} bytes, this one {len(raw)}")
     raise TokenMalformed(f"unknown token version {version}")
 
 
@@ -236,10 +389,8 @@ class CodeTokens:
                     "is published"
                 )
             raise TokenForged(f"the code names signing key {claims.key_id.hex()}, not published")
-        try:
-            key.verify_key.verify(decoded.signed, decoded.signature)
-        except BadSignatureError:
-            raise TokenForged("the code's signature does not verify") from None
+        if not decoded.verifies_with(key):
+            raise TokenForged("the code's signature does not verify")
         if (
             claims.expires_at_ms - claims.issued_at_ms > MAX_TTL_MS
             or claims.issued_at_ms > now_ms + CLOCK_SKEW_MS

@@ -72,7 +72,7 @@ def test_cli_errors_say_what_to_fix(stack: Stack) -> None:
     assert code == 1 and "id_number" in out, out
     code, out = invoke(stack, "show", PEOPLE[2])
     assert code == 1 and "NOT_FOUND" in out and "register" in out, out
-    code, out = invoke(stack, "scan", "HC1.garbage")
+    code, out = invoke(stack, "scan", "HCN1:GARBAGE")
     assert code == 1 and "INVALID_ARGUMENT" in out and "TOKEN_MALFORMED" in out, out
     code, out = invoke(stack, "status")
     assert code == 0 and out.count("SERVING") == 4, out
