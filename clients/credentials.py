@@ -36,6 +36,7 @@ from services._common.auth import (
     TokenIssuer,
 )
 from services._common.config import SECRET_BYTES, SECRET_FILE, ConfigError
+from services._common.convert import role_from_proto
 
 # A staff token minted for a request lives this long (then a new one is minted).
 _MINTED_TTL = dt.timedelta(minutes=10)
@@ -45,17 +46,6 @@ OPERATOR = "operator"
 NOBODY = bytes(16)
 # A verifier's workplace when the request does not say (tokens need one).
 DEFAULT_VERIFIER_CONTEXT = "venue"
-
-_ROLES = {
-    common_pb2.ACTOR_ROLE_CITIZEN: Role.CITIZEN,
-    common_pb2.ACTOR_ROLE_FAMILY_PROXY: Role.FAMILY_PROXY,
-    common_pb2.ACTOR_ROLE_GRID_WORKER: Role.GRID_WORKER,
-    common_pb2.ACTOR_ROLE_VERIFIER: Role.VERIFIER,
-    common_pb2.ACTOR_ROLE_FEED: Role.FEED,
-    common_pb2.ACTOR_ROLE_PARTNER: Role.PARTNER,
-    common_pb2.ACTOR_ROLE_ADMIN: Role.ADMIN,
-    common_pb2.ACTOR_ROLE_SUPPORT: Role.SUPPORT,
-}
 
 
 @dataclass
@@ -104,10 +94,10 @@ class ClientCredentials:
         """The bearer token for a request acting as `actor` (None: the client's own)."""
         if self.token is not None or self.issuer is None:
             return self.token
-        if actor is None or actor.role == common_pb2.ACTOR_ROLE_UNSPECIFIED:
-            return self._mint(b"operator", lambda i: i.staff(Role.ADMIN, OPERATOR))
-        role = _ROLES.get(actor.role)
-        if role is None:  # SERVICE, or a value from the future: the server says what is wrong
+        role = role_from_proto(actor.role) if actor is not None else None
+        if actor is None or role is None or role is Role.SERVICE:
+            # No actor: the operator's own call. A service is a certificate, never a token;
+            # an unknown role: the server says what is wrong.
             return self._mint(b"operator", lambda i: i.staff(Role.ADMIN, OPERATOR))
         if role in (Role.CITIZEN, Role.FAMILY_PROXY):
             person_key, masked = self._person(actor.person)

@@ -33,6 +33,11 @@ def role_to_proto(role: Role) -> common_pb2.ActorRole.ValueType:
     return _ROLE_PROTO[role]
 
 
+def role_from_proto(value: common_pb2.ActorRole.ValueType) -> Role | None:
+    """The role a proto names (None: unset, or a value this build does not know)."""
+    return _ROLES.get(value)
+
+
 def actor_from_proto(
     msg: common_pb2.Actor, identifiers: Identifiers | None, field: str = "actor"
 ) -> Actor:
