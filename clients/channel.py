@@ -13,12 +13,12 @@ EvaluateStream) are long-lived by design and get none.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from typing import Any, Literal, NamedTuple
+from typing import Any, Literal
 
 import grpc
 from google.rpc import error_details_pb2
 
-from clients.credentials import BearerTokens, ClientCredentials, for_target
+from clients.credentials import BearerTokens, CallDetails, ClientCredentials, for_target
 from services._common.config import RECONNECT_OPTIONS, Peers
 from services._common.status import details_of
 
@@ -33,15 +33,6 @@ _OPTIONS: list[tuple[str, int | str]] = [
 ]
 
 
-class _CallDetails(NamedTuple):
-    method: str
-    timeout: float | None
-    metadata: Any
-    credentials: Any
-    wait_for_ready: bool | None
-    compression: Any
-
-
 class _DefaultDeadline(grpc.UnaryUnaryClientInterceptor, grpc.StreamUnaryClientInterceptor):
     """Give unary-response calls a deadline when the caller set none."""
 
@@ -51,14 +42,7 @@ class _DefaultDeadline(grpc.UnaryUnaryClientInterceptor, grpc.StreamUnaryClientI
     def _details(self, details: grpc.ClientCallDetails) -> grpc.ClientCallDetails:
         if details.timeout is not None:
             return details
-        return _CallDetails(  # type: ignore[return-value]
-            details.method,
-            self._timeout,
-            details.metadata,
-            details.credentials,
-            getattr(details, "wait_for_ready", None),
-            getattr(details, "compression", None),
-        )
+        return CallDetails.of(details, timeout=self._timeout)
 
     def intercept_unary_unary(
         self, continuation: Callable[..., Any], client_call_details: Any, request: Any

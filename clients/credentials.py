@@ -192,7 +192,10 @@ def for_target(target: str) -> ClientCredentials | None:
 # --- the interceptor ------------------------------------------------------------------------
 
 
-class _Details(NamedTuple):
+class CallDetails(NamedTuple):
+    """A client call's details with one field changed (grpc's own type is abstract); the
+    deadline interceptor in clients/channel.py uses it too."""
+
     method: str
     timeout: float | None
     metadata: Any
@@ -200,19 +203,24 @@ class _Details(NamedTuple):
     wait_for_ready: bool | None
     compression: Any
 
+    @classmethod
+    def of(cls, details: grpc.ClientCallDetails, **changes: Any) -> grpc.ClientCallDetails:
+        fields = {
+            "method": details.method,
+            "timeout": details.timeout,
+            "metadata": details.metadata,
+            "credentials": details.credentials,
+            "wait_for_ready": getattr(details, "wait_for_ready", None),
+            "compression": getattr(details, "compression", None),
+        }
+        return cls(**{**fields, **changes})  # type: ignore[return-value]
+
 
 def _with_token(details: grpc.ClientCallDetails, token: str | None) -> grpc.ClientCallDetails:
     if token is None:
         return details
     metadata = [*(details.metadata or ()), ("authorization", f"Bearer {token}")]
-    return _Details(  # type: ignore[return-value]
-        details.method,
-        details.timeout,
-        metadata,
-        details.credentials,
-        getattr(details, "wait_for_ready", None),
-        getattr(details, "compression", None),
-    )
+    return CallDetails.of(details, metadata=metadata)
 
 
 def _actor_of(request: Any) -> common_pb2.Actor | None:

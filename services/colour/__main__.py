@@ -18,6 +18,7 @@ from healthcode.v1 import colour_pb2_grpc
 from services._common.auth import setup_security
 from services._common.config import load_secret
 from services._common.identifiers import Identifiers
+from services._common.mandates import MandatePeer
 from services._common.server import create_server, serve_forever, set_serving
 from services._common.telemetry import instrumented_channel, setup_tracing
 from services._common.workers import WorkerRole, run_service
@@ -26,7 +27,6 @@ from services.colour.logic import ColourDesk
 from services.colour.peers import RiskIndexPeer
 from services.colour.replica import Replica
 from services.colour.servicer import SERVICE_NAME, ColourServicer
-from services.display.peers import DeclarationPeer as MandatePeer
 
 log = logging.getLogger("services.colour")
 

@@ -35,6 +35,7 @@ from services._common.days import SHANGHAI, check_county, day_number
 from services._common.deadline import bounded
 from services._common.errors import InvalidArgument, Unavailable
 from services._common.logs import redact
+from services._common.mandates import MandateHeld
 from services._common.temperature import body_temperature, is_fever
 from services.display.store import LOOKUP, OK, SCAN, SHOW, DisplayEvent, DisplayLog
 from services.display.tokens import CodeTokens, TokenClaims, TokenError, TokenExpired, TokenReplayed
@@ -66,15 +67,6 @@ class Holder:
 
     masked_name: str
     masked_id_number: str
-
-
-@dataclass(frozen=True, slots=True)
-class MandateHeld:
-    """A proxy's active mandate for a person, as the declaration service confirmed it."""
-
-    mandate_id: int
-    proxy_masked_id_number: str = ""  # a family proxy's, as recorded with the mandate
-    valid_until_ms: int | None = None  # None: until revoked
 
 
 @dataclass(frozen=True, slots=True)

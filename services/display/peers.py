@@ -10,11 +10,8 @@ counts at once). Each call to a peer has a deadline: the display path must fail 
 
 from __future__ import annotations
 
-import threading
-import time
 from collections.abc import Callable
 
-import cachetools
 import grpc
 from healthcode.v1 import (
     colour_pb2,
@@ -24,21 +21,15 @@ from healthcode.v1 import (
     declaration_pb2_grpc,
 )
 
-from services._common.actors import Actor, Role
+from services._common.actors import Actor
 from services._common.errors import DomainError, NotFound, Unavailable
+from services._common.mandates import MANDATE_CACHE_S, MandatePeer
 from services.colour.engine import ColourEngine
 from services.colour.logic import VERSION_WAIT_S
 from services.colour.servicer import verdict_to_proto
 from services.display.logic import Holder, LiveColour, MandateHeld
 
 _ACTOR = common_pb2.Actor(role=common_pb2.ACTOR_ROLE_SERVICE, principal="display")
-# A proxy's confirmed mandate is kept this long: a gate scanning a printed code twice asks
-# once, and a revocation counts within a second.
-MANDATE_CACHE_S = 1.0
-_PROXY_ROLE = {
-    Role.FAMILY_PROXY: common_pb2.ACTOR_ROLE_FAMILY_PROXY,
-    Role.GRID_WORKER: common_pb2.ACTOR_ROLE_GRID_WORKER,
-}
 
 
 def _peer_error(peer: str, error: grpc.RpcError) -> DomainError:
@@ -98,46 +89,11 @@ class DeclarationPeer:
     ) -> None:
         self._stub = declaration_pb2_grpc.DeclarationServiceStub(channel)
         self._timeout = timeout_s
-        # Confirmed mandates only (a refusal is asked again), each for at most
-        # `mandate_cache_s` and never past its end.
-        self._mandates: cachetools.TTLCache[tuple[object, ...], MandateHeld] = cachetools.TTLCache(
-            100_000, mandate_cache_s
-        )
-        self._lock = threading.Lock()
+        self._mandate_peer = MandatePeer(channel, timeout_s, mandate_cache_s)
 
     def check_mandate(self, actor: Actor, person_key: bytes) -> MandateHeld | None:
-        """The proxy's active mandate for the person (CheckMandate), or None."""
-        who = actor.person_key if actor.role is Role.FAMILY_PROXY else actor.principal
-        key = (actor.role, who, person_key)
-        with self._lock:
-            held = self._mandates.get(key)
-        if held is not None and (
-            held.valid_until_ms is None or held.valid_until_ms > time.time() * 1000
-        ):
-            return held
-        proxy = declaration_pb2.MandateProxy(role=_PROXY_ROLE[actor.role])
-        if actor.role is Role.FAMILY_PROXY:
-            proxy.person.person_key = actor.person_key or b""
-        else:
-            proxy.principal = actor.principal
-        request = declaration_pb2.CheckMandateRequest(
-            actor=_ACTOR, proxy=proxy, person=common_pb2.PersonRef(person_key=person_key)
-        )
-        try:
-            answer = self._stub.CheckMandate(request, timeout=self._timeout)
-        except grpc.RpcError as error:
-            raise _peer_error("declaration", error) from None
-        if not answer.active:
-            return None
-        m = answer.mandate
-        held = MandateHeld(
-            m.mandate_id,
-            m.proxy.masked_id_number,
-            m.valid_until.ToMilliseconds() if m.HasField("valid_until") else None,
-        )
-        with self._lock:
-            self._mandates[key] = held
-        return held
+        """The proxy's active mandate for the person (services/_common/mandates.py)."""
+        return self._mandate_peer.check_mandate(actor, person_key)
 
     def holder_of(self, person_key: bytes) -> Holder:
         request = declaration_pb2.GetPersonRequest(
