@@ -7,7 +7,7 @@ RUST_SRC := $(wildcard matcher_ext/src/*.rs matcher_ext/src/python/*.rs) matcher
 PROTOS := $(wildcard protos/healthcode/v1/*.proto)
 PROTO_STAMP := protos/healthcode/v1/.generated
 
-.PHONY: setup build-dev proto run test test-rust test-python lint typecheck stubtest bench bench-matcher bench-whatif bench-display bench-city clean
+.PHONY: setup build-dev proto browser-deps run test test-rust test-python lint typecheck stubtest bench bench-matcher bench-whatif bench-display bench-city clean
 
 ## setup: the virtualenv, every pinned package, the Rust extension and the generated code
 setup: $(VENV)/.installed $(PROTO_STAMP)
@@ -26,16 +26,24 @@ build-dev:
 	$(PY) -m pip install -q --no-deps -e .
 	touch $(VENV)/.installed
 
-## proto: generate Python code and stubs from protos/ (never committed)
+## proto: generate Python code and stubs from protos/ (never committed), and the connectrpc
+## code the browser gateway serves (services/gateway; `protobuf=google`: the runtime used here)
 proto: $(PROTO_STAMP)
 
-$(PROTO_STAMP): $(PROTOS) $(VENV)/.installed
+$(PROTO_STAMP): $(PROTOS) $(VENV)/.installed Makefile
 	@if ls protos/healthcode/v1/*.proto >/dev/null 2>&1; then \
 	  PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(PY) -m grpc_tools.protoc -Iprotos \
 	    --python_out=protos --mypy_out=protos --grpc_python_out=protos --mypy_grpc_out=protos \
+	    --connectrpc_out=protos --connectrpc_opt=protobuf=google \
 	    protos/healthcode/v1/*.proto; \
 	fi
 	touch $@
+
+## browser-deps: Debian's chromium (and a Chinese font for the pages) for tests/browser; never
+## `playwright install`. Needs root where they are missing (CI runs as root).
+browser-deps:
+	command -v chromium >/dev/null || (apt-get update && apt-get install -y chromium)
+	fc-list :lang=zh | grep -q . || (apt-get update && apt-get install -y --no-install-recommends fonts-wqy-microhei)
 
 ## run: the whole platform on loopback with a demo population
 run: setup
@@ -47,7 +55,7 @@ test: setup test-rust lint typecheck stubtest test-python
 test-rust:
 	cd matcher_ext && cargo clippy --quiet --all-targets -- -D warnings && cargo test --quiet
 
-test-python: setup
+test-python: setup browser-deps
 	$(PY) -m pytest -q
 
 lint: setup
@@ -82,7 +90,11 @@ bench-city: setup
 bench-throughput: setup
 	$(PY) -m bench.bench_throughput
 
-bench: bench-matcher bench-whatif bench-throughput
+## bench-exams: an exam's 50,000 candidates through `healthcode exam verify` and the real services
+bench-exams: setup
+	$(PY) -m bench.bench_exams
+
+bench: bench-matcher bench-whatif bench-throughput bench-exams
 
 clean:
 	rm -rf $(VENV) matcher_ext/target $(PROTO_STAMP) protos/healthcode/v1/*_pb2*.py*

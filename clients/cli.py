@@ -73,6 +73,7 @@ from rich.text import Text
 
 from clients import feedgen, load, load_report, population
 from clients.channel import DEFAULT_TIMEOUT_S, Peers, describe_error, open_channel
+from clients.cli_cards import card_app
 from clients.credentials import ClientCredentials, for_target
 from clients.feedgen import COUNTIES, TIANJIN_DISTRICTS
 from services._common.auth import Security
@@ -2391,6 +2392,7 @@ keys_app = typer.Typer(
     rich_markup_mode="rich",
 )
 app.add_typer(keys_app)
+app.add_typer(card_app)  # printed cards (R3): clients/cli_cards.py
 
 _DataDirOption = Annotated[
     Path | None,
@@ -2524,6 +2526,21 @@ def keys_rotate(data_dir: _DataDirOption = None, keys_dir: _KeysDirOption = None
             f"{key.key_id_hex} removed (it verified until {_ms_text(key.not_after_ms)})",
             highlight=False,
         )
+
+
+# Exams, cold chain and other provinces (issue 11, items 7, 9, 10): their own modules, which
+# read this module's settings when a command runs.
+from clients.cli_exams import exam_app
+from clients.cli_exchange import cold_chain_app, province_app
+
+app.add_typer(exam_app)
+app.add_typer(cold_chain_app)
+app.add_typer(province_app)
+
+# Bus scanners and hospital triage (issue 11, items 6 and 8): top-level bus-scan and triage.
+from clients.cli_partners import partners_app
+
+app.add_typer(partners_app)
 
 
 def main() -> None:

@@ -58,10 +58,12 @@ from clients.stack import (
     free_port,
     port_in_use,
 )
+from services._common.config import Ports
 from services._common.days import hour_of_date
 from services.rules import DEFAULT_RULE_SET_PATH
 
 console = Console()
+GATEWAY_PORT = Ports().gateway
 SHANGHAI = dt.timezone(dt.timedelta(hours=8))
 
 _SURNAMES = "王李张刘陈杨赵黄周吴徐孙胡朱高林何郭马罗"
@@ -382,6 +384,12 @@ def print_welcome(stack: Stack, people: DemoPeople, sample_feed: Path) -> None:
     for name in SERVICES:
         console.print(f"  {name:<12} 127.0.0.1:{stack.ports[name]:<6} log {stack.log_path(name)}")
     console.print(f"  data dir     {stack.data_dir}")
+    if stack.gateway_port is not None:
+        url = stack.gateway_url
+        shown = {"gateway": f"{url}  log {stack.log_path('gateway')}"}
+        shown |= {"person page": f"{url}/person", "verifier": f"{url}/verifier"}
+        for what, where in shown.items():
+            console.print(f"  {what:<12} {where}", highlight=False, soft_wrap=True)
     if setup:
         console.print("\nIn another shell, first:")
         for line in setup:
@@ -548,6 +556,10 @@ def demo(
         temp = tempfile.TemporaryDirectory(prefix="healthcode-demo-")
         data_dir = Path(temp.name)
     stack = Stack(data_dir.resolve(), _ports(free_ports))
+    # The browser gateway: 50080 when free (pages at /person and /verifier).
+    stack.gateway_port = (
+        GATEWAY_PORT if not free_ports and not port_in_use(GATEWAY_PORT) else free_port()
+    )
     stopping = threading.Event()
 
     def on_signal(signum: int, _frame: object) -> None:

@@ -12,6 +12,8 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +32,8 @@ from services._common.pki import create_dev_credentials
 REPO = Path(__file__).resolve().parent.parent
 # Start order: the risk index first (colour follows it, declaration registers people in it).
 SERVICES = ("risk_index", "declaration", "colour", "display")
+# The browser gateway (services/gateway): HTTP, started after the four, health at /healthz.
+GATEWAY = "gateway"
 DEFAULT_PORTS = Ports().as_dict()
 
 
@@ -62,6 +66,8 @@ class Stack:
     data_dir: Path
     ports: dict[str, int]
     extra_env: Mapping[str, str] = field(default_factory=dict)
+    # The gateway's HTTP port; None: no gateway.
+    gateway_port: int | None = None
     processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     _logs: dict[str, IO[bytes]] = field(default_factory=dict)
 
@@ -70,7 +76,17 @@ class Stack:
         ports: dict[str, int] = {}
         while len(set(ports.values())) < len(SERVICES):
             ports = {name: free_port() for name in SERVICES}
-        return cls(data_dir, ports, dict(extra_env or {}))
+        gateway_port = free_port()
+        while gateway_port in ports.values():
+            gateway_port = free_port()
+        return cls(data_dir, ports, dict(extra_env or {}), gateway_port)
+
+    @property
+    def gateway_url(self) -> str:
+        """The gateway's address for a browser (http://127.0.0.1:<port>)."""
+        if self.gateway_port is None:
+            raise StackError("this stack runs no gateway (gateway_port is None)")
+        return f"http://127.0.0.1:{self.gateway_port}"
 
     @property
     def peers(self) -> Peers:
@@ -92,6 +108,8 @@ class Stack:
         for name, port in self.ports.items():
             env[f"HEALTHCODE_{name.upper()}_PORT"] = str(port)
             env[f"HEALTHCODE_{name.upper()}_ADDR"] = f"127.0.0.1:{port}"
+        if self.gateway_port is not None:
+            env["HEALTHCODE_GATEWAY_PORT"] = str(self.gateway_port)
         env.update(self.extra_env)
         return env
 
@@ -123,6 +141,8 @@ class Stack:
         env = self.env()
         (self.data_dir / "logs").mkdir(parents=True, exist_ok=True)
         self.prepare_credentials()
+        if self.gateway_port is not None and GATEWAY not in self.processes:
+            names = (*names, GATEWAY)  # after display: it relays to the others
         for name in names:
             log = open(self.log_path(name), "ab")  # noqa: SIM115 - closed in stop()
             self._logs[name] = log
@@ -160,6 +180,9 @@ class Stack:
         naming the laggard otherwise."""
         deadline = time.monotonic() + timeout_s
         for name in self.processes:
+            if name == GATEWAY:
+                self._wait_gateway(deadline, timeout_s)
+                continue
             addr = f"127.0.0.1:{self.ports[name]}"
             with open_channel(addr, timeout_s=2.0) as channel:
                 stub = health_pb2_grpc.HealthStub(channel)
@@ -179,6 +202,26 @@ class Stack:
                             f"; the end of its log:\n{self.log_tail(name)}"
                         )
                     time.sleep(0.1)
+
+    def _wait_gateway(self, deadline: float, timeout_s: float) -> None:
+        """Until the gateway's /healthz says 200 (every service behind it SERVING)."""
+        last = "no answer"
+        while True:
+            self.check_alive()
+            try:
+                with urllib.request.urlopen(f"{self.gateway_url}/healthz", timeout=2) as reply:
+                    if reply.status == 200:
+                        return
+            except urllib.error.HTTPError as e:
+                last = f"HTTP {e.code}: {e.read()[:200]!r}"
+            except OSError as e:
+                last = str(e)
+            if time.monotonic() > deadline:
+                raise StackError(
+                    f"gateway on {self.gateway_url} not healthy after {timeout_s:.0f} s (last: "
+                    f"{last}); the end of its log:\n{self.log_tail(GATEWAY)}"
+                )
+            time.sleep(0.1)
 
     def wait_colour_version(self, version: int, timeout_s: float = 30.0) -> int:
         """Until the colour service holds index version `version` or later; returns it."""

@@ -55,18 +55,20 @@ ACCESS: dict[str, frozenset[Role]] = {
     _DECLARATION + "LinkTransitCard": PEOPLE | {ADMIN, SUPPORT},
     _DECLARATION + "GetPerson": PEOPLE | {ADMIN, SERVICE, SUPPORT},
     _DECLARATION + "ImportPeople": frozenset({ADMIN}),
-    # mandates (R3): the person or an operator grants; the person, the proxy or an operator
-    # revokes; each lists what concerns them; the display service checks a proxy's Show.
-    _DECLARATION + "GrantMandate": frozenset({C, ADMIN}),
-    _DECLARATION + "RevokeMandate": PEOPLE | {ADMIN},
-    _DECLARATION + "ListMandates": PEOPLE | {ADMIN, SERVICE, SUPPORT},
-    _DECLARATION + "CheckMandate": frozenset({SERVICE, ADMIN}),
     # mandates (who may act for whom): granted by the holder or an admin, revoked by either
     # side or the support desk, checked by the display before a proxy's Show.
     _DECLARATION + "GrantMandate": frozenset({C, ADMIN}),
     _DECLARATION + "RevokeMandate": PEOPLE | {ADMIN, SUPPORT},
     _DECLARATION + "ListMandates": PEOPLE | {ADMIN, SUPPORT},
     _DECLARATION + "CheckMandate": frozenset({SERVICE, ADMIN}),
+    # printed cards (R3, docs/cards.md): the holder, a proxy (under a mandate, checked by the
+    # service) and staff issue, revoke and list; the display checks each scanned card; the
+    # card keys are public.
+    _DECLARATION + "IssuePrintedCard": PEOPLE | {ADMIN, SUPPORT},
+    _DECLARATION + "RevokePrintedCard": PEOPLE | {ADMIN, SUPPORT},
+    _DECLARATION + "ListPrintedCards": PEOPLE | {ADMIN, SUPPORT},
+    _DECLARATION + "CheckPrintedCard": frozenset({SERVICE}),
+    _DECLARATION + "ListCardKeys": EVERYONE,
     # risk index: feeds write their sources; the registry is the declaration service's.
     _RISK_INDEX + "IngestBatch": frozenset({FEED, SERVICE, ADMIN}),
     _RISK_INDEX + "SetCountyLevel": frozenset({ADMIN, FEED}),
@@ -84,10 +86,25 @@ ACCESS: dict[str, frozenset[Role]] = {
     _RISK_INDEX + "OverrideColour": frozenset({SUPPORT, ADMIN}),
     _RISK_INDEX + "ClearOverride": frozenset({SUPPORT, ADMIN}),
     _RISK_INDEX + "ListOverrides": frozenset({SUPPORT, ADMIN}),
+    # cold chain and other provinces (issue 11, items 9 and 10; served by the risk index): the
+    # access table admits partners, the services check their kind (cold_chain, other_province;
+    # a province's partner exchanges its own province only). Enrolling exchange hashes takes
+    # raw ID numbers: platform services and operators only.
+    "/healthcode.v1.ColdChainService/PostExposure": frozenset({PARTNER, ADMIN}),
+    "/healthcode.v1.ColdChainService/ListBatchPeople": frozenset({PARTNER, ADMIN, SUPPORT}),
+    "/healthcode.v1.ProvinceExchangeService/EnrolExchangeHashes": frozenset({SERVICE, ADMIN}),
+    "/healthcode.v1.ProvinceExchangeService/ExportStatus": frozenset({PARTNER, ADMIN}),
+    "/healthcode.v1.ProvinceExchangeService/ImportStatus": frozenset({PARTNER, ADMIN}),
+    "/healthcode.v1.ProvinceExchangeService/ListProvinces": frozenset(
+        {PARTNER, ADMIN, SUPPORT, SERVICE}
+    ),
     # colour: a person's own colour comes through Show; Evaluate answers staff and partners
     # about anyone, so people may not call it. Reasons (Explain) only for the holder, their
     # proxies and the support desk.
-    _COLOUR + "Evaluate": frozenset({GW, V, PARTNER, SERVICE, ADMIN, SUPPORT}),
+    # Evaluate answers any person's whole verdict, reasons included: platform services and
+    # staff only. Verifiers and partners get their context's minimal verdict from the display
+    # (Scan, PartnerService); exam organisers check lists through EvaluateStream's colours.
+    _COLOUR + "Evaluate": frozenset({SERVICE, ADMIN, SUPPORT}),
     _COLOUR + "EvaluateStream": frozenset({PARTNER, SERVICE, ADMIN}),
     _COLOUR + "SetRuleSet": frozenset({ADMIN}),
     _COLOUR + "GetStatus": frozenset({SERVICE, ADMIN, SUPPORT}),
@@ -98,6 +115,11 @@ ACCESS: dict[str, frozenset[Role]] = {
     _DISPLAY + "Scan": frozenset({V, PARTNER}),
     _DISPLAY + "WatchCounters": frozenset({SERVICE, ADMIN, SUPPORT}),
     _DISPLAY + "GetVerificationKey": EVERYONE,
+    # partners at the edges (issue 11, items 6 and 8; served by the display): bus scanners and
+    # hospital triage. The table admits verifiers and partners; the service checks the kind (a
+    # bus_operator or a verifier at a bus; a hospital or a verifier at a hospital).
+    "/healthcode.v1.PartnerService/BusScan": frozenset({V, PARTNER}),
+    "/healthcode.v1.PartnerService/Triage": frozenset({V, PARTNER}),
     # signing in (also without a token: SIGN_IN); staff accounts are the administrator's.
     _ACCOUNT + "RequestSignInCode": EVERYONE,
     _ACCOUNT + "SignIn": EVERYONE,

@@ -53,6 +53,8 @@ class Ports:
     risk_index: int = 50052
     colour: int = 50053
     display: int = 50054
+    # The browser gateway (HTTP: gRPC-web and Connect; services/gateway/config.py reads it).
+    gateway: int = 50080
 
     def as_tuple(self) -> tuple[int, int, int, int]:
         return (self.declaration, self.risk_index, self.colour, self.display)

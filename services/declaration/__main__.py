@@ -3,13 +3,19 @@
 from __future__ import annotations
 
 import grpc
-from healthcode.v1 import account_pb2_grpc, declaration_pb2_grpc, risk_index_pb2_grpc
+from healthcode.v1 import (
+    account_pb2_grpc,
+    declaration_pb2_grpc,
+    province_pb2_grpc,
+    risk_index_pb2_grpc,
+)
 
 from services._common.auth import process_security, setup_security
 from services._common.identifiers import Identifiers
 from services._common.logs import setup_logging
 from services._common.server import create_server, serve_forever
 from services._common.telemetry import instrumented_channel, setup_tracing
+from services.declaration.cards import PrintedCards
 from services.declaration.config import DeclarationConfig
 from services.declaration.logic import Declarations
 from services.declaration.outbox import OutboxWorker
@@ -17,6 +23,7 @@ from services.declaration.repository import DeclarationRepository
 from services.declaration.servicer import SERVICE_NAME, DeclarationServicer
 from services.declaration.signin import SERVICE_NAME as ACCOUNT_SERVICE_NAME
 from services.declaration.signin import AccountServicer, SignInDesk, StaffDesk, sms_sender
+from services.risk_index.provinces import ExchangeEnroller
 
 
 def main() -> None:
@@ -35,7 +42,12 @@ def main() -> None:
         retry_max_s=config.outbox_retry_max_s,
     )
     declarations = Declarations(repository, identifiers, on_outbox=outbox.wake)
-    servicer = DeclarationServicer(declarations, identifiers)
+    # Printed cards (R3): signed with the card key ring, made on first start (docs/cards.md).
+    cards = PrintedCards.from_env(repository, config.platform.data_dir)
+    # Other provinces (R6): the risk index keeps each new person's agreed exchange hashes,
+    # computed from the ID number handed over here, off the request path.
+    enroller = ExchangeEnroller(province_pb2_grpc.ProvinceExchangeServiceStub(channel))
+    servicer = DeclarationServicer(declarations, identifiers, cards, on_registered=enroller.submit)
     # Signing in: this service knows people and their phones (AccountService).
     security = process_security()
     issuer = security.issuer() if security is not None else None
@@ -58,9 +70,11 @@ def main() -> None:
     )
     # Messages left by an earlier run go out now, whether or not anyone declares.
     outbox.start()
+    enroller.start()
 
     def on_stop() -> None:
         outbox.stop()
+        enroller.stop()
         channel.close()
         repository.close()
 

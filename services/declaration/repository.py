@@ -189,8 +189,34 @@ class StaffAccount:
     disabled: bool
 
 
+# Printed codes (R3, issue 11; services/declaration/cards.py): one row per card issued, never
+# deleted; revoked (when, by whom, why) when lost or replaced. At most one card per person is
+# not revoked (the partial unique index): issuing another revokes it in the same transaction.
+SCHEMA_V6 = """
+CREATE TABLE printed_cards (
+    card_id           BLOB    PRIMARY KEY CHECK (length(card_id) = 16),  -- the token's cti
+    person_key        BLOB    NOT NULL REFERENCES persons(person_key),
+    issued_at_ms      INTEGER NOT NULL,
+    expires_at_ms     INTEGER NOT NULL,
+    key_id            BLOB    NOT NULL,                 -- the card key that signed it
+    issued_by_role    TEXT    NOT NULL,
+    issued_by         TEXT    NOT NULL,                 -- account id ('' for a person)
+    issued_by_masked  TEXT    NOT NULL DEFAULT '',      -- the issuing person's masked ID number
+    mandate_id        INTEGER REFERENCES mandates(mandate_id),  -- a proxy's
+    revoked_at_ms     INTEGER,                          -- NULL: not revoked
+    revoked_by_role   TEXT,
+    revoked_by        TEXT,
+    revoked_by_masked TEXT,
+    revoke_reason     TEXT    NOT NULL DEFAULT ''
+) WITHOUT ROWID;
+CREATE INDEX printed_cards_by_person ON printed_cards(person_key, issued_at_ms);
+CREATE UNIQUE INDEX printed_cards_one_unrevoked ON printed_cards(person_key)
+    WHERE revoked_at_ms IS NULL;
+"""
+
+
 class DeclarationRepository(SqliteRepository):
-    MIGRATIONS = (SCHEMA_V1, SCHEMA_V2, SCHEMA_V3, SCHEMA_V4, SCHEMA_V5)
+    MIGRATIONS = (SCHEMA_V1, SCHEMA_V2, SCHEMA_V3, SCHEMA_V4, SCHEMA_V5, SCHEMA_V6)
 
     def __init__(self, path: Path | str, *, cache_mib: int = 256) -> None:
         super().__init__(path)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import grpc
 from google.protobuf import timestamp_pb2
@@ -18,9 +18,11 @@ from services._common.convert import (
     timestamp,
 )
 from services._common.days import format_day
-from services._common.errors import InvalidArgument
+from services._common.errors import InvalidArgument, Unavailable
 from services._common.identifiers import Identifiers, mask_name
 from services._common.status import grpc_errors
+from services.declaration import cards as printed
+from services.declaration.cards import PrintedCard, PrintedCards
 from services.declaration.logic import Declarations, ProxyInput
 from services.declaration.model import (
     ACTIVE,
@@ -163,10 +165,51 @@ def _actor(actor: DomainActor) -> declaration_pb2.RecordedActor:
     )
 
 
+_CARD_STATE = {
+    printed.LIVE: declaration_pb2.PRINTED_CARD_STATE_LIVE,
+    printed.REVOKED: declaration_pb2.PRINTED_CARD_STATE_REVOKED,
+    printed.EXPIRED: declaration_pb2.PRINTED_CARD_STATE_EXPIRED,
+    printed.UNKNOWN: declaration_pb2.PRINTED_CARD_STATE_UNKNOWN,
+}
+
+
+def printed_card_to_proto(c: PrintedCard, now_ms: int) -> declaration_pb2.PrintedCard:
+    """A printed card as answered (masked), its state as of `now_ms`."""
+    msg = declaration_pb2.PrintedCard(
+        card_id=c.card_id,
+        short_id=c.short_id,
+        person_key=c.person_key,
+        masked_name=c.masked_name,
+        masked_id_number=c.masked_id_number,
+        issued_by=_actor(c.issued_by),
+        mandate_id=c.mandate_id or 0,
+        revoke_reason=c.revoke_reason,
+        state=_CARD_STATE[c.state(now_ms)],
+    )
+    msg.issued_at.FromMilliseconds(c.issued_at_ms)
+    msg.expires_at.FromMilliseconds(c.expires_at_ms)
+    if c.revoked_at_ms is not None:
+        msg.revoked_at.FromMilliseconds(c.revoked_at_ms)
+    if c.revoked_by is not None:
+        msg.revoked_by.CopyFrom(_actor(c.revoked_by))
+    return msg
+
+
 class DeclarationServicer(declaration_pb2_grpc.DeclarationServiceServicer):
-    def __init__(self, declarations: Declarations, identifiers: Identifiers) -> None:
+    def __init__(
+        self,
+        declarations: Declarations,
+        identifiers: Identifiers,
+        cards: PrintedCards | None = None,
+        on_registered: Callable[[str], None] | None = None,
+    ) -> None:
+        """`cards`: printed cards (R3); without them the card RPCs answer UNAVAILABLE.
+        `on_registered`: given each new person's ID number (the province exchange's hashes,
+        services/risk_index/provinces.py ExchangeEnroller); it must not block."""
         self._d = declarations
         self._ids = identifiers
+        self._cards = cards
+        self._on_registered = on_registered
 
     @grpc_errors
     def Register(
@@ -176,6 +219,8 @@ class DeclarationServicer(declaration_pb2_grpc.DeclarationServiceServicer):
         person, created = self._d.register(
             actor, request.name, request.id_number, list(request.phones), request.transit_card
         )
+        if created and self._on_registered is not None:
+            self._on_registered(request.id_number)
         return declaration_pb2.RegisterResponse(person=person_to_proto(person), created=created)
 
     @grpc_errors
@@ -335,6 +380,82 @@ class DeclarationServicer(declaration_pb2_grpc.DeclarationServiceServicer):
         return declaration_pb2.CheckMandateResponse(
             active=True, mandate=mandate_to_proto(mandate, self._d.now_ms())
         )
+
+    # -- printed cards (R3, services/declaration/cards.py) -----------------------------------
+
+    def _printed_cards(self) -> PrintedCards:
+        if self._cards is None:
+            raise Unavailable("printed cards are not set up on this declaration service")
+        return self._cards
+
+    @grpc_errors
+    def IssuePrintedCard(
+        self, request: declaration_pb2.IssuePrintedCardRequest, context: grpc.ServicerContext
+    ) -> declaration_pb2.IssuePrintedCardResponse:
+        cards = self._printed_cards()
+        actor = actor_from_proto(request.actor, self._ids)
+        person = person_from_proto(request.person, self._ids, "person")
+        issued = cards.issue(actor, person)
+        now = cards.now_ms()
+        response = declaration_pb2.IssuePrintedCardResponse(
+            card=printed_card_to_proto(issued.card, now), token=issued.token
+        )
+        if issued.replaced is not None:
+            response.replaced.CopyFrom(printed_card_to_proto(issued.replaced, now))
+        return response
+
+    @grpc_errors
+    def RevokePrintedCard(
+        self, request: declaration_pb2.RevokePrintedCardRequest, context: grpc.ServicerContext
+    ) -> declaration_pb2.RevokePrintedCardResponse:
+        cards = self._printed_cards()
+        actor = actor_from_proto(request.actor, self._ids)
+        person = person_from_proto(request.person, self._ids, "person")
+        card, revoked = cards.revoke(actor, person, request.card_id, request.reason)
+        return declaration_pb2.RevokePrintedCardResponse(
+            card=printed_card_to_proto(card, cards.now_ms()), revoked=revoked
+        )
+
+    @grpc_errors
+    def ListPrintedCards(
+        self, request: declaration_pb2.ListPrintedCardsRequest, context: grpc.ServicerContext
+    ) -> declaration_pb2.ListPrintedCardsResponse:
+        cards = self._printed_cards()
+        actor = actor_from_proto(request.actor, self._ids)
+        person = person_from_proto(request.person, self._ids, "person")
+        now = cards.now_ms()
+        return declaration_pb2.ListPrintedCardsResponse(
+            cards=[printed_card_to_proto(c, now) for c in cards.list_cards(actor, person)]
+        )
+
+    @grpc_errors
+    def CheckPrintedCard(
+        self, request: declaration_pb2.CheckPrintedCardRequest, context: grpc.ServicerContext
+    ) -> declaration_pb2.CheckPrintedCardResponse:
+        cards = self._printed_cards()
+        actor = actor_from_proto(request.actor, self._ids)
+        state, card = cards.check(actor, request.card_id, request.person_key)
+        response = declaration_pb2.CheckPrintedCardResponse(state=_CARD_STATE[state])
+        if card is not None:
+            response.short_id = card.short_id
+            if state == printed.LIVE:
+                response.person_key = card.person_key
+            if card.revoked_at_ms is not None:
+                response.revoked_at.FromMilliseconds(card.revoked_at_ms)
+        return response
+
+    @grpc_errors
+    def ListCardKeys(
+        self, request: declaration_pb2.ListCardKeysRequest, context: grpc.ServicerContext
+    ) -> declaration_pb2.ListCardKeysResponse:
+        keys = self._printed_cards().card_keys()
+        response = declaration_pb2.ListCardKeysResponse()
+        for i, key in enumerate(keys):
+            published = response.keys.add(
+                key_id=key.key_id, ed25519_public_key=key.public_key, signing=i == 0
+            )
+            published.not_before.FromMilliseconds(key.created_at_ms)
+        return response
 
 
 def _count(response: declaration_pb2.ImportPeopleResponse, outcome: ImportOutcome) -> None:

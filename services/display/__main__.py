@@ -13,7 +13,7 @@ import signal
 from collections.abc import Callable, Sequence
 
 import grpc
-from healthcode.v1 import display_pb2_grpc
+from healthcode.v1 import display_pb2_grpc, partners_pb2_grpc
 
 from services._common import changes
 from services._common.auth import setup_security
@@ -23,10 +23,13 @@ from services._common.server import SHEDDERS, create_server, serve_forever, set_
 from services._common.telemetry import instrumented_channel, setup_tracing
 from services._common.workers import WorkerRole, run_service
 from services.colour.replica import Replica
+from services.display.cards import CardPeer, PrintedCards
 from services.display.config import DisplayConfig
 from services.display.counters import CounterSource, SummedCounters
 from services.display.ledger import create_ledger
 from services.display.logic import DisplayDesk, LiveColour
+from services.display.partners import SERVICE_NAME as PARTNER_SERVICE_NAME
+from services.display.partners import CardHolders, PartnerDesk, PartnerServicer
 from services.display.peers import ColourPeer, DeclarationPeer, ReplicaColour
 from services.display.servicer import SERVICE_NAME, DisplayServicer
 from services.display.store import DisplayLog
@@ -82,6 +85,9 @@ def serve(config: DisplayConfig, worker: WorkerRole | None) -> None:
             if worker is not None:
                 worker.ready()
 
+    # Transit cards' holders, from the replica's matcher (R11).
+    card_holders = CardHolders(lambda: replica.engine.index if replica is not None else None)
+
     def registrations_changed(delta: Sequence[changes.Change]) -> None:
         if desk is not None:
             desk.forget_holders(changes.registrations(delta))
@@ -109,11 +115,21 @@ def serve(config: DisplayConfig, worker: WorkerRole | None) -> None:
         declaration.holder_of,
         # A proxy's Show asks the declaration service for their mandate (cached <= 1 s).
         mandate_of=declaration.check_mandate,
+        # A printed card's scan asks the declaration service whether it is live (R3).
+        cards=PrintedCards.over(CardPeer(declaration_channel, config.peer_timeout_s)),
     )
-    servicer = DisplayServicer(desk, counters, tokens, Identifiers.from_secret(secret))
+    identifiers = Identifiers.from_secret(secret)
+    servicer = DisplayServicer(desk, counters, tokens, identifiers)
+    # Bus scanners and hospital triage (R11, R13), beside DisplayService.
+    partners = PartnerServicer(PartnerDesk(desk, card_holders, identifiers), identifiers)
+
+    def add_servicers(s: grpc.Server) -> None:
+        display_pb2_grpc.add_DisplayServiceServicer_to_server(servicer, s)
+        partners_pb2_grpc.add_PartnerServiceServicer_to_server(partners, s)
+
     server, port = create_server(
-        lambda s: display_pb2_grpc.add_DisplayServiceServicer_to_server(servicer, s),
-        [SERVICE_NAME],
+        add_servicers,
+        [SERVICE_NAME, PARTNER_SERVICE_NAME],
         port=config.port,
         host=config.platform.host,
         health_port=config.platform.health_port("display"),

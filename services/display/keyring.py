@@ -354,10 +354,16 @@ class Rotation:
 
 
 def rotate(
-    directory: Path, *, legacy_key: Path | None = None, at_ms: int | None = None
+    directory: Path,
+    *,
+    legacy_key: Path | None = None,
+    at_ms: int | None = None,
+    keep_retired_ms: int = RETIRED_GRACE_MS,
 ) -> Rotation:
     """A new key signs from now; every key not yet retired is retired now (and verifies for
-    `RETIRED_GRACE_MS` more); the files of keys past their grace are deleted."""
+    `RETIRED_GRACE_MS` more); the files of keys retired more than `keep_retired_ms` ago are
+    deleted. A ring whose tokens live longer than a minute code (printed cards, a year) passes
+    their longest life, so no key that a live token names is ever deleted."""
     directory = Path(directory)
     at = now_ms() if at_ms is None else at_ms
     try:
@@ -375,7 +381,7 @@ def rotate(
                     retired.append(key)
             removed = []
             for key in keys:
-                if not key.verifies_at(at):
+                if key.retired_at_ms is not None and at >= key.retired_at_ms + keep_retired_ms:
                     key_path(directory, key.key_id).unlink(missing_ok=True)
                     removed.append(key)
     except OSError as error:

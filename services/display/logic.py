@@ -6,6 +6,10 @@ Scan:  token genuine? fresh? -> live colour -> claim the token and log in one tr
        (a second scan of the same token is refused) -> reply.
 Look-up (代查): a verifier reads an ID card -> live colour -> log -> reply.
 
+Every scan and look-up is logged with the verifier's context (bus, exam, hospital, venue,
+staff_desk: services/display/contexts.py decides what each may see and do); a bus scan also
+with its vehicle and route (services/display/partners.py).
+
 A colour is never taken from the token: every scan asks for the live one, so a person who
 turned red after showing their code is red at the gate. Every attempt is logged, refused ones
 with why, before the caller is answered.
@@ -37,6 +41,7 @@ from services._common.errors import InvalidArgument, Unavailable
 from services._common.logs import redact
 from services._common.mandates import MandateHeld
 from services._common.temperature import body_temperature, is_fever
+from services.display.cards import PrintedCards, is_card
 from services.display.store import LOOKUP, OK, SCAN, SHOW, DisplayEvent, DisplayLog
 from services.display.tokens import CodeTokens, TokenClaims, TokenError, TokenExpired, TokenReplayed
 
@@ -79,6 +84,19 @@ class Place:
 
 
 @dataclass(frozen=True, slots=True)
+class ScanSite:
+    """Who scans where, beyond the device: the verifier's context, and a bus's vehicle and
+    route (R11)."""
+
+    context: str = ""
+    vehicle: str = ""
+    route: str = ""
+
+
+NO_SITE = ScanSite()  # a Show, or a scan in a development run without a context
+
+
+@dataclass(frozen=True, slots=True)
 class Shown:
     live: LiveColour
     holder: Holder
@@ -94,6 +112,7 @@ class Scanned:
     temperature_alert: bool
     scan_id: int
     claims: TokenClaims | None  # None for a look-up by ID card
+    context: str = ""  # where the verifier works, as logged
 
 
 def place(device_id: str, where: str, county: int, field: str) -> Place:
@@ -148,6 +167,7 @@ class DisplayDesk:
         holder_of: Callable[[bytes], Holder],
         *,
         mandate_of: Callable[[Actor, bytes], MandateHeld | None] | None = None,
+        cards: PrintedCards | None = None,  # printed cards (R3); None: refused as malformed
         clock_ms: Callable[[], int] = _now_ms,
         unknown_retry_s: float = 2.0,
     ) -> None:
@@ -160,6 +180,7 @@ class DisplayDesk:
         # (NOT_FOUND from the declaration service) when they try to show a code.
         self._holder_of = cached_lookup(holder_of)
         self._mandate_of = mandate_of
+        self._cards = cards
         self._clock_ms = clock_ms
         self._unknown_retry_s = unknown_retry_s
 
@@ -193,7 +214,12 @@ class DisplayDesk:
         return held
 
     def scan(
-        self, actor: Actor, token: str, where: Place, temperature: float | None = None
+        self,
+        actor: Actor,
+        token: str,
+        where: Place,
+        temperature: float | None = None,
+        site: ScanSite = NO_SITE,
     ) -> Scanned:
         """The live colour of a token's holder; a refused token is logged with why, then
         raised (its `reason` says why)."""
@@ -201,36 +227,64 @@ class DisplayDesk:
         reading = _reading(temperature)
         now = self._clock_ms()
         try:
-            claims = self._tokens.verify(token, now)
+            # A printed card (HCC1:, R3) goes to services/display/cards.py: it verifies the card,
+            # asks the declaration service whether it is live, and returns claims that are not
+            # single-use; the rest of the scan is a phone code's.
+            if is_card(token) and self._cards is not None:
+                claims = self._cards.verify(token, now)
+            else:
+                claims = self._tokens.verify(token, now)
         except TokenError as error:
             # Only an expired token is genuine enough to name its holder in the log.
             key = error.claims.person_key if isinstance(error, TokenExpired) else None
             self._log.record(
-                self._event(SCAN, error.reason, now, key, None, where, actor, None, None)
+                self._event(SCAN, error.reason, now, key, None, where, actor, None, None, site=site)
             )
             raise
         holder = self._holder_of(claims.person_key)
         live = self._colour_of(claims.person_key)
         recorded = self._log.record(
-            self._event(SCAN, OK, now, claims.person_key, holder, where, actor, live, claims)
+            self._event(
+                SCAN, OK, now, claims.person_key, holder, where, actor, live, claims, site=site
+            )
         )
         if not recorded.accepted:
             raise TokenReplayed()
-        return Scanned(live, holder, is_fever(reading), recorded.event_id, claims)
+        return Scanned(live, holder, is_fever(reading), recorded.event_id, claims, site.context)
 
     def look_up(
-        self, actor: Actor, person_key: bytes, where: Place, temperature: float | None = None
+        self,
+        actor: Actor,
+        person_key: bytes,
+        where: Place,
+        temperature: float | None = None,
+        site: ScanSite = NO_SITE,
+        *,
+        roles: frozenset[Role] = LOOKUP_ROLES,
+        action: str = "look people up by ID card",
     ) -> Scanned:
-        """A verifier reads a person's live colour from their ID card (代查, R10)."""
-        actor.require(LOOKUP_ROLES, "look people up by ID card")
+        """A verifier reads a person's live colour from their ID card (代查, R10); a partner
+        names a person another way (a bus's transit card, a hospital's patient) with its own
+        `roles` and `action`."""
+        actor.require(roles, action)
         reading = _reading(temperature)
         holder = self._holder_of(person_key)
         live = self._colour_of(person_key)
         now = self._clock_ms()
         recorded = self._log.record(
-            self._event(LOOKUP, OK, now, person_key, holder, where, actor, live, None)
+            self._event(LOOKUP, OK, now, person_key, holder, where, actor, live, None, site=site)
         )
-        return Scanned(live, holder, is_fever(reading), recorded.event_id, None)
+        return Scanned(live, holder, is_fever(reading), recorded.event_id, None, site.context)
+
+    def record_refusal(
+        self, kind: str, reason: str, actor: Actor, where: Place, site: ScanSite = NO_SITE
+    ) -> None:
+        """Log a scan or look-up refused before anyone was named (a transit card linked to
+        nobody): every attempt is logged, with why."""
+        now = self._clock_ms()
+        self._log.record(
+            self._event(kind, reason, now, None, None, where, actor, None, None, site=site)
+        )
 
     def _colour_of(self, person_key: bytes, min_version: int = 0) -> LiveColour:
         # A person registered a moment ago may not be in the index version the colour replica
@@ -259,6 +313,7 @@ class DisplayDesk:
         live: LiveColour | None,
         claims: TokenClaims | None,
         mandate: MandateHeld | None = None,
+        site: ScanSite = NO_SITE,
     ) -> DisplayEvent:
         return DisplayEvent(
             kind=kind,
@@ -276,6 +331,9 @@ class DisplayDesk:
             rule_set_version=None if live is None else live.rule_set_version,
             token_id=None if claims is None else claims.token_id,
             token_expires_at_ms=None if claims is None else claims.expires_at_ms,
+            context=site.context,
+            vehicle=site.vehicle,
+            route=site.route,
         )
 
 

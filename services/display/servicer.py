@@ -8,13 +8,15 @@ from collections.abc import Iterator
 import grpc
 from healthcode.v1 import colour_pb2, common_pb2, display_pb2, display_pb2_grpc
 
+from services._common.auth import current_caller
 from services._common.convert import actor_from_proto, person_from_proto
 from services._common.days import format_day, parse_day, today
 from services._common.errors import InvalidArgument
 from services._common.identifiers import Identifiers
 from services._common.status import grpc_errors
+from services.display.contexts import context_of, decide, instruction
 from services.display.counters import CounterSource
-from services.display.logic import DisplayDesk, Place, place
+from services.display.logic import DisplayDesk, Place, Scanned, ScanSite, place
 from services.display.store import DayCounters
 from services.display.tokens import CodeTokens
 
@@ -26,6 +28,41 @@ _HEARTBEAT_S = 15.0
 
 def place_of(device: display_pb2.Device, field: str) -> Place:
     return place(device.device_id, device.place, device.county, field)
+
+
+def verifier_verdict(full: colour_pb2.Verdict | None) -> colour_pb2.Verdict:
+    """A verdict as a verifier may see it: the colour, its versions and the staleness of the
+    feeds (never silent); no reasons, remedies, override or person key."""
+    verdict = colour_pb2.Verdict()
+    if full is not None:
+        verdict.CopyFrom(full)
+        # Only the holder, their proxies and the support desk see why (Show, Explain).
+        verdict.ClearField("reasons")
+        verdict.ClearField("remedies")
+        verdict.ClearField("manual_override")
+        verdict.ClearField("person_key")
+        verdict.ClearField("reasons_shed")
+    return verdict
+
+
+def scan_to_proto(scanned: Scanned, context: str) -> display_pb2.ScanResponse:
+    """The answer to a scan in `context`: the decision there, the colour and the masked name
+    (the masked ID number only at a staff desk, which holds the ID card)."""
+    colour = scanned.live.colour if scanned.live.colour is not None else 2
+    decision = decide(context, colour, scanned.temperature_alert)
+    response = display_pb2.ScanResponse(
+        verdict=verifier_verdict(scanned.live.detail),
+        masked_name=scanned.holder.masked_name,
+        masked_id_number=scanned.holder.masked_id_number if context == "staff_desk" else "",
+        temperature_alert=scanned.temperature_alert,
+        scan_id=scanned.scan_id,
+        decision=int(decision),  # type: ignore[arg-type]  # Decision numbers are the enum's
+        context=context,
+        instruction=instruction(context, decision),
+    )
+    if scanned.claims is not None:
+        response.token_issued_at.FromMilliseconds(scanned.claims.issued_at_ms)
+    return response
 
 
 def counters_to_proto(c: DayCounters) -> display_pb2.WatchCountersResponse:
@@ -101,26 +138,18 @@ class DisplayServicer(display_pb2_grpc.DisplayServiceServicer):
         temperature = (
             request.temperature_celsius if request.HasField("temperature_celsius") else None
         )
+        # The verifier's context decides what the answer holds; it is logged with the scan.
+        context = context_of(current_caller())
+        site = ScanSite(context)
         which = request.WhichOneof("credential")
         if which == "token":
-            scanned = self._desk.scan(actor, request.token, where, temperature)
+            scanned = self._desk.scan(actor, request.token, where, temperature, site)
         elif which == "person":
             key = person_from_proto(request.person, self._identifiers, "person").key
-            scanned = self._desk.look_up(actor, key, where, temperature)
+            scanned = self._desk.look_up(actor, key, where, temperature, site)
         else:
             raise InvalidArgument([("credential", "give the scanned token or an ID card")])
-        response = display_pb2.ScanResponse(
-            verdict=scanned.live.detail
-            if scanned.live.detail is not None
-            else colour_pb2.Verdict(),
-            masked_name=scanned.holder.masked_name,
-            masked_id_number=scanned.holder.masked_id_number,
-            temperature_alert=scanned.temperature_alert,
-            scan_id=scanned.scan_id,
-        )
-        if scanned.claims is not None:
-            response.token_issued_at.FromMilliseconds(scanned.claims.issued_at_ms)
-        return response
+        return scan_to_proto(scanned, context)
 
     @grpc_errors
     def WatchCounters(

@@ -76,7 +76,10 @@ CREATE TABLE IF NOT EXISTS display_events (
     colour INTEGER,                    -- 0 green, 1 yellow, 2 red; NULL when refused
     index_version INTEGER,
     rule_set_version TEXT,
-    token_id BLOB
+    token_id BLOB,
+    context TEXT NOT NULL DEFAULT '',  -- where the verifier works: bus, exam, hospital, venue, ...
+    vehicle TEXT NOT NULL DEFAULT '',  -- a bus scan's vehicle and route (R11)
+    route TEXT NOT NULL DEFAULT ''
 );
 CREATE INDEX IF NOT EXISTS display_events_person ON display_events (person_key, at_ms);
 -- A token may be scanned once: its id is claimed here in the scan's own transaction.
@@ -126,6 +129,9 @@ class DisplayEvent:
     rule_set_version: str | None = None
     token_id: bytes | None = None
     token_expires_at_ms: int | None = None
+    context: str = ""  # the verifier's context (scans and look-ups)
+    vehicle: str = ""
+    route: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -317,6 +323,7 @@ class DisplayLog:
             # Purged rows are overwritten on disk, not left in free pages.
             conn.execute("PRAGMA secure_delete=ON")
             had_first_displays = _has_table(conn, "first_displays")
+            _add_scan_context(conn)  # before the schema's IF NOT EXISTS: a log from before
             conn.executescript(_SCHEMA)
             if not had_first_displays:
                 # A log from before first_displays: applicants were counted from holders.
@@ -471,7 +478,8 @@ class DisplayLog:
                 cur = conn.execute(
                     "INSERT INTO display_events (kind, outcome, at_ms, day, person_key, "
                     "masked_id, masked_name, device, place, actor, colour, index_version, "
-                    "rule_set_version, token_id) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                    "rule_set_version, token_id, context, vehicle, route) "
+                    "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                     (
                         event.kind,
                         outcome,
@@ -487,6 +495,9 @@ class DisplayLog:
                         event.index_version,
                         event.rule_set_version,
                         event.token_id,
+                        event.context,
+                        event.vehicle,
+                        event.route,
                     ),
                 )
                 event_id = cur.lastrowid or 0
@@ -633,6 +644,16 @@ class DisplayLog:
                 self._counters.add((day, kind, outcome, colour), n)
             for day, n in firsts:
                 self._counters.first_displays[day] = n
+
+
+def _add_scan_context(conn: sqlite3.Connection) -> None:
+    """A log from before scan contexts (issue 11) gets their columns; its rows keep ''."""
+    if not _has_table(conn, "display_events"):
+        return
+    have = {row[1] for row in conn.execute("PRAGMA table_info(display_events)")}
+    for column in ("context", "vehicle", "route"):
+        if column not in have:
+            conn.execute(f"ALTER TABLE display_events ADD COLUMN {column} TEXT NOT NULL DEFAULT ''")
 
 
 def _has_table(conn: sqlite3.Connection, name: str) -> bool:

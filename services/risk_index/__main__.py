@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import grpc
 from healthcode.v1 import risk_index_pb2_grpc
 
 from services._common.auth import setup_security
@@ -11,6 +12,7 @@ from services._common.server import create_server, serve_forever
 from services._common.telemetry import setup_tracing
 from services.risk_index.config import RiskIndexConfig
 from services.risk_index.logic import RiskIndex
+from services.risk_index.provinces import partner_exchange
 from services.risk_index.repository import RiskIndexRepository
 from services.risk_index.servicer import SERVICE_NAME, RiskIndexServicer
 
@@ -32,9 +34,16 @@ def main() -> None:
         snapshot_interval_s=config.snapshot_interval_s,
     )
     servicer = RiskIndexServicer(risk_index, identifiers)
+    # Partners' surfaces on the same process and database (issue 11, items 9 and 10).
+    exchange = partner_exchange(config, risk_index, repository, identifiers)
+
+    def add_servicers(server: grpc.Server) -> None:
+        risk_index_pb2_grpc.add_RiskIndexServiceServicer_to_server(servicer, server)
+        exchange.add_to_server(server)
+
     server, _port = create_server(
-        lambda s: risk_index_pb2_grpc.add_RiskIndexServiceServicer_to_server(servicer, s),
-        [SERVICE_NAME],
+        add_servicers,
+        [SERVICE_NAME, *exchange.service_names],
         port=config.port,
         host=config.platform.host,
         health_port=config.platform.health_port("risk_index"),
@@ -42,7 +51,11 @@ def main() -> None:
     )
 
     # Watchers block in the server's threads: end them before the grace period starts.
-    serve_forever(server, before_stop=risk_index.close, on_stop=repository.close)
+    def on_stop() -> None:
+        exchange.close()
+        repository.close()
+
+    serve_forever(server, before_stop=risk_index.close, on_stop=on_stop)
 
 
 if __name__ == "__main__":

@@ -178,6 +178,46 @@ END;
 """
 
 
+# Cold-chain batch links and cross-province exchange hashes (issue 11, items 9 and 10): by keyed
+# hash only. Read and written by services/risk_index/cold_chain.py and provinces.py.
+SCHEMA_EXCHANGE = """
+CREATE TABLE cold_chain_events (
+    event_id       TEXT    PRIMARY KEY,
+    product_batch  TEXT    NOT NULL,
+    stage          INTEGER NOT NULL,
+    day            TEXT    NOT NULL,     -- YYYY-MM-DD, Asia/Shanghai
+    digest         BLOB    NOT NULL,     -- of the request's content: a replay must match
+    index_version  INTEGER NOT NULL,
+    linked         INTEGER NOT NULL,
+    unmatched      TEXT    NOT NULL,     -- JSON [[index, masked, reason], ...]
+    actor_role     TEXT    NOT NULL,
+    actor_principal TEXT   NOT NULL,
+    received_at    TEXT    NOT NULL
+);
+CREATE TABLE cold_chain_links (
+    product_batch    TEXT    NOT NULL,
+    event_id         TEXT    NOT NULL REFERENCES cold_chain_events(event_id),
+    person_key       BLOB    NOT NULL CHECK (length(person_key) = 16),
+    masked_id_number TEXT    NOT NULL,
+    masked_phone     TEXT    NOT NULL,   -- '' when named by ID number
+    PRIMARY KEY (product_batch, event_id, person_key)
+);
+CREATE TABLE exchange_hashes (
+    province       TEXT    NOT NULL,
+    exchange_hash  BLOB    NOT NULL CHECK (length(exchange_hash) = 16),
+    person_key     BLOB    NOT NULL CHECK (length(person_key) = 16),
+    masked_id_number TEXT  NOT NULL,
+    PRIMARY KEY (province, exchange_hash)
+);
+CREATE TABLE province_imports (
+    batch_id       TEXT    PRIMARY KEY,
+    province       TEXT    NOT NULL,
+    digest         BLOB    NOT NULL,
+    response       BLOB    NOT NULL      -- the serialised ImportStatusResponse
+);
+"""
+
+
 # Page cache of the risk index's connection (KiB). The registry tables are keyed by random
 # hashes, so a bulk registration touches pages all over them; SQLite's 2 MiB default cannot
 # even hold the interior pages of 18 M people, and every lookup then re-reads them.
@@ -185,7 +225,9 @@ CACHE_KIB = 64 * 1024
 
 
 class RiskIndexRepository(SqliteRepository):
-    MIGRATIONS = (SCHEMA_V1, SCHEMA_V2, SCHEMA_V3, SCHEMA_RULE_SETS, SCHEMA_OVERRIDES)
+    MIGRATIONS = (
+        SCHEMA_V1, SCHEMA_V2, SCHEMA_V3, SCHEMA_RULE_SETS, SCHEMA_OVERRIDES, SCHEMA_EXCHANGE,
+    )  # fmt: skip
 
     def __init__(self, path: Path | str) -> None:
         super().__init__(path)

@@ -20,11 +20,14 @@ import pytest
 from google.protobuf import descriptor, message_factory
 from healthcode.v1 import (
     account_pb2,
+    cold_chain_pb2,
     colour_pb2,
     common_pb2,
     declaration_pb2,
     display_pb2,
     display_pb2_grpc,
+    partners_pb2,
+    province_pb2,
     risk_index_pb2,
     risk_index_pb2_grpc,
 )
@@ -43,6 +46,10 @@ SERVICES = {
     "risk_index": risk_index_pb2.DESCRIPTOR.services_by_name["RiskIndexService"],
     "colour": colour_pb2.DESCRIPTOR.services_by_name["ColourService"],
     "display": display_pb2.DESCRIPTOR.services_by_name["DisplayService"],
+    "partners": partners_pb2.DESCRIPTOR.services_by_name["PartnerService"],  # served by display
+    # served by the risk index (issue 11, items 9 and 10)
+    "cold_chain": cold_chain_pb2.DESCRIPTOR.services_by_name["ColdChainService"],
+    "province": province_pb2.DESCRIPTOR.services_by_name["ProvinceExchangeService"],
 }
 PERSON_KEY = bytes(range(16))
 
@@ -140,6 +147,9 @@ def test_each_role_reaches_only_what_the_table_allows(module_stack: Stack) -> No
     for cred in _credentials(stack):
         channels = {n: _channel(stack, a, cred) for n, a in stack.peers.items()}
         channels["account"] = _channel(stack, stack.peers.declaration, cred)
+        channels["partners"] = _channel(stack, stack.peers.display, cred)
+        channels["cold_chain"] = _channel(stack, stack.peers.risk_index, cred)
+        channels["province"] = _channel(stack, stack.peers.risk_index, cred)
         try:
             for service, method in _all_methods():
                 path = f"/{method.containing_service.full_name}/{method.name}"

@@ -73,6 +73,9 @@ def test_first_sight_is_idempotent() -> None:
     hasher = index.hasher()
     assert index.person_id_by_key(hasher.person_key(numbers[3])) == first[3]
     assert index.person_id_by_key(bytes(16)) is None
+    # ... and back: every id names the key it was given, and no id past the registry does.
+    assert [index.person_key(i) for i in first] == [hasher.person_key(n) for n in numbers]
+    assert index.person_key(100) is None
 
 
 def test_bulk_registration_is_all_or_nothing() -> None:

@@ -125,6 +125,22 @@ def test_rotation_keeps_old_codes_valid_until_they_expire_and_not_after(ring_dir
     assert decode_token(old).verifies_with(first)
 
 
+def test_a_ring_of_long_lived_tokens_keeps_its_retired_keys_through_later_rotations(
+    ring_dir: Path,
+) -> None:
+    # Printed cards live a year: their ring is rotated with their longest life as the keep,
+    # so a second rotation long after the first deletes nothing a live card names.
+    first = ensure_signing_key(ring_dir, at_ms=T0)
+    keep = 365 * 86_400_000
+    rotate(ring_dir, at_ms=T0 + 10_000, keep_retired_ms=keep)
+    later = rotate(ring_dir, at_ms=T0 + 10_000 + 30 * 86_400_000, keep_retired_ms=keep)
+    assert later.removed == ()
+    assert first.key_id in {k.key_id for k in read_keys(ring_dir)}
+    # With the minute keys' keep, the same second rotation deletes the first key.
+    again = rotate(ring_dir, at_ms=T0 + 10_000 + 31 * 86_400_000)
+    assert first.key_id in {k.key_id for k in again.removed}
+
+
 def test_a_retired_key_verifies_a_full_token_life_after_retirement(ring_dir: Path) -> None:
     # A worker that has not yet seen the rotation signs with the retired key for up to
     # RELOAD_INTERVAL_S more: such a code must live its whole minute.

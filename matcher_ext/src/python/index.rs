@@ -77,6 +77,15 @@ impl PyIndex {
         Ok(self.inner.registry.persons.get(key_of(key)?))
     }
 
+    /// The person key (16 bytes, as `Hasher.person_key` gives it) behind a dense person id, or
+    /// None past the registry: the way back from an id the index answers (a card's holder, a
+    /// phone's holder) to the key the services speak.
+    fn person_key<'py>(&self, py: Python<'py>, person_id: u32) -> Option<Bound<'py, PyBytes>> {
+        let persons = &self.inner.registry.persons;
+        ((person_id as usize) < persons.len())
+            .then(|| PyBytes::new(py, &persons.key(person_id).to_le_bytes()))
+    }
+
     fn phone_id(&self, phone: &str) -> PyResult<Option<u32>> {
         let k = self.inner.hasher.phone_key(phone).map_err(py_err)?;
         Ok(self.inner.registry.phones.get(k))

@@ -1,0 +1,1 @@
+"""The browser gateway: gRPC-web and Connect in front of the services, and the pages (docs/gateway.md)."""
