@@ -56,6 +56,7 @@ from clients.stack import (
     Stack,
     StackError,
     free_port,
+    metrics_env,
     port_in_use,
 )
 from services._common.config import Ports
@@ -390,6 +391,9 @@ def print_welcome(stack: Stack, people: DemoPeople, sample_feed: Path) -> None:
         shown |= {"person page": f"{url}/person", "verifier": f"{url}/verifier"}
         for what, where in shown.items():
             console.print(f"  {what:<12} {where}", highlight=False, soft_wrap=True)
+    console.print("Prometheus metrics (docs/observability.md):")
+    for name in SERVICES:
+        console.print(f"  {name:<12} {stack.metrics_url(name)}", highlight=False)
     if setup:
         console.print("\nIn another shell, first:")
         for line in setup:
@@ -534,6 +538,20 @@ def _ports(free_ports: bool) -> dict[str, int]:
     return ports
 
 
+# Where `make run` serves each service's metrics, when free (9464: OpenTelemetry's Prometheus
+# port; display last, so that its workers, on the port + i, find free ports above it).
+DEMO_METRICS_PORTS = {"declaration": 9461, "risk_index": 9462, "colour": 9463, "display": 9464}
+
+
+def _metrics_ports(free_ports: bool) -> dict[str, int]:
+    if not free_ports and not any(port_in_use(p) for p in DEMO_METRICS_PORTS.values()):
+        return dict(DEMO_METRICS_PORTS)
+    ports: dict[str, int] = {}
+    while len(set(ports.values())) < len(SERVICES):
+        ports = {name: free_port() for name in SERVICES}
+    return ports
+
+
 def demo(
     data_dir: Annotated[
         Path | None,
@@ -555,7 +573,7 @@ def demo(
     if data_dir is None:
         temp = tempfile.TemporaryDirectory(prefix="healthcode-demo-")
         data_dir = Path(temp.name)
-    stack = Stack(data_dir.resolve(), _ports(free_ports))
+    stack = Stack(data_dir.resolve(), _ports(free_ports), metrics_env(_metrics_ports(free_ports)))
     # The browser gateway: 50080 when free (pages at /person and /verifier).
     stack.gateway_port = (
         GATEWAY_PORT if not free_ports and not port_in_use(GATEWAY_PORT) else free_port()

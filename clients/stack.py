@@ -49,6 +49,12 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def metrics_env(ports: Mapping[str, int]) -> dict[str, str]:
+    """The variables that turn on each service's Prometheus endpoint (worker i of several
+    serves on the port + i; services/_common/metrics.py)."""
+    return {f"HEALTHCODE_{name.upper()}_METRICS_PORT": str(port) for name, port in ports.items()}
+
+
 def port_in_use(port: int) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -87,6 +93,11 @@ class Stack:
         if self.gateway_port is None:
             raise StackError("this stack runs no gateway (gateway_port is None)")
         return f"http://127.0.0.1:{self.gateway_port}"
+
+    def metrics_url(self, name: str, worker: int = 0) -> str | None:
+        """Where `name` (its worker `worker`) serves its metrics; None: metrics are off."""
+        port = int(self.extra_env.get(f"HEALTHCODE_{name.upper()}_METRICS_PORT", "") or 0)
+        return f"http://127.0.0.1:{port + worker}/metrics" if port else None
 
     @property
     def peers(self) -> Peers:

@@ -31,7 +31,7 @@ import os
 import secrets
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -513,7 +513,7 @@ class Security:
             except OSError:
                 raise ConfigError(
                     f"HEALTHCODE_CREDENTIALS: no {what} at {path} (make one with "
-                    f"`healthcode credentials init --dir {directory}`, mount the deployment's, or "
+                    f"`python deploy/make_credentials.py {directory}`, mount the deployment's, or "
                     "set HEALTHCODE_INSECURE=1 for a development run without TLS)"
                 ) from None
         return cls(directory, identity, data["CA"], data["certificate"], data["key"])
@@ -552,11 +552,23 @@ class Security:
         return TokenIssuer(self.directory)
 
 
+def balanced(target: str, options: Sequence[tuple[str, Any]] | None) -> list[tuple[str, Any]]:
+    """The channel options for `target`: a target that names several replicas (`dns:///` of a
+    headless Service, or an `ipv4:` list) spreads calls over all of them (round robin) instead
+    of sending every call to the first (gRPC's default, pick_first)."""
+    options = [*(options or [])]
+    several = target.startswith(("dns:", "ipv4:", "ipv6:"))
+    if several and not any(k == "grpc.lb_policy_name" for k, _ in options):
+        options.append(("grpc.lb_policy_name", "round_robin"))
+    return options
+
+
 def secure_channel(
     target: str, security: Security | None, options: list[tuple[str, Any]] | None = None
 ) -> grpc.Channel:
     """A channel to a peer: mutual TLS with this process's certificate, or plain text in an
-    insecure development run."""
+    insecure development run (options: `balanced`)."""
+    options = balanced(target, options)
     if security is None:
         return grpc.insecure_channel(target, options=options)
     return grpc.secure_channel(target, security.channel_credentials(), options=options)

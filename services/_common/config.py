@@ -14,6 +14,9 @@ the variable) on a value it cannot use; nothing re-reads the environment later.
 | HEALTHCODE_<SERVICE>_ADDR       | 127.0.0.1:<its port>  |
 | HEALTHCODE_LOG_LEVEL            | INFO                  |
 | HEALTHCODE_<SERVICE>_HEALTH_PORT | unset (health alone, plain text, for probes) |
+| HEALTHCODE_<SERVICE>_METRICS_PORT | unset or 0: off (Prometheus, plain HTTP; worker i: +i) |
+| HEALTHCODE_KEEPALIVE_TIME_MS    | 20000 (ping a quiet connection; services/_common/config.py) |
+| HEALTHCODE_KEEPALIVE_TIMEOUT_MS | 10000 (no answer to a ping: the connection is dead) |
 | HEALTHCODE_SECRET               | (hex, 32 bytes) else HEALTHCODE_SECRET_FILE |
 | HEALTHCODE_SECRET_FILE          | (a path) else <data_dir>/secret.key   |
 """
@@ -105,9 +108,20 @@ class PlatformConfig:
     # Per service, a plain-text port serving only gRPC health, for Kubernetes' probes
     # (HEALTHCODE_<SERVICE>_HEALTH_PORT; absent: none). The service port needs a certificate.
     health_ports: Mapping[str, int] = field(default_factory=dict)
+    # Per service, the plain-HTTP port of its Prometheus endpoint
+    # (HEALTHCODE_<SERVICE>_METRICS_PORT; absent or 0: none). services/_common/metrics.py.
+    metrics_ports: Mapping[str, int] = field(default_factory=dict)
 
     def health_port(self, service: str) -> int | None:
         return self.health_ports.get(service)
+
+    def metrics_port(self, service: str, worker: int | None = None) -> int | None:
+        """The metrics port of `service` (None: off); worker i of several serves its own,
+        the configured port + i, so each worker is one Prometheus target."""
+        base = self.metrics_ports.get(service, 0)
+        if not base:
+            return None
+        return base + (worker or 0)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> PlatformConfig:
@@ -139,6 +153,11 @@ class PlatformConfig:
                 name: _port(env, f"HEALTHCODE_{name.upper()}_HEALTH_PORT", 0)
                 for name in SERVICE_NAMES
                 if env.get(f"HEALTHCODE_{name.upper()}_HEALTH_PORT", "").strip()
+            },
+            metrics_ports={
+                name: _port(env, f"HEALTHCODE_{name.upper()}_METRICS_PORT", 0)
+                for name in SERVICE_NAMES
+                if env.get(f"HEALTHCODE_{name.upper()}_METRICS_PORT", "").strip()
             },
         )
 
@@ -307,3 +326,62 @@ RECONNECT_OPTIONS: list[tuple[str, int | str]] = [
     ("grpc.min_reconnect_backoff_ms", 100),
     ("grpc.max_reconnect_backoff_ms", 1000),
 ]
+
+
+@dataclass(frozen=True, slots=True)
+class Keepalive:
+    """HTTP/2 pings on quiet connections, so a half-open one (a peer that vanished without a
+    FIN: a crashed node, a NAT or load balancer that dropped the flow) is noticed within
+    `time_ms + timeout_ms` and its calls end UNAVAILABLE. A WatchIndex can be silent for
+    minutes; without pings its follower would wait on a dead stream forever, and the risk
+    index would keep a thread for a watcher that is gone (docs/observability.md)."""
+
+    time_ms: int = 20_000  # ping after this long without a frame received
+    timeout_ms: int = 10_000  # no ping acknowledgement within this: the connection is dead
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Keepalive:
+        env = os.environ if env is None else env
+        return cls(
+            time_ms=env_int(env, "HEALTHCODE_KEEPALIVE_TIME_MS", 20_000, low=500, high=86_400_000),
+            timeout_ms=env_int(
+                env, "HEALTHCODE_KEEPALIVE_TIMEOUT_MS", 10_000, low=500, high=3_600_000
+            ),
+        )
+
+    def client_options(self) -> list[tuple[str, int | str]]:
+        return [
+            ("grpc.keepalive_time_ms", self.time_ms),
+            ("grpc.keepalive_timeout_ms", self.timeout_ms),
+            # A channel holding only a quiet stream still pings (a watch is one call, and
+            # between two versions no frame may pass for minutes).
+            ("grpc.keepalive_permit_without_calls", 1),
+            # grpc stops pinging after 2 pings without data by default: unlimited.
+            ("grpc.http2.max_pings_without_data", 0),
+            # grpc 1.85 waits for a ping's acknowledgement up to this (default 60 s), whatever
+            # keepalive_timeout_ms says: measured, a half-open stream ended after 61 s without it.
+            ("grpc.http2.ping_timeout_ms", self.timeout_ms),
+        ]
+
+    def server_options(self) -> list[tuple[str, int | str]]:
+        return [
+            # The server pings too: a watcher that vanished frees its thread.
+            ("grpc.keepalive_time_ms", self.time_ms),
+            ("grpc.keepalive_timeout_ms", self.timeout_ms),
+            ("grpc.keepalive_permit_without_calls", 1),
+            ("grpc.http2.max_pings_without_data", 0),
+            ("grpc.http2.ping_timeout_ms", self.timeout_ms),
+            # Accept clients' pings as often as ours are sent (and a little more often: peers
+            # configured apart). grpc's default (5 minutes) answers faster pings with GOAWAY
+            # "too_many_pings", which would end every watch.
+            ("grpc.http2.min_ping_interval_without_data_ms", min(5_000, self.time_ms // 2)),
+            ("grpc.http2.max_ping_strikes", 2),
+        ]
+
+
+# Read once, at import, like every other setting: every channel and server of the process
+# uses the same pings.
+KEEPALIVE = Keepalive.from_env()
+# Channels to peers reconnect fast AND notice a dead connection (RECONNECT_OPTIONS is what every
+# channel to a peer, the index follower's and the CLI's included, is made with).
+RECONNECT_OPTIONS += KEEPALIVE.client_options()

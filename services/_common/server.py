@@ -18,7 +18,9 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from services._common import metrics
 from services._common.auth import Security, process_security
+from services._common.config import KEEPALIVE
 from services._common.malformed import MalformedRequests
 from services._common.shedding import Shedder
 from services._common.telemetry import server_interceptor
@@ -76,6 +78,11 @@ def create_server(
     if security is None:
         security = process_security()
     shedder = Shedder(max_in_flight or max(2, max_workers * 3 // 4))
+    # With metrics on (services/_common/metrics.py), calls are measured first: those the
+    # interceptors after refuse are counted with their status.
+    measured = metrics.current()
+    if measured is not None:
+        measured.watch_shedder(shedder)
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="grpc"),
         # A body that does not parse first: refused (INVALID_ARGUMENT, not grpc's INTERNAL)
@@ -84,6 +91,7 @@ def create_server(
         # Then who is calling (mutual TLS, bearer tokens, the access table): a refused caller
         # changes nothing and costs no span.
         interceptors=[
+            *([measured.interceptor()] if measured is not None else []),
             MalformedRequests(),
             shedder,
             *([security.interceptor()] if security is not None else []),
@@ -95,6 +103,9 @@ def create_server(
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
             ("grpc.so_reuseport", 1 if reuse_port else 0),
+            # Pings on quiet connections: a half-open watcher is noticed and its stream ends
+            # (services/_common/config.py Keepalive; clients send pings with the same period).
+            *KEEPALIVE.server_options(),
         ],
     )
     add_servicers(server)

@@ -13,15 +13,21 @@ of a city's midnight peak would cost the hot path more than the display itself.
 
 Export: `HEALTHCODE_TRACE_CONSOLE=1` prints spans on stdout; `HEALTHCODE_TRACE_FILE=PATH`
 appends every span as one JSON line to PATH (the processes of a deployment may share one file:
-each batch is one append). Both are for development and tests; a deployment would add an OTLP
-exporter here.
+each batch is one append). Both are for development and tests. A deployment exports by OTLP
+over gRPC to a collector (Jaeger, Tempo, the OpenTelemetry Collector) when the standard
+variables say so (`otlp_requested`): `OTEL_TRACES_EXPORTER=otlp`, or an
+`OTEL_EXPORTER_OTLP_ENDPOINT` / `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` with OTEL_TRACES_EXPORTER
+unset. The exporter reads the other OTEL_EXPORTER_OTLP_* variables itself (headers, TLS
+certificate, insecure, timeout, compression) and OTEL_BSP_* set the batching. Only the gRPC
+protocol is installed: OTEL_EXPORTER_OTLP_PROTOCOL=http/protobuf is refused at start.
+docs/observability.md.
 """
 
 from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import grpc
@@ -61,7 +67,8 @@ def setup_tracing(service_name: str, exporter: SpanExporter | None = None) -> Tr
     `exporter` receives every span synchronously (tests pass an `InMemorySpanExporter`; every
     request is then traced). Without one, spans are sampled (DEFAULT_TRACE_RATIO, or the
     OTEL_TRACES_SAMPLER variables) and propagated; `HEALTHCODE_TRACE_CONSOLE=1` prints them,
-    `HEALTHCODE_TRACE_FILE=PATH` appends them to a file as JSON lines.
+    `HEALTHCODE_TRACE_FILE=PATH` appends them to a file as JSON lines, and the OTEL_* variables
+    may send them to an OTLP collector (`otlp_requested`).
     Calling it again (several services in one test process) adds the exporter to the existing
     provider, because OpenTelemetry allows the global provider to be set only once.
     """
@@ -82,9 +89,39 @@ def setup_tracing(service_name: str, exporter: SpanExporter | None = None) -> Tr
             provider.add_span_processor(BatchSpanProcessor(ConsoleSpanExporter()))
         if trace_file := os.environ.get("HEALTHCODE_TRACE_FILE", ""):
             provider.add_span_processor(BatchSpanProcessor(JsonLinesSpanExporter(trace_file)))
+        if otlp_requested(os.environ):
+            provider.add_span_processor(BatchSpanProcessor(otlp_exporter(os.environ)))
     if exporter is not None:
         provider.add_span_processor(SimpleSpanProcessor(exporter))
     return provider
+
+
+def otlp_requested(env: Mapping[str, str]) -> bool:
+    """Whether the standard OpenTelemetry variables ask for OTLP export of traces."""
+    exporters = env.get("OTEL_TRACES_EXPORTER", "").strip()
+    if exporters:
+        return "otlp" in {name.strip().lower() for name in exporters.split(",")}
+    return any(
+        env.get(name, "").strip()
+        for name in ("OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+    )
+
+
+def otlp_exporter(env: Mapping[str, str]) -> SpanExporter:
+    """The OTLP/gRPC span exporter, configured by the OTEL_EXPORTER_OTLP_* variables."""
+    protocol = (
+        env.get("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL") or env.get("OTEL_EXPORTER_OTLP_PROTOCOL")
+    ) or "grpc"
+    if protocol.strip() != "grpc":
+        raise ValueError(
+            f"OTEL_EXPORTER_OTLP_PROTOCOL={protocol!r}: only 'grpc' is installed "
+            "(opentelemetry-exporter-otlp-proto-grpc); point it at the collector's gRPC port "
+            "(4317)"
+        )
+    # Imported here: a process that exports no OTLP does not load it.
+    from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+
+    return OTLPSpanExporter()
 
 
 class JsonLinesSpanExporter(SpanExporter):

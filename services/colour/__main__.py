@@ -19,6 +19,7 @@ from services._common.auth import setup_security
 from services._common.config import load_secret
 from services._common.identifiers import Identifiers
 from services._common.mandates import MandatePeer
+from services._common.metrics import start_metrics
 from services._common.server import create_server, serve_forever, set_serving
 from services._common.telemetry import instrumented_channel, setup_tracing
 from services._common.workers import WorkerRole, run_service
@@ -43,6 +44,7 @@ def _shared_files(config: ColourConfig) -> None:
 def serve(config: ColourConfig, worker: WorkerRole | None) -> None:
     """One process serving the colour service: the only one, or worker `worker.index`."""
     setup_tracing("colour")
+    metrics = start_metrics("colour", config.platform, None if worker is None else worker.index)
     setup_security("colour", config.platform.data_dir)
     secret = load_secret(config.platform.data_dir)
     server: grpc.Server | None = None
@@ -55,6 +57,8 @@ def serve(config: ColourConfig, worker: WorkerRole | None) -> None:
 
     replica = Replica(config.replica, secret, keeps_rule_set=True, on_installed=installed)
     engine = replica.engine
+    if metrics is not None:
+        metrics.watch_replica(engine, config.replica.risk_index_addr)
     risk_index_channel = instrumented_channel(config.replica.risk_index_addr)
     # Mandates are checked as the display checks them (cached for at most a second).
     declaration_channel = instrumented_channel(config.replica.declaration_addr)

@@ -13,6 +13,7 @@ from healthcode.v1 import (
 from services._common.auth import process_security, setup_security
 from services._common.identifiers import Identifiers
 from services._common.logs import setup_logging
+from services._common.metrics import start_metrics
 from services._common.server import create_server, serve_forever
 from services._common.telemetry import instrumented_channel, setup_tracing
 from services.declaration.cards import PrintedCards
@@ -30,6 +31,7 @@ def main() -> None:
     config = DeclarationConfig.from_env()
     setup_logging("declaration", config.platform.log_level)
     setup_tracing("declaration")
+    metrics = start_metrics("declaration", config.platform)  # before create_server
     setup_security("declaration", config.platform.data_dir)
     repository = DeclarationRepository(config.db_path)
     identifiers = Identifiers.from_secret(config.secret)
@@ -68,6 +70,8 @@ def main() -> None:
         health_port=config.platform.health_port("declaration"),
         max_in_flight=config.platform.max_in_flight,
     )
+    if metrics is not None:
+        metrics.watch_outbox(repository)
     # Messages left by an earlier run go out now, whether or not anyone declares.
     outbox.start()
     enroller.start()

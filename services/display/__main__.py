@@ -19,6 +19,7 @@ from services._common import changes
 from services._common.auth import setup_security
 from services._common.config import load_secret
 from services._common.identifiers import Identifiers
+from services._common.metrics import start_metrics
 from services._common.server import SHEDDERS, create_server, serve_forever, set_serving
 from services._common.telemetry import instrumented_channel, setup_tracing
 from services._common.workers import WorkerRole, run_service
@@ -53,6 +54,7 @@ def _shared_files(config: DisplayConfig) -> None:
 def serve(config: DisplayConfig, worker: WorkerRole | None) -> None:
     """One process serving the display service: the only one, or worker `worker.index`."""
     setup_tracing("display")
+    metrics = start_metrics("display", config.platform, None if worker is None else worker.index)
     setup_security("display", config.platform.data_dir)
     secret = load_secret(config.platform.data_dir)
     tokens = CodeTokens(config.key_ring(), config.token_ttl_ms)
@@ -107,6 +109,10 @@ def serve(config: DisplayConfig, worker: WorkerRole | None) -> None:
     else:
         colour_channel = instrumented_channel(config.colour_addr)
         live_colour = ColourPeer(colour_channel, config.peer_timeout_s).live_colour
+    if metrics is not None:
+        metrics.watch_display_log(display_log)
+        if replica is not None:
+            metrics.watch_replica(replica.engine, config.replica.risk_index_addr)
     declaration = DeclarationPeer(declaration_channel, config.peer_timeout_s)
     desk = DisplayDesk(
         tokens,

@@ -252,6 +252,8 @@ class DisplayLog:
         self._shared_path = shared
         self._shared: SharedLedger | None = None
         self._max_batch = max_batch
+        # Told the size of each group commit (services/_common/metrics.py sets it).
+        self.on_commit: Callable[[int], None] | None = None
         self._clock_ms = clock_ms
         self._retention_ms = retention_ms
         self._purge_interval_s = purge_interval_s
@@ -532,6 +534,8 @@ class DisplayLog:
                 self._counters.first_displays[day] = self._counters.first_displays.get(day, 0) + 1
             self._counters.sequence += 1
             self._changed.notify_all()
+        if self.on_commit is not None:
+            self.on_commit(len(batch))
         for (_, done), recorded in zip(batch, results, strict=True):
             done.set_result(recorded)
 

@@ -30,7 +30,7 @@ from healthcode.v1 import (
 )
 from protobuf.wkt import Any as ConnectAny
 
-from services._common.auth import Security
+from services._common.auth import Security, balanced
 from services._common.config import RECONNECT_OPTIONS
 
 log = logging.getLogger("services.gateway")
@@ -110,11 +110,12 @@ class Backends:
     def open(self) -> None:
         # grpc.aio channels belong to the event loop they are made in: call from the server's.
         for name, address in self.addresses.items():
+            options = balanced(address, RECONNECT_OPTIONS)
             if self.security is None:
-                channel = grpc.aio.insecure_channel(address, options=RECONNECT_OPTIONS)
+                channel = grpc.aio.insecure_channel(address, options=options)
             else:
                 channel = grpc.aio.secure_channel(
-                    address, self.security.channel_credentials(), options=RECONNECT_OPTIONS
+                    address, self.security.channel_credentials(), options=options
                 )
             self.channels[name] = channel
 

@@ -8,6 +8,7 @@ from healthcode.v1 import risk_index_pb2_grpc
 from services._common.auth import setup_security
 from services._common.identifiers import Identifiers
 from services._common.logs import setup_logging
+from services._common.metrics import start_metrics
 from services._common.server import create_server, serve_forever
 from services._common.telemetry import setup_tracing
 from services.risk_index.config import RiskIndexConfig
@@ -21,6 +22,7 @@ def main() -> None:
     config = RiskIndexConfig.from_env()
     setup_logging("risk_index", config.platform.log_level)
     setup_tracing("risk_index")
+    metrics = start_metrics("risk_index", config.platform)  # before create_server
     setup_security("risk_index", config.platform.data_dir)
     repository = RiskIndexRepository(config.db_path)
     identifiers = Identifiers.from_secret(config.secret)
@@ -34,6 +36,8 @@ def main() -> None:
         snapshot_interval_s=config.snapshot_interval_s,
     )
     servicer = RiskIndexServicer(risk_index, identifiers)
+    if metrics is not None:
+        metrics.watch_risk_index(risk_index)
     # Partners' surfaces on the same process and database (issue 11, items 9 and 10).
     exchange = partner_exchange(config, risk_index, repository, identifiers)
 

@@ -12,9 +12,9 @@ mistyped ID number (a bad check digit) and numbers typed into free-text fields (
 travel note) are searched for too. A failure names the file, the encoding and the offset, and
 the number masked, never raw.
 
-Metrics: the services export none yet (metrics endpoints are issue 12); whatever metrics text a
-service writes into its data directory is covered by the file scan, and this test should grow
-a scrape of the endpoints when they exist.
+Metrics: the Prometheus endpoints are scraped with the same patterns and encodings by
+tests/e2e/test_e2e_metrics.py (a stack with metrics on); whatever metrics text a service writes
+into its data directory is covered by the file scan here.
 """
 
 from __future__ import annotations
