@@ -553,6 +553,11 @@ def scan(
         f"{_colour_badge(v.colour)}  [bold]{response.masked_name}[/]  "
         f"{response.masked_id_number}{alert}"
     )
+    if response.decision != display_pb2.SCAN_DECISION_UNSPECIFIED:
+        # What this verifier's context does with the person (services/display/contexts.py).
+        decision = display_pb2.ScanDecision.Name(response.decision).removeprefix("SCAN_DECISION_")
+        where = f" at a {response.context}" if response.context else ""
+        out.print(f"[bold]{decision}[/]{where}  {response.instruction}".rstrip(), highlight=False)
     _print_verdict(v, remedies=False)
 
 

@@ -13,7 +13,7 @@ from clients import cli, feedgen
 from clients.stack import REPO, Stack
 from tests.e2e.waits import eventually, today
 
-PEOPLE = feedgen.synthetic_id_numbers(3, 7170)
+PEOPLE = feedgen.synthetic_id_numbers(4, 7170)
 
 
 def invoke(stack: Stack, *args: str) -> tuple[int, str]:
@@ -65,6 +65,17 @@ def test_ingest_csv_points_at_bad_lines_then_is_idempotent(stack: Stack, tmp_pat
     out = eventually("explain to show the close contact", explained, lambda o: "RED" in o)
     assert "close-contact" in out and today() in out
     assert PEOPLE[1] not in out
+
+
+def test_cli_scan_prints_the_verifiers_decision_and_no_reasons(stack: Stack) -> None:
+    code, out = invoke(stack, "register", "赵六", PEOPLE[3])
+    assert code == 0, out
+    code, token = invoke(stack, "show", PEOPLE[3], "--token-only")
+    assert code == 0 and token.startswith("HCN1:"), token
+    code, out = invoke(stack, "scan", token.strip())
+    assert code == 0, out
+    assert "PASS" in out and "GREEN" in out, out
+    assert PEOPLE[3] not in out
 
 
 def test_cli_errors_say_what_to_fix(stack: Stack) -> None:
