@@ -380,6 +380,15 @@ def card_issue(
             show_default=False,
         ),
     ] = None,
+    token_out: Annotated[
+        Path | None,
+        typer.Option(
+            "--token-out",
+            help="Also write the text the card's QR code holds to this file (mode 0600), for a "
+            'scanner without a camera: `healthcode bus-scan "$(cat FILE)"`.',
+            show_default=False,
+        ),
+    ] = None,
     by: ByOption = By.citizen,
     proxy_id: ProxyOption = None,
     principal: PrincipalOption = "cli",
@@ -396,6 +405,10 @@ def card_issue(
         person=common_pb2.PersonRef(id_number=id_number),
     )
     issued = _call(ctx, lambda stub: stub.IssuePrintedCard(request), "card issue")
+    if token_out is not None:
+        fd = os.open(token_out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w", encoding="ascii") as f:
+            f.write(issued.token + "\n")
     face = face_of(issued.card, issued.token)
     if png:
         render_png(face, find_font(font)).save(out_path, dpi=(DPI, DPI))

@@ -1,0 +1,64 @@
+"""The README's walkthrough, through the CLI only, as a person following it would (issue 11,
+"Done when"): a daughter registers her mother, who has no smartphone, prints her a card, the
+card is scanned on a bus, the daughter revokes it, and the next scan on the bus is refused."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from typer.testing import CliRunner
+
+from clients import cli, feedgen
+from clients.stack import Stack
+
+MOTHER, DAUGHTER = feedgen.synthetic_id_numbers(2, 9393)
+
+
+def run(stack: Stack, *args: str) -> tuple[int, str]:
+    p = stack.peers
+    result = CliRunner().invoke(
+        cli.app,
+        [
+            "--declaration", p.declaration,
+            "--risk-index", p.risk_index,
+            "--colour", p.colour,
+            "--display", p.display,
+            *args,
+        ],
+    )  # fmt: skip
+    return result.exit_code, result.output
+
+
+def test_register_a_relative_print_her_card_scan_it_on_a_bus_and_revoke_it(
+    stack: Stack, tmp_path: Path
+) -> None:
+    as_daughter = ["--by", "family-proxy", "--proxy-id", DAUGHTER]
+    assert run(stack, "register", "李秀兰", DAUGHTER, "--phone", "13912345678")[0] == 0
+    code, out = run(stack, "register", "王秀英", MOTHER, *as_daughter)
+    assert code == 0, out
+
+    card, token = tmp_path / "mother.pdf", tmp_path / "mother.token"
+    code, out = run(
+        stack,
+        "card", "issue", "--id-number", MOTHER, *as_daughter,
+        "--out", str(card), "--token-out", str(token),
+    )  # fmt: skip
+    assert code == 0, out
+    assert card.read_bytes().startswith(b"%PDF")
+    assert token.stat().st_mode & 0o077 == 0
+    scanned = token.read_text(encoding="ascii").strip()
+    assert scanned.startswith("HCC1:")
+
+    bus = ["--temperature", "36.6", "--vehicle", "津A·12345", "--route", "8"]
+    code, out = run(stack, "bus-scan", scanned, *bus)
+    assert code == 0 and "PASS" in out, out
+    code, out = run(stack, "bus-scan", scanned, *bus)  # a card scans every day, not once
+    assert code == 0 and "PASS" in out, out
+    assert MOTHER not in out
+
+    code, out = run(
+        stack, "card", "revoke", "--id-number", MOTHER, *as_daughter, "--reason", "lost"
+    )
+    assert code == 0 and "revoked" in out, out
+    code, out = run(stack, "bus-scan", scanned, *bus)
+    assert code == 1 and "CARD_REVOKED" in out, out
