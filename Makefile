@@ -7,7 +7,7 @@ RUST_SRC := $(wildcard matcher_ext/src/*.rs matcher_ext/src/python/*.rs) matcher
 PROTOS := $(wildcard protos/healthcode/v1/*.proto)
 PROTO_STAMP := protos/healthcode/v1/.generated
 
-.PHONY: setup build-dev proto browser-deps run test test-rust test-python lint typecheck stubtest bench bench-matcher bench-whatif bench-display bench-city clean
+.PHONY: setup build-dev proto browser-deps postgres-deps run test test-rust test-python lint typecheck stubtest bench bench-matcher bench-whatif bench-display bench-city clean
 
 ## setup: the virtualenv, every pinned package, the Rust extension and the generated code
 setup: $(VENV)/.installed $(PROTO_STAMP)
@@ -45,6 +45,12 @@ browser-deps:
 	command -v chromium >/dev/null || (apt-get update && apt-get install -y chromium)
 	fc-list :lang=zh | grep -q . || (apt-get update && apt-get install -y --no-install-recommends fonts-wqy-microhei)
 
+## postgres-deps: Debian's PostgreSQL 15 server binaries for the storage tests (tests/pg.py starts
+## a throwaway cluster from /usr/lib/postgresql/15/bin; the Debian package's own cluster is not
+## used). Needs root where it is missing (CI runs as root).
+postgres-deps:
+	test -x /usr/lib/postgresql/15/bin/initdb || (apt-get update && apt-get install -y --no-install-recommends postgresql-15)
+
 ## run: the whole platform on loopback with a demo population
 run: setup
 	$(PY) -m clients.demo
@@ -55,7 +61,7 @@ test: setup test-rust lint typecheck stubtest test-python
 test-rust:
 	cd matcher_ext && cargo clippy --quiet --all-targets -- -D warnings && cargo test --quiet
 
-test-python: setup browser-deps
+test-python: setup browser-deps postgres-deps
 	$(PY) -m pytest -q
 
 lint: setup

@@ -19,6 +19,8 @@ the variable) on a value it cannot use; nothing re-reads the environment later.
 | HEALTHCODE_KEEPALIVE_TIMEOUT_MS | 10000 (no answer to a ping: the connection is dead) |
 | HEALTHCODE_SECRET               | (hex, 32 bytes) else HEALTHCODE_SECRET_FILE |
 | HEALTHCODE_SECRET_FILE          | (a path) else <data_dir>/secret.key   |
+| HEALTHCODE_STORAGE              | sqlite, or postgresql (docs/storage.md) |
+| HEALTHCODE_POSTGRES_DSN         | (with postgresql) libpq DSN of one database |
 """
 
 from __future__ import annotations
@@ -31,6 +33,8 @@ import stat
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from services._common.places import PgPlace
 
 SECRET_BYTES = 32
 SECRET_FILE = "secret.key"
@@ -190,6 +194,28 @@ def env_float(env: Mapping[str, str], name: str, default: float, *, low: float =
     if value < low:
         raise ConfigError(f"{name}: {value} is below {low}")
     return value
+
+
+# -- storage (docs/storage.md) ----------------------------------------------------------------
+# HEALTHCODE_STORAGE: sqlite (default: a file per service under the data directory) or
+# postgresql (HEALTHCODE_POSTGRES_DSN: one database; each service its own schema, named after it).
+STORAGE_BACKENDS = ("sqlite", "postgresql")
+
+
+def storage_place(env: Mapping[str, str], service: str, sqlite_path: Path) -> Path | PgPlace:
+    """Where `service` keeps its tables: its SQLite file, or its schema in PostgreSQL."""
+    backend = env.get("HEALTHCODE_STORAGE", "").strip().lower() or "sqlite"
+    if backend not in STORAGE_BACKENDS:
+        raise ConfigError(f"HEALTHCODE_STORAGE: {backend!r} should be sqlite or postgresql")
+    if backend == "sqlite":
+        return sqlite_path
+    dsn = env.get("HEALTHCODE_POSTGRES_DSN", "").strip()
+    if not dsn:
+        raise ConfigError(
+            "HEALTHCODE_POSTGRES_DSN: needed with HEALTHCODE_STORAGE=postgresql, e.g. "
+            "'host=127.0.0.1 port=5432 dbname=healthcode user=healthcode'"
+        )
+    return PgPlace(dsn, service)
 
 
 def _port(env: Mapping[str, str], name: str, default: int) -> int:

@@ -33,7 +33,7 @@ def main() -> None:
     setup_tracing("declaration")
     metrics = start_metrics("declaration", config.platform)  # before create_server
     setup_security("declaration", config.platform.data_dir)
-    repository = DeclarationRepository(config.db_path)
+    repository = DeclarationRepository(config.storage)
     identifiers = Identifiers.from_secret(config.secret)
     channel = instrumented_channel(config.risk_index_addr)
     outbox = OutboxWorker(

@@ -59,7 +59,7 @@ def serve(config: DisplayConfig, worker: WorkerRole | None) -> None:
     secret = load_secret(config.platform.data_dir)
     tokens = CodeTokens(config.key_ring(), config.token_ttl_ms)
     display_log = DisplayLog(
-        config.db_path,
+        config.log_place,
         shared=config.shared_path,
         retention_ms=config.retention_ms,
         purge_interval_s=config.purge_interval_s,

@@ -14,6 +14,7 @@
 | HEALTHCODE_TOKEN_KEYS_DIR         | <data_dir>/display/token-keys (the key ring) |
 | HEALTHCODE_DISPLAY_RETENTION_DAYS | 30 (1-3660: display and scan records kept)   |
 | HEALTHCODE_DISPLAY_PURGE_S        | 3600 (s between purges of older records)     |
+| HEALTHCODE_STORAGE, HEALTHCODE_POSTGRES_DSN | sqlite; postgresql: schema `display`, one log for every worker (docs/storage.md) |
 | HEALTHCODE_COLOUR_RULE_SET, ...   | the replica's settings: services/colour/config.py |
 | HEALTHCODE_DATA_DIR, ...          | see services/_common/config.py               |
 
@@ -50,7 +51,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from services._common.config import ConfigError, PlatformConfig, env_float, env_int
+from services._common.config import (
+    ConfigError,
+    PlatformConfig,
+    env_float,
+    env_int,
+    storage_place,
+)
+from services._common.places import PgPlace
 from services._common.workers import MAX_PROCESSES
 from services.colour.config import ReplicaConfig
 from services.display.keyring import KEYS_DIR_ENV, KeyRing, ensure_signing_key
@@ -97,6 +105,14 @@ class DisplayConfig:
     purge_interval_s: float = 3600.0
     # This process purges the shared file too (worker 0 of several).
     purges_shared: bool = False
+    # HEALTHCODE_STORAGE=postgresql: the service's schema, one log for every worker and pod
+    # (services/display/store_pg.py); then no file is used and `shared_path` stays None.
+    pg: PgPlace | None = None
+
+    @property
+    def log_place(self) -> Path | PgPlace:
+        """Where this process logs displays: its file, or the service's schema."""
+        return self.pg if self.pg is not None else self.db_path
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> DisplayConfig:
@@ -126,6 +142,7 @@ class DisplayConfig:
                 env, "HEALTHCODE_DISPLAY_RETENTION_DAYS", DEFAULT_RETENTION_DAYS, low=1, high=3660
             ),
             purge_interval_s=env_float(env, "HEALTHCODE_DISPLAY_PURGE_S", 3600.0, low=1.0),
+            pg=_pg(storage_place(env, "display", directory / "display.db")),
         )
 
     @property
@@ -161,7 +178,13 @@ class DisplayConfig:
             self,
             port=self.port if port is None else port,
             db_path=self.directory / f"display.{index}.db",
-            shared_path=self.shared_file(),
+            # On PostgreSQL the workers share the tables themselves.
+            shared_path=self.shared_file() if self.pg is None else None,
+            # On PostgreSQL one worker purges the one log.
             purges_shared=index == 0,
             replica=self.replica.for_worker(index),
         )
+
+
+def _pg(place: Path | PgPlace) -> PgPlace | None:
+    return place if isinstance(place, PgPlace) else None

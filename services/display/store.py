@@ -22,6 +22,10 @@ pass gives the counts. Deleted rows are overwritten (`secure_delete`) and the WA
 after a pass when no reader holds it. With several workers, worker 0 also purges the shared
 file. The log is in time order (ids grow with time): a row logged out of order, after a step
 back of the clock, goes once the rows before it have.
+
+On PostgreSQL (HEALTHCODE_STORAGE=postgresql) the same writer thread and group commit write one
+log shared by every worker and pod, partitioned by day and filled by COPY:
+services/display/store_pg.py.
 """
 
 from __future__ import annotations
@@ -37,9 +41,10 @@ from collections.abc import Callable, Generator
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TypeAlias
+from typing import TYPE_CHECKING, TypeAlias
 
 from services._common.days import SHANGHAI, day_number
+from services._common.places import PgPlace
 from services._common.storage import open_sqlite
 from services.display.ledger import (
     KEEP_EXPIRED_MS,
@@ -51,6 +56,9 @@ from services.display.ledger import (
 )
 from services.display.tokens import TokenReplayed
 
+if TYPE_CHECKING:
+    from services.display.store_pg import PgLog
+
 log = logging.getLogger(__name__)
 
 SHOW = "show"
@@ -59,6 +67,8 @@ LOOKUP = "lookup"  # a verifier read an ID card (代查): counted with scans
 OK = "OK"
 # A scan of a token scanned before is logged with the refusal's own reason.
 TOKEN_REPLAYED = TokenReplayed.reason
+# On PostgreSQL, how often an idle writer re-reads the counters every worker writes.
+PG_COUNTER_POLL_S = 0.25
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS display_events (
@@ -233,7 +243,7 @@ class DisplayLog:
 
     def __init__(
         self,
-        path: Path,
+        path: Path | PgPlace,
         *,
         max_batch: int = 512,
         clock_ms: Callable[[], int] = lambda: int(time.time() * 1000),
@@ -243,11 +253,20 @@ class DisplayLog:
         purge_chunk: int = 1000,
         purges_shared: bool = False,
     ) -> None:
-        """`shared`: the file the workers of one service share (services/display/ledger.py);
-        token claims and first displays go there instead of into this log. `retention_ms`:
+        """`path`: this log's SQLite file, or the service's PostgreSQL schema (one log for every
+        worker and pod: services/display/store_pg.py; `shared` is then not needed). `shared`:
+        the file the workers of one service share (services/display/ledger.py); token claims
+        and first displays go there instead of into this log. `retention_ms`:
         purge what is older (None: keep everything), at start and every `purge_interval_s`,
         `purge_chunk` rows per transaction; `purges_shared`: this worker also purges the
         shared file (one worker does)."""
+        self._pg: PgLog | None = None
+        if isinstance(path, PgPlace):
+            # One table for every worker: claims and first displays need no shared file.
+            from services.display.store_pg import PgLog  # it imports this module
+
+            self._pg = PgLog(path)
+            path, shared = Path(path.schema), None
         self._path = path
         self._shared_path = shared
         self._shared: SharedLedger | None = None
@@ -267,6 +286,7 @@ class DisplayLog:
         self._ready = threading.Event()
         self._startup_error: BaseException | None = None
         self._last_prune_ms = 0
+        self._last_refresh = 0.0
         self._thread = threading.Thread(target=self._run, name="display-log-writer", daemon=True)
         self._thread.start()
         self._ready.wait()
@@ -316,6 +336,9 @@ class DisplayLog:
     # -- the writer thread ----------------------------------------------------------------
 
     def _run(self) -> None:
+        if self._pg is not None:
+            self._run_pg(self._pg)
+            return
         try:
             conn = open_sqlite(self._path)
             conn.isolation_level = None  # explicit BEGIN/COMMIT: one transaction per batch
@@ -348,7 +371,35 @@ class DisplayLog:
             if self._shared is not None:
                 self._shared.close()
 
-    def _serve(self, conn: sqlite3.Connection) -> None:
+    def _run_pg(self, pg: PgLog) -> None:
+        try:
+            pg.start(self._clock_ms())
+            self._replace_counters(pg.read_counters())
+        except BaseException as exc:  # noqa: BLE001 - handed to the constructor's caller
+            self._startup_error = exc
+            self._ready.set()
+            pg.close()
+            return
+        self._ready.set()
+        try:
+            self._serve(None)
+        finally:
+            pg.close()
+
+    def _replace_counters(self, read: Counters) -> None:
+        """The counters as the database holds them (every worker's), if they moved."""
+        with self._changed:
+            if (read.cells, read.first_displays) == (
+                self._counters.cells,
+                self._counters.first_displays,
+            ):
+                return
+            self._counters.cells = read.cells
+            self._counters.first_displays = read.first_displays
+            self._counters.sequence += 1
+            self._changed.notify_all()
+
+    def _serve(self, conn: sqlite3.Connection | None) -> None:
         """Commit what queues up, batch by batch; between two batches, one step of a
         retention pass when one is under way."""
         purging: Generator[None, None, Purged] | None = None
@@ -358,7 +409,7 @@ class DisplayLog:
         try:
             while True:
                 if purging is None and (asked or time.monotonic() >= next_pass):
-                    purging = self._purge_pass(conn)
+                    purging = self._purge_pass(conn) if conn is not None else self._purge_pass_pg()
                     answering, asked = asked, []
                 if purging is not None:
                     timeout: float | None = 0.0
@@ -366,6 +417,12 @@ class DisplayLog:
                     timeout = None
                 else:
                     timeout = max(0.0, next_pass - time.monotonic())
+                if self._pg is not None:
+                    # Other workers (and pods) write the same counters: re-read them when idle.
+                    timeout = (
+                        PG_COUNTER_POLL_S if timeout is None else min(timeout, PG_COUNTER_POLL_S)
+                    )
+                    self._refresh_pg_counters()
                 batch: list[_Job] = []
                 stop = False
                 try:
@@ -383,8 +440,10 @@ class DisplayLog:
                         item = self._queue.get_nowait()
                 except queue.Empty:
                     pass
-                if batch:
+                if batch and conn is not None:
                     self._commit(conn, batch)
+                elif batch:
+                    self._commit_pg(batch)
                 if stop:
                     return
                 if purging is None:
@@ -527,6 +586,16 @@ class DisplayLog:
             for _, done in batch:
                 done.set_exception(exc)
             return
+        self._committed(batch, results, cells, first_days)
+
+    def _committed(
+        self,
+        batch: list[_Job],
+        results: list[Recorded],
+        cells: list[tuple[int, str, str, int]],
+        first_days: list[int],
+    ) -> None:
+        """The batch is durable: count it, then answer its callers."""
         with self._changed:
             for cell in cells:
                 self._counters.add(cell)
@@ -639,6 +708,40 @@ class DisplayLog:
             self._purges += 1
             self._last_purged = purged
             self._changed.notify_all()
+
+    # -- PostgreSQL (services/display/store_pg.py) ---------------------------------------------
+
+    def _refresh_pg_counters(self) -> None:
+        assert self._pg is not None
+        now = time.monotonic()
+        if now - self._last_refresh < PG_COUNTER_POLL_S:
+            return
+        self._last_refresh = now
+        try:
+            # Briefly: the database away must not hold up the commits queued behind.
+            self._replace_counters(self._pg.read_counters(timeout=PG_COUNTER_POLL_S))
+        except Exception as exc:  # noqa: BLE001 - the database away: the next round tries again
+            log.debug("reading the display counters failed: %s", exc)
+
+    def _commit_pg(self, batch: list[_Job]) -> None:
+        assert self._pg is not None
+        try:
+            results, cells, first_days = self._pg.commit([event for event, _ in batch])
+        except BaseException as exc:  # noqa: BLE001 - every caller of the batch gets it
+            log.warning("display log commit failed; %d callers get an error: %s", len(batch), exc)
+            for _, done in batch:
+                done.set_exception(exc)
+            return
+        self._committed(batch, [Recorded(i, ok) for i, ok in results], cells, first_days)
+
+    def _purge_pass_pg(self) -> Generator[None, None, Purged]:
+        assert self._retention_ms is not None and self._pg is not None
+        now = self._clock_ms()
+        cutoff_ms = now - self._retention_ms
+        cutoff_day = day_number(dt.datetime.fromtimestamp(cutoff_ms / 1000, SHANGHAI))
+        purged = Purged()
+        yield from self._pg.purge(now, cutoff_ms, cutoff_day, self._purge_chunk, purged)
+        return purged
 
     def _load_counters(self, conn: sqlite3.Connection) -> None:
         rows = conn.execute("SELECT day, kind, outcome, colour, n FROM daily_counters").fetchall()

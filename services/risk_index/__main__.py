@@ -24,7 +24,7 @@ def main() -> None:
     setup_tracing("risk_index")
     metrics = start_metrics("risk_index", config.platform)  # before create_server
     setup_security("risk_index", config.platform.data_dir)
-    repository = RiskIndexRepository(config.db_path)
+    repository = RiskIndexRepository(config.storage)
     identifiers = Identifiers.from_secret(config.secret)
     risk_index = RiskIndex(
         repository,

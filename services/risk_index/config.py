@@ -18,7 +18,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from services._common.config import PlatformConfig, env_float, env_int, load_secret
+from services._common.config import (
+    PlatformConfig,
+    env_float,
+    env_int,
+    load_secret,
+    storage_place,
+)
+from services._common.places import PgPlace
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,6 +39,14 @@ class RiskIndexConfig:
     publish_interval_s: float
     snapshot_path: Path
     snapshot_interval_s: float
+    # HEALTHCODE_STORAGE=postgresql: the service's schema (then `db_path` is not used; the
+    # index snapshot stays a local file, a cache a new pod rebuilds from the database).
+    pg: PgPlace | None = None
+
+    @property
+    def storage(self) -> Path | PgPlace:
+        """Where the repository keeps its tables."""
+        return self.pg if self.pg is not None else self.db_path
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> RiskIndexConfig:
@@ -39,6 +54,7 @@ class RiskIndexConfig:
         platform = PlatformConfig.from_env(env)
         db = env.get("HEALTHCODE_RISK_INDEX_DB", "").strip()
         db_path = Path(db) if db else platform.data_dir / "risk_index" / "risk_index.sqlite3"
+        place = storage_place(env, "risk_index", db_path)
         return cls(
             platform=platform,
             port=platform.ports.risk_index,
@@ -51,4 +67,5 @@ class RiskIndexConfig:
             ),
             snapshot_path=db_path.with_name("index.snapshot"),
             snapshot_interval_s=env_float(env, "HEALTHCODE_RISK_INDEX_SNAPSHOT_S", 300.0, low=0.0),
+            pg=place if isinstance(place, PgPlace) else None,
         )

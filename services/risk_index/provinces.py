@@ -329,9 +329,12 @@ class ProvinceExchange:
             for code, key in self._keys.items():
                 rows.append((code, exchange_hash(key, normalised), person.key, person.masked))
         with self._repo.transaction() as conn:
+            # An upsert (SQLite's INSERT OR REPLACE, spelled so both backends take it).
             conn.executemany(
-                "INSERT OR REPLACE INTO exchange_hashes "
-                "(province, exchange_hash, person_key, masked_id_number) VALUES (?, ?, ?, ?)",
+                "INSERT INTO exchange_hashes "
+                "(province, exchange_hash, person_key, masked_id_number) VALUES (?, ?, ?, ?) "
+                "ON CONFLICT (province, exchange_hash) DO UPDATE SET "
+                "person_key = excluded.person_key, masked_id_number = excluded.masked_id_number",
                 rows,
             )
         return enrolled, problems

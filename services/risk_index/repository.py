@@ -1,6 +1,6 @@
 """The risk index's source of truth: feed batches with provenance, their rows, the person/phone/
 card registry, county levels, published rule sets, the override log and the numbered versions,
-in SQLite.
+in SQLite or PostgreSQL (docs/storage.md: one set of statements, DDL per backend).
 
 Identifiers are stored as 16-byte keyed hashes plus their masked forms; a raw ID or phone number
 never reaches a table. Each accepted change and its version number commit in one transaction,
@@ -16,11 +16,11 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import replace
 from operator import itemgetter
-from pathlib import Path
 
 from services._common import changes
+from services._common.pg import pg_connection
 from services._common.sources import SOURCES
-from services._common.storage import SqliteRepository
+from services._common.storage import Place, Repository
 from services.risk_index import overrides
 from services.risk_index.model import (
     Batch,
@@ -218,20 +218,163 @@ CREATE TABLE province_imports (
 """
 
 
+# The same versions in PostgreSQL's DDL (services/_common/storage.py): BYTEA for BLOB, BIGINT
+# for SQLite's 64-bit INTEGER; the override log's append-only triggers call a function.
+PG_SCHEMA_V1 = """
+CREATE TABLE versions (
+    version      BIGINT PRIMARY KEY,
+    published_at TEXT   NOT NULL,
+    change       TEXT   NOT NULL
+);
+CREATE TABLE batches (
+    batch_id        TEXT   PRIMARY KEY,
+    source          TEXT   NOT NULL,
+    digest          BYTEA  NOT NULL,
+    replace         BIGINT NOT NULL,
+    actor_role      TEXT   NOT NULL,
+    actor_principal TEXT   NOT NULL,
+    received_at     TEXT   NOT NULL,
+    row_count       BIGINT NOT NULL,
+    version         BIGINT NOT NULL REFERENCES versions(version),
+    superseded_by   BIGINT REFERENCES versions(version)
+);
+CREATE INDEX batches_by_source ON batches(source, version);
+CREATE TABLE feed_rows (
+    batch_id     TEXT   NOT NULL REFERENCES batches(batch_id),
+    seq          BIGINT NOT NULL,
+    subject_kind TEXT   NOT NULL CHECK (subject_kind IN ('person', 'phone')),
+    subject_key  BYTEA  NOT NULL CHECK (length(subject_key) = 16),
+    masked       TEXT   NOT NULL,
+    day          BIGINT,
+    county       BIGINT,
+    attributes   TEXT,
+    PRIMARY KEY (batch_id, seq)
+);
+CREATE TABLE persons (
+    person_key       BYTEA  PRIMARY KEY CHECK (length(person_key) = 16),
+    masked_id_number TEXT   NOT NULL,
+    registered_at    TEXT   NOT NULL,
+    version          BIGINT NOT NULL
+);
+CREATE TABLE phones (
+    phone_key    BYTEA  PRIMARY KEY CHECK (length(phone_key) = 16),
+    masked_phone TEXT   NOT NULL,
+    holder_key   BYTEA  REFERENCES persons(person_key),
+    changed_at   TEXT   NOT NULL,
+    version      BIGINT NOT NULL
+);
+CREATE TABLE cards (
+    card_key    BYTEA  PRIMARY KEY CHECK (length(card_key) = 16),
+    masked_card TEXT   NOT NULL,
+    holder_key  BYTEA  NOT NULL REFERENCES persons(person_key),
+    changed_at  TEXT   NOT NULL,
+    version     BIGINT NOT NULL
+);
+CREATE TABLE county_levels (
+    county     BIGINT PRIMARY KEY,
+    level      BIGINT NOT NULL CHECK (level BETWEEN 1 AND 3),
+    changed_at TEXT   NOT NULL,
+    version    BIGINT NOT NULL
+);
+"""
+PG_SCHEMA_V2 = """
+ALTER TABLE feed_rows ADD COLUMN hour BIGINT;
+"""
+PG_SCHEMA_RULE_SETS = """
+CREATE TABLE rule_sets (
+    version      BIGINT PRIMARY KEY,
+    text         TEXT   NOT NULL,
+    filename     TEXT   NOT NULL,
+    published_at TEXT   NOT NULL
+);
+"""
+PG_SCHEMA_OVERRIDES = """
+CREATE TABLE override_log (
+    seq              BIGINT PRIMARY KEY,
+    at               TEXT   NOT NULL,
+    action           TEXT   NOT NULL CHECK (action IN ('set', 'clear')),
+    person_key       BYTEA  NOT NULL CHECK (length(person_key) = 16),
+    masked_id_number TEXT   NOT NULL,
+    colour           TEXT   CHECK (colour IN ('green', 'yellow', 'red')),
+    reason           TEXT   NOT NULL,
+    valid_until      TEXT,
+    actor_role       TEXT   NOT NULL,
+    actor_principal  TEXT   NOT NULL,
+    index_version    BIGINT NOT NULL,
+    prev_hash        BYTEA  NOT NULL CHECK (length(prev_hash) = 32),
+    hash             BYTEA  NOT NULL CHECK (length(hash) = 32),
+    CHECK ((action = 'set') = (colour IS NOT NULL AND valid_until IS NOT NULL))
+);
+CREATE INDEX override_log_by_person ON override_log(person_key, seq);
+CREATE FUNCTION override_log_append_only() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    RAISE EXCEPTION 'override_log is append-only';
+END;
+$$;
+CREATE TRIGGER override_log_no_update BEFORE UPDATE ON override_log
+    FOR EACH ROW EXECUTE FUNCTION override_log_append_only();
+CREATE TRIGGER override_log_no_delete BEFORE DELETE ON override_log
+    FOR EACH ROW EXECUTE FUNCTION override_log_append_only();
+CREATE TRIGGER override_log_no_truncate BEFORE TRUNCATE ON override_log
+    FOR EACH STATEMENT EXECUTE FUNCTION override_log_append_only();
+"""
+PG_SCHEMA_EXCHANGE = """
+CREATE TABLE cold_chain_events (
+    event_id        TEXT   PRIMARY KEY,
+    product_batch   TEXT   NOT NULL,
+    stage           BIGINT NOT NULL,
+    day             TEXT   NOT NULL,
+    digest          BYTEA  NOT NULL,
+    index_version   BIGINT NOT NULL,
+    linked          BIGINT NOT NULL,
+    unmatched       TEXT   NOT NULL,
+    actor_role      TEXT   NOT NULL,
+    actor_principal TEXT   NOT NULL,
+    received_at     TEXT   NOT NULL
+);
+CREATE TABLE cold_chain_links (
+    product_batch    TEXT  NOT NULL,
+    event_id         TEXT  NOT NULL REFERENCES cold_chain_events(event_id),
+    person_key       BYTEA NOT NULL CHECK (length(person_key) = 16),
+    masked_id_number TEXT  NOT NULL,
+    masked_phone     TEXT  NOT NULL,
+    PRIMARY KEY (product_batch, event_id, person_key)
+);
+CREATE TABLE exchange_hashes (
+    province         TEXT  NOT NULL,
+    exchange_hash    BYTEA NOT NULL CHECK (length(exchange_hash) = 16),
+    person_key       BYTEA NOT NULL CHECK (length(person_key) = 16),
+    masked_id_number TEXT  NOT NULL,
+    PRIMARY KEY (province, exchange_hash)
+);
+CREATE TABLE province_imports (
+    batch_id TEXT  PRIMARY KEY,
+    province TEXT  NOT NULL,
+    digest   BYTEA NOT NULL,
+    response BYTEA NOT NULL
+);
+"""
+
+
 # Page cache of the risk index's connection (KiB). The registry tables are keyed by random
 # hashes, so a bulk registration touches pages all over them; SQLite's 2 MiB default cannot
 # even hold the interior pages of 18 M people, and every lookup then re-reads them.
 CACHE_KIB = 64 * 1024
 
 
-class RiskIndexRepository(SqliteRepository):
+class RiskIndexRepository(Repository):
     MIGRATIONS = (
         SCHEMA_V1, SCHEMA_V2, SCHEMA_V3, SCHEMA_RULE_SETS, SCHEMA_OVERRIDES, SCHEMA_EXCHANGE,
     )  # fmt: skip
+    PG_MIGRATIONS = (
+        PG_SCHEMA_V1, PG_SCHEMA_V2, SCHEMA_V3, PG_SCHEMA_RULE_SETS, PG_SCHEMA_OVERRIDES,
+        PG_SCHEMA_EXCHANGE,
+    )  # fmt: skip
 
-    def __init__(self, path: Path | str) -> None:
+    def __init__(self, path: Place) -> None:
         super().__init__(path)
-        self._conn.execute(f"PRAGMA cache_size=-{CACHE_KIB}")
+        if self.dialect == "sqlite":
+            self._conn.execute(f"PRAGMA cache_size=-{CACHE_KIB}")
 
     # -- versions --------------------------------------------------------------------------
 
@@ -303,26 +446,30 @@ class RiskIndexRepository(SqliteRepository):
                     version,
                 ),
             )
-            conn.executemany(
-                "INSERT INTO feed_rows (batch_id, seq, subject_kind, subject_key, masked, day, "
-                "county, attributes, hour) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            rows = (
                 (
-                    (
-                        batch.batch_id,
-                        seq,
-                        r.kind,
-                        r.key,
-                        r.masked,
-                        r.day,
-                        r.county,
-                        json.dumps(dict(r.attributes), ensure_ascii=False)
-                        if r.attributes
-                        else None,
-                        r.hour,
-                    )
-                    for seq, r in enumerate(batch.rows)
-                ),
+                    batch.batch_id,
+                    seq,
+                    r.kind,
+                    r.key,
+                    r.masked,
+                    r.day,
+                    r.county,
+                    json.dumps(dict(r.attributes), ensure_ascii=False) if r.attributes else None,
+                    r.hour,
+                )
+                for seq, r in enumerate(batch.rows)
             )
+            pg = pg_connection(conn)
+            if pg is not None:
+                # A feed batch of 100,000 rows is one COPY stream on PostgreSQL.
+                pg.copy_rows("feed_rows", _FEED_ROW_COLUMNS, rows)
+            else:
+                conn.executemany(
+                    "INSERT INTO feed_rows (batch_id, seq, subject_kind, subject_key, masked, "
+                    "day, county, attributes, hour) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    rows,
+                )
             return version
 
     def source_stats(self) -> dict[str, SourceStats]:
@@ -659,7 +806,10 @@ class RiskIndexRepository(SqliteRepository):
         """Foreign keys unchecked for one transaction of ours (the pragma is fixed while one is
         open, so it is set around it, under the lock). For bulk registration only: every
         holder it writes is a person of the same call, stored before its links, and checking
-        that costs a random read of `persons` per link."""
+        that costs a random read of `persons` per link. On PostgreSQL they stay checked."""
+        if self.dialect != "sqlite":
+            yield
+            return
         with self._lock:
             self._conn.execute("PRAGMA foreign_keys=OFF")
             try:
@@ -780,6 +930,11 @@ class RiskIndexRepository(SqliteRepository):
             latest = _latest(conn)
         return out, latest
 
+
+_FEED_ROW_COLUMNS = (
+    "batch_id", "seq", "subject_kind", "subject_key", "masked", "day", "county", "attributes",
+    "hour",
+)  # fmt: skip
 
 # Bound parameters per lookup: well under SQLite's limit, and a batch of 10,000 people is a
 # handful of statements.

@@ -6,7 +6,6 @@ and the mandate of every Show they made."""
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Callable
 from typing import TypeVar
 
@@ -27,6 +26,7 @@ from typer.testing import CliRunner
 from clients import cli, feedgen
 from clients.channel import open_channel
 from clients.stack import Stack
+from tests import pg
 from tests.e2e.waits import eventually
 
 T = TypeVar("T")
@@ -178,9 +178,8 @@ def test_a_family_member_acts_for_a_relative_until_she_revokes(stack: Stack) -> 
         assert code == 0 and "revoked" in out and "my son helps me now" in " ".join(out.split())
 
     # Every Show the proxy made is in the display log with the proxy and the mandate.
-    db = stack.data_dir / "display" / "display.db"
-    with sqlite3.connect(db) as conn:
-        actors = {a for (a,) in conn.execute("SELECT actor FROM display_events")}
+    db = pg.stack_place(stack.extra_env, stack.data_dir / "display" / "display.db", "display")
+    actors = {a for (a,) in pg.rows(db, "SELECT actor FROM display_events")}
     proxy_shows = [a for a in actors if a.startswith("family_proxy:")]
     assert proxy_shows and all(a.endswith(f" mandate:{held.mandate_id}") for a in proxy_shows)
     if masked_daughter:

@@ -7,7 +7,6 @@ by module against segno's matrix of the card's token."""
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
@@ -32,6 +31,7 @@ from clients.channel import open_channel
 from clients.stack import Stack
 from services.display.cards import encode_card
 from services.display.keyring import read_keys
+from tests import pg
 from tests.e2e.waits import eventually, today
 
 T = TypeVar("T")
@@ -224,11 +224,13 @@ def test_a_printed_card_scans_live_until_revoked_and_a_reissue_voids_the_old(
 
     # The display log names each card scan by the card's id (its first 8 bytes), never the
     # person's number; the refused scans are logged with why.
-    with sqlite3.connect(stack.data_dir / "display" / "display.db") as conn:
-        events = conn.execute(
-            "SELECT outcome, token_id, masked_id FROM display_events WHERE kind = 'scan'"
-        ).fetchall()
-        dumped = "\n".join(conn.iterdump())
+    display_log = pg.stack_place(
+        stack.extra_env, stack.data_dir / "display" / "display.db", "display"
+    )
+    events = pg.rows(
+        display_log, "SELECT outcome, token_id, masked_id FROM display_events WHERE kind = 'scan'"
+    )
+    dumped = pg.dump(display_log)
     first_card = issued.card.card_id[:8]
     ok = [t for outcome, t, _ in events if outcome == "OK" and t is not None]
     assert sum(1 for t in ok if t[:8] == first_card) >= 3

@@ -4,7 +4,7 @@ idempotency by event id, the batch listing, partner kinds."""
 from __future__ import annotations
 
 import datetime as dt
-from pathlib import Path
+from collections.abc import Iterator
 
 import healthcode_matcher
 import pytest
@@ -15,6 +15,7 @@ from services._common.identifiers import Identifiers
 from services.risk_index.cold_chain import ColdChain
 from services.risk_index.logic import RiskIndex
 from services.risk_index.repository import RiskIndexRepository
+from tests.pg import Place
 from tests.support import SECRET
 
 IDS = healthcode_matcher.synthetic_id_numbers(4, 51).decode().split()
@@ -26,14 +27,16 @@ TRANSPORT = 4
 
 
 @pytest.fixture()
-def chain(tmp_path: Path) -> tuple[ColdChain, RiskIndex]:
-    repo = RiskIndexRepository(tmp_path / "ri.sqlite3")
+def chain(place: Place) -> Iterator[tuple[ColdChain, RiskIndex]]:
+    # Once per storage backend (tests/conftest.py `place`).
+    repo = RiskIndexRepository(place("ri.sqlite3"))
     ids = Identifiers.from_secret(SECRET)
     index = RiskIndex(repo, ids, SECRET, clock=lambda: NOW)
     holder = ids.person(IDS[1], "x")
     phone = ids.phone(PHONES[0], "x")
     index.link_phone(SERVICE, holder.key, holder.masked, phone.key, phone.masked)
-    return ColdChain(index, repo, ids, clock=lambda: NOW), index
+    yield ColdChain(index, repo, ids, clock=lambda: NOW), index
+    repo.close()
 
 
 def test_handlers_become_exposure_rows_and_batch_links(chain: tuple[ColdChain, RiskIndex]) -> None:

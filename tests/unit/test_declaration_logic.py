@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
-import sqlite3
-from pathlib import Path
+from collections.abc import Iterator
 
 import healthcode_matcher
 import pytest
@@ -21,6 +20,8 @@ from services._common.identifiers import Identified, Identifiers, mask_id_number
 from services.declaration.logic import Declarations, derived_rows
 from services.declaration.model import DeclarationInput
 from services.declaration.repository import DeclarationRepository
+from tests import pg
+from tests.pg import Place
 from tests.support import SECRET, Clock
 
 IDS = healthcode_matcher.synthetic_id_numbers(10, 3).decode().split()
@@ -35,8 +36,11 @@ def clock() -> Clock:
 
 
 @pytest.fixture()
-def repo(tmp_path: Path) -> DeclarationRepository:
-    return DeclarationRepository(tmp_path / "d.sqlite3")
+def repo(place: Place) -> Iterator[DeclarationRepository]:
+    # Once per storage backend (tests/conftest.py `place`).
+    repo = DeclarationRepository(place("d.sqlite3"))
+    yield repo
+    repo.close()
 
 
 @pytest.fixture()
@@ -81,11 +85,11 @@ def test_register_stores_keys_and_masks_and_queues_the_index(
 
 
 def test_no_raw_number_reaches_the_database(
-    service: Declarations, repo: DeclarationRepository, ids: Identifiers, tmp_path: Path
+    service: Declarations, repo: DeclarationRepository, ids: Identifiers, place: Place
 ) -> None:
     service.register(GRID, "李四", IDS[1], [PHONES[2]])
     service.declare(GRID, ref(ids, IDS[1]), DeclarationInput(temperature_celsius=38.0))
-    dump = "\n".join(sqlite3.connect(tmp_path / "d.sqlite3").iterdump())
+    dump = pg.dump(place("d.sqlite3"))
     assert IDS[1] not in dump and PHONES[2] not in dump
     assert "李四" in dump  # names are kept (printed codes), numbers are not
 

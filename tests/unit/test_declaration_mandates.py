@@ -5,7 +5,7 @@ time-boxed (a test clock runs them out) and revoked; a refused act changes nothi
 from __future__ import annotations
 
 import datetime as dt
-import sqlite3
+from collections.abc import Iterator
 from pathlib import Path
 
 import healthcode_matcher
@@ -34,6 +34,8 @@ from services.declaration.repository import (
     SCHEMA_V3,
     DeclarationRepository,
 )
+from tests import pg
+from tests.pg import Place
 from tests.support import SECRET, Clock
 
 IDS = healthcode_matcher.synthetic_id_numbers(12, 1010).decode().split()
@@ -52,8 +54,11 @@ def clock() -> Clock:
 
 
 @pytest.fixture()
-def repo(tmp_path: Path) -> DeclarationRepository:
-    return DeclarationRepository(tmp_path / "d.sqlite3")
+def repo(place: Place) -> Iterator[DeclarationRepository]:
+    # Once per storage backend (tests/conftest.py `place`).
+    repo = DeclarationRepository(place("d.sqlite3"))
+    yield repo
+    repo.close()
 
 
 @pytest.fixture()
@@ -452,13 +457,13 @@ def test_a_version_three_database_upgrades_in_place(tmp_path: Path, ids: Identif
 
 
 def test_no_raw_number_reaches_the_mandates(
-    service: Declarations, ids: Identifiers, tmp_path: Path
+    service: Declarations, ids: Identifiers, place: Place
 ) -> None:
     service.register(family(ids, DAUGHTER), "王奶奶", GRANNY, [])
     service.grant_mandate(
         citizen(ids, GRANNY), person(ids, GRANNY), as_family(ids, NEIGHBOUR), reason="neighbour"
     )
-    dump = "\n".join(sqlite3.connect(tmp_path / "d.sqlite3").iterdump())
+    dump = pg.dump(place("d.sqlite3"))
     for raw in (GRANNY, DAUGHTER, NEIGHBOUR):
         assert raw not in dump
     assert mask_id_number(NEIGHBOUR) in dump

@@ -1,14 +1,14 @@
 """The display log: durable before the reply, one scan per token, counters that survive a
-restart, and no raw identifier stored."""
+restart, and no raw identifier stored. On both storage backends (tests/conftest.py `place`)."""
 
 from __future__ import annotations
 
-import sqlite3
 import threading
 import time
-from pathlib import Path
 
 from services.display.store import OK, SCAN, SHOW, TOKEN_REPLAYED, DisplayEvent, DisplayLog
+from tests import pg
+from tests.pg import Place
 
 DAY = 18_612
 KEY_A = b"A" * 16
@@ -37,37 +37,37 @@ def _scan(key: bytes, token_id: bytes, colour: int = 0) -> DisplayEvent:
     )
 
 
-def test_a_recorded_display_is_on_disk_when_record_returns(tmp_path: Path) -> None:
-    log = DisplayLog(tmp_path / "display.db")
+def test_a_recorded_display_is_on_disk_when_record_returns(place: Place) -> None:
+    log = DisplayLog(place("display.db"))
     try:
         recorded = log.record(_show(KEY_A, 2))
         # Another connection (as after a crash) sees the committed row.
-        with sqlite3.connect(tmp_path / "display.db") as other:
-            rows = other.execute(
-                "SELECT id, kind, colour, person_key FROM display_events"
-            ).fetchall()
+        rows = pg.rows(
+            place("display.db"), "SELECT id, kind, colour, person_key FROM display_events"
+        )
         assert rows == [(recorded.event_id, "show", 2, KEY_A)]
     finally:
         log.close()
 
 
-def test_a_token_is_accepted_once(tmp_path: Path) -> None:
-    log = DisplayLog(tmp_path / "display.db")
+def test_a_token_is_accepted_once(place: Place) -> None:
+    log = DisplayLog(place("display.db"))
     try:
         assert log.record(_scan(KEY_A, b"t" * 16)).accepted
         second = log.record(_scan(KEY_A, b"t" * 16))
         assert not second.accepted
-        with sqlite3.connect(tmp_path / "display.db") as other:
-            outcome = other.execute(
-                "SELECT outcome, colour FROM display_events WHERE id = ?", (second.event_id,)
-            ).fetchone()
+        [outcome] = pg.rows(
+            place("display.db"),
+            "SELECT outcome, colour FROM display_events WHERE id = ?",
+            (second.event_id,),
+        )
         assert outcome == (TOKEN_REPLAYED, None)
     finally:
         log.close()
 
 
-def test_concurrent_scans_of_one_token_accept_exactly_one(tmp_path: Path) -> None:
-    log = DisplayLog(tmp_path / "display.db")
+def test_concurrent_scans_of_one_token_accept_exactly_one(place: Place) -> None:
+    log = DisplayLog(place("display.db"))
     results: list[bool] = []
     lock = threading.Lock()
 
@@ -87,8 +87,8 @@ def test_concurrent_scans_of_one_token_accept_exactly_one(tmp_path: Path) -> Non
         log.close()
 
 
-def test_counters_per_day_and_colour_survive_a_restart(tmp_path: Path) -> None:
-    log = DisplayLog(tmp_path / "display.db")
+def test_counters_per_day_and_colour_survive_a_restart(place: Place) -> None:
+    log = DisplayLog(place("display.db"))
     log.record(_show(KEY_B, 1, day=DAY - 1))
     log.record(_show(KEY_A, 0))
     log.record(_show(KEY_A, 0))
@@ -98,7 +98,7 @@ def test_counters_per_day_and_colour_survive_a_restart(tmp_path: Path) -> None:
     before = log.counters(DAY)
     log.close()
 
-    again = DisplayLog(tmp_path / "display.db")
+    again = DisplayLog(place("display.db"))
     try:
         after = again.counters(DAY)
     finally:
@@ -113,8 +113,8 @@ def test_counters_per_day_and_colour_survive_a_restart(tmp_path: Path) -> None:
         assert c.applicants == 1 and c.total_applicants == 2
 
 
-def test_wait_for_change_wakes_on_a_commit(tmp_path: Path) -> None:
-    log = DisplayLog(tmp_path / "display.db")
+def test_wait_for_change_wakes_on_a_commit(place: Place) -> None:
+    log = DisplayLog(place("display.db"))
     try:
         start = log.counters(DAY)
         threading.Timer(0.05, lambda: log.record(_show(KEY_A, 0))).start()

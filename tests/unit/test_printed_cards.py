@@ -9,7 +9,6 @@ import dataclasses
 import datetime as dt
 import sqlite3
 from collections.abc import Iterator
-from pathlib import Path
 
 import base45
 import healthcode_matcher
@@ -38,6 +37,7 @@ from services.display.cards import (
 from services.display.cards import PrintedCards as CardVerifier
 from services.display.keyring import KeyRing, TokenKey
 from services.display.tokens import CodeTokens, TokenForged, TokenMalformed
+from tests.pg import Place
 from tests.support import SECRET, Clock
 
 IDS = healthcode_matcher.synthetic_id_numbers(6, 4242).decode().split()
@@ -62,8 +62,9 @@ def ids() -> Identifiers:
 
 
 @pytest.fixture()
-def repo(tmp_path: Path) -> Iterator[DeclarationRepository]:
-    repo = DeclarationRepository(tmp_path / "d.sqlite3")
+def repo(place: Place) -> Iterator[DeclarationRepository]:
+    # Once per storage backend (tests/conftest.py `place`).
+    repo = DeclarationRepository(place("d.sqlite3"))
     yield repo
     repo.close()
 

@@ -22,6 +22,7 @@ from services.risk_index import provinces
 from services.risk_index.logic import RiskIndex
 from services.risk_index.provinces import KeyedColours, ProvinceExchange
 from services.risk_index.repository import RiskIndexRepository
+from tests.pg import Place
 from tests.support import SECRET
 
 IDS = healthcode_matcher.synthetic_id_numbers(5, 41).decode().split()
@@ -90,8 +91,9 @@ Exchange = tuple[ProvinceExchange, RiskIndex, FakeColours]
 
 
 @pytest.fixture()
-def exchange(tmp_path: Path) -> Exchange:
-    repo = RiskIndexRepository(tmp_path / "ri.sqlite3")
+def exchange(place: Place) -> Exchange:
+    # Once per storage backend (tests/conftest.py `place`).
+    repo = RiskIndexRepository(place("ri.sqlite3"))
     ids = Identifiers.from_secret(SECRET)
     index = RiskIndex(repo, ids, SECRET, clock=lambda: NOW)
     table = provinces.load_provinces(provinces.DEFAULT_PROVINCES)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Iterator
 from pathlib import Path
 
 import healthcode_matcher
@@ -17,9 +18,11 @@ from services._common.errors import (
     ResourceExhausted,
 )
 from services._common.identifiers import Identifiers
+from services._common.places import PgPlace
 from services.risk_index.logic import Delta, Published, RiskIndex
 from services.risk_index.model import RawRow
 from services.risk_index.repository import RiskIndexRepository
+from tests.pg import Place
 from tests.support import SECRET
 
 IDS = healthcode_matcher.synthetic_id_numbers(20, 11).decode().split()
@@ -35,16 +38,20 @@ def person_row(id_number: str, day: str = TODAY, **kw: object) -> RawRow:
     return RawRow("id_number", id_number, day=day, **kw)  # type: ignore[arg-type]
 
 
-def open_index(path: Path, **kw: object) -> tuple[RiskIndex, RiskIndexRepository]:
-    repo = RiskIndexRepository(path / "ri.sqlite3")
+def open_index(
+    path: Path, where: Path | PgPlace | None = None, **kw: object
+) -> tuple[RiskIndex, RiskIndexRepository]:
+    repo = RiskIndexRepository(where or path / "ri.sqlite3")
     ids = Identifiers.from_secret(SECRET)
     return RiskIndex(repo, ids, SECRET, clock=lambda: NOW, **kw), repo  # type: ignore[arg-type]
 
 
 @pytest.fixture()
-def index(tmp_path: Path) -> RiskIndex:
-    ri, _ = open_index(tmp_path)
-    return ri
+def index(tmp_path: Path, place: Place) -> Iterator[RiskIndex]:
+    # Once per storage backend (tests/conftest.py `place`).
+    ri, repo = open_index(tmp_path, place("ri.sqlite3"))
+    yield ri
+    repo.close()
 
 
 def members(ri: RiskIndex, source: str) -> int:
