@@ -2533,6 +2533,14 @@ def keys_rotate(data_dir: _DataDirOption = None, keys_dir: _KeysDirOption = None
         )
 
 
+if __name__ == "__main__":
+    # `python -m clients.cli` runs this file as `__main__`, a second copy of the module. The
+    # sub-command modules below import `clients.cli` for its helpers and settings, so the
+    # module proper runs the command (and exits); this copy never gets further.
+    from clients.cli import main as run_module_proper
+
+    run_module_proper()
+
 # Exams, cold chain and other provinces (issue 11, items 7, 9, 10): their own modules, which
 # read this module's settings when a command runs.
 from clients.cli_exams import exam_app
@@ -2546,6 +2554,11 @@ app.add_typer(province_app)
 from clients.cli_partners import partners_app
 
 app.add_typer(partners_app)
+
+# Consent for partner look-ups (issue 11, item 11): healthcode consent list|revoke|restore.
+from clients.cli_consent import consent_app
+
+app.add_typer(consent_app)
 
 
 def main() -> None:

@@ -57,6 +57,9 @@ class ClientCredentials:
     secret: bytes | None = field(default=None, repr=False)  # keys a person's ID number
     token: str | None = field(default=None, repr=False)
     verifier_context: str = DEFAULT_VERIFIER_CONTEXT
+    # The kind a partner token minted here names (exam_organiser, hospital, ...): a partner
+    # relayed by token is held to its kind's purpose like one known by its certificate.
+    partner_context: str = ""
     _minted: dict[bytes, tuple[str, float]] = field(default_factory=dict, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     _identifiers: Any = field(default=None, repr=False)
@@ -110,7 +113,9 @@ class ClientCredentials:
         principal = actor.principal.strip()
         if not principal:
             return self._mint(b"operator", lambda i: i.staff(Role.ADMIN, OPERATOR))
-        context = self.verifier_context if role is Role.VERIFIER else ""
+        context = {Role.VERIFIER: self.verifier_context, Role.PARTNER: self.partner_context}.get(
+            role, ""
+        )
         key = f"{role.value}\0{principal}\0{context}".encode()
         return self._mint(key, lambda i: i.staff(role, principal, context, _MINTED_TTL))
 

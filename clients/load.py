@@ -311,6 +311,9 @@ def load_auth(creds: ClientCredentials, people: Sequence[str], verifier: str) ->
             person_tokens[id_number] = token
     verifier_actor = common_pb2.Actor(role=common_pb2.ACTOR_ROLE_VERIFIER, principal=verifier)
     partner_actor = common_pb2.Actor(role=common_pb2.ACTOR_ROLE_PARTNER, principal=verifier)
+    # EvaluateStream is an exam organiser's batch check (its purpose; services/declaration/
+    # consent.py): the load generator's partner token says so.
+    creds.partner_context = "exam_organiser"
     security = creds.security
     return LoadAuth(
         security.ca,

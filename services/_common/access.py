@@ -120,6 +120,13 @@ ACCESS: dict[str, frozenset[Role]] = {
     # bus_operator or a verifier at a bus; a hospital or a verifier at a hospital).
     "/healthcode.v1.PartnerService/BusScan": frozenset({V, PARTNER}),
     "/healthcode.v1.PartnerService/Triage": frozenset({V, PARTNER}),
+    # consent for partner look-ups (issue 11, item 11; served by the declaration process): the
+    # display asks before each partner look-up; the holder, a proxy (under a mandate, checked
+    # by the service) and the support desk see and withdraw partners' access.
+    "/healthcode.v1.ConsentService/CheckPartnerAccess": frozenset({SERVICE}),
+    "/healthcode.v1.ConsentService/ListPartnerAccess": PEOPLE | {SUPPORT},
+    "/healthcode.v1.ConsentService/RevokePartnerAccess": PEOPLE | {SUPPORT},
+    "/healthcode.v1.ConsentService/RestorePartnerAccess": PEOPLE | {SUPPORT},
     # signing in (also without a token: SIGN_IN); staff accounts are the administrator's.
     _ACCOUNT + "RequestSignInCode": EVERYONE,
     _ACCOUNT + "SignIn": EVERYONE,

@@ -9,10 +9,13 @@ from collections.abc import Iterator
 import grpc
 from healthcode.v1 import colour_pb2, colour_pb2_grpc, common_pb2
 
+from services._common.actors import Role
+from services._common.auth import current_caller
 from services._common.convert import actor_from_proto, person_from_proto, timestamp
 from services._common.days import day_date, format_hour
 from services._common.errors import InvalidArgument
 from services._common.identifiers import Identifiers
+from services._common.purposes import EXAM, check_purpose
 from services._common.status import grpc_errors
 from services.colour.logic import ColourDesk
 from services.colour.model import (
@@ -249,6 +252,11 @@ class ColourServicer(colour_pb2_grpc.ColourServiceServicer):
         request_iterator: Iterator[colour_pb2.EvaluateStreamRequest],
         context: grpc.ServicerContext,
     ) -> Iterator[colour_pb2.EvaluateStreamResponse]:
+        # Purpose limitation (issue 11, item 11): of the partners, only an exam organiser checks
+        # lists here; nothing is recorded per person (the organiser's CSV report is the record).
+        caller = current_caller()
+        if caller is not None and caller.role is Role.PARTNER:
+            check_purpose(caller.context, EXAM, f"partner:{caller.principal}")
         evaluate = None
         for request in request_iterator:
             if evaluate is None:

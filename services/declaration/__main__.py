@@ -5,6 +5,7 @@ from __future__ import annotations
 import grpc
 from healthcode.v1 import (
     account_pb2_grpc,
+    consent_pb2_grpc,
     declaration_pb2_grpc,
     province_pb2_grpc,
     risk_index_pb2_grpc,
@@ -16,6 +17,7 @@ from services._common.logs import setup_logging
 from services._common.metrics import start_metrics
 from services._common.server import create_server, serve_forever
 from services._common.telemetry import instrumented_channel, setup_tracing
+from services.declaration import consent
 from services.declaration.cards import PrintedCards
 from services.declaration.config import DeclarationConfig
 from services.declaration.logic import Declarations
@@ -58,13 +60,17 @@ def main() -> None:
         StaffDesk(repository, issuer),
     )
 
+    # Consent for partner look-ups (issue 11, item 11): services/declaration/consent.py.
+    consents = consent.ConsentServicer(consent.Consents(repository), identifiers)
+
     def add_servicers(server: grpc.Server) -> None:
         declaration_pb2_grpc.add_DeclarationServiceServicer_to_server(servicer, server)
         account_pb2_grpc.add_AccountServiceServicer_to_server(accounts, server)
+        consent_pb2_grpc.add_ConsentServiceServicer_to_server(consents, server)
 
     server, _port = create_server(
         add_servicers,
-        [SERVICE_NAME, ACCOUNT_SERVICE_NAME],
+        [SERVICE_NAME, ACCOUNT_SERVICE_NAME, consent.SERVICE_NAME],
         port=config.port,
         host=config.platform.host,
         health_port=config.platform.health_port("declaration"),

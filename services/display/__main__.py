@@ -30,7 +30,7 @@ from services.display.counters import CounterSource, SummedCounters
 from services.display.ledger import create_ledger
 from services.display.logic import DisplayDesk, LiveColour
 from services.display.partners import SERVICE_NAME as PARTNER_SERVICE_NAME
-from services.display.partners import CardHolders, PartnerDesk, PartnerServicer
+from services.display.partners import CardHolders, ConsentPeer, PartnerDesk, PartnerServicer
 from services.display.peers import ColourPeer, DeclarationPeer, ReplicaColour
 from services.display.servicer import SERVICE_NAME, DisplayServicer
 from services.display.store import DisplayLog
@@ -126,8 +126,10 @@ def serve(config: DisplayConfig, worker: WorkerRole | None) -> None:
     )
     identifiers = Identifiers.from_secret(secret)
     servicer = DisplayServicer(desk, counters, tokens, identifiers)
-    # Bus scanners and hospital triage (R11, R13), beside DisplayService.
-    partners = PartnerServicer(PartnerDesk(desk, card_holders, identifiers), identifiers)
+    # Bus scanners and hospital triage (R11, R13), beside DisplayService; a look-up by name asks
+    # the declaration service for the holder's consent first, never cached (issue 11, item 11).
+    consent = ConsentPeer(declaration_channel, config.peer_timeout_s)
+    partners = PartnerServicer(PartnerDesk(desk, card_holders, identifiers, consent), identifiers)
 
     def add_servicers(s: grpc.Server) -> None:
         display_pb2_grpc.add_DisplayServiceServicer_to_server(servicer, s)

@@ -17,6 +17,15 @@ the links: the matcher answers the holder's dense id and, from it, the person ke
 A card the index links to nobody is NOT_FOUND, CARD_NOT_LINKED; a display without a replica
 (HEALTHCODE_DISPLAY_COLOUR=service) holds no links and asks the passenger for a code
 (UNAVAILABLE, CARD_HOLDER_UNKNOWN_HERE).
+
+Consent (issue 11, item 11; services/declaration/consent.py): a look-up by name (a triage, a
+transit card) is asked of the declaration service first (`ConsentPeer`, CheckPartnerAccess),
+which records it for the holder and refuses a partner the holder has withdrawn access from
+(PERMISSION_DENIED, CONSENT_REVOKED) or a purpose not the partner kind's own
+(PURPOSE_NOT_ALLOWED). The answer is never cached (each look-up is a row of the holder's record,
+and a withdrawal counts at the next look-up); if the declaration service cannot answer, the
+look-up fails UNAVAILABLE. A code token the holder presents is consent by presentation: not
+asked.
 """
 
 from __future__ import annotations
@@ -27,7 +36,7 @@ from dataclasses import dataclass
 
 import grpc
 import healthcode_matcher as hm
-from healthcode.v1 import common_pb2, partners_pb2, partners_pb2_grpc
+from healthcode.v1 import common_pb2, consent_pb2, consent_pb2_grpc, partners_pb2, partners_pb2_grpc
 
 from services._common.actors import Actor, Role
 from services._common.auth import Caller, current_caller
@@ -35,7 +44,8 @@ from services._common.convert import actor_from_proto, person_from_proto
 from services._common.errors import InvalidArgument, NotFound, PermissionDenied, Unavailable
 from services._common.identifiers import Identifiers
 from services._common.logs import redact
-from services._common.status import grpc_errors
+from services._common.purposes import KIND_OF_WORKPLACE, ConsentRevoked, PurposeNotAllowed
+from services._common.status import grpc_errors, reason_of
 from services.display.logic import DisplayDesk, Place, Scanned, ScanSite
 from services.display.servicer import place_of
 from services.display.store import LOOKUP
@@ -95,6 +105,62 @@ class CardHolders:
                 "real-name): the passenger shows their health code instead"
             )
         return key
+
+
+# --- consent ---------------------------------------------------------------------------------
+
+_PURPOSE = {BUS: consent_pb2.PARTNER_PURPOSE_BUS, "triage": consent_pb2.PARTNER_PURPOSE_TRIAGE}
+_REFUSALS: dict[str, type[PermissionDenied]] = {
+    ConsentRevoked.reason: ConsentRevoked,
+    PurposeNotAllowed.reason: PurposeNotAllowed,
+}
+_SERVICE_ACTOR = common_pb2.Actor(role=common_pb2.ACTOR_ROLE_SERVICE, principal="display")
+
+
+def partner_kind(caller: Caller | None, default: str) -> str:
+    """The partner kind a look-up is made as: a partner's own, the kind a verifier's workplace
+    stands for; `default` (the RPC's kind) in a development run without credentials."""
+    if caller is None:
+        return default
+    if caller.role is Role.PARTNER:
+        return caller.context
+    return KIND_OF_WORKPLACE.get(caller.context, default)
+
+
+class ConsentPeer:
+    """CheckPartnerAccess at the declaration service, each call with a deadline; never cached."""
+
+    def __init__(self, channel: grpc.Channel, timeout_s: float) -> None:
+        self._stub = consent_pb2_grpc.ConsentServiceStub(channel)
+        self._timeout = timeout_s
+
+    def check(self, actor: Actor, person_key: bytes, kind: str, purpose: str, where: Place) -> None:
+        """Returns when the partner may look the person up (recorded there); raises the
+        refusal (ConsentRevoked, PurposeNotAllowed, NotFound) or Unavailable otherwise."""
+        request = consent_pb2.CheckPartnerAccessRequest(
+            actor=_SERVICE_ACTOR,
+            person=common_pb2.PersonRef(person_key=person_key),
+            partner=consent_pb2.PartnerRef(principal=f"{actor.role}:{actor.principal}", kind=kind),
+            purpose=_PURPOSE[purpose],
+            place=where.place,
+        )
+        try:
+            self._stub.CheckPartnerAccess(request, timeout=self._timeout)
+        except grpc.RpcError as error:
+            code = error.code() if isinstance(error, grpc.Call) else grpc.StatusCode.UNKNOWN
+            message = error.details() if isinstance(error, grpc.Call) else ""
+            refusal = _REFUSALS.get(reason_of(error))
+            if code == grpc.StatusCode.PERMISSION_DENIED and refusal is not None:
+                raise refusal(
+                    message or "the holder's consent does not cover this look-up"
+                ) from None
+            if code == grpc.StatusCode.NOT_FOUND:
+                raise NotFound(message or "no person is registered with that ID number") from None
+            # Never allowed silently: without the holder's answer there is no look-up.
+            raise Unavailable(
+                f"the declaration service could not confirm the holder's consent ({code.name}): "
+                "nothing was looked up; try again in a moment"
+            ) from None
 
 
 # --- triage ----------------------------------------------------------------------------------
@@ -196,10 +262,39 @@ def _bus_text(value: str, field: str) -> str:
 class PartnerDesk:
     """Bus scans and triage look-ups through the display desk."""
 
-    def __init__(self, desk: DisplayDesk, cards: CardHolders, identifiers: Identifiers) -> None:
+    def __init__(
+        self,
+        desk: DisplayDesk,
+        cards: CardHolders,
+        identifiers: Identifiers,
+        consent: ConsentPeer | None = None,
+    ) -> None:
+        """`consent`: asked before each look-up by name (the service always has one; None only
+        in tests of the desk alone)."""
         self._desk = desk
         self._cards = cards
         self._identifiers = identifiers
+        self._consent = consent
+
+    def _ask_consent(
+        self,
+        actor: Actor,
+        person_key: bytes,
+        kind: str,
+        purpose: str,
+        where: Place,
+        site: ScanSite,
+    ) -> None:
+        if self._consent is None:
+            return
+        try:
+            self._consent.check(actor, person_key, kind, purpose, where)
+        except PermissionDenied as refused:
+            # Every attempt is in the display log too, with why (no person: it was refused).
+            self._desk.record_refusal(
+                LOOKUP, refused.reason or "PERMISSION_DENIED", actor, where, site
+            )
+            raise
 
     def bus_scan(
         self,
@@ -211,6 +306,7 @@ class PartnerDesk:
         vehicle: str,
         route: str,
         device_id: str,
+        kind: str = "bus_operator",
     ) -> BusScanned:
         actor.require(PARTNER_ROLES, "scan passengers at a bus")
         violations: list[tuple[str, str]] = []
@@ -240,6 +336,8 @@ class PartnerDesk:
             except (CardNotLinked, CardHolderUnknownHere) as refused:
                 self._desk.record_refusal(LOOKUP, refused.reason, actor, where, site)
                 raise
+            actor.require(PARTNER_ROLES, "scan transit cards")
+            self._ask_consent(actor, holder, kind, BUS, where, site)
             scanned = self._desk.look_up(
                 actor, holder, where, temperature, site,
                 roles=PARTNER_ROLES, action="scan transit cards",
@@ -247,7 +345,11 @@ class PartnerDesk:
         alert = scanned.temperature_alert or scanned.live.colour != 0
         return BusScanned(scanned, alert, masked_card)
 
-    def triage(self, actor: Actor, patient_key: bytes, where: Place) -> tuple[Scanned, Triaged]:
+    def triage(
+        self, actor: Actor, patient_key: bytes, where: Place, kind: str = "hospital"
+    ) -> tuple[Scanned, Triaged]:
+        actor.require(PARTNER_ROLES, "triage patients")
+        self._ask_consent(actor, patient_key, kind, "triage", where, ScanSite(HOSPITAL))
         scanned = self._desk.look_up(
             actor, patient_key, where, None, ScanSite(HOSPITAL),
             roles=PARTNER_ROLES, action="triage patients",
@@ -274,7 +376,8 @@ class PartnerServicer(partners_pb2_grpc.PartnerServiceServicer):
     def BusScan(
         self, request: partners_pb2.BusScanRequest, context: grpc.ServicerContext
     ) -> partners_pb2.BusScanResponse:
-        partner_check(current_caller(), "bus_operator", BUS, "BusScan")
+        caller = current_caller()
+        partner_check(caller, "bus_operator", BUS, "BusScan")
         actor = actor_from_proto(request.actor, self._identifiers)
         which = request.WhichOneof("rider")
         done = self._desk.bus_scan(
@@ -287,6 +390,7 @@ class PartnerServicer(partners_pb2_grpc.PartnerServiceServicer):
             vehicle=request.vehicle,
             route=request.route,
             device_id=request.device_id,
+            kind=partner_kind(caller, "bus_operator"),
         )
         s = done.scanned
         return partners_pb2.BusScanResponse(
@@ -304,12 +408,15 @@ class PartnerServicer(partners_pb2_grpc.PartnerServiceServicer):
     def Triage(
         self, request: partners_pb2.TriageRequest, context: grpc.ServicerContext
     ) -> partners_pb2.TriageResponse:
-        partner_check(current_caller(), "hospital", HOSPITAL, "Triage")
+        caller = current_caller()
+        partner_check(caller, "hospital", HOSPITAL, "Triage")
         actor = actor_from_proto(request.actor, self._identifiers)
         if not request.HasField("patient"):
             raise InvalidArgument([("patient", "give the patient's ID number")])
         key = person_from_proto(request.patient, self._identifiers, "patient").key
-        scanned, triaged = self._desk.triage(actor, key, place_of(request.desk, "desk"))
+        scanned, triaged = self._desk.triage(
+            actor, key, place_of(request.desk, "desk"), partner_kind(caller, "hospital")
+        )
         return partners_pb2.TriageResponse(
             group=(
                 partners_pb2.TRIAGE_GROUP_KEY

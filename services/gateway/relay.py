@@ -25,6 +25,7 @@ from google.rpc import status_pb2
 from healthcode.v1 import (
     account_connect,
     colour_connect,
+    consent_connect,
     declaration_connect,
     display_connect,
 )
@@ -39,6 +40,7 @@ _ACCOUNT = "healthcode.v1.AccountService"
 _DECLARATION = "healthcode.v1.DeclarationService"
 _COLOUR = "healthcode.v1.ColourService"
 _DISPLAY = "healthcode.v1.DisplayService"
+_CONSENT = "healthcode.v1.ConsentService"
 
 # Which service answers each service name (AccountService lives in the declaration service).
 BACKEND_OF = {
@@ -46,11 +48,13 @@ BACKEND_OF = {
     _DECLARATION: "declaration",
     _COLOUR: "colour",
     _DISPLAY: "display",
+    _CONSENT: "declaration",
 }
 
 # What a browser needs: signing in (people by SMS code, verifiers with their account), a person's
 # registration, declaration and mandates (a family member acting for a relative), showing and
-# scanning codes, and the reasons behind one's own colour.
+# scanning codes, the reasons behind one's own colour, and which partners looked one up (with
+# withdrawing and restoring a partner's access; CheckPartnerAccess is the display's, not a page's).
 EXPOSED: frozenset[str] = frozenset(
     f"/{service}/{method}"
     for service, methods in {
@@ -65,6 +69,7 @@ EXPOSED: frozenset[str] = frozenset(
         ),
         _DISPLAY: ("Show", "Scan", "GetVerificationKey"),
         _COLOUR: ("Explain",),
+        _CONSENT: ("ListPartnerAccess", "RevokePartnerAccess", "RestorePartnerAccess"),
     }.items()
     for method in methods
 )
@@ -214,6 +219,7 @@ def applications(
         declaration_connect.DeclarationServiceASGIApplication(relay(_DECLARATION)),
         colour_connect.ColourServiceASGIApplication(relay(_COLOUR)),
         display_connect.DisplayServiceASGIApplication(relay(_DISPLAY)),
+        consent_connect.ConsentServiceASGIApplication(relay(_CONSENT)),
     ]
     by_service = {app.path.lstrip("/"): app for app in apps}
     return {path: by_service[path.split("/")[1]] for path in sorted(EXPOSED)}

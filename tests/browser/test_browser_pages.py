@@ -9,18 +9,24 @@ import re
 import time
 from collections.abc import Callable
 
+import grpc
 from healthcode.v1 import (
     account_pb2,
     account_pb2_grpc,
     common_pb2,
     declaration_pb2,
     declaration_pb2_grpc,
+    display_pb2,
+    partners_pb2,
+    partners_pb2_grpc,
 )
 from playwright.sync_api import Page, expect
 
 from clients import feedgen
 from clients.channel import open_channel
 from clients.stack import Stack
+from services._common.auth import Security
+from services._common.status import reason_of
 from tests.browser.support import TOKEN_TTL_S, screenshot
 
 ME, RELATIVE, COUGHING = feedgen.synthetic_id_numbers(3, 2024)
@@ -209,3 +215,37 @@ def test_a_person_declaring_a_cough_shows_a_yellow_code_a_verifier_does_not_pass
     # The cough is the holder's business: the gate sees no reason for the colour.
     assert "ough" not in verdict.inner_text()
     screenshot(gate, "8-verdict-not-passed")
+
+    # A hospital triages the person by ID number; the page shows who looked them up, and
+    # withdrawing that hospital's access refuses its next triage (issue 11, item 11).
+    assert _triage(browser_stack, COUGHING) == ""
+    page.click("#consent-button")
+    accesses = page.locator(".consent-access")
+    expect(accesses).to_have_count(1, timeout=WAIT_MS)
+    expect(accesses.first).to_contain_text("partner:demo")
+    expect(accesses.first).to_contain_text("hospital triage")
+    assert COUGHING not in page.content()
+    page.click("button[data-partner='partner:demo'][data-action=revoke]")
+    expect(page.locator("#consent-message")).to_contain_text("Access withdrawn", timeout=WAIT_MS)
+    expect(page.locator("button[data-partner='partner:demo']")).to_have_attribute(
+        "data-action", "restore"
+    )
+    screenshot(page, "9-who-looked-me-up")
+    assert _triage(browser_stack, COUGHING) == "CONSENT_REVOKED"
+
+
+def _triage(stack: Stack, id_number: str) -> str:
+    """A triage by the development hospital's certificate: "" when answered, else the reason."""
+    security = Security.load(stack.credentials_dir, "partner-hospital")
+    with grpc.secure_channel(stack.peers.display, security.channel_credentials()) as channel:
+        try:
+            partners_pb2_grpc.PartnerServiceStub(channel).Triage(
+                partners_pb2.TriageRequest(
+                    patient=common_pb2.PersonRef(id_number=id_number),
+                    desk=display_pb2.Device(device_id="triage-1", place="pre-check"),
+                ),
+                timeout=10,
+            )
+        except grpc.RpcError as error:
+            return reason_of(error) or str(error)
+    return ""

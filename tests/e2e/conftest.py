@@ -27,6 +27,7 @@ STORAGE_MODULES = {
     "test_e2e_overrides",
     "test_e2e_display_replica",
     "test_e2e_mandates",
+    "test_e2e_consent",
 }
 
 

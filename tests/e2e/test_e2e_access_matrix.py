@@ -23,6 +23,7 @@ from healthcode.v1 import (
     cold_chain_pb2,
     colour_pb2,
     common_pb2,
+    consent_pb2,
     declaration_pb2,
     display_pb2,
     display_pb2_grpc,
@@ -50,6 +51,8 @@ SERVICES = {
     # served by the risk index (issue 11, items 9 and 10)
     "cold_chain": cold_chain_pb2.DESCRIPTOR.services_by_name["ColdChainService"],
     "province": province_pb2.DESCRIPTOR.services_by_name["ProvinceExchangeService"],
+    # served by the declaration process (issue 11, item 11)
+    "consent": consent_pb2.DESCRIPTOR.services_by_name["ConsentService"],
 }
 PERSON_KEY = bytes(range(16))
 
@@ -150,6 +153,7 @@ def test_each_role_reaches_only_what_the_table_allows(module_stack: Stack) -> No
         channels["partners"] = _channel(stack, stack.peers.display, cred)
         channels["cold_chain"] = _channel(stack, stack.peers.risk_index, cred)
         channels["province"] = _channel(stack, stack.peers.risk_index, cred)
+        channels["consent"] = _channel(stack, stack.peers.declaration, cred)
         try:
             for service, method in _all_methods():
                 path = f"/{method.containing_service.full_name}/{method.name}"

@@ -120,11 +120,13 @@ function renderPeople() {
   const who = state.people[state.selected];
   $("declare-for").textContent = who.label;
   $("code-for").textContent = who.label;
+  $("consent-for").textContent = who.label;
 }
 
 function select(index) {
   state.selected = index;
   stopCode();
+  $("consent-list").replaceChildren();
   renderPeople();
 }
 
@@ -278,4 +280,71 @@ async function showCode() {
   };
   tick();
   countdownTimer = setInterval(tick, 250);
+}
+
+// --- who looked me up (partner look-ups, consent) ------------------------------------------
+
+const PURPOSES = {
+  PARTNER_PURPOSE_TRIAGE: "医院分诊 hospital triage",
+  PARTNER_PURPOSE_BUS: "公交实名卡 bus transit card",
+  PARTNER_PURPOSE_EXAM: "考试 exam",
+};
+
+$("consent-button").addEventListener("click", () => loadConsent());
+
+async function loadConsent() {
+  let reply;
+  try {
+    reply = await call("ConsentService/ListPartnerAccess", acting());
+  } catch (error) {
+    say($("consent-message"), describe(error), "error");
+    return;
+  }
+  const list = $("consent-list");
+  list.replaceChildren();
+  const accesses = reply.accesses || [];
+  // One button per partner: withdraw, or restore a withdrawn one (also one with no look-up left).
+  const withdrawn = new Set((reply.revoked || []).map((r) => r.principal));
+  const partners = [...new Set([...accesses.map((a) => a.partner.principal), ...withdrawn])];
+  for (const a of accesses) {
+    const item = document.createElement("li");
+    item.className = "consent-access";
+    item.dataset.partner = a.partner.principal;
+    const when = new Date(a.at).toLocaleString("zh-CN", { hour12: false });
+    const outcome = a.allowed ? "已查询 answered" : `已拒绝 refused (${a.refusal})`;
+    item.textContent = `${when} · ${a.partner.principal} · ${PURPOSES[a.purpose] || a.purpose} · ${a.place || ""} · ${outcome}`;
+    list.append(item);
+  }
+  for (const partner of partners) {
+    const item = document.createElement("li");
+    item.className = "consent-partner";
+    const button = document.createElement("button");
+    button.type = "button";
+    button.dataset.partner = partner;
+    const isWithdrawn = withdrawn.has(partner);
+    button.dataset.action = isWithdrawn ? "restore" : "revoke";
+    button.textContent = isWithdrawn
+      ? `恢复授权 Restore ${partner}`
+      : `撤销授权 Withdraw ${partner}`;
+    button.addEventListener("click", () => changeConsent(partner, !isWithdrawn));
+    item.append(button);
+    list.append(item);
+  }
+  const count = accesses.length;
+  say($("consent-message"), count ? "" : "暂无查询记录 No partner has looked this person up", "ok");
+}
+
+async function changeConsent(partner, withdraw) {
+  const method = withdraw ? "ConsentService/RevokePartnerAccess" : "ConsentService/RestorePartnerAccess";
+  try {
+    await call(method, { ...acting(), partner });
+    await loadConsent();
+    say(
+      $("consent-message"),
+      withdraw ? `已撤销 ${partner} 的授权 Access withdrawn` : `已恢复 ${partner} 的授权 Access restored`,
+      "ok",
+    );
+  } catch (error) {
+    say($("consent-message"), describe(error), "error");
+  }
 }
