@@ -119,6 +119,20 @@ def test_a_display_gives_the_colour_services_verdict_at_the_same_version(stack: 
                 compared += 1
             return compared
 
+        # Feed freshness is not part of a version: each replica re-reads it every second
+        # (HEALTHCODE_COLOUR_FRESHNESS_S), so wait until both have read the feeds just sent.
+        def stale_now() -> tuple[list[str], list[str]]:
+            me = common_pb2.PersonRef(id_number=PEOPLE[0])
+            shown = display.Show(
+                display_pb2.ShowRequest(actor=_citizen(PEOPLE[0]), person=me, device=DEVICE)
+            ).verdict
+            evaluated = colour.Evaluate(colour_pb2.EvaluateRequest(actor=SERVICE, person=me))
+            return list(shown.stale_sources), list(evaluated.verdict.stale_sources)
+
+        eventually(
+            "both replicas to read the same feed freshness", stale_now, lambda s: s[0] == s[1]
+        )
+
         default_version = colour.GetStatus(colour_pb2.GetStatusRequest()).rule_set_version
         assert compare(default_version) >= len(PEOPLE) // 2
 
