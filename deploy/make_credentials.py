@@ -29,6 +29,7 @@ from services._common.auth import create_issuer_keys
 from services._common.pki import DEV_IDENTITIES, DevPki
 
 IDENTIFIER_SECRET = "identifier.secret"
+POSTGRES_DSN = "postgres.dsn"
 # Services by identity (their certificate's file name) and the DNS name of their Service.
 SERVICE_HOSTS = {
     "declaration": "declaration",
@@ -66,6 +67,17 @@ def make_credentials(directory: Path, namespace: str = "healthcode") -> list[str
     for identity, spiffe_id in DEV_IDENTITIES.items():
         pki.issue(spiffe_id, identity, hosts=hosts_for(identity, namespace))
     create_issuer_keys(directory)
+    dsn_path = directory / POSTGRES_DSN
+    if not dsn_path.exists():
+        # The database's DSN for the services that keep tables (docs/storage.md): the host
+        # is the cluster's `postgres` Service; the password is new, for the server to take.
+        dsn = (
+            f"host=postgres.{namespace}.svc port=5432 dbname=healthcode user=healthcode "
+            f"password={secrets.token_urlsafe(24)}"
+        )
+        fd = os.open(dsn_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w", encoding="ascii") as f:
+            f.write(dsn)
     secret_path = directory / IDENTIFIER_SECRET
     if not secret_path.exists():
         # The form `openssl rand -hex 32` prints, which HEALTHCODE_SECRET_FILE reads.

@@ -770,3 +770,19 @@ def test_the_extrapolation_covers_its_peak_and_scales_linearly() -> None:
         busiest = max(p.peak_displays_per_s, p.midnight_displays_per_s)
         assert p.display_processes * p.show_capacity_per_process >= busiest
         assert (p.display_processes - 1) * p.show_capacity_per_process < busiest
+
+
+def test_compose_keeps_every_services_tables_in_its_postgresql() -> None:
+    stack = compose()["services"]
+    db = stack["postgres"]["environment"]
+    for name in ("declaration", "risk-index", "display"):
+        env = stack[name]["environment"]
+        assert env["HEALTHCODE_STORAGE"] == "postgresql", name
+        dsn = dict(part.split("=", 1) for part in env["HEALTHCODE_POSTGRES_DSN"].split())
+        assert dsn["host"] == "postgres" and dsn["port"] == "5432", (name, dsn)
+        assert (dsn["dbname"], dsn["user"]) == (db["POSTGRES_DB"], db["POSTGRES_USER"]), name
+        assert dsn["password"] == db["POSTGRES_PASSWORD"], name
+        assert stack[name]["depends_on"]["postgres"] == {"condition": "service_healthy"}, name
+    # colour and the gateway keep no tables
+    for name in ("colour", "gateway"):
+        assert "HEALTHCODE_STORAGE" not in stack[name]["environment"], name
