@@ -40,6 +40,7 @@ from clients.channel import DEFAULT_TIMEOUT_S, Peers, describe_error, open_chann
 from services._common.config import ConfigError
 
 T = TypeVar("T")
+S = TypeVar("S")
 
 card_app = typer.Typer(
     name="card",
@@ -148,8 +149,16 @@ def _call(
     call: Callable[[declaration_pb2_grpc.DeclarationServiceStub], T],
     what: str,
 ) -> T:
-    """One call to the declaration service the root options name; a failure is printed as a
-    person should read it and exits 1."""
+    """One call to the DeclarationService (see `declaration_call`)."""
+    return declaration_call(ctx, declaration_pb2_grpc.DeclarationServiceStub, call, what)
+
+
+def declaration_call(
+    ctx: typer.Context, stub: Callable[[grpc.Channel], S], call: Callable[[S], T], what: str
+) -> T:
+    """One call to a service of the declaration process the root options name (its
+    DeclarationService, ConsentService, ...); a failure is printed as a person should read it
+    and exits 1."""
     root = ctx.find_root().params
     target = root.get("declaration") or Peers.from_env().declaration
     timeout = float(root.get("timeout") or DEFAULT_TIMEOUT_S)
@@ -160,7 +169,7 @@ def _call(
         raise typer.Exit(2) from None
     with channel:
         try:
-            return call(declaration_pb2_grpc.DeclarationServiceStub(channel))
+            return call(stub(channel))
         except grpc.RpcError as e:
             _fail(e, what)
 

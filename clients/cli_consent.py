@@ -16,24 +16,20 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Annotated, TypeVar
 
-import grpc
 import typer
 from healthcode.v1 import common_pb2, consent_pb2, consent_pb2_grpc
 from rich.table import Table
 
-from clients.channel import DEFAULT_TIMEOUT_S, Peers, open_channel
 from clients.cli_cards import (
     By,
     PrincipalOption,
     ProxyOption,
     _caller,
     _cst,
-    _fail,
     _recorded,
-    err,
+    declaration_call,
     out,
 )
-from services._common.config import ConfigError
 
 T = TypeVar("T")
 
@@ -81,21 +77,8 @@ def _actor(by: By, id_number: str, proxy_id: str | None, principal: str) -> comm
 def _call(
     ctx: typer.Context, call: Callable[[consent_pb2_grpc.ConsentServiceStub], T], what: str
 ) -> T:
-    """One call to the ConsentService of the declaration service the root options name; a
-    failure is printed as a person should read it and exits 1."""
-    root = ctx.find_root().params
-    target = root.get("declaration") or Peers.from_env().declaration
-    timeout = float(root.get("timeout") or DEFAULT_TIMEOUT_S)
-    try:
-        channel = open_channel(target, timeout_s=timeout)
-    except ConfigError as e:
-        err.print(f"[bold red]cannot connect:[/] {e}", highlight=False)
-        raise typer.Exit(2) from None
-    with channel:
-        try:
-            return call(consent_pb2_grpc.ConsentServiceStub(channel))
-        except grpc.RpcError as e:
-            _fail(e, what)
+    """One call to the ConsentService of the declaration service the root options name."""
+    return declaration_call(ctx, consent_pb2_grpc.ConsentServiceStub, call, what)
 
 
 @consent_app.command("list")

@@ -7,28 +7,12 @@ import subprocess
 import sys
 from pathlib import Path
 
-from typer.testing import CliRunner
-
-from clients import cli, feedgen
+from clients import feedgen
 from clients.stack import REPO, Stack
+from tests.e2e.cli_support import invoke
 from tests.e2e.waits import eventually, today
 
 PEOPLE = feedgen.synthetic_id_numbers(4, 7170)
-
-
-def invoke(stack: Stack, *args: str) -> tuple[int, str]:
-    p = stack.peers
-    result = CliRunner().invoke(
-        cli.app,
-        [
-            "--declaration", p.declaration,
-            "--risk-index", p.risk_index,
-            "--colour", p.colour,
-            "--display", p.display,
-            *args,
-        ],
-    )  # fmt: skip
-    return result.exit_code, result.output
 
 
 def test_ingest_csv_points_at_bad_lines_then_is_idempotent(stack: Stack, tmp_path: Path) -> None:

@@ -20,11 +20,11 @@ from pathlib import Path
 
 import pytest
 from healthcode.v1 import colour_pb2, common_pb2
-from typer.testing import CliRunner
 
-from clients import cli, feedgen
+from clients import feedgen
 from clients.stack import Stack
 from services._common.days import SHANGHAI, format_hour, hour_number
+from tests.e2e.cli_support import invoke
 from tests.e2e.rules_support import Stubs, stubs, verdict_hour
 
 PEOPLE = feedgen.make_population(6, seed=4848, second_sim_rate=0.0, no_phone_rate=0.0)
@@ -99,21 +99,6 @@ def test_a_test_47_hours_old_clears_a_48_hour_rule_and_one_49_hours_old_does_not
     explained = services.explain(stale.id_number)
     rule = next(r for r in explained.rules if r.rule_id == RULE)
     assert rule.outcome == colour_pb2.RULE_OUTCOME_FIRED and not rule.cleared_by
-
-
-def invoke(stack: Stack, *args: str) -> tuple[int, str]:
-    p = stack.peers
-    result = CliRunner().invoke(
-        cli.app,
-        [
-            "--declaration", p.declaration,
-            "--risk-index", p.risk_index,
-            "--colour", p.colour,
-            "--display", p.display,
-            *args,
-        ],
-    )  # fmt: skip
-    return result.exit_code, result.output
 
 
 def test_a_lab_file_carries_each_test_time_and_explain_shows_its_hour(

@@ -22,29 +22,14 @@ from healthcode.v1 import (
     risk_index_pb2,
     risk_index_pb2_grpc,
 )
-from typer.testing import CliRunner
 
-from clients import cli, population
+from clients import population
 from clients.channel import open_channel
 from clients.stack import REPO, Stack
+from tests.e2e.cli_support import invoke
 from tests.e2e.waits import eventually
 
 ADMIN = common_pb2.Actor(role=common_pb2.ACTOR_ROLE_ADMIN, principal="e2e")
-
-
-def invoke(stack: Stack, *args: str) -> tuple[int, str]:
-    p = stack.peers
-    result = CliRunner().invoke(
-        cli.app,
-        [
-            "--declaration", p.declaration,
-            "--risk-index", p.risk_index,
-            "--colour", p.colour,
-            "--display", p.display,
-            *args,
-        ],
-    )  # fmt: skip
-    return result.exit_code, result.output
 
 
 def colour_persons(stack: Stack) -> int:

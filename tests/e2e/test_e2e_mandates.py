@@ -21,12 +21,12 @@ from healthcode.v1 import (
     display_pb2,
     display_pb2_grpc,
 )
-from typer.testing import CliRunner
 
-from clients import cli, feedgen
+from clients import feedgen
 from clients.channel import open_channel
 from clients.stack import Stack
 from tests import pg
+from tests.e2e.cli_support import invoke
 from tests.e2e.waits import eventually
 
 T = TypeVar("T")
@@ -36,21 +36,6 @@ DAUGHTER_ACTS = common_pb2.Actor(
     role=common_pb2.ACTOR_ROLE_FAMILY_PROXY, person=common_pb2.PersonRef(id_number=DAUGHTER)
 )
 DEVICE = display_pb2.Device(device_id="daughter-phone", place="community clinic")
-
-
-def invoke(stack: Stack, *args: str) -> tuple[int, str]:
-    p = stack.peers
-    result = CliRunner().invoke(
-        cli.app,
-        [
-            "--declaration", p.declaration,
-            "--risk-index", p.risk_index,
-            "--colour", p.colour,
-            "--display", p.display,
-            *args,
-        ],
-    )  # fmt: skip
-    return result.exit_code, result.output
 
 
 def _try(call: Callable[[], T]) -> T | str:

@@ -6,27 +6,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from typer.testing import CliRunner
-
-from clients import cli, feedgen
+from clients import feedgen
 from clients.stack import Stack
+from tests.e2e.cli_support import invoke as run
 
 MOTHER, DAUGHTER = feedgen.synthetic_id_numbers(2, 9393)
-
-
-def run(stack: Stack, *args: str) -> tuple[int, str]:
-    p = stack.peers
-    result = CliRunner().invoke(
-        cli.app,
-        [
-            "--declaration", p.declaration,
-            "--risk-index", p.risk_index,
-            "--colour", p.colour,
-            "--display", p.display,
-            *args,
-        ],
-    )  # fmt: skip
-    return result.exit_code, result.output
 
 
 def test_register_a_relative_print_her_card_scan_it_on_a_bus_and_revoke_it(
