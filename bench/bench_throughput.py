@@ -68,23 +68,32 @@ class Bench:
         self.profile: list[tuple[float, str]] = []  # py-spy's top frames during Show
         self.work = Path(tempfile.mkdtemp(prefix="bench-throughput-"))
         self.stack: Stack | None = None
+        self.cluster: Any = None
         self.echo: subprocess.Popen[bytes] | None = None
         self.echo_port = 0
 
     # -- processes ----------------------------------------------------------------------------
 
-    def start_stack(self, processes: int, colour_source: str = "replica") -> Stack:
-        """The four services on the servers' CPUs (children inherit the affinity)."""
+    def start_stack(
+        self, processes: int, colour_source: str = "replica", storage: str = "sqlite"
+    ) -> Stack:
+        """The four services on the servers' CPUs (children inherit the affinity); `storage`
+        postgresql: their tables in a durable throwaway cluster on the same CPUs."""
         os.sched_setaffinity(0, self.servers_cpus)
         try:
+            env = {
+                "HEALTHCODE_LOG_LEVEL": "WARNING",
+                "HEALTHCODE_DISPLAY_PROCESSES": str(processes),
+                "HEALTHCODE_COLOUR_PROCESSES": str(processes),
+                "HEALTHCODE_DISPLAY_COLOUR": colour_source,
+            }
+            if storage == "postgresql":
+                env |= {
+                    "HEALTHCODE_STORAGE": "postgresql",
+                    "HEALTHCODE_POSTGRES_DSN": self.postgres().new_database(),
+                }
             stack = Stack.on_free_ports(
-                self.work / f"data-{processes}-{colour_source}",
-                {
-                    "HEALTHCODE_LOG_LEVEL": "WARNING",
-                    "HEALTHCODE_DISPLAY_PROCESSES": str(processes),
-                    "HEALTHCODE_COLOUR_PROCESSES": str(processes),
-                    "HEALTHCODE_DISPLAY_COLOUR": colour_source,
-                },
+                self.work / f"data-{processes}-{colour_source}-{storage}", env
             )
             stack.start()
             stack.wait_healthy(timeout_s=120)
@@ -97,6 +106,16 @@ class Bench:
         if self.stack is not None:
             self.stack.stop()
             self.stack = None
+
+    def postgres(self) -> Any:
+        """Debian's PostgreSQL 15 (`make postgres-deps`) with fsync and synchronous commit on,
+        started once, on the servers' CPUs (the caller has pinned this process there)."""
+        if self.cluster is None:
+            from tests.pg import Cluster  # the tests' throwaway cluster, made durable
+
+            self.cluster = Cluster(durable=True)
+            self.cluster.start()
+        return self.cluster
 
     def start_echo(self, processes: int) -> None:
         self.stop_echo()
@@ -303,6 +322,23 @@ def three_hops(bench: Bench, one_hop: float) -> None:
         bench.stop_echo()
 
 
+def on_postgres(bench: Bench, on_sqlite: float) -> None:
+    """Show with the display log and token claims in PostgreSQL (HEALTHCODE_STORAGE), beside
+    Show on SQLite from the first phase."""
+    bench.start_stack(1, storage="postgresql")
+    try:
+        bench.seed()
+        show = bench.flat("show-postgresql", "display", "show")
+        bench.add(
+            "Show with the storage in PostgreSQL (HEALTHCODE_STORAGE=postgresql, fsync on)",
+            f"{_rate(show):,.0f}/s; on SQLite: {on_sqlite:,.0f}/s "
+            f"({_rate(show) / max(on_sqlite, 1):.2f}x; p99 {show['latency_ms']['p99']:.0f} ms; "
+            f"{_errors(show)})",
+        )
+    finally:
+        bench.stop_stack()
+
+
 def midnight(bench: Bench, show_rate: float) -> None:
     a = bench.args
     base = max(5.0, round(show_rate / 4))
@@ -376,9 +412,12 @@ def run(args: argparse.Namespace) -> str:
             "1.8x",
         )
         three_hops(bench, one["show"])
+        on_postgres(bench, one["show"])
     finally:
         bench.stop_stack()
         bench.stop_echo()
+        if bench.cluster is not None:
+            bench.cluster.remove()
         shutil.rmtree(bench.work, ignore_errors=True)
     lines = [
         f"Command: `python -m bench.bench_throughput {' '.join(sys.argv[1:])}`".rstrip(),

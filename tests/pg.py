@@ -51,7 +51,9 @@ def _free_port() -> int:
 class Cluster:
     """One cluster: `start()`, `stop()` (and start again: the database-down test), `remove()`."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, durable: bool = False) -> None:
+        """`durable`: fsync and synchronous commit on, as a deployment runs (the benchmarks);
+        off for the tests, which need no power-cut safety."""
         self.directory = Path(tempfile.mkdtemp(prefix="healthcode-pg-"))
         self.data = self.directory / "data"
         self.port = _free_port()
@@ -76,8 +78,13 @@ class Cluster:
             conf.write(
                 f"listen_addresses = '127.0.0.1'\nport = {self.port}\n"
                 f"unix_socket_directories = '{self.directory}'\n"
-                "fsync = off\nsynchronous_commit = off\nfull_page_writes = off\n"
-                "max_connections = 300\nshared_buffers = 32MB\n"
+                + (
+                    "shared_buffers = 256MB\n"
+                    if durable
+                    else "fsync = off\nsynchronous_commit = off\nfull_page_writes = off\n"
+                    "shared_buffers = 32MB\n"
+                )
+                + "max_connections = 300\n"
             )
 
     def _run(self, argv: Sequence[str]) -> None:

@@ -36,8 +36,9 @@ def test_bench_throughput_runs_every_phase(tmp_path: Path) -> None:
         "midnight profile on Show",
         "Show, 2 processes / 1 process",
         "colour from the colour service",
+        "storage in PostgreSQL",
     ):
         assert expected in labels, out
     assert (tmp_path / "midnight.png").read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
-    for name in ("show-1p", "scan-1p", "echo-2p", "evaluate-stream", "midnight"):
+    for name in ("show-1p", "scan-1p", "echo-2p", "evaluate-stream", "midnight", "show-postgresql"):
         assert (tmp_path / f"{name}.json").is_file(), name
