@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import os
+
 import grpc
 from healthcode.v1 import (
     account_pb2_grpc,
     consent_pb2_grpc,
     declaration_pb2_grpc,
-    province_pb2_grpc,
     risk_index_pb2_grpc,
 )
 
 from services._common.auth import process_security, setup_security
+from services._common.exchange import ExchangeHasher, exchange_keys
 from services._common.identifiers import Identifiers
 from services._common.logs import setup_logging
 from services._common.metrics import start_metrics
@@ -26,7 +28,6 @@ from services.declaration.repository import DeclarationRepository
 from services.declaration.servicer import SERVICE_NAME, DeclarationServicer
 from services.declaration.signin import SERVICE_NAME as ACCOUNT_SERVICE_NAME
 from services.declaration.signin import AccountServicer, SignInDesk, StaffDesk, sms_sender
-from services.risk_index.provinces import ExchangeEnroller
 
 
 def main() -> None:
@@ -45,13 +46,15 @@ def main() -> None:
         bulk_deadline_s=config.outbox_bulk_deadline_s,
         retry_max_s=config.outbox_retry_max_s,
     )
-    declarations = Declarations(repository, identifiers, on_outbox=outbox.wake)
+    # Other provinces (R6): each new person's exchange hashes are computed here, where the ID
+    # number passes (Register, ImportPeople), and reach the risk index with the registration
+    # through the outbox. The keys: HEALTHCODE_PROVINCE_KEYS, or made for a development data
+    # directory exactly as the risk index makes them (services/_common/exchange.py).
+    exchange = ExchangeHasher(exchange_keys(config.platform.data_dir, os.environ))
+    declarations = Declarations(repository, identifiers, on_outbox=outbox.wake, exchange=exchange)
     # Printed cards (R3): signed with the card key ring, made on first start (docs/cards.md).
     cards = PrintedCards.from_env(repository, config.platform.data_dir)
-    # Other provinces (R6): the risk index keeps each new person's agreed exchange hashes,
-    # computed from the ID number handed over here, off the request path.
-    enroller = ExchangeEnroller(province_pb2_grpc.ProvinceExchangeServiceStub(channel))
-    servicer = DeclarationServicer(declarations, identifiers, cards, on_registered=enroller.submit)
+    servicer = DeclarationServicer(declarations, identifiers, cards)
     # Signing in: this service knows people and their phones (AccountService).
     security = process_security()
     issuer = security.issuer() if security is not None else None
@@ -80,11 +83,9 @@ def main() -> None:
         metrics.watch_outbox(repository)
     # Messages left by an earlier run go out now, whether or not anyone declares.
     outbox.start()
-    enroller.start()
 
     def on_stop() -> None:
         outbox.stop()
-        enroller.stop()
         channel.close()
         repository.close()
 

@@ -13,7 +13,7 @@ import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from services._common import days
 from services._common.actors import PROXY_ROLES, Actor, Role, check_not_self, no_mandate
@@ -26,6 +26,7 @@ from services._common.errors import (
     PermissionDenied,
     ResourceExhausted,
 )
+from services._common.exchange import NO_EXCHANGE, ExchangeHasher, ExchangeHashes
 from services._common.identifiers import Identified, Identifiers, check_name
 from services._common.logs import redact
 from services._common.temperature import body_temperature, is_fever
@@ -135,10 +136,14 @@ class Declarations:
         *,
         clock: Callable[[], dt.datetime] = utc_now,
         on_outbox: Callable[[], None] = lambda: None,
+        exchange: ExchangeHasher = NO_EXCHANGE,
     ) -> None:
         self._repo = repository
         self._ids = identifiers
         self._clock = clock
+        # Other provinces (R6): each new person's exchange hashes, computed here where the ID
+        # number passes, go to the risk index in the registration's outbox message.
+        self._exchange = exchange
         # Wakes the outbox worker: messages go out at once rather than at its next poll.
         self._on_outbox = on_outbox
 
@@ -208,7 +213,8 @@ class Declarations:
         masked_id = person.masked
         outbox: list[OutboxMessage] = []
         if existing is None:
-            outbox.append(_register_message(person.key, masked_id))
+            hashes = self._exchange.of(id_number)
+            outbox.append(_register_message(person.key, masked_id, hashes))
         outbox += [_link_phone_message(person.key, masked_id, k, m) for k, m in new_phones]
         if new_card is not None:
             outbox.append(_link_card_message(person.key, masked_id, *new_card))
@@ -386,7 +392,7 @@ class Declarations:
         checked = CheckedChunk(len(rows))
         for row in rows:
             try:
-                checked.valid.append(validate_import_row(self._ids, row))
+                checked.valid.append(validate_import_row(self._ids, row, self._exchange))
             except InvalidArgument as error:
                 checked.rejected += 1
                 checked.rejections.extend((row.line, f, why) for f, why in error.violations)
@@ -776,10 +782,12 @@ def derived_rows(
     return rows
 
 
-def validate_import_row(ids: Identifiers, row: ImportInput) -> ImportPerson:
-    """One import row -> keys and masked forms, or InvalidArgument naming every bad field.
-    Each field is checked once, by a direct call (`_checked`, no closure per field): this runs
-    once per imported person."""
+def validate_import_row(
+    ids: Identifiers, row: ImportInput, exchange: ExchangeHasher = NO_EXCHANGE
+) -> ImportPerson:
+    """One import row -> keys, masked forms and exchange hashes, or InvalidArgument naming
+    every bad field. Each field is checked once, by a direct call (`_checked`, no closure per
+    field): this runs once per imported person."""
     violations: list[tuple[str, str]] = []
     name = _checked(violations, check_name, row.name, "name")
     person = _checked(violations, ids.person, row.id_number, "id_number")
@@ -838,6 +846,7 @@ def validate_import_row(ids: Identifiers, row: ImportInput) -> ImportPerson:
         county,
         by,
         proxy.key if proxy is not None else None,
+        exchange.of(row.id_number),
     )
 
 
@@ -847,8 +856,9 @@ def plan_import(rows: Sequence[ImportPerson], state: ImportState) -> ImportPlan:
     whole: another name for a stored ID number, a phone or card held by someone else, more
     than MAX_PHONES phones. A stored person gains the phones, card and district they lacked."""
     plan = ImportPlan()
-    # The risk index hears of each new person and each new link once per chunk.
-    people: dict[bytes, tuple[str, list[tuple[bytes, str]], list[tuple[bytes, str]]]] = {}
+    # The risk index hears of each new person (with their exchange hashes) and each new link
+    # once per chunk.
+    people: dict[bytes, RegisterEntry] = {}
     residence: dict[bytes, tuple[str, int]] = {}
     for row in rows:
         known = state.persons.get(row.key)
@@ -905,7 +915,8 @@ def plan_import(rows: Sequence[ImportPerson], state: ImportState) -> ImportPlan:
             county = new_county
         state.persons[row.key] = KnownPerson(row.name, card_key, county, phone_count)
         if known is None or new_phones or new_card is not None:
-            entry = people.setdefault(row.key, (row.masked_id_number, [], []))
+            hashes = row.exchange_hashes if known is None else ()
+            entry = people.setdefault(row.key, (row.masked_id_number, [], [], hashes))
             entry[1].extend(new_phones)
             if new_card is not None:
                 entry[2][:] = [new_card]
@@ -947,8 +958,11 @@ def _checked(
 # -- outbox messages (keys in hex and masked forms only) ---------------------------------------
 
 
-def _register_message(key: bytes, masked: str) -> OutboxMessage:
-    return OutboxMessage("register_person", {"person_key": key.hex(), "masked_id_number": masked})
+def _register_message(key: bytes, masked: str, hashes: ExchangeHashes = ()) -> OutboxMessage:
+    payload: dict[str, Any] = {"person_key": key.hex(), "masked_id_number": masked}
+    if hashes:
+        payload["exchange_hashes"] = [[province, h.hex()] for province, h in hashes]
+    return OutboxMessage("register_person", payload)
 
 
 def _link_phone_message(key: bytes, masked: str, phone_key: bytes, phone: str) -> OutboxMessage:
@@ -997,9 +1011,12 @@ def _batch_message(
     )
 
 
-def _register_people_message(
-    people: dict[bytes, tuple[str, list[tuple[bytes, str]], list[tuple[bytes, str]]]],
-) -> OutboxMessage:
+# A new person of an import chunk as the risk index hears of them: (masked ID, new phones,
+# new card, exchange hashes), each key with its masked form.
+RegisterEntry = tuple[str, list[tuple[bytes, str]], list[tuple[bytes, str]], ExchangeHashes]
+
+
+def _register_people_message(people: dict[bytes, RegisterEntry]) -> OutboxMessage:
     # One message per chunk, not one per person: the risk index registers them in one change.
     return OutboxMessage(
         "register_people",
@@ -1010,8 +1027,9 @@ def _register_people_message(
                     masked,
                     [[k.hex(), m] for k, m in phones],
                     [[k.hex(), m] for k, m in cards],
+                    [[province, h.hex()] for province, h in hashes],
                 ]
-                for key, (masked, phones, cards) in people.items()
+                for key, (masked, phones, cards, hashes) in people.items()
             ]
         },
         compact=True,

@@ -223,6 +223,8 @@ class ImportPerson(NamedTuple):
     # With FAMILY_PROXY and the family member's ID number: their key (for the mandate that
     # a new person's row records); None otherwise.
     registrar_key: bytes | None = None
+    # (province, exchange hash) for the province exchange, computed from the row's ID number.
+    exchange_hashes: tuple[tuple[str, bytes], ...] = ()
 
 
 class KnownPerson(NamedTuple):

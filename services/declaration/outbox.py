@@ -48,6 +48,14 @@ def _key(payload: Mapping[str, Any], name: str) -> bytes:
     return bytes.fromhex(str(payload[name]))
 
 
+def _exchange_hashes(payload: Mapping[str, Any]) -> list[risk_index_pb2.ExchangeHash]:
+    """A registration's exchange hashes (none in a message stored by an older version)."""
+    return [
+        risk_index_pb2.ExchangeHash(province=str(province), hash=bytes.fromhex(str(hash_)))
+        for province, hash_ in payload.get("exchange_hashes", ())
+    ]
+
+
 def is_bulk(message: PendingMessage) -> bool:
     """A bulk import's chunk (people or residence rows), which may take the risk index longer."""
     if message.body is not None:
@@ -68,6 +76,7 @@ def send(stub: risk_index_pb2_grpc.RiskIndexServiceStub, message: PendingMessage
                 actor=ACTOR,
                 person_key=_key(p, "person_key"),
                 masked_id_number=p["masked_id_number"],
+                exchange_hashes=_exchange_hashes(p),
             ),
             timeout=timeout,
         )
@@ -123,7 +132,9 @@ def as_keyed_person(message: PendingMessage) -> risk_index_pb2.KeyedPerson:
     the person registered, and a phone or card linked to them, moved from any other holder)."""
     p = message.payload
     person = risk_index_pb2.KeyedPerson(
-        person_key=_key(p, "person_key"), masked_id_number=p["masked_id_number"]
+        person_key=_key(p, "person_key"),
+        masked_id_number=p["masked_id_number"],
+        exchange_hashes=_exchange_hashes(p),
     )
     if message.kind == "link_phone":
         person.phones.add(phone_key=_key(p, "phone_key"), masked_phone=p["masked_phone"])

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import grpc
 from google.protobuf import timestamp_pb2
@@ -201,15 +201,11 @@ class DeclarationServicer(declaration_pb2_grpc.DeclarationServiceServicer):
         declarations: Declarations,
         identifiers: Identifiers,
         cards: PrintedCards | None = None,
-        on_registered: Callable[[str], None] | None = None,
     ) -> None:
-        """`cards`: printed cards (R3); without them the card RPCs answer UNAVAILABLE.
-        `on_registered`: given each new person's ID number (the province exchange's hashes,
-        services/risk_index/provinces.py ExchangeEnroller); it must not block."""
+        """`cards`: printed cards (R3); without them the card RPCs answer UNAVAILABLE."""
         self._d = declarations
         self._ids = identifiers
         self._cards = cards
-        self._on_registered = on_registered
 
     @grpc_errors
     def Register(
@@ -219,8 +215,6 @@ class DeclarationServicer(declaration_pb2_grpc.DeclarationServiceServicer):
         person, created = self._d.register(
             actor, request.name, request.id_number, list(request.phones), request.transit_card
         )
-        if created and self._on_registered is not None:
-            self._on_registered(request.id_number)
         return declaration_pb2.RegisterResponse(person=person_to_proto(person), created=created)
 
     @grpc_errors

@@ -28,12 +28,15 @@ def request(kind: str, payload: Mapping[str, Any]) -> Request:
         # `add` fills the repeated fields in place: several times cheaper than building each
         # KeyedPerson and copying it into the list.
         add = people.people.add
-        for key, masked, phones, cards in payload["people"]:
+        # An entry stored by an older version has no exchange hashes (`province enrol` then).
+        for key, masked, phones, cards, *hashes in payload["people"]:
             person = add(person_key=bytes.fromhex(key), masked_id_number=masked)
             for phone_key, masked_phone in phones:
                 person.phones.add(phone_key=bytes.fromhex(phone_key), masked_phone=masked_phone)
             for card_key, masked_card in cards:
                 person.cards.add(card_key=bytes.fromhex(card_key), masked_card=masked_card)
+            for province, hash_ in hashes[0] if hashes else ():
+                person.exchange_hashes.add(province=province, hash=bytes.fromhex(hash_))
         return people
     if kind == "ingest_batch":
         batch = risk_index_pb2.IngestBatchRequest(

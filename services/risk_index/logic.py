@@ -34,6 +34,8 @@ from services._common import changes, days
 from services._common.actors import Actor, Role
 from services._common.days import check_county
 from services._common.errors import AlreadyExists, InvalidArgument, NotFound, ResourceExhausted
+from services._common.exchange import CODE as PROVINCE_CODE
+from services._common.exchange import HASH_BYTES, MAX_HASHES_PER_PERSON, check_exchange_hashes
 from services._common.identifiers import Identifiers, check_key
 from services._common.sources import SOURCES, Source
 from services.risk_index.model import (
@@ -640,12 +642,21 @@ class RiskIndex:
         logger.info("county %d -> %s, version %d", county, COUNTY_LEVELS[level], version)
         return version
 
-    def register_person(self, actor: Actor, person_key: bytes, masked: str) -> tuple[int, bool]:
+    def register_person(
+        self,
+        actor: Actor,
+        person_key: bytes,
+        masked: str,
+        exchange_hashes: Sequence[tuple[str, bytes]] = (),
+    ) -> tuple[int, bool]:
+        """Register a person by key, keeping the exchange hashes handed over with them (kept
+        even for a person already known: a resend, or one first named by a phone link)."""
         actor.require(REGISTRY_ROLES, "RegisterPerson")
         key, masked = self._person(person_key, masked, "person_key", "masked_id_number")
+        hashes = check_exchange_hashes(exchange_hashes, "exchange_hashes")
         now = self._clock()
         with self._write:
-            version = self._repository.register_person(key, masked, now, self._next_version)
+            version = self._repository.register_person(key, masked, now, self._next_version, hashes)
             if version is None:
                 return self.current.version, False
             self._stage(changes.Persons(key))
@@ -737,6 +748,9 @@ class RiskIndex:
                 [("people", f"at most {self._max_batch_rows} a call")],
             )
         checked = check_people(people)
+        for i, person in enumerate(checked):
+            if not _exchange_hashes_usable(person.exchange_hashes):
+                check_exchange_hashes(person.exchange_hashes, f"people[{i}].exchange_hashes")
         now = self._clock()
         with self._write:
             created, linked, changed = self._repository.register_people(
@@ -958,3 +972,12 @@ class RiskIndex:
         if state.latest is None:
             return Published(0, self._clock(), index)
         return Published(state.latest.version, state.latest.published_at, index)
+
+
+def _exchange_hashes_usable(hashes: Sequence[tuple[str, bytes]]) -> bool:
+    """What `check_exchange_hashes` accepts, checked cheaply (it runs once per person of a
+    bulk registration); the full check names what is wrong."""
+    return len(hashes) <= MAX_HASHES_PER_PERSON and all(
+        type(h) is bytes and len(h) == HASH_BYTES and PROVINCE_CODE.fullmatch(p) is not None
+        for p, h in hashes
+    )

@@ -115,6 +115,8 @@ class KeyedPerson:
     masked: str
     phones: Sequence[tuple[bytes, str]] = ()
     cards: Sequence[tuple[bytes, str]] = ()
+    # (province, exchange hash): kept with the person for the province exchange (R6).
+    exchange_hashes: Sequence[tuple[str, bytes]] = ()
 
 
 @dataclass(frozen=True, slots=True)

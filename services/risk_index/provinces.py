@@ -1,22 +1,17 @@
 """Cross-province status exchange (R6, issue 11 item 10): Beijing and Hebei as in the seed.
 
-**The agreed hash.** Each province and this city share an *exchange key* (32 random bytes,
-agreed out of band, one per province; `<data_dir>/province-keys/<code>.key`). A person is named
-in the exchange by
-
-    exchange_hash = HMAC-SHA256(exchange key, "healthcode-exchange-v1\\0" + normalised ID number)[:16]
-
-which the other side computes from the ID numbers it holds. It is neither a raw number nor this
-platform's internal person key (keyed with the deployment secret, which never leaves it), and a
-hash for Beijing says nothing about the one for Hebei.
+**The agreed hash** and the province table are shared with the declaration service:
+services/_common/exchange.py (`exchange_hash`, the keys in `<data_dir>/province-keys`).
 
 **Where our side gets it.** A keyed hash of the raw number cannot be computed from what the
-platform keeps (person keys, masked forms), so it is computed where an ID number passes through
-and kept instead of it: `EnrolExchangeHashes` takes ID numbers (from the declaration service's
-registration path, or `healthcode province enrol PEOPLE.csv` for people already registered, the
-same file `healthcode import` reads), computes each configured province's hash and stores
-(province, hash, person key, masked ID) in `exchange_hashes`. The ID numbers themselves are
-dropped at once. A province configured later needs one enrolment pass over the people file.
+platform keeps (person keys, masked forms), so it is computed where an ID number passes: the
+declaration service computes every configured province's hash at Register and for every row
+of a bulk import, and they reach the risk index with the registration itself, through its
+durable outbox (RegisterPerson / RegisterPeople `exchange_hashes`), stored in
+`exchange_hashes` (province, hash, person key, masked ID) in the same transaction.
+`EnrolExchangeHashes` (`healthcode province enrol PEOPLE.csv`, the same file `healthcode
+import` reads) stays for people registered before that, or before a province was configured:
+it takes ID numbers, computes the hashes here and drops the numbers at once.
 
 **Export** evaluates every enrolled person with `shared_only` (the colour service's
 EvaluateStream over person keys): only rules of scope shared, so a rule local to this city (the
@@ -29,19 +24,13 @@ seed's Dalian case, and the `province-*` rules fed by imports) never reaches ano
 
 from __future__ import annotations
 
-import collections
 import datetime as dt
 import hashlib
-import hmac
 import logging
 import os
 import re
-import secrets
-import threading
-import tomllib
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Protocol
 
 import grpc
@@ -57,7 +46,7 @@ from healthcode.v1 import (
 
 from services._common import days
 from services._common.actors import Actor, Role
-from services._common.config import ConfigError, Peers
+from services._common.config import Peers
 from services._common.convert import actor_from_proto
 from services._common.errors import (
     AlreadyExists,
@@ -66,7 +55,22 @@ from services._common.errors import (
     PermissionDenied,
     Unavailable,
 )
-from services._common.identifiers import KEY_BYTES, Identifiers
+from services._common.exchange import (  # the shared part, re-exported for the risk index
+    DEFAULT_PROVINCES,
+    EXCHANGE_CONTEXT,
+    EXCHANGE_KEY_BYTES,
+    HASH_BYTES,
+    PROVINCE_SOURCES,
+    Province,
+    exchange_hash,
+    keys_dir,
+    load_exchange_keys,
+    load_provinces,
+    log_key_ids,
+    provinces_path,
+    read_exchange_key,
+)
+from services._common.identifiers import Identifiers
 from services._common.status import grpc_errors
 from services._common.telemetry import instrumented_channel
 from services.risk_index.cold_chain import SERVICE_NAME as COLD_CHAIN_SERVICE
@@ -79,22 +83,16 @@ from services.risk_index.cold_chain import (
 from services.risk_index.config import RiskIndexConfig
 from services.risk_index.logic import RiskIndex, utc_now
 from services.risk_index.model import RawRow
-from services.risk_index.repository import RiskIndexRepository
+from services.risk_index.repository import RiskIndexRepository, keep_exchange_hashes
 
 logger = logging.getLogger(__name__)
 
 SERVICE_NAME = province_pb2.DESCRIPTOR.services_by_name["ProvinceExchangeService"].full_name
-DEFAULT_PROVINCES = Path(__file__).with_name("provinces.toml")
 PARTNER_KIND = "other_province"
-EXCHANGE_CONTEXT = b"healthcode-exchange-v1\0"
-HASH_BYTES = KEY_BYTES  # 16, the width of every other key the platform stores
-EXCHANGE_KEY_BYTES = 32
-PROVINCE_SOURCES = frozenset({"province_red", "province_yellow"})
 MAX_ENTRIES = 50_000
 EXPORT_CHUNK = 10_000
 # A list older than the rules' window (48 hours) colours nobody; a week refuses typos.
 MAX_IMPORT_AGE_DAYS = 7
-_CODE = re.compile(r"[a-z][a-z0-9_]{1,31}")
 _BATCH_ID = re.compile(r"[A-Za-z0-9_.:\-]{1,64}")
 MAX_STATE_CHARS = 32
 
@@ -102,120 +100,21 @@ ENROL_ROLES = (Role.SERVICE, Role.ADMIN)
 EXCHANGE_ROLES = (Role.PARTNER, Role.ADMIN)
 LIST_ROLES = (Role.PARTNER, Role.ADMIN, Role.SUPPORT, Role.SERVICE)
 
-
-# --- the province table -----------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class Province:
-    """One province of the exchange and how its states become our sources."""
-
-    code: str
-    region: int
-    name_zh: str
-    name_en: str
-    app: str
-    recognition: str  # "direct" (Beijing, Hebei) or "national"
-    states: Mapping[str, str]  # their state (lower case) -> our source, "" for none
-    default_source: str  # for a state the table does not name
-
-    def source_for(self, state: str) -> tuple[str, bool]:
-        """(our source or "", whether the table names the state)."""
-        key = state.strip().lower()
-        if key in self.states:
-            return self.states[key], True
-        return self.default_source, False
-
-
-def load_provinces(path: Path) -> dict[str, Province]:
-    """The province table (provinces.toml); ConfigError naming what is wrong."""
-    try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except (OSError, tomllib.TOMLDecodeError) as e:
-        raise ConfigError(f"{path}: {e}") from None
-    out: dict[str, Province] = {}
-    for i, p in enumerate(data.get("provinces", [])):
-        where = f"{path}: provinces[{i}]"
-        code = str(p.get("code", ""))
-        if not _CODE.fullmatch(code):
-            raise ConfigError(f"{where}.code: lower-case letters, digits and _, 2-32 characters")
-        if code in out:
-            raise ConfigError(f"{where}.code: {code!r} appears twice")
-        states = {str(k).strip().lower(): str(v) for k, v in dict(p.get("states", {})).items()}
-        default = str(p.get("default", ""))
-        for state, source in [*states.items(), ("default", default)]:
-            if source and source not in PROVINCE_SOURCES:
-                raise ConfigError(
-                    f"{where}.states.{state}: {source!r} is not one of "
-                    f'{", ".join(sorted(PROVINCE_SOURCES))} or ""'
-                )
-        recognition = str(p.get("recognition", "national"))
-        if recognition not in ("direct", "national"):
-            raise ConfigError(f'{where}.recognition: "direct" or "national"')
-        out[code] = Province(
-            code=code,
-            region=int(p.get("region", 0)),
-            name_zh=str(p.get("name_zh", "")),
-            name_en=str(p.get("name_en", code)),
-            app=str(p.get("app", "")),
-            recognition=recognition,
-            states=states,
-            default_source=default,
-        )
-    return out
-
-
-def provinces_path(env: Mapping[str, str]) -> Path:
-    configured = env.get("HEALTHCODE_PROVINCES", "").strip()
-    return Path(configured) if configured else DEFAULT_PROVINCES
-
-
-def keys_dir(data_dir: Path, env: Mapping[str, str]) -> Path:
-    configured = env.get("HEALTHCODE_PROVINCE_KEYS", "").strip()
-    return Path(configured) if configured else data_dir / "province-keys"
-
-
-# --- the agreed hash --------------------------------------------------------------------------
-
-
-def exchange_hash(exchange_key: bytes, normalised_id_number: str) -> bytes:
-    """The 16-byte hash a province and this city agree on for one person (see the module)."""
-    mac = hmac.new(exchange_key, EXCHANGE_CONTEXT + normalised_id_number.encode(), hashlib.sha256)
-    return mac.digest()[:HASH_BYTES]
-
-
-def read_exchange_key(path: Path) -> bytes:
-    """An exchange key file: 64 hexadecimal digits."""
-    try:
-        key = bytes.fromhex(path.read_text(encoding="ascii").strip())
-    except (OSError, ValueError) as e:
-        raise ConfigError(f"{path}: not an exchange key (64 hexadecimal digits): {e}") from None
-    if len(key) != EXCHANGE_KEY_BYTES:
-        raise ConfigError(f"{path}: an exchange key is {EXCHANGE_KEY_BYTES} bytes")
-    return key
-
-
-def load_exchange_keys(directory: Path, codes: Sequence[str], *, create: bool) -> dict[str, bytes]:
-    """Each province's exchange key. With `create` (a development data directory), a missing
-    one is made (random, mode 0600) and logged: a deployment installs the agreed key instead."""
-    out: dict[str, bytes] = {}
-    for code in codes:
-        path = directory / f"{code}.key"
-        if not path.exists():
-            if not create:
-                continue  # that province cannot be exchanged with until its key is installed
-            directory.mkdir(parents=True, exist_ok=True)
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            with os.fdopen(fd, "w", encoding="ascii") as f:
-                f.write(secrets.token_hex(EXCHANGE_KEY_BYTES) + "\n")
-            logger.warning(
-                "no exchange key for %s: made a development one at %s (install the key agreed "
-                "with that province instead)",
-                code,
-                path,
-            )
-        out[code] = read_exchange_key(path)
-    return out
+__all__ = [
+    "DEFAULT_PROVINCES",
+    "EXCHANGE_CONTEXT",
+    "EXCHANGE_KEY_BYTES",
+    "HASH_BYTES",
+    "PROVINCE_SOURCES",
+    "Province",
+    "ProvinceExchange",
+    "ProvinceExchangeServicer",
+    "exchange_hash",
+    "load_exchange_keys",
+    "load_provinces",
+    "partner_exchange",
+    "read_exchange_key",
+]
 
 
 # --- the colour service, for the export --------------------------------------------------------
@@ -329,14 +228,7 @@ class ProvinceExchange:
             for code, key in self._keys.items():
                 rows.append((code, exchange_hash(key, normalised), person.key, person.masked))
         with self._repo.transaction() as conn:
-            # An upsert (SQLite's INSERT OR REPLACE, spelled so both backends take it).
-            conn.executemany(
-                "INSERT INTO exchange_hashes "
-                "(province, exchange_hash, person_key, masked_id_number) VALUES (?, ?, ?, ?) "
-                "ON CONFLICT (province, exchange_hash) DO UPDATE SET "
-                "person_key = excluded.person_key, masked_id_number = excluded.masked_id_number",
-                rows,
-            )
+            keep_exchange_hashes(conn, rows)
         return enrolled, problems
 
     # -- export --------------------------------------------------------------------------------
@@ -654,6 +546,7 @@ def partner_exchange(
     keys = load_exchange_keys(
         directory, list(provinces), create=not env.get("HEALTHCODE_PROVINCE_KEYS", "").strip()
     )
+    log_key_ids(keys)
     channel = instrumented_channel(Peers.from_env(env).colour)
     exchange = ProvinceExchange(
         risk_index, repository, identifiers, provinces, keys, ColourServiceColours(channel)
@@ -663,95 +556,3 @@ def partner_exchange(
         ProvinceExchangeServicer(exchange, identifiers),
         channel,
     )
-
-
-# --- enrolment at registration (the declaration process) ---------------------------------------
-
-
-class ExchangeEnroller:
-    """Hands each newly registered person's ID number to EnrolExchangeHashes, off the request
-    path: the declaration service's Register calls `submit`, a thread sends batches. The numbers
-    wait in memory only (never stored, never logged) and are dropped once sent; a batch the risk
-    index does not take is retried with a growing pause. A number still waiting at a crash, or
-    one dropped because `max_pending` were waiting, is enrolled by the next
-    `healthcode province enrol` over the people file."""
-
-    def __init__(
-        self,
-        stub: province_pb2_grpc.ProvinceExchangeServiceStub,
-        *,
-        batch: int = 1_000,
-        max_pending: int = 200_000,
-        retry_max_s: float = 30.0,
-    ) -> None:
-        self._stub = stub
-        self._batch = batch
-        self._max_pending = max_pending
-        self._retry_max_s = retry_max_s
-        self._pending: collections.deque[str] = collections.deque()
-        self._lock = threading.Lock()
-        self._wake = threading.Event()
-        self._stopping = threading.Event()
-        self._thread: threading.Thread | None = None
-        self.dropped = 0
-
-    def submit(self, id_number: str) -> None:
-        with self._lock:
-            if len(self._pending) >= self._max_pending:
-                self.dropped += 1
-                if self.dropped == 1 or self.dropped % 10_000 == 0:
-                    logger.warning(
-                        "%d registrations not enrolled for the province exchange (the risk "
-                        "index is behind); run `healthcode province enrol` over the people file",
-                        self.dropped,
-                    )
-                return
-            self._pending.append(id_number)
-        self._wake.set()
-
-    def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="exchange-enrol", daemon=True)
-        self._thread.start()
-
-    def stop(self, timeout_s: float = 5.0) -> None:
-        self._stopping.set()
-        self._wake.set()
-        if self._thread is not None:
-            self._thread.join(timeout_s)
-
-    def _take(self) -> list[str]:
-        with self._lock:
-            n = min(self._batch, len(self._pending))
-            return [self._pending.popleft() for _ in range(n)]
-
-    def _give_back(self, ids: list[str]) -> None:
-        with self._lock:
-            self._pending.extendleft(reversed(ids))
-
-    def _run(self) -> None:
-        pause = 0.5
-        while True:
-            self._wake.wait(1.0)
-            self._wake.clear()
-            while ids := self._take():
-                request = province_pb2.EnrolExchangeHashesRequest(
-                    actor=common_pb2.Actor(
-                        role=common_pb2.ACTOR_ROLE_SERVICE, principal="declaration"
-                    ),
-                    id_numbers=ids,
-                )
-                try:
-                    self._stub.EnrolExchangeHashes(request, timeout=10)
-                    pause = 0.5
-                except grpc.RpcError as e:
-                    code = e.code().name if isinstance(e, grpc.Call) else "failed"
-                    self._give_back(ids)
-                    if self._stopping.is_set():
-                        return
-                    logger.info(
-                        "enrolling %d people for the exchange: %s; retrying", len(ids), code
-                    )
-                    self._stopping.wait(pause)
-                    pause = min(pause * 2, self._retry_max_s)
-            if self._stopping.is_set():
-                return

@@ -506,10 +506,17 @@ class RiskIndexRepository(Repository):
         return found is not None
 
     def register_person(
-        self, key: bytes, masked: str, now: dt.datetime, version: int
+        self,
+        key: bytes,
+        masked: str,
+        now: dt.datetime,
+        version: int,
+        exchange_hashes: Sequence[tuple[str, bytes]] = (),
     ) -> int | None:
-        """`version` if the person is new, else None (nothing changed)."""
+        """`version` if the person is new, else None (nothing changed in the index). The
+        exchange hashes are kept either way, in the same transaction."""
         with self.transaction() as conn:
+            keep_exchange_hashes(conn, [(p, h, key, masked) for p, h in exchange_hashes])
             if self._has_person(conn, key):
                 return None
             self._open_version(conn, version, "person", now)
@@ -778,6 +785,15 @@ class RiskIndexRepository(Repository):
             # its order and its last write wins.
             for rows in (new_persons, phone_rows, card_rows):
                 rows.sort(key=itemgetter(0))
+            # Every person's exchange hashes, known or new (a resend keeps them as they are).
+            keep_exchange_hashes(
+                conn,
+                sorted(
+                    (province, hash_, p.key, p.masked)
+                    for p in people
+                    for province, hash_ in p.exchange_hashes
+                ),
+            )
             conn.executemany(
                 "INSERT INTO persons (person_key, masked_id_number, registered_at, version) "
                 "VALUES (?, ?, ?, ?) ON CONFLICT (person_key) DO NOTHING",
@@ -1013,3 +1029,18 @@ def _latest(conn: sqlite3.Connection) -> VersionRecord | None:
     if row is None:
         return None
     return VersionRecord(int(row[0]), _from_iso(row[1]), row[2])
+
+
+def keep_exchange_hashes(
+    conn: sqlite3.Connection, rows: Sequence[tuple[str, bytes, bytes, str]]
+) -> None:
+    """(province, exchange hash, person key, masked ID) rows, upserted (the province exchange,
+    services/risk_index/provinces.py; the same statement as EnrolExchangeHashes)."""
+    if rows:
+        conn.executemany(
+            "INSERT INTO exchange_hashes "
+            "(province, exchange_hash, person_key, masked_id_number) VALUES (?, ?, ?, ?) "
+            "ON CONFLICT (province, exchange_hash) DO UPDATE SET "
+            "person_key = excluded.person_key, masked_id_number = excluded.masked_id_number",
+            rows,
+        )

@@ -140,7 +140,10 @@ class RiskIndexServicer(risk_index_pb2_grpc.RiskIndexServiceServicer):
     ) -> risk_index_pb2.RegisterPersonResponse:
         actor = actor_from_proto(request.actor, self._ids)
         version, created = self._index.register_person(
-            actor, request.person_key, request.masked_id_number
+            actor,
+            request.person_key,
+            request.masked_id_number,
+            [(h.province, h.hash) for h in request.exchange_hashes],
         )
         return risk_index_pb2.RegisterPersonResponse(index_version=version, created=created)
 
@@ -192,6 +195,7 @@ class RiskIndexServicer(risk_index_pb2_grpc.RiskIndexServiceServicer):
                     p.masked_id_number,
                     [(ph.phone_key, ph.masked_phone) for ph in p.phones],
                     [(c.card_key, c.masked_card) for c in p.cards],
+                    [(h.province, h.hash) for h in p.exchange_hashes],
                 )
                 for p in request.people
             ],

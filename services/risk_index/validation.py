@@ -274,6 +274,7 @@ def check_people(people: Sequence[KeyedPerson]) -> list[KeyedPerson]:
                 person.masked.strip(),
                 [(bytes(k), m.strip()) for k, m in person.phones],
                 [(bytes(k), m.strip()) for k, m in person.cards],
+                person.exchange_hashes,
             )
             if not _normal(person):
                 raise InvalidArgument(_people_violations(people))

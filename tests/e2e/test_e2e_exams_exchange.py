@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import csv
+import functools
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,14 +22,14 @@ from healthcode.v1 import (
 )
 from typer.testing import CliRunner
 
-from clients import cli, feedgen
+from clients import cli, feedgen, population
 from clients.channel import open_channel
 from clients.exams import partner_credentials
 from clients.stack import Stack
 from services._common.config import load_secret
+from services._common.exchange import exchange_hash, read_exchange_key
 from services._common.identifiers import Identifiers
 from services._common.status import reason_of
-from services.risk_index.provinces import exchange_hash, read_exchange_key
 from tests.e2e.waits import eventually, today
 
 PEOPLE = feedgen.synthetic_id_numbers(16, 1111)
@@ -243,13 +244,14 @@ def test_province_export_is_shared_only_and_import_maps_states(
     people = [plain, shared_red, local_red, imported]
     for n, id_number in enumerate(people):
         register(stack, f"郑{n}", id_number)
-    # Registration hands each new person's ID number to the exchange: their hashes are kept.
+    # Registration computes each new person's hashes; the outbox carries them to the index.
     eventually(
         "the registered people in Beijing's export",
         lambda: _export(stack, tmp_path, "beijing")[0],
         lambda got: all(_hash(stack, "beijing", i) in got for i in people),
     )
-    # People registered before (or missed): an enrolment pass over the people file, idempotent.
+    # People registered before hashes travelled with registrations: an enrolment pass over the
+    # people file (idempotent; for these people it changes nothing).
     people_file = tmp_path / "people.csv"
     people_file.write_text(
         "id_number,name\n" + "".join(f"{i},x\n" for i in people) + "12345,bad\n", encoding="utf-8"
@@ -298,6 +300,51 @@ def test_province_export_is_shared_only_and_import_maps_states(
     after, _ = _export(stack, tmp_path, "beijing")
     assert after[_hash(stack, "beijing", imported)] == "green"
     assert after[_hash(stack, "beijing", plain)] == "green"
+
+
+def _exported_hashes(stack: Stack, tmp_path: Path, code: str) -> set[str]:
+    return set(_export(stack, tmp_path, code)[0])
+
+
+def test_registered_and_imported_people_reach_the_export_through_a_risk_index_restart(
+    stack: Stack, tmp_path: Path
+) -> None:
+    """No `enrol` step: the hashes travel in the registrations' outbox messages, so people the
+    declaration service took while the risk index was down are all exported once it is back."""
+    before = {p: _exported_hashes(stack, tmp_path, p) for p in ("beijing", "hebei")}
+    assert stack.stop_one("risk_index") == 0
+    one_by_one = PEOPLE[12:14]
+    for n, id_number in enumerate(one_by_one):
+        register(stack, f"冯{n}", id_number)
+    city = population.SyntheticCity(40, 1212)
+    people_csv = tmp_path / "people.csv"
+    population.write_people(people_csv, city, on_block=lambda _: None)
+    imported = [p.id_number for block in city.blocks() for p in block]
+    code, out = invoke(stack, "import", str(people_csv), "--batch", "16")
+    assert code == 0 and "40 imported" in out, out
+    # Everyone waits in the declaration service's outbox, on disk, while the index is down.
+    stack.start(("risk_index",))
+    stack.wait_healthy()
+    everyone = [*one_by_one, *imported]
+    for province in ("beijing", "hebei"):
+        want = {_hash(stack, province, i) for i in everyone}
+        exported = eventually(
+            f"all {len(everyone)} people in {province}'s export",
+            functools.partial(_exported_hashes, stack, tmp_path, province),
+            want.issubset,
+            timeout_s=60,
+        )
+        assert exported == want | before[province], sorted(exported - want - before[province])
+    # No raw ID number crossed to the risk index for this (its log names none).
+    log = stack.log_path("risk_index").read_text(encoding="utf-8", errors="replace")
+    assert not [i for i in everyone if i in log]
+    # Both services hash with the same keys (the development data directory's): same key ids.
+    declaration_log = stack.log_path("declaration").read_text(encoding="utf-8", errors="replace")
+    key_ids = [
+        {line.split("show the same): ", 1)[1] for line in text.splitlines() if "key ids" in line}
+        for text in (declaration_log, log)
+    ]
+    assert len(key_ids[0]) == 1 and key_ids[0] == key_ids[1], key_ids
 
 
 def test_a_province_exchanges_only_its_own_status(stack: Stack) -> None:

@@ -6,10 +6,8 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import hmac
-import threading
 from pathlib import Path
 
-import grpc
 import healthcode_matcher
 import pytest
 
@@ -20,6 +18,7 @@ from services._common.errors import InvalidArgument, NotFound, PermissionDenied
 from services._common.identifiers import Identifiers
 from services.risk_index import provinces
 from services.risk_index.logic import RiskIndex
+from services.risk_index.model import KeyedPerson
 from services.risk_index.provinces import KeyedColours, ProvinceExchange
 from services.risk_index.repository import RiskIndexRepository
 from tests.pg import Place
@@ -150,33 +149,52 @@ def test_import_maps_states_to_sources_and_replays(exchange: Exchange) -> None:
         x.import_status(ADMIN, "hebei", "hb-2", yesterday, [(b"short", "red")])
 
 
-class FlakyStub:
-    """EnrolExchangeHashes that fails its first call, then records what it is sent."""
-
-    def __init__(self) -> None:
-        self.sent: list[list[str]] = []
-        self.calls = 0
-        self.done = threading.Event()
-
-    def EnrolExchangeHashes(self, request: object, timeout: float) -> None:
-        self.calls += 1
-        if self.calls == 1:
-            raise grpc.RpcError()
-        self.sent.append(list(request.id_numbers))  # type: ignore[attr-defined]
-        if sum(map(len, self.sent)) == 3:
-            self.done.set()
+def _exported(x: ProvinceExchange, code: str) -> set[bytes]:
+    chunks = list(x.export(ADMIN, code))
+    return {c.hashes[i : i + 16] for c in chunks for i in range(0, len(c.hashes), 16)}
 
 
-def test_the_enroller_sends_registrations_in_batches_and_retries() -> None:
-    stub = FlakyStub()
-    enroller = provinces.ExchangeEnroller(stub, batch=2, max_pending=3)  # type: ignore[arg-type]
-    for id_number in IDS[:4]:
-        enroller.submit(id_number)
-    assert enroller.dropped == 1  # more than max_pending waiting: the enrol pass catches it
-    enroller.start()
-    try:
-        assert stub.done.wait(10), stub.sent
-    finally:
-        enroller.stop()
-    assert stub.sent == [IDS[:2], IDS[2:3]]  # the failed first batch went again, in order
-    assert stub.calls == 3
+def test_registrations_keep_the_exchange_hashes_they_carry(exchange: Exchange) -> None:
+    # What the declaration service's outbox hands over (no ID number): hashes with the person.
+    x, index, _ = exchange
+    ids = Identifiers.from_secret(SECRET)
+    service = Actor(Role.SERVICE, "declaration")
+
+    def hashes(id_number: str) -> list[tuple[str, bytes]]:
+        return [(code, provinces.exchange_hash(key, id_number)) for code, key in KEYS.items()]
+
+    one = ids.person(IDS[0], "x")
+    version, created = index.register_person(service, one.key, one.masked, hashes(IDS[0]))
+    assert created and version > 0
+    bulk = [
+        KeyedPerson(ids.person(i, "x").key, ids.person(i, "x").masked, (), (), hashes(i))
+        for i in IDS[1:4]
+    ]
+    assert index.register_people(service, bulk).created == 3
+    for code, key in KEYS.items():
+        # IDS[2] is unknown to the colour service (FakeColours): not exported, but kept.
+        want = {provinces.exchange_hash(key, i) for i in (IDS[0], IDS[1], IDS[3])}
+        assert _exported(x, code) == want
+    # A resend (the outbox after a crash) changes nothing; a person already known (registered
+    # before, without hashes) gains them: the index itself does not change.
+    assert index.register_person(service, one.key, one.masked, hashes(IDS[0]))[1] is False
+    late = ids.person(IDS[4], "x")
+    index.register_person(service, late.key, late.masked)
+    before = index.current.version
+    assert index.register_people(service, [KeyedPerson(late.key, late.masked)]).created == 0
+    index.register_people(service, [KeyedPerson(late.key, late.masked, (), (), hashes(IDS[4]))])
+    assert index.current.version == before
+    assert provinces.exchange_hash(KEYS["hebei"], IDS[4]) in _exported(x, "hebei")
+
+
+def test_a_malformed_exchange_hash_is_refused_by_field(exchange: Exchange) -> None:
+    _x, index, _ = exchange
+    person = Identifiers.from_secret(SECRET).person(IDS[0], "x")
+    service = Actor(Role.SERVICE, "declaration")
+    with pytest.raises(InvalidArgument) as short:
+        index.register_person(service, person.key, person.masked, [("beijing", b"short")])
+    assert short.value.violations[0][0] == "exchange_hashes[0].hash"
+    bad = KeyedPerson(person.key, person.masked, (), (), [("Bei Jing", bytes(16))])
+    with pytest.raises(InvalidArgument) as code:
+        index.register_people(service, [KeyedPerson(person.key, person.masked), bad])
+    assert code.value.violations[0][0] == "people[1].exchange_hashes[0].province"
