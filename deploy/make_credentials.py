@@ -26,6 +26,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from services._common.auth import create_issuer_keys
+from services._common.exchange import DEFAULT_PROVINCES, load_exchange_keys, load_provinces
 from services._common.pki import DEV_IDENTITIES, DevPki
 
 IDENTIFIER_SECRET = "identifier.secret"
@@ -67,6 +68,11 @@ def make_credentials(directory: Path, namespace: str = "healthcode") -> list[str
     for identity, spiffe_id in DEV_IDENTITIES.items():
         pki.issue(spiffe_id, identity, hosts=hosts_for(identity, namespace))
     create_issuer_keys(directory)
+    # The keys agreed with each province (services/_common/exchange.py): the declaration
+    # service computes each person's hashes with them, the risk index reads them to match an
+    # import; both read the same files (HEALTHCODE_PROVINCE_KEYS=/credentials). Random here:
+    # a deployment installs the keys it agreed with each province instead.
+    load_exchange_keys(directory, list(load_provinces(DEFAULT_PROVINCES)), create=True)
     dsn_path = directory / POSTGRES_DSN
     if not dsn_path.exists():
         # The database's DSN for the services that keep tables (docs/storage.md): the host

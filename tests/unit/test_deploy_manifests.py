@@ -786,3 +786,22 @@ def test_compose_keeps_every_services_tables_in_its_postgresql() -> None:
     # colour and the gateway keep no tables
     for name in ("colour", "gateway"):
         assert "HEALTHCODE_STORAGE" not in stack[name]["environment"], name
+
+
+def test_declaration_and_risk_index_read_the_same_province_keys(tmp_path: Path) -> None:
+    # The declaration service hashes with them, the risk index matches imports with them: two
+    # different key sets would exchange hashes no province holds.
+    from services._common.exchange import DEFAULT_PROVINCES, load_provinces
+
+    codes = {f"{code}.key" for code in load_provinces(DEFAULT_PROVINCES)}
+    stack = compose()["services"]
+    for name in ("declaration", "risk-index"):
+        assert stack[name]["environment"]["HEALTHCODE_PROVINCE_KEYS"] == "/credentials", name
+        assert "credentials:/credentials:ro" in stack[name]["volumes"], name
+    kustomization = yaml.safe_load((K8S / "kustomization.yaml").read_text(encoding="utf-8"))
+    generated = {
+        g["name"]: {f.split("=")[0] for f in g["files"]} for g in kustomization["secretGenerator"]
+    }
+    for secret in ("healthcode-declaration-credentials", "healthcode-risk-index-credentials"):
+        assert codes <= generated[secret], secret
+    assert codes <= set(make_credentials.make_credentials(tmp_path))
