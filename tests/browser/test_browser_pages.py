@@ -144,6 +144,9 @@ def test_a_family_member_registers_a_relative_declares_and_shows_a_live_code_a_v
     # No reasons or sources for a verifier, whatever the reply carried.
     shown_fields = gate.locator("#verdict-fields dt").all_inner_texts()
     assert not [f for f in shown_fields if re.search("reason|source|remed", f, re.IGNORECASE)]
+    # ... only the facts a gate needs, in its words.
+    assert "码色 Colour" in shown_fields and "场所 Where" in shown_fields, shown_fields
+    expect(gate.locator("#verdict-fields")).to_contain_text("绿码 Green")
     screenshot(gate, "5-verdict")
 
     # The same code again: a copied code, refused with a message a gatekeeper understands.

@@ -44,10 +44,6 @@ const DECISIONS = {
   refer: ["请核查", "Refer"],
   deny: ["禁止通行", "Deny"],
 };
-// A verifier is shown no reasons, sources or remedies, whatever a reply carries.
-const HIDDEN = /reason|source|remed|stale_?feeds|rule|override|personKey/i;
-// Shown in large type already.
-const SHOWN_ABOVE = new Set(["maskedName", "instruction"]);
 
 $("scan-form").addEventListener("submit", async (event) => {
   event.preventDefault();
@@ -96,23 +92,28 @@ function render(decision, name, note, reply, reason = "") {
   $("verdict-note").textContent = note;
   const fields = $("verdict-fields");
   fields.replaceChildren();
-  for (const [key, value] of flatten(reply || {})) {
+  for (const [label, value] of facts(reply)) {
     const dt = document.createElement("dt");
     const dd = document.createElement("dd");
-    dt.textContent = key;
+    dt.textContent = label;
     dd.textContent = value;
     fields.append(dt, dd);
   }
   show(box, true);
 }
 
-function flatten(object, prefix = "") {
+// The few facts a gate needs beside the decision, in its words: never reasons or sources
+// (the service sends none to a verifier), nor version numbers.
+const COLOURS = { COLOUR_GREEN: "绿码 Green", COLOUR_YELLOW: "黄码 Yellow", COLOUR_RED: "红码 Red" };
+function facts(reply) {
+  if (!reply) return [];
+  const verdict = reply.verdict || {};
   const out = [];
-  for (const [key, value] of Object.entries(object)) {
-    if (HIDDEN.test(key) || (!prefix && SHOWN_ABOVE.has(key))) continue;
-    const name = prefix ? `${prefix}.${key}` : key;
-    if (value && typeof value === "object" && !Array.isArray(value)) out.push(...flatten(value, name));
-    else out.push([name, Array.isArray(value) ? value.join(", ") : String(value)]);
-  }
+  if (verdict.colour in COLOURS) out.push(["码色 Colour", COLOURS[verdict.colour]]);
+  if (reply.context) out.push(["场所 Where", reply.context]);
+  if (reply.temperatureAlert) out.push(["体温 Temperature", "异常 Fever"]);
+  if (verdict.stale) out.push(["数据 Data", "部分数据源延迟 Some feeds are late"]);
+  if (reply.scanId) out.push(["核验编号 Scan no.", String(reply.scanId)]);
   return out;
 }
+
