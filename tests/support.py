@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 import grpc
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
 
 from services._common.server import create_server, stop
 
@@ -107,3 +109,20 @@ def wait_until(what: str, predicate: Callable[[], bool], timeout_s: float = 20.0
         if time.monotonic() > deadline:
             raise AssertionError(f"gave up after {timeout_s:.0f} s waiting until {what}")
         time.sleep(0.02)
+
+
+def refusal(call: Callable[[], object]) -> tuple[grpc.StatusCode, str, str] | None:
+    """(code, message, ErrorInfo reason) of a refused call; None if it succeeded."""
+    try:
+        call()
+    except grpc.RpcError as e:
+        assert isinstance(e, grpc.Call)
+        reason = ""
+        status = rpc_status.from_call(e)
+        for packed in status.details if status is not None else []:
+            if packed.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+                info = error_details_pb2.ErrorInfo()
+                packed.Unpack(info)
+                reason = info.reason
+        return e.code(), e.details() or "", reason
+    return None

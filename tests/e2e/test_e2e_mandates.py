@@ -10,8 +10,6 @@ from collections.abc import Callable
 from typing import TypeVar
 
 import grpc
-from google.rpc import error_details_pb2
-from grpc_status import rpc_status
 from healthcode.v1 import (
     colour_pb2,
     colour_pb2_grpc,
@@ -28,6 +26,7 @@ from clients.stack import Stack
 from tests import pg
 from tests.e2e.cli_support import invoke
 from tests.e2e.waits import eventually
+from tests.support import refusal as _refusal
 
 T = TypeVar("T")
 GRANNY, DAUGHTER = feedgen.synthetic_id_numbers(2, 7272)
@@ -45,23 +44,6 @@ def _try(call: Callable[[], T]) -> T | str:
         if isinstance(e, grpc.Call) and e.code() == grpc.StatusCode.UNAVAILABLE:
             return f"UNAVAILABLE: {e.details()}"
         raise
-
-
-def _refusal(call: Callable[[], object]) -> tuple[grpc.StatusCode, str, str] | None:
-    """(code, message, ErrorInfo reason) of a refused call; None if it succeeded."""
-    try:
-        call()
-    except grpc.RpcError as e:
-        assert isinstance(e, grpc.Call)
-        reason = ""
-        status = rpc_status.from_call(e)
-        for packed in status.details if status is not None else []:
-            if packed.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
-                info = error_details_pb2.ErrorInfo()
-                packed.Unpack(info)
-                reason = info.reason
-        return e.code(), e.details() or "", reason
-    return None
 
 
 def test_a_family_member_acts_for_a_relative_until_she_revokes(stack: Stack) -> None:

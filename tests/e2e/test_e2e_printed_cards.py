@@ -12,8 +12,6 @@ from pathlib import Path
 from typing import TypeVar
 
 import grpc
-from google.rpc import error_details_pb2
-from grpc_status import rpc_status
 from healthcode.v1 import (
     common_pb2,
     declaration_pb2,
@@ -33,6 +31,7 @@ from services.display.cards import encode_card
 from services.display.keyring import read_keys
 from tests import pg
 from tests.e2e.waits import eventually, today
+from tests.support import refusal
 
 T = TypeVar("T")
 MOTHER, DAUGHTER, SON = feedgen.synthetic_id_numbers(3, 8181)
@@ -49,23 +48,6 @@ AS_DAUGHTER = ["--id-number", MOTHER, "--by", "family-proxy", "--proxy-id", DAUG
 def invoke(stack: Stack, *args: str) -> tuple[int, str]:
     result = CliRunner().invoke(cli.app, ["--declaration", stack.peers.declaration, *args])
     return result.exit_code, result.output
-
-
-def refusal(call: Callable[[], object]) -> tuple[grpc.StatusCode, str, str] | None:
-    """(code, message, ErrorInfo reason) of a refused call; None if it succeeded."""
-    try:
-        call()
-    except grpc.RpcError as e:
-        assert isinstance(e, grpc.Call)
-        reason = ""
-        status = rpc_status.from_call(e)
-        for packed in status.details if status is not None else []:
-            if packed.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
-                info = error_details_pb2.ErrorInfo()
-                packed.Unpack(info)
-                reason = info.reason
-        return e.code(), e.details() or "", reason
-    return None
 
 
 def _try(call: Callable[[], T]) -> T | str:
