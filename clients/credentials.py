@@ -188,10 +188,28 @@ def forget(targets: list[str]) -> None:
 
 
 def for_target(target: str) -> ClientCredentials | None:
-    """The credentials for `target`: a registered stack's, else the environment's."""
+    """The credentials for `target`: a registered stack's, else the environment's. The
+    environment's are read once per setting and then kept, so what a command sets on them (a
+    verifier's workplace, a partner's kind) holds for every channel it opens."""
     if target in _BY_TARGET:
         return _BY_TARGET[target]
-    return ClientCredentials.from_env()
+    settings = tuple(os.environ.get(name, "") for name in _CREDENTIAL_SETTINGS)
+    if settings not in _FROM_ENV:
+        _FROM_ENV[settings] = ClientCredentials.from_env()
+    return _FROM_ENV[settings]
+
+
+# What the environment's credentials are read from (ClientCredentials.from_env).
+_CREDENTIAL_SETTINGS = (
+    "HEALTHCODE_INSECURE",
+    "HEALTHCODE_DATA_DIR",
+    "HEALTHCODE_CREDENTIALS",
+    "HEALTHCODE_TLS_IDENTITY",
+    "HEALTHCODE_TOKEN",
+    "HEALTHCODE_SECRET",
+    "HEALTHCODE_SECRET_FILE",
+)
+_FROM_ENV: dict[tuple[str, ...], ClientCredentials | None] = {}
 
 
 # --- the interceptor ------------------------------------------------------------------------

@@ -1,16 +1,42 @@
 """The README's walkthrough, through the CLI only, as a person following it would (issue 11,
 "Done when"): a daughter registers her mother, who has no smartphone, prints her a card, the
-card is scanned on a bus, the daughter revokes it, and the next scan on the bus is refused."""
+card is scanned on a bus, the daughter revokes it, and the next scan on the bus is refused.
+Each step is its own `healthcode` process with only HEALTHCODE_DATA_DIR set, as in a shell."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 from clients import feedgen
-from clients.stack import Stack
-from tests.e2e.cli_support import invoke as run
+from clients.stack import REPO, Stack
 
 MOTHER, DAUGHTER = feedgen.synthetic_id_numbers(2, 9393)
+
+
+def run(stack: Stack, *args: str) -> tuple[int, str]:
+    """`healthcode ARGS` in a process of its own, as the README's shell runs it."""
+    p = stack.peers
+    env = {
+        **os.environ,
+        "HEALTHCODE_DATA_DIR": str(stack.data_dir),
+        "PYTHONPATH": os.pathsep.join([str(REPO), str(REPO / "protos")]),
+        "COLUMNS": "200",
+    }
+    peers = ["--declaration", p.declaration, "--risk-index", p.risk_index]
+    peers += ["--colour", p.colour, "--display", p.display]
+    done = subprocess.run(
+        [sys.executable, "-m", "clients.cli", *peers, *args],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    return done.returncode, done.stdout + done.stderr
 
 
 def test_register_a_relative_print_her_card_scan_it_on_a_bus_and_revoke_it(
