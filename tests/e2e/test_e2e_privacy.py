@@ -22,29 +22,43 @@ from __future__ import annotations
 import datetime as dt
 import json
 import re
-from collections.abc import Iterator
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import grpc
 import pytest
+from google.protobuf.timestamp_pb2 import Timestamp
 from healthcode.v1 import (
     account_pb2,
     account_pb2_grpc,
+    cold_chain_pb2,
+    cold_chain_pb2_grpc,
     colour_pb2,
     common_pb2,
+    consent_pb2,
+    consent_pb2_grpc,
     declaration_pb2,
+    declaration_pb2_grpc,
     display_pb2,
+    display_pb2_grpc,
+    partners_pb2,
+    partners_pb2_grpc,
     risk_index_pb2,
 )
 
 from clients import feedgen
 from clients.channel import open_channel
+from clients.credentials import for_target
 from clients.stack import Stack, StackError
 from services._common.logs import redact
 from services.rules import DEFAULT_RULE_SET_PATH
 from tests.e2e.rules_support import ADMIN, VERIFIER, Stubs, citizen, ref, stubs
+from tests.e2e.waits import eventually
 
 BINHAI = 120116  # graded high-risk below: telecom roaming there turns a holder's code
 # Four people: 0 and 1 with two phones (a second SIM), 2 with one, 3 with none at first (one
@@ -104,7 +118,14 @@ def _needles(number: str) -> list[Needle]:
 
 
 NUMBERS = [*IDS, *PHONES, MISTYPED]
-NEEDLES = [n for number in NUMBERS for n in _needles(number)]
+# A real-name transit card (R11), linked to IDS[3] and read on a bus: its number is hashed at
+# the edge like an ID number's.
+CARD = "TJ-ELDER-0098765432"
+NEEDLES = [
+    *(n for number in NUMBERS for n in _needles(number)),
+    Needle("transit card (ASCII)", CARD.encode()),
+    Needle("transit card digits (ASCII)", CARD[-10:].encode()),
+]
 
 
 def _hits(data: bytes) -> Iterator[tuple[Needle, int]]:
@@ -295,11 +316,124 @@ def _sign_in(stack: Stack) -> int:
     return signed
 
 
+@contextmanager
+def _acting(target: str, verifier: str = "", partner: str = "") -> Iterator[None]:
+    """The stack's client credentials mint a verifier's token for that workplace, or a
+    partner's for that kind, for the calls inside."""
+    creds = for_target(target)
+    assert creds is not None
+    before = (creds.verifier_context, creds.partner_context)
+    creds.verifier_context = verifier or before[0]
+    creds.partner_context = partner or before[1]
+    try:
+        yield
+    finally:
+        creds.verifier_context, creds.partner_context = before
+
+
+def _edges(stack: Stack) -> dict[str, int]:
+    """The surfaces at the edges (issue 11): a printed card issued, scanned and revoked; a bus
+    reading a transit card; a hospital's triage and the holder's list of it; a cold-chain event
+    naming handlers by ID number and phone; a Show through the browser gateway."""
+    got: dict[str, int] = {}
+    p = stack.peers
+    with (
+        open_channel(p.declaration) as dch,
+        open_channel(p.display) as pch,
+        open_channel(p.risk_index) as rch,
+    ):
+        declaration = declaration_pb2_grpc.DeclarationServiceStub(dch)
+        display = display_pb2_grpc.DisplayServiceStub(pch)
+        partners = partners_pb2_grpc.PartnerServiceStub(pch)
+        consents = consent_pb2_grpc.ConsentServiceStub(dch)
+        cold_chain = cold_chain_pb2_grpc.ColdChainServiceStub(rch)
+
+        issued = declaration.IssuePrintedCard(
+            declaration_pb2.IssuePrintedCardRequest(actor=citizen(IDS[0]), person=ref(IDS[0]))
+        )
+        gate = display_pb2.Device(device_id="gate-privacy", place="gate")
+        scanned = display.Scan(
+            display_pb2.ScanRequest(actor=VERIFIER, token=issued.token, device=gate)
+        )
+        got["card_scans"] = int(bool(scanned.masked_name))
+        declaration.RevokePrintedCard(
+            declaration_pb2.RevokePrintedCardRequest(
+                actor=citizen(IDS[0]), person=ref(IDS[0]), reason="lost"
+            )
+        )
+
+        declaration.LinkTransitCard(
+            declaration_pb2.LinkTransitCardRequest(
+                actor=citizen(IDS[3]), person=ref(IDS[3]), transit_card=CARD
+            )
+        )
+        bus = partners_pb2.BusScanRequest(
+            actor=VERIFIER, transit_card=CARD, temperature_celsius=36.5, vehicle="津A·1", route="8"
+        )
+        with _acting(p.display, verifier="bus"):
+            answer = eventually(
+                "the card link to reach the display's replica",
+                lambda: _try_call(lambda: partners.BusScan(bus)),
+                lambda r: not isinstance(r, str),
+            )
+        got["bus_reads"] = int(bool(answer))
+        with _acting(p.display, verifier="hospital"):
+            partners.Triage(
+                partners_pb2.TriageRequest(actor=VERIFIER, patient=ref(IDS[1]), desk=gate)
+            )
+        listed = consents.ListPartnerAccess(
+            consent_pb2.ListPartnerAccessRequest(actor=citizen(IDS[1]), person=ref(IDS[1]))
+        )
+        got["look_ups_listed"] = len(listed.accesses)
+
+        partner = common_pb2.Actor(role=common_pb2.ACTOR_ROLE_PARTNER, principal="privacy-cc")
+        with _acting(p.risk_index, partner="cold_chain"):
+            cold_chain.PostExposure(
+                cold_chain_pb2.PostExposureRequest(
+                    actor=partner,
+                    event_id="privacy-1",
+                    product_batch="batch-7",
+                    stage=cold_chain_pb2.COLD_CHAIN_STAGE_TRANSPORT,
+                    handlers=[
+                        cold_chain_pb2.Handler(id_number=IDS[2]),
+                        cold_chain_pb2.Handler(phone=PHONES[0]),
+                    ],
+                    handled_at=Timestamp(seconds=int(time.time()) - 3600),
+                )
+            )
+            people = cold_chain.ListBatchPeople(
+                cold_chain_pb2.ListBatchPeopleRequest(actor=partner, product_batch="batch-7")
+            )
+        got["batch_people"] = len(people.people)
+
+    # A person's Show through the gateway, as the mini-program page calls it (Connect JSON).
+    creds = for_target(p.display)
+    assert creds is not None
+    token = creds.token_for(citizen(IDS[1]))
+    body = json.dumps({"person": {"idNumber": IDS[1]}, "device": {"deviceId": "page"}})
+    request = urllib.request.Request(
+        f"{stack.gateway_url}/healthcode.v1.DisplayService/Show",
+        data=body.encode(),
+        headers={"Content-Type": "application/json", "Authorization": f"Bearer {token}"},
+    )
+    with urllib.request.urlopen(request, timeout=30) as reply:
+        got["gateway_shows"] = int("token" in json.loads(reply.read()))
+    return got
+
+
+def _try_call(call: Callable[[], Any]) -> Any:
+    try:
+        return call()
+    except grpc.RpcError as e:
+        return f"{e.code() if isinstance(e, grpc.Call) else e}"
+
+
 def test_no_raw_identifier_in_any_file_log_line_or_span(privacy_stack: Stack) -> None:
     stack = privacy_stack
     with stubs(stack) as s:
         got = _scenario(s)
     got["signed_in"] = _sign_in(stack)
+    got |= _edges(stack)
     codes = stack.stop()
     assert codes == dict.fromkeys(codes, 0), f"services did not stop cleanly: {codes}"
 
@@ -308,6 +442,8 @@ def test_no_raw_identifier_in_any_file_log_line_or_span(privacy_stack: Stack) ->
     assert got["colour3"] >= 2, got  # the close contact and the roaming phones' holders
     assert got["explained_rules"] > 0 and got["whatif_persons"] >= 4, got
     assert got["declarations"] >= 1 and got["phones_of_1"] == 2 and got["feed_rows"] >= 5, got
+    assert got["card_scans"] == 1 and got["bus_reads"] == 1 and got["look_ups_listed"] >= 1, got
+    assert got["batch_people"] == 2 and got["gateway_shows"] == 1, got
 
     data_dir = stack.data_dir
     files = sorted(p for p in data_dir.rglob("*") if p.is_file())
