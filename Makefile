@@ -89,8 +89,8 @@ bench-display: setup
 	$(PY) -m bench.bench_display
 
 ## bench-city: the four real services brought to 18 M people through the import and feed RPCs
-bench-city: setup
-	$(PY) -m bench.bench_city
+bench-city: setup postgres-deps
+	$(PY) -m bench.bench_city --storage postgresql
 
 ## bench-throughput: Show, Scan and EvaluateStream beside a bare gRPC echo server, 1 and 2 processes, the midnight peak
 bench-throughput: setup

@@ -1,8 +1,14 @@
 """The whole platform at city scale, through its real processes (issue 8).
 
-    python -m bench.bench_city                    # 18 M people (make bench-city)
-    python -m bench.bench_city --people 200000    # a smaller city, same measurements
-    python -m bench.bench_city --quick            # 3,000 people, 10 s of load (smoke test)
+    python -m bench.bench_city --storage postgresql   # 18 M people (make bench-city)
+    python -m bench.bench_city --people 200000        # a smaller city, on SQLite
+    python -m bench.bench_city --quick                # 3,000 people, 10 s of load (smoke test)
+
+`make bench-city` runs the city on PostgreSQL (a durable throwaway cluster, `CITY_POSTGRES`):
+at 18 M people SQLite's write-ahead log writes a whole page for every random-key row a
+transaction inserts, several pages a person (BENCHMARKS.md, "The 18 M attempt"), where
+PostgreSQL logs the row and writes a page once per checkpoint. `--cache DIR` keeps the people
+file (six minutes to write at 18 M) for the next run.
 
 Starts the four services as real processes (`clients.stack`: free loopback ports, a temporary
 data directory, versions published at most once a second), then, one after the other:
@@ -43,6 +49,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import grpc
 from healthcode.v1 import (
@@ -65,6 +72,7 @@ from services._common.days import format_day, hour_of_date, now_shanghai, today
 
 CITY = 18_000_000
 SMALL = 2_000
+FOUR_SERVICES = ("declaration", "risk_index", "colour", "display")
 QUICK = {"people": 3_000, "load_seconds": 10.0, "show_seconds": 5.0, "clients": 4}
 REGISTRATIONS_PER_S = 200
 FEED_ROWS_PER_BATCH = 1_000
@@ -128,13 +136,16 @@ def accepted_version(stack: Stack) -> int:
         return int(stub.GetIndexVersion(risk_index_pb2.GetIndexVersionRequest()).accepted_version)
 
 
-def start_stack(data_dir: Path) -> Stack:
+def start_stack(data_dir: Path, storage: dict[str, str] | None = None) -> Stack:
+    """The four services on free ports; `storage`: HEALTHCODE_STORAGE and its DSN (default
+    the embedded SQLite files in `data_dir`)."""
     stack = Stack.on_free_ports(
         data_dir,
         {
             "HEALTHCODE_LOG_LEVEL": "INFO",
             "HEALTHCODE_RISK_INDEX_PUBLISH_INTERVAL_S": "1",
             "HEALTHCODE_COLOUR_FRESHNESS_S": "5",
+            **(storage or {}),
         },
     )
     stack.start()
@@ -142,15 +153,32 @@ def start_stack(data_dir: Path) -> Stack:
     return stack
 
 
-def load_city(stack: Stack, people: int, work: Path, figures: Figures | None) -> list[str]:
-    """Write, import and feed a city; the ID numbers of a sample of its people."""
+def people_file(people: int, directory: Path) -> Path:
+    """The synthetic city's people file in `directory`, written unless a finished one is there
+    (writing 18 M people takes about six minutes; the file is the same for the same seed)."""
+    file = directory / f"healthcode-people-{people}-s{SEED}.csv"
+    if not file.exists():
+        t = time.perf_counter()
+        part = file.with_suffix(".part")
+        population.write_people(part, population.SyntheticCity(people, SEED), lambda _n: None)
+        part.rename(file)
+        progress(f"wrote {people:,} people in {time.perf_counter() - t:.1f} s")
+    return file
+
+
+def load_city(
+    stack: Stack, people: int, work: Path, figures: Figures | None, cache: Path | None = None
+) -> list[str]:
+    """Write (or reuse from `cache`), import and feed a city; the ID numbers of a sample of
+    its people."""
     city = population.SyntheticCity(people, SEED)
-    people_file = work / f"people-{people}-s{SEED}.csv"
+    people_file_ = people_file(people, cache or work)
     t = time.perf_counter()
-    population.write_people(people_file, city, on_block=lambda _n: None)
-    progress(f"wrote {people:,} people in {time.perf_counter() - t:.1f} s")
-    t = time.perf_counter()
-    healthcode(stack, "import", str(people_file), "--batch", "50000")
+    healthcode(
+        stack, "import", str(people_file_), "--batch", "50000",
+        "--checkpoint", str(work / "import.checkpoint"),
+        "--report", str(work / "import.rejected.csv"),
+    )  # fmt: skip
     imported_s = time.perf_counter() - t
     wait_people_in_index(stack, people)
     stack.wait_colour_version(accepted_version(stack), timeout_s=3600)
@@ -389,22 +417,83 @@ def show_rate(stack: Stack, sample: list[str], seconds: float, clients: int) -> 
     return phase.per_second
 
 
+# A city's PostgreSQL: the index pages in memory, and checkpoints far enough apart that a
+# bulk import writes each page once per checkpoint rather than once per transaction; full
+# pages in the WAL compressed. Durable (fsync and synchronous commit on), as deployed.
+CITY_POSTGRES = {
+    "shared_buffers": "2GB",
+    "max_wal_size": "16GB",
+    "checkpoint_timeout": "30min",
+    "wal_compression": "lz4",
+}
+
+
+def pss_mib(pid: int) -> float:
+    """Proportional set size: shared memory (PostgreSQL's buffers) counted once across the
+    processes that map it."""
+    try:
+        with open(f"/proc/{pid}/smaps_rollup", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Pss:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:  # the process ended in between
+        pass
+    return 0.0
+
+
+def postgres_pss_mib(cluster: Any) -> float:
+    """All of a cluster's processes (the postmaster and its children)."""
+    postmaster = int((cluster.data / "postmaster.pid").read_text().split()[0])
+    children = subprocess.run(
+        ["pgrep", "-P", str(postmaster)], capture_output=True, text=True, check=False
+    ).stdout.split()
+    return sum(pss_mib(pid) for pid in [postmaster, *map(int, children)])
+
+
 def run(args: argparse.Namespace) -> tuple[int, str]:
     figures = Figures()
     work = Path(tempfile.mkdtemp(prefix="bench-city-"))
     stacks: list[Stack] = []
+    cluster: Any = None
+    cache = Path(args.cache) if args.cache else None
+    if cache is not None:
+        cache.mkdir(parents=True, exist_ok=True)
+
+    def storage() -> dict[str, str]:
+        if cluster is None:
+            return {}
+        return {
+            "HEALTHCODE_STORAGE": "postgresql",
+            "HEALTHCODE_POSTGRES_DSN": cluster.new_database(),
+        }
+
     try:
-        stack = start_stack(work / "city")
+        if args.storage == "postgresql":
+            from tests.pg import Cluster  # the tests' throwaway cluster, made durable
+
+            cluster = Cluster(durable=True, settings=CITY_POSTGRES)
+            cluster.start()
+            progress(f"PostgreSQL in {cluster.directory}: {CITY_POSTGRES}")
+        stack = start_stack(work / "city", storage())
         stacks.append(stack)
-        sample = load_city(stack, args.people, work, figures)
+        sample = load_city(stack, args.people, work, figures, cache)
         for name, process in stack.processes.items():
             figures.add(f"resident memory, {name}", f"{rss_mib(process.pid):,.0f} MiB")
-        total = sum(rss_mib(p.pid) for p in stack.processes.values())
-        figures.add("resident memory, all four", f"{total / 1024:,.2f} GiB", "8 GiB or less")
+        total = sum(rss_mib(stack.processes[name].pid) for name in FOUR_SERVICES)
+        figures.add(
+            "resident memory, the four services (not the gateway)",
+            f"{total / 1024:,.2f} GiB",
+            "8 GiB or less",
+        )
+        if cluster is not None:
+            figures.add(
+                "PostgreSQL, all its processes (proportional set size)",
+                f"{postgres_pss_mib(cluster) / 1024:,.2f} GiB",
+            )
         measure_restarts(stack, figures)
         steady_load(stack, sample, args.load_seconds, figures)
         city_rate = show_rate(stack, sample, args.show_seconds, args.clients)
-        small = start_stack(work / "small")
+        small = start_stack(work / "small", storage())
         stacks.append(small)
         (work / "small-files").mkdir(exist_ok=True)
         small_sample = load_city(small, SMALL, work / "small-files", None)
@@ -418,6 +507,8 @@ def run(args: argparse.Namespace) -> tuple[int, str]:
     finally:
         for s in stacks:
             s.stop()
+        if cluster is not None:
+            cluster.remove()
     command = "python -m bench.bench_city " + shlex.join(sys.argv[1:])
     lines = [
         (
@@ -439,6 +530,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--show-seconds", type=float, default=20.0, help="per Show phase, s")
     parser.add_argument("--clients", type=int, default=8, help="Show client processes")
     parser.add_argument("--quick", action="store_true", help="a small city, short phases")
+    parser.add_argument(
+        "--storage",
+        choices=("sqlite", "postgresql"),
+        default="sqlite",
+        help="the services' storage: the embedded SQLite files, or a durable throwaway "
+        "PostgreSQL cluster (Debian's, `make postgres-deps`) with a city's settings",
+    )
+    parser.add_argument(
+        "--cache", help="keep the synthetic people file here and reuse it (default: not kept)"
+    )
     args = parser.parse_args(argv)
     if args.quick:
         for k, v in QUICK.items():

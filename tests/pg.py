@@ -51,9 +51,10 @@ def _free_port() -> int:
 class Cluster:
     """One cluster: `start()`, `stop()` (and start again: the database-down test), `remove()`."""
 
-    def __init__(self, *, durable: bool = False) -> None:
+    def __init__(self, *, durable: bool = False, settings: Mapping[str, str] | None = None) -> None:
         """`durable`: fsync and synchronous commit on, as a deployment runs (the benchmarks);
-        off for the tests, which need no power-cut safety."""
+        off for the tests, which need no power-cut safety. `settings` go to postgresql.conf
+        after ours (a benchmark's memory and checkpoint sizes)."""
         self.directory = Path(tempfile.mkdtemp(prefix="healthcode-pg-"))
         self.data = self.directory / "data"
         self.port = _free_port()
@@ -85,6 +86,7 @@ class Cluster:
                     "shared_buffers = 32MB\n"
                 )
                 + "max_connections = 300\n"
+                + "".join(f"{name} = {value}\n" for name, value in (settings or {}).items())
             )
 
     def _run(self, argv: Sequence[str]) -> None:
