@@ -159,9 +159,7 @@ def people_file(people: int, directory: Path) -> Path:
     file = directory / f"healthcode-people-{people}-s{SEED}.csv"
     if not file.exists():
         t = time.perf_counter()
-        part = file.with_suffix(".part")
-        population.write_people(part, population.SyntheticCity(people, SEED), lambda _n: None)
-        part.rename(file)
+        population.write_people(file, population.SyntheticCity(people, SEED), lambda _n: None)
         progress(f"wrote {people:,} people in {time.perf_counter() - t:.1f} s")
     return file
 
