@@ -18,6 +18,7 @@ from typing import Any
 
 from services._common.actors import NoMandate, Role
 from services._common.errors import AlreadyExists, NotFound
+from services._common.pg import insert_rows
 from services._common.storage import Place, Repository
 from services.declaration.model import (
     Declaration,
@@ -678,11 +679,21 @@ class DeclarationRepository(Repository):
                 ),
             )
             decided = plan(rows, state)
-            conn.executemany(
-                "INSERT INTO persons (person_key, name, masked_id_number, registered_at, "
-                "registered_by_role, registered_by, registered_by_masked, residence_county, "
-                "imported_by) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            insert_rows(
+                conn,
+                "persons",
                 (
+                    "person_key",
+                    "name",
+                    "masked_id_number",
+                    "registered_at",
+                    "registered_by_role",
+                    "registered_by",
+                    "registered_by_masked",
+                    "residence_county",
+                    "imported_by",
+                ),
+                [
                     (
                         r.key,
                         r.name,
@@ -696,7 +707,7 @@ class DeclarationRepository(Repository):
                     )
                     # In key order: neighbouring inserts share B-tree pages.
                     for r in sorted(decided.new_persons, key=lambda r: r.key)
-                ),
+                ],
             )
             approver = approved_by or RecordedActor(Role.ADMIN, imported_by)
             _insert_mandates(
@@ -716,14 +727,15 @@ class DeclarationRepository(Repository):
                 "UPDATE persons SET residence_county = ? WHERE person_key = ?",
                 ((county, person) for person, county in decided.residence_updates),
             )
-            conn.executemany(
-                "INSERT INTO phones (phone_key, person_key, masked_phone, linked_at) "
-                "VALUES (?, ?, ?, ?)",
-                (
+            insert_rows(
+                conn,
+                "phones",
+                ("phone_key", "person_key", "masked_phone", "linked_at"),
+                [
                     (phone, person, masked, stamp)
                     # By holder, in the file's order for each (the order phones are shown in).
                     for phone, person, masked in sorted(decided.new_phones, key=lambda t: t[1])
-                ),
+                ],
             )
             self._enqueue(conn, decided.outbox, now)
         return decided

@@ -18,7 +18,7 @@ from dataclasses import replace
 from operator import itemgetter
 
 from services._common import changes
-from services._common.pg import pg_connection
+from services._common.pg import insert_rows, pg_connection, upsert_rows
 from services._common.sources import SOURCES
 from services._common.storage import Place, Repository
 from services.risk_index import overrides
@@ -794,24 +794,26 @@ class RiskIndexRepository(Repository):
                     for province, hash_ in p.exchange_hashes
                 ),
             )
-            conn.executemany(
-                "INSERT INTO persons (person_key, masked_id_number, registered_at, version) "
-                "VALUES (?, ?, ?, ?) ON CONFLICT (person_key) DO NOTHING",
+            # New by construction: `known` was read in this transaction, under the writer lock.
+            insert_rows(
+                conn,
+                "persons",
+                ("person_key", "masked_id_number", "registered_at", "version"),
                 new_persons,
             )
-            conn.executemany(
-                "INSERT INTO phones (phone_key, masked_phone, holder_key, changed_at, version) "
-                "VALUES (?, ?, ?, ?, ?) ON CONFLICT (phone_key) DO UPDATE SET "
-                "holder_key = excluded.holder_key, masked_phone = excluded.masked_phone, "
-                "changed_at = excluded.changed_at, version = excluded.version",
+            upsert_rows(
+                conn,
+                "phones",
+                ("phone_key", "masked_phone", "holder_key", "changed_at", "version"),
                 phone_rows,
+                key=("phone_key",),
             )
-            conn.executemany(
-                "INSERT INTO cards (card_key, masked_card, holder_key, changed_at, version) "
-                "VALUES (?, ?, ?, ?, ?) ON CONFLICT (card_key) DO UPDATE SET "
-                "holder_key = excluded.holder_key, masked_card = excluded.masked_card, "
-                "changed_at = excluded.changed_at, version = excluded.version",
+            upsert_rows(
+                conn,
+                "cards",
+                ("card_key", "masked_card", "holder_key", "changed_at", "version"),
                 card_rows,
+                key=("card_key",),
             )
             if changed:
                 self._open_version(conn, version, f"people:{len(changed)}", now)
@@ -1036,11 +1038,10 @@ def keep_exchange_hashes(
 ) -> None:
     """(province, exchange hash, person key, masked ID) rows, upserted (the province exchange,
     services/risk_index/provinces.py; the same statement as EnrolExchangeHashes)."""
-    if rows:
-        conn.executemany(
-            "INSERT INTO exchange_hashes "
-            "(province, exchange_hash, person_key, masked_id_number) VALUES (?, ?, ?, ?) "
-            "ON CONFLICT (province, exchange_hash) DO UPDATE SET "
-            "person_key = excluded.person_key, masked_id_number = excluded.masked_id_number",
-            rows,
-        )
+    upsert_rows(
+        conn,
+        "exchange_hashes",
+        ("province", "exchange_hash", "person_key", "masked_id_number"),
+        rows,
+        key=("province", "exchange_hash"),
+    )

@@ -20,6 +20,7 @@ from services.risk_index.logic import RiskIndex
 from services.risk_index.model import Batch, KeyedPerson, Row
 from services.risk_index.repository import RiskIndexRepository
 from services.risk_index.validation import check_people
+from tests.pg import Place
 from tests.support import SECRET
 
 NOW = dt.datetime(2024, 5, 10, 4, 0, tzinfo=dt.UTC)
@@ -95,8 +96,9 @@ def one_by_one(
     return created, linked, changed
 
 
-def test_bulk_registration_keeps_every_semantic(tmp_path: Path) -> None:
-    repo = RiskIndexRepository(tmp_path / "ri.sqlite3")
+def test_bulk_registration_keeps_every_semantic(place: Place) -> None:
+    # On both backends: on PostgreSQL the links are COPY'd and merged (pg.upsert_rows).
+    repo = RiskIndexRepository(place("ri.sqlite3"))
     # Phone 1 and card 1 go to person 1; person 0 keeps phone 0.
     first = [person(0, (0, 1)), person(1, (2,), (1,)), person(2)]
     created, linked, changed = repo.register_people(first, NOW, 1)
@@ -125,8 +127,9 @@ def test_bulk_registration_keeps_every_semantic(tmp_path: Path) -> None:
     repo.close()
 
 
-def test_a_phone_named_twice_in_one_call_ends_with_its_last_holder(tmp_path: Path) -> None:
-    repo = RiskIndexRepository(tmp_path / "ri.sqlite3")
+def test_a_phone_named_twice_in_one_call_ends_with_its_last_holder(place: Place) -> None:
+    # On both backends: on PostgreSQL the links are COPY'd and merged (pg.upsert_rows).
+    repo = RiskIndexRepository(place("ri.sqlite3"))
     # Person 5 twice in the call: created once; phone 7 moves 0 -> 1 -> 0 within the call.
     people = [person(0, (7,)), person(5), person(1, (7,)), person(5), person(0, (7,))]
     created, linked, changed = repo.register_people(people, NOW, 1)
@@ -136,8 +139,9 @@ def test_a_phone_named_twice_in_one_call_ends_with_its_last_holder(tmp_path: Pat
     repo.close()
 
 
-def test_an_unlinked_phone_is_linked_again(tmp_path: Path) -> None:
-    repo = RiskIndexRepository(tmp_path / "ri.sqlite3")
+def test_an_unlinked_phone_is_linked_again(place: Place) -> None:
+    # On both backends: on PostgreSQL the links are COPY'd and merged (pg.upsert_rows).
+    repo = RiskIndexRepository(place("ri.sqlite3"))
     repo.register_people([person(0, (3,))], NOW, 1)
     assert repo.unlink_phone(key("m", 3), NOW, 2) == 2
     created, linked, changed = repo.register_people([person(0, (3,))], LATER, 3)
