@@ -4,8 +4,9 @@
     python -m bench.bench_metrics --quick
 
 1. The handler path alone: a unary behaviour called directly, then through `CallMetrics`
-   (`intercept_service` wrapping the handler, as grpc does once per call, plus the call with
-   its timing and histogram observation). The difference is what a call pays.
+   (`intercept_service` wrapping the handler, as grpc did once per call before the chain was
+   kept per method (services/_common/pipeline.py), plus the call with its timing and histogram
+   observation). The difference is an upper bound on what a call pays.
 2. The same cost with OpenTelemetry's metrics SDK instead (one histogram record with the same
    three attributes), the alternative this module does not take.
 3. Real unary calls over loopback to `create_server` (plain text) with metrics off and on:

@@ -13,8 +13,8 @@ import's earlier chunks stay stored), the stream ends at it.
 The log says which method got how many: at most one line per method per second
 (`LOG_INTERVAL_S`), with the number left out since the last, never a traceback.
 
-A well-formed unary request costs one `isinstance` in the handler's path (and the wrapping of
-the handler when the call starts, as for every interceptor).
+A well-formed unary request costs one `isinstance` in the handler's path (the handler is
+wrapped once per method: services/_common/pipeline.py).
 """
 
 from __future__ import annotations

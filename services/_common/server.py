@@ -22,6 +22,7 @@ from services._common import metrics
 from services._common.auth import Security, process_security
 from services._common.config import KEEPALIVE
 from services._common.malformed import MalformedRequests
+from services._common.pipeline import MethodPipeline
 from services._common.shedding import Shedder
 from services._common.telemetry import server_interceptor
 
@@ -35,6 +36,8 @@ _NAMES: dict[int, list[str]] = {}
 _HEALTH_ONLY: dict[int, grpc.Server] = {}
 # Each server's shedder, for status pages and tests (calls in progress, calls shed).
 SHEDDERS: dict[int, Shedder] = {}
+# Each server's per-method interceptor chain, for tests (the methods whose chain is built).
+PIPELINES: dict[int, MethodPipeline] = {}
 
 # 64 MiB: an index snapshot chunk is <= 1 MiB, a 50,000-row batch is a few MiB.
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
@@ -51,6 +54,7 @@ def create_server(
     reuse_port: bool = False,
     security: Security | None = None,
     health_port: int | None = None,
+    per_method_chain: bool = True,
 ) -> tuple[grpc.Server, int]:
     """Build, bind and START a server; return it with the bound port (port 0: a free one).
 
@@ -74,6 +78,10 @@ def create_server(
     `health_port` (HEALTHCODE_<SERVICE>_HEALTH_PORT) also serves the gRPC health service alone, in plain
     text and without client certificates, for Kubernetes' gRPC probes, which cannot present
     one. It says SERVING or NOT_SERVING and nothing else.
+
+    `per_method_chain=False` lets grpc run every interceptor on every call, as before the chain
+    was kept per method (MethodPipeline): for bench/bench_interceptors.py, and to rule the
+    cache out when a call behaves oddly.
     """
     if security is None:
         security = process_security()
@@ -83,20 +91,23 @@ def create_server(
     measured = metrics.current()
     if measured is not None:
         measured.watch_shedder(shedder)
+    # A body that does not parse first: refused (INVALID_ARGUMENT, not grpc's INTERNAL) before
+    # it takes a shedder slot or a span, and no interceptor after it ever sees a request that is
+    # not its message. Then the shedder: a refused call costs no span. Then who is calling
+    # (mutual TLS, bearer tokens, the access table): a refused caller changes nothing and costs
+    # no span.
+    chain: list[grpc.ServerInterceptor] = [
+        *([measured.interceptor()] if measured is not None else []),
+        MalformedRequests(),
+        shedder,
+        *([security.interceptor()] if security is not None else []),
+        server_interceptor(),
+    ]
+    pipeline = MethodPipeline(chain) if per_method_chain else None
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="grpc"),
-        # A body that does not parse first: refused (INVALID_ARGUMENT, not grpc's INTERNAL)
-        # before it takes a shedder slot or a span, and no interceptor after it ever sees a
-        # request that is not its message. Then the shedder: a refused call costs no span.
-        # Then who is calling (mutual TLS, bearer tokens, the access table): a refused caller
-        # changes nothing and costs no span.
-        interceptors=[
-            *([measured.interceptor()] if measured is not None else []),
-            MalformedRequests(),
-            shedder,
-            *([security.interceptor()] if security is not None else []),
-            server_interceptor(),
-        ],
+        # The chain is built once per method, not once per call (services/_common/pipeline.py).
+        interceptors=[pipeline] if pipeline is not None else chain,
         # At the door: calls accepted but not yet given a thread are bounded too.
         maximum_concurrent_rpcs=max_workers * 8,
         options=[
@@ -131,6 +142,8 @@ def create_server(
         )
     _HEALTH[id(server)] = health_servicer
     SHEDDERS[id(server)] = shedder
+    if pipeline is not None:
+        PIPELINES[id(server)] = pipeline
     _NAMES[id(server)] = names
     set_serving(server, ready)
     logger.info("serving %s on %s:%d", ", ".join(names), host, bound)
@@ -161,6 +174,7 @@ def stop(
     health_servicer = _HEALTH.pop(id(server), None)
     _NAMES.pop(id(server), None)
     SHEDDERS.pop(id(server), None)
+    PIPELINES.pop(id(server), None)
     if health_servicer is not None:
         health_servicer.enter_graceful_shutdown()
     if before_stop is not None:

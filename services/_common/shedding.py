@@ -66,21 +66,24 @@ class Shedder(grpc.ServerInterceptor):
         method: str = handler_call_details.method
         if handler is None or handler.response_streaming or method.startswith(_NEVER_SHED):
             return handler
-        limit = self.secondary_limit if method.rsplit("/", 1)[-1] in SECONDARY else self.limit
+        secondary = method.rsplit("/", 1)[-1] in SECONDARY
         if handler.request_streaming:
             return grpc.stream_unary_rpc_method_handler(
-                self._guard(handler.stream_unary, limit, method),
+                self._guard(handler.stream_unary, secondary, method),
                 request_deserializer=handler.request_deserializer,
                 response_serializer=handler.response_serializer,
             )
         return grpc.unary_unary_rpc_method_handler(
-            self._guard(handler.unary_unary, limit, method),
+            self._guard(handler.unary_unary, secondary, method),
             request_deserializer=handler.request_deserializer,
             response_serializer=handler.response_serializer,
         )
 
-    def _guard(self, behaviour: Any, limit: int, method: str) -> Callable[[Any, Any], Any]:
+    def _guard(self, behaviour: Any, secondary: bool, method: str) -> Callable[[Any, Any], Any]:
         def guarded(request: Any, context: grpc.ServicerContext) -> Any:
+            # Read at each call, not when the handler is wrapped: the wrapped handler is kept
+            # per method (services/_common/pipeline.py) and the limits may be changed live.
+            limit = self.secondary_limit if secondary else self.limit
             with self._lock:
                 admitted = self._in_flight < limit
                 if admitted:
