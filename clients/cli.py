@@ -31,9 +31,8 @@ import os
 import re
 import sys
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, NoReturn, TypeVar
+from typing import Annotated, Any
 
 import grpc
 import typer
@@ -53,7 +52,6 @@ from healthcode.v1 import (
     risk_index_pb2,
     risk_index_pb2_grpc,
 )
-from rich.console import Console
 from rich.live import Live
 from rich.panel import Panel
 from rich.progress import (
@@ -72,15 +70,33 @@ from rich.table import Table
 from rich.text import Text
 
 from clients import feedgen, load, load_report, population
-from clients.channel import DEFAULT_TIMEOUT_S, Peers, describe_error, open_channel
+from clients.channel import DEFAULT_TIMEOUT_S, Peers, describe_error
 from clients.cli_cards import card_app
+from clients.cli_consent import consent_app
+from clients.cli_exams import exam_app
+from clients.cli_exchange import cold_chain_app, province_app
+from clients.cli_partners import partners_app
+from clients.cli_support import (
+    CST,
+    ROLE_NAME,
+    ProxyOption,
+    acting,
+    colour_badge,
+    cst,
+    err,
+    fail,
+    out,
+    recorded,
+    service_channel,
+    settings,
+    staff,
+    unary,
+)
 from clients.credentials import ClientCredentials, for_target
 from clients.feedgen import COUNTIES, TIANJIN_DISTRICTS
 from services._common.auth import Security
 from services._common.config import ConfigError
 from services._common.days import hour_of_date, hour_start, now_shanghai
-
-T = TypeVar("T")
 
 app = typer.Typer(
     name="healthcode",
@@ -90,21 +106,6 @@ app = typer.Typer(
     add_completion=False,
     rich_markup_mode="rich",
 )
-out = Console()
-err = Console(stderr=True)
-
-_COLOUR_NAME = {
-    common_pb2.COLOUR_GREEN: "green",
-    common_pb2.COLOUR_YELLOW: "yellow",
-    common_pb2.COLOUR_RED: "red",
-    common_pb2.COLOUR_UNSPECIFIED: "unknown",
-}
-_COLOUR_STYLE = {
-    "green": "bold white on green",
-    "yellow": "bold black on yellow",
-    "red": "bold white on red",
-    "unknown": "bold white on grey37",
-}
 _ROW_FIELDS = {
     "source",
     "id_number",
@@ -116,15 +117,6 @@ _ROW_FIELDS = {
     "at",
     "hour",
 }
-
-
-@dataclass
-class _Settings:
-    peers: Peers
-    timeout: float
-
-
-_settings = _Settings(Peers.from_env(), DEFAULT_TIMEOUT_S)
 
 
 @app.callback()
@@ -148,13 +140,13 @@ def _main(
     """Addresses default to HEALTHCODE_<SERVICE>_ADDR, else 127.0.0.1 and the default ports
     (declaration 50051, risk index 50052, colour 50053, display 50054)."""
     base = Peers.from_env()
-    _settings.peers = Peers(
+    settings.peers = Peers(
         declaration=declaration or base.declaration,
         risk_index=risk_index or base.risk_index,
         colour=colour or base.colour,
         display=display or base.display,
     )
-    _settings.timeout = timeout
+    settings.timeout = timeout
 
 
 # --- helpers ---------------------------------------------------------------------------------
@@ -181,30 +173,6 @@ def _load_auth(target: load.Target, where: str, people: list[str]) -> load.LoadA
     return load.load_auth(creds, people, "load-gate")
 
 
-def _fail(error: grpc.RpcError, what: str) -> NoReturn:
-    err.print(f"[bold red]{what} failed[/]")
-    err.print(describe_error(error), markup=False, highlight=False)
-    raise typer.Exit(1)
-
-
-def _unary(target: str, call: Callable[[grpc.Channel], T], what: str) -> T:
-    """One call to the service at `target`; a failure is printed as a person should read it
-    (status, message, which field to fix) and exits 1."""
-    with _channel(target) as channel:
-        try:
-            return call(channel)
-        except grpc.RpcError as e:
-            _fail(e, what)
-
-
-def _channel(target: str) -> grpc.Channel:
-    try:
-        return open_channel(target, timeout_s=_settings.timeout)
-    except ConfigError as e:  # no credentials found: say where they are looked for
-        err.print(f"[bold red]cannot connect:[/] {e}", highlight=False)
-        raise typer.Exit(2) from None
-
-
 class By(enum.StrEnum):
     """Who acts for the person (R3)."""
 
@@ -221,45 +189,9 @@ _ByOption = Annotated[
         "grid worker (give --principal).",
     ),
 ]
-_ProxyOption = Annotated[
-    str | None,
-    typer.Option(
-        help="The family proxy's own ID number (with --by family-proxy).", show_default=False
-    ),
-]
 _PrincipalOption = Annotated[
     str, typer.Option(help="Staff or account id of the acting grid worker / verifier / operator.")
 ]
-
-
-def _actor(by: By, id_number: str, proxy_id: str | None, principal: str) -> common_pb2.Actor:
-    if by == By.citizen:
-        return common_pb2.Actor(
-            role=common_pb2.ACTOR_ROLE_CITIZEN, person=common_pb2.PersonRef(id_number=id_number)
-        )
-    if by == By.family_proxy:
-        if not proxy_id:
-            raise typer.BadParameter(
-                "a family proxy gives their own ID number", param_hint="--proxy-id"
-            )
-        return common_pb2.Actor(
-            role=common_pb2.ACTOR_ROLE_FAMILY_PROXY,
-            person=common_pb2.PersonRef(id_number=proxy_id),
-        )
-    return common_pb2.Actor(role=common_pb2.ACTOR_ROLE_GRID_WORKER, principal=principal)
-
-
-def _staff(role: int, principal: str) -> common_pb2.Actor:
-    return common_pb2.Actor(role=role, principal=principal)  # type: ignore[arg-type]
-
-
-def colour_name(colour: int) -> str:
-    return _COLOUR_NAME.get(colour, "unknown")  # type: ignore[call-overload]
-
-
-def _colour_badge(colour: int) -> str:
-    name = colour_name(colour)
-    return f"[{_COLOUR_STYLE[name]}] {name.upper()} [/]"
 
 
 # The rule id of the reason a manual override adds (services/colour/explanation.py).
@@ -280,7 +212,7 @@ def _reasons_table(verdict: colour_pb2.Verdict) -> Table | None:
         if r.rule_id == _MANUAL_OVERRIDE and verdict.HasField("manual_override"):
             # The support desk's override: it decides the colour; the rules below hold again
             # once it ends.
-            until = _cst(verdict.manual_override.valid_until)
+            until = cst(verdict.manual_override.valid_until)
             table.add_row(
                 r.rule_id, f"{r.text_zh}\n{r.text_en}", "support desk", f"until {until}", "",
                 "[bold]decides[/]",
@@ -301,8 +233,8 @@ def _print_verdict(verdict: colour_pb2.Verdict, *, remedies: bool = True) -> Non
     if verdict.HasField("manual_override"):
         computed = verdict.manual_override.computed_colour
         out.print(
-            f"  manual override until {_cst(verdict.manual_override.valid_until)} CST; the rules "
-            f"give {_colour_badge(computed)} underneath"
+            f"  manual override until {cst(verdict.manual_override.valid_until)} CST; the rules "
+            f"give {colour_badge(computed)} underneath"
         )
     if remedies:
         for m in verdict.remedies:
@@ -320,9 +252,6 @@ def _print_verdict(verdict: colour_pb2.Verdict, *, remedies: bool = True) -> Non
         out.print(f"[bold yellow]depends on stale feeds:[/] {feeds}")
 
 
-_CST = dt.timezone(dt.timedelta(hours=8))
-
-
 def _when(verdict: colour_pb2.Verdict) -> str:
     """When a verdict was evaluated: its hour (hourly windows end with it), else its day."""
     return f"as of {verdict.hour} CST" if verdict.hour else f"day {verdict.day}"
@@ -331,7 +260,7 @@ def _when(verdict: colour_pb2.Verdict) -> str:
 def _last_updated(f: colour_pb2.SourceFreshness) -> str:
     if not f.HasField("last_updated"):
         return "never updated"
-    when = f.last_updated.ToDatetime(dt.UTC).astimezone(_CST)
+    when = f.last_updated.ToDatetime(dt.UTC).astimezone(CST)
     return f"last updated {when:%Y-%m-%d %H:%M} CST"
 
 
@@ -357,19 +286,19 @@ def register(
         str, typer.Option(help="A real-name transit card number (elderly, disabled).")
     ] = "",
     by: _ByOption = By.citizen,
-    proxy_id: _ProxyOption = None,
+    proxy_id: ProxyOption = None,
     principal: _PrincipalOption = "cli",
 ) -> None:
     """Register a person for a health code (申领), by themself or by a proxy (R3)."""
     request = declaration_pb2.RegisterRequest(
-        actor=_actor(by, id_number, proxy_id, principal),
+        actor=acting(by, id_number, proxy_id, principal),
         name=name,
         id_number=id_number,
         phones=phone or [],
         transit_card=card,
     )
-    response = _unary(
-        _settings.peers.declaration,
+    response = unary(
+        settings.peers.declaration,
         lambda ch: declaration_pb2_grpc.DeclarationServiceStub(ch).Register(request),
         "register",
     )
@@ -427,14 +356,14 @@ def declare(
         str, typer.Option(help="Day of that contact, YYYY-MM-DD (default today).")
     ] = "",
     by: _ByOption = By.citizen,
-    proxy_id: _ProxyOption = None,
+    proxy_id: ProxyOption = None,
     principal: _PrincipalOption = "cli",
 ) -> None:
     """The daily declaration (填报): health, travel and contacts.
 
     One per calendar day (Asia/Shanghai); the next one opens at midnight."""
     request = declaration_pb2.DeclareRequest(
-        actor=_actor(by, id_number, proxy_id, principal),
+        actor=acting(by, id_number, proxy_id, principal),
         person=common_pb2.PersonRef(id_number=id_number),
         symptoms=[_symptom(s) for s in symptom or []],  # type: ignore[misc]
         visits=[_visit(v) for v in visit or []],
@@ -443,8 +372,8 @@ def declare(
     )
     if temperature is not None:
         request.temperature_celsius = temperature
-    response = _unary(
-        _settings.peers.declaration,
+    response = unary(
+        settings.peers.declaration,
         lambda ch: declaration_pb2_grpc.DeclarationServiceStub(ch).Declare(request),
         "declare",
     )
@@ -468,19 +397,19 @@ def show(
         bool, typer.Option("--token-only", help="Print only the token (for `healthcode scan`).")
     ] = False,
     by: _ByOption = By.citizen,
-    proxy_id: _ProxyOption = None,
+    proxy_id: ProxyOption = None,
     principal: _PrincipalOption = "cli",
 ) -> None:
     """Show a code (亮码): live colour, masked name and a signed token.
 
     The token is valid for up to a minute. Every display is logged."""
     request = display_pb2.ShowRequest(
-        actor=_actor(by, id_number, proxy_id, principal),
+        actor=acting(by, id_number, proxy_id, principal),
         person=common_pb2.PersonRef(id_number=id_number),
         device=display_pb2.Device(device_id=device, place=place),
     )
-    response = _unary(
-        _settings.peers.display,
+    response = unary(
+        settings.peers.display,
         lambda ch: display_pb2_grpc.DisplayServiceStub(ch).Show(request),
         "show",
     )
@@ -492,7 +421,7 @@ def show(
     left = max(0, int((expires - dt.datetime.now(dt.UTC)).total_seconds()))
     out.print(
         Panel.fit(
-            f"{_colour_badge(v.colour)}  [bold]{response.masked_name}[/]  "
+            f"{colour_badge(v.colour)}  [bold]{response.masked_name}[/]  "
             f"{response.masked_id_number}\n\ntoken (valid {left} s):\n{response.token}",
             title="health code",
         )
@@ -534,7 +463,7 @@ def scan(
         raise typer.BadParameter("give a TOKEN or --id-number (not both)")
     role = common_pb2.ACTOR_ROLE_PARTNER if partner else common_pb2.ACTOR_ROLE_VERIFIER
     request = display_pb2.ScanRequest(
-        actor=_staff(role, verifier), device=display_pb2.Device(device_id=device, place=place)
+        actor=staff(role, verifier), device=display_pb2.Device(device_id=device, place=place)
     )
     if token is not None:
         request.token = token
@@ -542,15 +471,15 @@ def scan(
         request.person.id_number = id_number or ""
     if temperature is not None:
         request.temperature_celsius = temperature
-    response = _unary(
-        _settings.peers.display,
+    response = unary(
+        settings.peers.display,
         lambda ch: display_pb2_grpc.DisplayServiceStub(ch).Scan(request),
         "scan",
     )
     v = response.verdict
     alert = "  [bold red]TEMPERATURE ALERT[/]" if response.temperature_alert else ""
     out.print(
-        f"{_colour_badge(v.colour)}  [bold]{response.masked_name}[/]  "
+        f"{colour_badge(v.colour)}  [bold]{response.masked_name}[/]  "
         f"{response.masked_id_number}{alert}"
     )
     if response.decision != display_pb2.SCAN_DECISION_UNSPECIFIED:
@@ -754,13 +683,13 @@ def ingest_file(
     if total == 0:
         return 0, 0, 0
     prefix = batch_prefix or f"{file.name}:{digest.hexdigest()[:16]}"
-    actor = _staff(common_pb2.ACTOR_ROLE_FEED, feed)
+    actor = staff(common_pb2.ACTOR_ROLE_FEED, feed)
     accepted = replayed = last_version = 0
     # Per source: the rows waiting, their lines, and the number of batches sent.
     waiting: dict[str, tuple[list[risk_index_pb2.FeedRow], list[int]]] = {}
     sent: dict[str, int] = {}
     with (
-        _channel(_settings.peers.risk_index) as channel,
+        service_channel(settings.peers.risk_index) as channel,
         Progress(
             TextColumn("[bold]{task.description}"),
             BarColumn(),
@@ -791,7 +720,7 @@ def ingest_file(
             except grpc.RpcError as e:
                 progress.stop()
                 _print_row_lines(e, lambda i: lines[i] if 0 <= i < len(lines) else None)
-                _fail(e, f"ingest of batch {number} of {name}")
+                fail(e, f"ingest of batch {number} of {name}")
             if response.replayed:
                 replayed += len(batch)
             else:
@@ -858,12 +787,12 @@ def _run_import(
     principal: str,
     description: str = "importing",
 ) -> population.ImportResult:
-    actor = _staff(common_pb2.ACTOR_ROLE_ADMIN, principal)
+    actor = staff(common_pb2.ACTOR_ROLE_ADMIN, principal)
     checkpoint_path = checkpoint or population.default_checkpoint(file)
     # A finished import needs neither the service nor a progress bar.
     quiet = not restart and population.is_complete(file, checkpoint_path)
     with (
-        _channel(_settings.peers.declaration) as channel,
+        service_channel(settings.peers.declaration) as channel,
         _import_progress(disable=quiet) as progress,
     ):
         task = progress.add_task(description, total=file.stat().st_size or None, rows=0)
@@ -882,7 +811,7 @@ def _run_import(
                 checkpoint_path=checkpoint_path,
                 report_path=report,
                 restart=restart,
-                timeout_s=_settings.timeout,
+                timeout_s=settings.timeout,
                 on_progress=on_progress,
             )
         except population.PeopleFileError as e:
@@ -898,7 +827,7 @@ def _run_import(
                 "command again to resume after it",
                 highlight=False,
             )
-            _fail(e, "import")
+            fail(e, "import")
 
 
 def _print_import(file: Path, result: population.ImportResult) -> None:
@@ -1080,19 +1009,19 @@ def seed_city(
         return
     now = now_shanghai()
     today = now.date()
-    with _channel(_settings.peers.risk_index) as channel:
+    with service_channel(settings.peers.risk_index) as channel:
         stub = risk_index_pb2_grpc.RiskIndexServiceStub(channel)
         graded = 0
         for county, level in feedgen.COUNTY_LEVELS.items():
             if level:
                 request = risk_index_pb2.SetCountyLevelRequest(
-                    actor=_staff(common_pb2.ACTOR_ROLE_ADMIN, principal), county=county
+                    actor=staff(common_pb2.ACTOR_ROLE_ADMIN, principal), county=county
                 )
                 request.level = common_pb2.CountyRiskLevel.ValueType(level)
                 try:
                     stub.SetCountyLevel(request)
                 except grpc.RpcError as e:
-                    _fail(e, "grading counties")
+                    fail(e, "grading counties")
                 graded += 1
     out.print(f"graded {graded} counties")
     feed_file = out_dir / f"feeds-{people}-s{seed}-{today}.jsonl"
@@ -1139,12 +1068,12 @@ def explain(
     phone it came through, the county and its grading), what cleared it or would clear it,
     and how fresh each source is. Names and numbers are masked."""
     request = colour_pb2.ExplainRequest(
-        actor=_staff(common_pb2.ACTOR_ROLE_SUPPORT, principal),
+        actor=staff(common_pb2.ACTOR_ROLE_SUPPORT, principal),
         person=common_pb2.PersonRef(id_number=id_number),
         shared_only=shared_only,
     )
-    x = _unary(
-        _settings.peers.colour,
+    x = unary(
+        settings.peers.colour,
         lambda ch: colour_pb2_grpc.ColourServiceStub(ch).Explain(request),
         "explain",
     )
@@ -1154,17 +1083,17 @@ def explain(
         raise typer.Exit(1)
     scope = " (shared rules only: what other provinces see)" if shared_only else ""
     who = " ".join(p for p in (x.masked_name, x.masked_id_number) if p)
-    out.print(f"{_colour_badge(v.colour)}  [bold]{who}[/]{scope}")
+    out.print(f"{colour_badge(v.colour)}  [bold]{who}[/]{scope}")
     if x.masked_phones:
         out.print(f"  phones in the name: {', '.join(x.masked_phones)}")
     if v.HasField("manual_override"):
         m = v.manual_override
         out.print(
             Panel(
-                f"{_colour_badge(m.colour)} by {m.actor} until {_cst(m.valid_until)} CST "
-                f"(set {_cst(m.set_at)} CST, override log #{m.seq})\n"
+                f"{colour_badge(m.colour)} by {m.actor} until {cst(m.valid_until)} CST "
+                f"(set {cst(m.set_at)} CST, override log #{m.seq})\n"
                 f"reason: {m.reason}\n"
-                f"the rules compute {_colour_badge(m.computed_colour)} underneath (below); it "
+                f"the rules compute {colour_badge(m.computed_colour)} underneath (below); it "
                 "shows again when the override ends",
                 title="manual override",
                 title_align="left",
@@ -1207,7 +1136,7 @@ def _rule_panel(rule: colour_pb2.RuleExplanation) -> Panel:
     state = "[bold]counts[/]" if counts else "[green]cleared[/]"
     window = f", window {rule.window}" if rule.window else ""
     lines = [
-        f"{_colour_badge(rule.colour)} {state} · scope {rule.scope}{window}",
+        f"{colour_badge(rule.colour)} {state} · scope {rule.scope}{window}",
         f"{rule.text_zh}",
         f"{rule.text_en}",
         "",
@@ -1283,20 +1212,20 @@ def what_if(
     if not file.is_file():
         raise typer.BadParameter(f"{file} is not a file", param_hint="FILE")
     request = colour_pb2.WhatIfRequest(
-        actor=_staff(common_pb2.ACTOR_ROLE_ADMIN, principal),
+        actor=staff(common_pb2.ACTOR_ROLE_ADMIN, principal),
         text=file.read_text(encoding="utf-8"),
         filename=file.name,
         shared_only=shared_only,
         district_source=district_source,
     )
-    with _channel(_settings.peers.colour) as channel:
+    with service_channel(settings.peers.colour) as channel:
         try:
             # The draft is evaluated over everyone: give it longer than a display.
             w = colour_pb2_grpc.ColourServiceStub(channel).WhatIf(
-                request, timeout=max(_settings.timeout, 120.0)
+                request, timeout=max(settings.timeout, 120.0)
             )
         except grpc.RpcError as e:
-            _fail(e, "what-if")
+            fail(e, "what-if")
     scope = " (shared rules: what other provinces see)" if shared_only else ""
     out.print(
         f"what-if [bold]{w.active_version}[/] -> [bold]{w.draft_version}[/]{scope}: "
@@ -1376,7 +1305,7 @@ def counters(
 ) -> None:
     """Live counters of displays, scans and applicants (R9): per colour, per day."""
     request = display_pb2.WatchCountersRequest(day=day, min_interval_ms=500)
-    with _channel(_settings.peers.display) as channel:
+    with service_channel(settings.peers.display) as channel:
         stub = display_pb2_grpc.DisplayServiceStub(channel)
         stream = stub.WatchCounters(request)
         try:
@@ -1388,7 +1317,7 @@ def counters(
                 for c in stream:
                     live.update(_counters_table(c), refresh=True)
         except grpc.RpcError as e:
-            _fail(e, "counters")
+            fail(e, "counters")
         except KeyboardInterrupt:
             stream.cancel()
 
@@ -1409,14 +1338,14 @@ def sign_in(
     code gets a bearer token for fifteen minutes. `export HEALTHCODE_TOKEN=...` then makes
     every command act as you. A development stack (`make run`) has no SMS gateway: the code
     comes back in the reply and is used at once."""
-    with _channel(_settings.peers.declaration) as channel:
+    with service_channel(settings.peers.declaration) as channel:
         stub = account_pb2_grpc.AccountServiceStub(channel)
         try:
             sent = stub.RequestSignInCode(
                 account_pb2.RequestSignInCodeRequest(id_number=id_number, phone=phone)
             )
         except grpc.RpcError as e:
-            _fail(e, "asking for a sign-in code")
+            fail(e, "asking for a sign-in code")
         if code is None:
             if sent.development_code:
                 code = sent.development_code
@@ -1426,7 +1355,7 @@ def sign_in(
         try:
             signed = stub.SignIn(account_pb2.SignInRequest(id_number=id_number, code=code))
         except grpc.RpcError as e:
-            _fail(e, "signing in")
+            fail(e, "signing in")
     if token_only:
         out.print(signed.token, markup=False, highlight=False, soft_wrap=True)
         return
@@ -1443,11 +1372,11 @@ def status() -> None:
     table.add_column("address")
     table.add_column("health")
     healthy = True
-    for name, addr in _settings.peers.items():
-        with _channel(addr) as channel:
+    for name, addr in settings.peers.items():
+        with service_channel(addr) as channel:
             try:
                 reply = health_pb2_grpc.HealthStub(channel).Check(
-                    health_pb2.HealthCheckRequest(service=""), timeout=min(_settings.timeout, 3)
+                    health_pb2.HealthCheckRequest(service=""), timeout=min(settings.timeout, 3)
                 )
                 state = health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
             except grpc.RpcError as e:
@@ -1456,7 +1385,7 @@ def status() -> None:
         style = "green" if state == "SERVING" else "red"
         table.add_row(name, addr, f"[{style}]{state}[/]")
     out.print(table)
-    with _channel(_settings.peers.colour) as channel:
+    with service_channel(settings.peers.colour) as channel:
         try:
             s = colour_pb2_grpc.ColourServiceStub(channel).GetStatus(colour_pb2.GetStatusRequest())
             out.print(
@@ -1467,7 +1396,7 @@ def status() -> None:
             )
         except grpc.RpcError as e:
             out.print(f"colour: {describe_error(e)}", markup=False)
-    with _channel(_settings.peers.risk_index) as channel:
+    with service_channel(settings.peers.risk_index) as channel:
         try:
             stub = risk_index_pb2_grpc.RiskIndexServiceStub(channel)
             v = stub.GetIndexVersion(risk_index_pb2.GetIndexVersionRequest())
@@ -1501,13 +1430,13 @@ def set_rules(
     An invalid one is refused with every problem, and the active one stays. --dry-run shows
     how many people each colour would get, without activating."""
     request = colour_pb2.SetRuleSetRequest(
-        actor=_staff(common_pb2.ACTOR_ROLE_ADMIN, principal),
+        actor=staff(common_pb2.ACTOR_ROLE_ADMIN, principal),
         text=file.read_text(encoding="utf-8"),
         filename=file.name,
         dry_run=dry_run,
     )
-    r = _unary(
-        _settings.peers.colour,
+    r = unary(
+        settings.peers.colour,
         lambda ch: colour_pb2_grpc.ColourServiceStub(ch).SetRuleSet(request),
         "set-rules",
     )
@@ -1673,7 +1602,7 @@ def load_test(
     status; --json writes the summary, --plot a PNG over time. RESOURCE_EXHAUSTED is counted
     as shed load; any other error makes the exit status 1."""
     chosen_call = call or load.CALLS[target][0]
-    peers = _settings.peers
+    peers = settings.peers
     where = address or load.default_address(target, peers.display, peers.colour)
     draw = sample or (min(10_000, city) if city else 10_000)
     try:
@@ -1703,7 +1632,7 @@ def load_test(
             procs=procs,
             profile=profile,
             midnight=load.Midnight(base_s, ramp_s, hold_s, peak_factor),
-            timeout_s=_settings.timeout,
+            timeout_s=settings.timeout,
             batch=batch,
             messages=messages,
             tokens=tokens,
@@ -1794,14 +1723,14 @@ def staff_add(
         raise typer.BadParameter(", ".join(_STAFF_ROLE_NAMES), param_hint="--role")
     password = _password("password", password_stdin, confirm=True)
     request = account_pb2.CreateStaffAccountRequest(
-        actor=_staff(common_pb2.ACTOR_ROLE_ADMIN, admin),
+        actor=staff(common_pb2.ACTOR_ROLE_ADMIN, admin),
         principal=principal,
         role=_STAFF_ROLE_NAMES[role],
         context=context,
         password=password,
     )
-    done = _unary(
-        _settings.peers.declaration,
+    done = unary(
+        settings.peers.declaration,
         lambda ch: account_pb2_grpc.AccountServiceStub(ch).CreateStaffAccount(request),
         "staff add",
     )
@@ -1816,10 +1745,10 @@ def staff_disable(
 ) -> None:
     """Disable a staff account: it signs in no more (its tokens run out within a shift)."""
     request = account_pb2.DisableStaffAccountRequest(
-        actor=_staff(common_pb2.ACTOR_ROLE_ADMIN, admin), principal=principal, reason=reason
+        actor=staff(common_pb2.ACTOR_ROLE_ADMIN, admin), principal=principal, reason=reason
     )
-    done = _unary(
-        _settings.peers.declaration,
+    done = unary(
+        settings.peers.declaration,
         lambda ch: account_pb2_grpc.AccountServiceStub(ch).DisableStaffAccount(request),
         "staff disable",
     )
@@ -1838,13 +1767,13 @@ def staff_sign_in(
 ) -> None:
     """Sign in as staff: a token for your account's role for a shift (eight hours)."""
     password = _password("password", password_stdin, confirm=False)
-    with _channel(_settings.peers.declaration) as channel:
+    with service_channel(settings.peers.declaration) as channel:
         try:
             signed = account_pb2_grpc.AccountServiceStub(channel).SignInStaff(
                 account_pb2.SignInStaffRequest(principal=principal, password=password)
             )
         except grpc.RpcError as e:
-            _fail(e, "signing in")
+            fail(e, "signing in")
     if token_only:
         out.print(signed.token, markup=False, highlight=False, soft_wrap=True)
         return
@@ -1895,14 +1824,6 @@ _MANDATE_STATE = {
     declaration_pb2.MANDATE_STATE_EXPIRED: "[yellow]expired[/]",
     declaration_pb2.MANDATE_STATE_REVOKED: "[red]revoked[/]",
 }
-_ROLE_NAME = {
-    common_pb2.ACTOR_ROLE_CITIZEN: "citizen",
-    common_pb2.ACTOR_ROLE_FAMILY_PROXY: "family proxy",
-    common_pb2.ACTOR_ROLE_GRID_WORKER: "grid worker",
-    common_pb2.ACTOR_ROLE_ADMIN: "admin",
-    common_pb2.ACTOR_ROLE_SERVICE: "service",
-    common_pb2.ACTOR_ROLE_SUPPORT: "support desk",
-}
 
 
 def _mandate_caller(
@@ -1910,25 +1831,9 @@ def _mandate_caller(
 ) -> common_pb2.Actor:
     """The actor of a mandate command: a citizen (themself, by `id_number`), a family proxy
     (by `proxy_id`), a grid worker or an administrator (by `principal`)."""
-    if by == MandateBy.citizen:
-        if not id_number:
-            raise typer.BadParameter("a citizen names themself", param_hint="--id-number")
-        return common_pb2.Actor(
-            role=common_pb2.ACTOR_ROLE_CITIZEN, person=common_pb2.PersonRef(id_number=id_number)
-        )
-    if by == MandateBy.family_proxy:
-        if not proxy_id:
-            raise typer.BadParameter(
-                "a family proxy gives their own ID number", param_hint="--proxy-id"
-            )
-        return common_pb2.Actor(
-            role=common_pb2.ACTOR_ROLE_FAMILY_PROXY,
-            person=common_pb2.PersonRef(id_number=proxy_id),
-        )
-    role = common_pb2.ACTOR_ROLE_GRID_WORKER
-    if by == MandateBy.admin:
-        role = common_pb2.ACTOR_ROLE_ADMIN
-    return _staff(role, principal)
+    if by == MandateBy.citizen and not id_number:
+        raise typer.BadParameter("a citizen names themself", param_hint="--id-number")
+    return acting(by, id_number or "", proxy_id, principal)
 
 
 def _mandate_proxy(
@@ -1957,24 +1862,14 @@ def _until(text: str | None, days: int | None) -> dt.datetime | None:
     try:
         if len(text) == 10:
             day = dt.date.fromisoformat(text)
-            return dt.datetime.combine(day + dt.timedelta(days=1), dt.time(), _CST)
+            return dt.datetime.combine(day + dt.timedelta(days=1), dt.time(), CST)
         when = dt.datetime.fromisoformat(text)
     except ValueError:
         raise typer.BadParameter(
             f"{text!r}: write YYYY-MM-DD (through that day) or YYYY-MM-DDTHH:MM",
             param_hint="--until",
         ) from None
-    return when if when.tzinfo is not None else when.replace(tzinfo=_CST)
-
-
-def _cst(ts: Any) -> str:
-    return f"{ts.ToDatetime(dt.UTC).astimezone(_CST):%Y-%m-%d %H:%M}"
-
-
-def _recorded(actor: declaration_pb2.RecordedActor) -> str:
-    role = _ROLE_NAME.get(actor.role, "?")
-    who = actor.masked_id_number or actor.principal
-    return f"{role} {who}".strip()
+    return when if when.tzinfo is not None else when.replace(tzinfo=CST)
 
 
 def _print_mandate(m: declaration_pb2.Mandate) -> None:
@@ -1982,18 +1877,18 @@ def _print_mandate(m: declaration_pb2.Mandate) -> None:
     state = _MANDATE_STATE.get(m.state, "?")
     out.print(f"[bold]mandate {m.mandate_id}[/]  {state}")
     out.print(f"  for       {m.masked_name} {m.masked_id_number}", markup=False, highlight=False)
-    proxy = _recorded(m.proxy)
+    proxy = recorded(m.proxy)
     if m.proxy_person_key and not m.proxy.masked_id_number:
         proxy += f" key:{m.proxy_person_key.hex()[:8]}"
     out.print(f"  proxy     {proxy}", markup=False, highlight=False)
-    until = f"until {_cst(m.valid_until)} CST" if m.HasField("valid_until") else "open-ended"
-    out.print(f"  since     {_cst(m.granted_at)} CST, {until}", markup=False, highlight=False)
-    approved = f"{_recorded(m.approved_by)} ({_MANDATE_BASIS.get(m.basis, '?')})"
+    until = f"until {cst(m.valid_until)} CST" if m.HasField("valid_until") else "open-ended"
+    out.print(f"  since     {cst(m.granted_at)} CST, {until}", markup=False, highlight=False)
+    approved = f"{recorded(m.approved_by)} ({_MANDATE_BASIS.get(m.basis, '?')})"
     if m.reason:
         approved += f": {m.reason}"
     out.print(f"  approved  {approved}", markup=False, highlight=False)
     if m.HasField("revoked_at"):
-        revoked = f"{_cst(m.revoked_at)} CST by {_recorded(m.revoked_by)}"
+        revoked = f"{cst(m.revoked_at)} CST by {recorded(m.revoked_by)}"
         if m.revoke_reason:
             revoked += f": {m.revoke_reason}"
         out.print(f"  revoked   {revoked}", markup=False, highlight=False)
@@ -2070,15 +1965,15 @@ def mandate_grant(
     ends = _until(until, days)
     if ends is not None:
         request.valid_until.FromDatetime(ends.astimezone(dt.UTC))
-    response = _unary(
-        _settings.peers.declaration,
+    response = unary(
+        settings.peers.declaration,
         lambda ch: declaration_pb2_grpc.DeclarationServiceStub(ch).GrantMandate(request),
         "mandate grant",
     )
     m = response.mandate
     verb = "granted" if response.created else "already in force"
     out.print(
-        f"mandate {m.mandate_id} {verb}: {_recorded(m.proxy)} may act for "
+        f"mandate {m.mandate_id} {verb}: {recorded(m.proxy)} may act for "
         f"{m.masked_name} ({m.masked_id_number})"
     )
 
@@ -2094,7 +1989,7 @@ def mandate_revoke(
         str | None,
         typer.Option(help="With --by citizen: your own ID number.", show_default=False),
     ] = None,
-    proxy_id: _ProxyOption = None,
+    proxy_id: ProxyOption = None,
     principal: _PrincipalOption = "cli",
 ) -> None:
     """End a mandate now: by the person it is for, the proxy themself, or an administrator.
@@ -2108,15 +2003,15 @@ def mandate_revoke(
         mandate_id=mandate_id,
         reason=reason,
     )
-    response = _unary(
-        _settings.peers.declaration,
+    response = unary(
+        settings.peers.declaration,
         lambda ch: declaration_pb2_grpc.DeclarationServiceStub(ch).RevokeMandate(request),
         "mandate revoke",
     )
     m = response.mandate
     verb = "revoked" if response.revoked else "was already revoked"
     out.print(
-        f"mandate {m.mandate_id} {verb}: {_recorded(m.proxy)} may no longer act for "
+        f"mandate {m.mandate_id} {verb}: {recorded(m.proxy)} may no longer act for "
         f"{m.masked_name} ({m.masked_id_number})"
     )
 
@@ -2135,7 +2030,7 @@ def mandate_list(
         bool, typer.Option("--all", help="Also revoked and expired mandates (the history).")
     ] = False,
     by: _MandateByOption = MandateBy.citizen,
-    proxy_id: _ProxyOption = None,
+    proxy_id: ProxyOption = None,
     principal: _PrincipalOption = "cli",
 ) -> None:
     """Who may act for a person (as the person), or whom a proxy acts for (as the proxy).
@@ -2152,13 +2047,13 @@ def mandate_list(
     if id_number is not None:
         request.person.id_number = id_number
     found: list[declaration_pb2.Mandate] = []
-    with _channel(_settings.peers.declaration) as channel:
+    with service_channel(settings.peers.declaration) as channel:
         stub = declaration_pb2_grpc.DeclarationServiceStub(channel)
         while True:
             try:
                 page = stub.ListMandates(request)
             except grpc.RpcError as e:
-                _fail(e, "mandate list")
+                fail(e, "mandate list")
             found.extend(page.mandates)
             if not page.next_page_token:
                 break
@@ -2216,7 +2111,7 @@ _ReasonOption = Annotated[
 
 
 def _support(principal: str) -> common_pb2.Actor:
-    return _staff(common_pb2.ACTOR_ROLE_SUPPORT, principal)
+    return staff(common_pb2.ACTOR_ROLE_SUPPORT, principal)
 
 
 def _override_until(until: str | None, hours: int | None, days: int | None) -> dt.datetime:
@@ -2233,11 +2128,11 @@ def _override_until(until: str | None, hours: int | None, days: int | None) -> d
 def _print_override_entry(e: risk_index_pb2.OverrideEntry) -> None:
     person = " ".join(p for p in (e.masked_id_number, f"key:{e.person_key.hex()[:8]}") if p)
     if e.action == risk_index_pb2.OVERRIDE_ACTION_SET:
-        what = f"{_colour_badge(e.colour)} until {_cst(e.valid_until)} CST"
+        what = f"{colour_badge(e.colour)} until {cst(e.valid_until)} CST"
     else:
         what = "[bold]cleared[/]"
-    by = f"{_ROLE_NAME.get(e.actor_role, '?')} {e.actor_principal}"
-    out.print(f"[bold]#{e.seq}[/] {_cst(e.at)} CST  {person}  {what}", highlight=False)
+    by = f"{ROLE_NAME.get(e.actor_role, '?')} {e.actor_principal}"
+    out.print(f"[bold]#{e.seq}[/] {cst(e.at)} CST  {person}  {what}", highlight=False)
     out.print(f"    by {by} · index version {e.index_version}", markup=False, highlight=False)
     out.print(f"    reason: {e.reason}", markup=False, highlight=False)
 
@@ -2288,15 +2183,15 @@ def override_set(
         reason=reason,
     )
     request.valid_until.FromDatetime(ends.astimezone(dt.UTC))
-    response = _unary(
-        _settings.peers.risk_index,
+    response = unary(
+        settings.peers.risk_index,
         lambda ch: risk_index_pb2_grpc.RiskIndexServiceStub(ch).OverrideColour(request),
         "override set",
     )
     entry = response.entry
     out.print(
-        f"override #{entry.seq}: {entry.masked_id_number} is {_colour_badge(entry.colour)} "
-        f"until {_cst(entry.valid_until)} CST, from index version {response.index_version}",
+        f"override #{entry.seq}: {entry.masked_id_number} is {colour_badge(entry.colour)} "
+        f"until {cst(entry.valid_until)} CST, from index version {response.index_version}",
         highlight=False,
     )
 
@@ -2315,8 +2210,8 @@ def override_clear(
         person=common_pb2.PersonRef(id_number=id_number),
         reason=reason,
     )
-    response = _unary(
-        _settings.peers.risk_index,
+    response = unary(
+        settings.peers.risk_index,
         lambda ch: risk_index_pb2_grpc.RiskIndexServiceStub(ch).ClearOverride(request),
         "override clear",
     )
@@ -2355,13 +2250,13 @@ def override_list(
     if id_number is not None:
         request.person.id_number = id_number
     entries: list[risk_index_pb2.OverrideEntry] = []
-    with _channel(_settings.peers.risk_index) as channel:
+    with service_channel(settings.peers.risk_index) as channel:
         stub = risk_index_pb2_grpc.RiskIndexServiceStub(channel)
         while True:
             try:
                 page = stub.ListOverrides(request)
             except grpc.RpcError as e:
-                _fail(e, "override list")
+                fail(e, "override list")
             entries.extend(page.entries)
             if not page.next_page_token or len(entries) >= limit:
                 break
@@ -2533,31 +2428,13 @@ def keys_rotate(data_dir: _DataDirOption = None, keys_dir: _KeysDirOption = None
         )
 
 
-if __name__ == "__main__":
-    # `python -m clients.cli` runs this file as `__main__`, a second copy of the module. The
-    # sub-command modules below import `clients.cli` for its helpers and settings, so the
-    # module proper runs the command (and exits); this copy never gets further.
-    from clients.cli import main as run_module_proper
-
-    run_module_proper()
-
-# Exams, cold chain and other provinces (issue 11, items 7, 9, 10): their own modules, which
-# read this module's settings when a command runs.
-from clients.cli_exams import exam_app
-from clients.cli_exchange import cold_chain_app, province_app
-
+# Exams, cold chain and other provinces (issue 11, items 7, 9, 10).
 app.add_typer(exam_app)
 app.add_typer(cold_chain_app)
 app.add_typer(province_app)
-
 # Bus scanners and hospital triage (issue 11, items 6 and 8): top-level bus-scan and triage.
-from clients.cli_partners import partners_app
-
 app.add_typer(partners_app)
-
 # Consent for partner look-ups (issue 11, item 11): healthcode consent list|revoke|restore.
-from clients.cli_consent import consent_app
-
 app.add_typer(consent_app)
 
 

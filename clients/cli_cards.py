@@ -11,8 +11,7 @@ the usual Debian paths (fonts-noto-cjk, fonts-wqy-microhei, fonts-wqy-zenhei). W
 card is still made, with the English lines only and a warning.
 
 Every call goes to the declaration service named by the root options (`healthcode
---declaration HOST:PORT card ...`), read from the command's context, so this module needs
-nothing of `clients.cli`'s state (under `python -m clients.cli` that module runs as __main__).
+--declaration HOST:PORT card ...`).
 """
 
 from __future__ import annotations
@@ -24,23 +23,28 @@ import os
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, NoReturn, TypeVar
+from typing import Annotated
 
-import grpc
 import segno
 import typer
 from fontTools.ttLib import TTCollection, TTFont, TTLibError
 from fpdf import FPDF
 from healthcode.v1 import common_pb2, declaration_pb2, declaration_pb2_grpc
 from PIL import Image, ImageDraw, ImageFont
-from rich.console import Console
 from rich.table import Table
 
-from clients.channel import DEFAULT_TIMEOUT_S, Peers, describe_error, open_channel
-from services._common.config import ConfigError
-
-T = TypeVar("T")
-S = TypeVar("S")
+from clients.cli_support import (
+    CST,
+    HOLDER_ROLE_NAME,
+    ProxyOption,
+    T,
+    acting,
+    cst,
+    declaration_call,
+    err,
+    out,
+    recorded,
+)
 
 card_app = typer.Typer(
     name="card",
@@ -52,10 +56,6 @@ card_app = typer.Typer(
     no_args_is_help=True,
     rich_markup_mode="rich",
 )
-out = Console()
-err = Console(stderr=True)
-
-CST = dt.timezone(dt.timedelta(hours=8), "CST")
 FONT_ENV = "HEALTHCODE_CARD_FONT"
 # Where Debian's CJK font packages put their files (the first that exists is used).
 CJK_FONTS = (
@@ -85,20 +85,6 @@ class By(enum.StrEnum):
     admin = "admin"
 
 
-_BY_ROLE = {
-    By.citizen: common_pb2.ACTOR_ROLE_CITIZEN,
-    By.family_proxy: common_pb2.ACTOR_ROLE_FAMILY_PROXY,
-    By.grid_worker: common_pb2.ACTOR_ROLE_GRID_WORKER,
-    By.support: common_pb2.ACTOR_ROLE_SUPPORT,
-    By.admin: common_pb2.ACTOR_ROLE_ADMIN,
-}
-_ROLE_NAME = {
-    common_pb2.ACTOR_ROLE_CITIZEN: "holder",
-    common_pb2.ACTOR_ROLE_FAMILY_PROXY: "family proxy",
-    common_pb2.ACTOR_ROLE_GRID_WORKER: "grid worker",
-    common_pb2.ACTOR_ROLE_SUPPORT: "support desk",
-    common_pb2.ACTOR_ROLE_ADMIN: "admin",
-}
 _STATE = {
     declaration_pb2.PRINTED_CARD_STATE_LIVE: "[bold green]live[/]",
     declaration_pb2.PRINTED_CARD_STATE_REVOKED: "[red]revoked[/]",
@@ -116,77 +102,14 @@ ByOption = Annotated[
         "support or admin (give --principal).",
     ),
 ]
-ProxyOption = Annotated[
-    str | None,
-    typer.Option(
-        help="The family proxy's own ID number (with --by family-proxy).", show_default=False
-    ),
-]
 PrincipalOption = Annotated[
     str, typer.Option(help="The account id of the grid worker, support desk or admin.")
 ]
 
 
-def _caller(by: By, id_number: str, proxy_id: str | None, principal: str) -> common_pb2.Actor:
-    if by == By.citizen:
-        return common_pb2.Actor(
-            role=common_pb2.ACTOR_ROLE_CITIZEN, person=common_pb2.PersonRef(id_number=id_number)
-        )
-    if by == By.family_proxy:
-        if not proxy_id:
-            raise typer.BadParameter(
-                "a family proxy gives their own ID number", param_hint="--proxy-id"
-            )
-        return common_pb2.Actor(
-            role=common_pb2.ACTOR_ROLE_FAMILY_PROXY,
-            person=common_pb2.PersonRef(id_number=proxy_id),
-        )
-    return common_pb2.Actor(role=_BY_ROLE[by], principal=principal)
-
-
-def _call(
-    ctx: typer.Context,
-    call: Callable[[declaration_pb2_grpc.DeclarationServiceStub], T],
-    what: str,
-) -> T:
-    """One call to the DeclarationService (see `declaration_call`)."""
-    return declaration_call(ctx, declaration_pb2_grpc.DeclarationServiceStub, call, what)
-
-
-def declaration_call(
-    ctx: typer.Context, stub: Callable[[grpc.Channel], S], call: Callable[[S], T], what: str
-) -> T:
-    """One call to a service of the declaration process the root options name (its
-    DeclarationService, ConsentService, ...); a failure is printed as a person should read it
-    and exits 1."""
-    root = ctx.find_root().params
-    target = root.get("declaration") or Peers.from_env().declaration
-    timeout = float(root.get("timeout") or DEFAULT_TIMEOUT_S)
-    try:
-        channel = open_channel(target, timeout_s=timeout)
-    except ConfigError as e:
-        err.print(f"[bold red]cannot connect:[/] {e}", highlight=False)
-        raise typer.Exit(2) from None
-    with channel:
-        try:
-            return call(stub(channel))
-        except grpc.RpcError as e:
-            _fail(e, what)
-
-
-def _fail(error: grpc.RpcError, what: str) -> NoReturn:
-    err.print(f"[bold red]{what} failed[/]")
-    err.print(describe_error(error), markup=False, highlight=False)
-    raise typer.Exit(1)
-
-
-def _cst(ts: object) -> str:
-    return f"{ts.ToDatetime(dt.UTC).astimezone(CST):%Y-%m-%d %H:%M}"  # type: ignore[attr-defined]
-
-
-def _recorded(actor: declaration_pb2.RecordedActor) -> str:
-    who = actor.masked_id_number or actor.principal
-    return f"{_ROLE_NAME.get(actor.role, '?')} {who}".strip()
+def _call(call: Callable[[declaration_pb2_grpc.DeclarationServiceStub], T], what: str) -> T:
+    """One call to the DeclarationService; a failure is printed and exits 1."""
+    return declaration_call(declaration_pb2_grpc.DeclarationServiceStub, call, what)
 
 
 # --- the card's layout ----------------------------------------------------------------------
@@ -374,7 +297,6 @@ def qr_module_size_px(token: str) -> tuple[int, int, int]:
 
 @card_app.command("issue")
 def card_issue(
-    ctx: typer.Context,
     id_number: IdNumberOption,
     out_path: Annotated[
         Path, typer.Option("--out", help="Where to write the card: a .pdf, or a .png with --png.")
@@ -410,10 +332,10 @@ def card_issue(
     [dim]healthcode card issue --id-number GRANNY_ID --by family-proxy --proxy-id MY_ID --out card.pdf[/]
     [dim]healthcode card issue --id-number PERSON_ID --by support --principal desk-2 --png --out card.png[/]"""
     request = declaration_pb2.IssuePrintedCardRequest(
-        actor=_caller(by, id_number, proxy_id, principal),
+        actor=acting(by, id_number, proxy_id, principal),
         person=common_pb2.PersonRef(id_number=id_number),
     )
-    issued = _call(ctx, lambda stub: stub.IssuePrintedCard(request), "card issue")
+    issued = _call(lambda stub: stub.IssuePrintedCard(request), "card issue")
     if token_out is not None:
         fd = os.open(token_out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w", encoding="ascii") as f:
@@ -426,7 +348,7 @@ def card_issue(
     card = issued.card
     out.print(
         f"card {card.short_id} for {card.masked_name} ({card.masked_id_number}) written to "
-        f"{out_path}; scans until {_cst(card.expires_at)} CST",
+        f"{out_path}; scans until {cst(card.expires_at)} CST",
         highlight=False,
     )
     if issued.HasField("replaced"):
@@ -437,7 +359,6 @@ def card_issue(
 
 @card_app.command("revoke")
 def card_revoke(
-    ctx: typer.Context,
     id_number: IdNumberOption,
     card: Annotated[
         str | None,
@@ -457,12 +378,11 @@ def card_revoke(
     The next scan of it fails with CARD_REVOKED; `card issue` makes a new one.
 
     [dim]healthcode card revoke --id-number GRANNY_ID --by family-proxy --proxy-id MY_ID --reason lost[/]"""
-    actor = _caller(by, id_number, proxy_id, principal)
+    actor = acting(by, id_number, proxy_id, principal)
     person = common_pb2.PersonRef(id_number=id_number)
     card_id = b""
     if card is not None:
         listed = _call(
-            ctx,
             lambda stub: stub.ListPrintedCards(
                 declaration_pb2.ListPrintedCardsRequest(actor=actor, person=person)
             ),
@@ -478,7 +398,7 @@ def card_revoke(
     request = declaration_pb2.RevokePrintedCardRequest(
         actor=actor, person=person, card_id=card_id, reason=reason
     )
-    done = _call(ctx, lambda stub: stub.RevokePrintedCard(request), "card revoke")
+    done = _call(lambda stub: stub.RevokePrintedCard(request), "card revoke")
     verb = "revoked" if done.revoked else "was already revoked"
     c = done.card
     out.print(
@@ -488,7 +408,6 @@ def card_revoke(
 
 @card_app.command("list")
 def card_list(
-    ctx: typer.Context,
     id_number: IdNumberOption,
     by: ByOption = By.citizen,
     proxy_id: ProxyOption = None,
@@ -498,10 +417,10 @@ def card_list(
 
     [dim]healthcode card list --id-number GRANNY_ID --by family-proxy --proxy-id MY_ID[/]"""
     request = declaration_pb2.ListPrintedCardsRequest(
-        actor=_caller(by, id_number, proxy_id, principal),
+        actor=acting(by, id_number, proxy_id, principal),
         person=common_pb2.PersonRef(id_number=id_number),
     )
-    listed = _call(ctx, lambda stub: stub.ListPrintedCards(request), "card list")
+    listed = _call(lambda stub: stub.ListPrintedCards(request), "card list")
     if not listed.cards:
         out.print("no printed cards")
         return
@@ -516,15 +435,16 @@ def print_cards(cards: Sequence[declaration_pb2.PrintedCard]) -> None:
     for c in cards:
         revoked = ""
         if c.HasField("revoked_at"):
-            revoked = f"{_cst(c.revoked_at)} by {_recorded(c.revoked_by)}"
+            revoked = f"{cst(c.revoked_at)} by {recorded(c.revoked_by, HOLDER_ROLE_NAME)}"
             if c.revoke_reason:
                 revoked += f": {c.revoke_reason}"
         table.add_row(
             c.short_id,
             _STATE.get(c.state, "?"),
-            _cst(c.issued_at),
-            _recorded(c.issued_by) + (f" (mandate {c.mandate_id})" if c.mandate_id else ""),
-            _cst(c.expires_at)[:10],
+            cst(c.issued_at),
+            recorded(c.issued_by, HOLDER_ROLE_NAME)
+            + (f" (mandate {c.mandate_id})" if c.mandate_id else ""),
+            cst(c.expires_at)[:10],
             revoked,
         )
     out.print(table)

@@ -7,31 +7,30 @@ shows them (masked), `revoke` withdraws a partner's access (its next look-up of 
 refused, CONSENT_REVOKED), `restore` gives it back. For the holder, a family member or grid
 worker with a mandate, or the support desk.
 
-Calls go to the declaration service the root options name, as `healthcode card` does (its
-helpers are reused: who acts, errors, times).
+Calls go to the declaration service the root options name; who may act is `healthcode card`'s
+choice of --by, less the administrator.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Annotated, TypeVar
+from typing import Annotated, Any
 
 import typer
 from healthcode.v1 import common_pb2, consent_pb2, consent_pb2_grpc
 from rich.table import Table
 
-from clients.cli_cards import (
-    By,
-    PrincipalOption,
+from clients.cli_cards import By, PrincipalOption
+from clients.cli_support import (
+    HOLDER_ROLE_NAME,
     ProxyOption,
-    _caller,
-    _cst,
-    _recorded,
+    T,
+    acting,
+    cst,
     declaration_call,
     out,
+    recorded,
 )
-
-T = TypeVar("T")
 
 consent_app = typer.Typer(
     name="consent",
@@ -71,19 +70,16 @@ def _actor(by: By, id_number: str, proxy_id: str | None, principal: str) -> comm
             "the person, their proxy or the support desk decides who may look them up",
             param_hint="--by",
         )
-    return _caller(by, id_number, proxy_id, principal)
+    return acting(by, id_number, proxy_id, principal)
 
 
-def _call(
-    ctx: typer.Context, call: Callable[[consent_pb2_grpc.ConsentServiceStub], T], what: str
-) -> T:
+def _call(call: Callable[[consent_pb2_grpc.ConsentServiceStub], T], what: str) -> T:
     """One call to the ConsentService of the declaration service the root options name."""
-    return declaration_call(ctx, consent_pb2_grpc.ConsentServiceStub, call, what)
+    return declaration_call(consent_pb2_grpc.ConsentServiceStub, call, what)
 
 
 @consent_app.command("list")
 def consent_list(
-    ctx: typer.Context,
     id_number: IdNumberOption,
     by: ByOption = By.citizen,
     proxy_id: ProxyOption = None,
@@ -100,7 +96,7 @@ def consent_list(
         person=common_pb2.PersonRef(id_number=id_number),
         page_size=limit,
     )
-    listed = _call(ctx, lambda stub: stub.ListPartnerAccess(request), "consent list")
+    listed = _call(lambda stub: stub.ListPartnerAccess(request), "consent list")
     who = f"{listed.masked_name} ({listed.masked_id_number})"
     if not listed.accesses:
         out.print(f"no partner has looked up {who}")
@@ -112,7 +108,7 @@ def consent_list(
             outcome = "[green]answered[/]" if a.allowed else f"[red]refused[/] {a.refusal}"
             partner = a.partner.principal + (" [red](withdrawn)[/]" if a.partner_revoked else "")
             table.add_row(
-                _cst(a.at),
+                cst(a.at),
                 partner,
                 a.partner.kind,
                 _PURPOSE.get(a.purpose, "?"),
@@ -122,14 +118,14 @@ def consent_list(
         out.print(table)
     for r in listed.revoked:
         out.print(
-            f"access withdrawn: [bold]{r.principal}[/] since {_cst(r.revoked_at)} "
-            f"by {_recorded(r.revoked_by)}" + (f" (mandate {r.mandate_id})" if r.mandate_id else "")
+            f"access withdrawn: [bold]{r.principal}[/] since {cst(r.revoked_at)} "
+            f"by {recorded(r.revoked_by, HOLDER_ROLE_NAME)}"
+            + (f" (mandate {r.mandate_id})" if r.mandate_id else "")
         )
 
 
 @consent_app.command("revoke")
 def consent_revoke(
-    ctx: typer.Context,
     partner: PartnerArgument,
     id_number: IdNumberOption,
     by: ByOption = By.citizen,
@@ -141,21 +137,11 @@ def consent_revoke(
     The partner's staff are told to ask for the person's code instead.
 
     [dim]healthcode consent revoke partner:ruijin --id-number MY_ID[/]"""
-    request = consent_pb2.RevokePartnerAccessRequest(
-        actor=_actor(by, id_number, proxy_id, principal),
-        person=common_pb2.PersonRef(id_number=id_number),
-        partner=partner,
-    )
-    done = _call(ctx, lambda stub: stub.RevokePartnerAccess(request), "consent revoke")
-    if done.changed:
-        out.print(f"access withdrawn: {done.revoked.principal} may no longer look this person up")
-    else:
-        out.print(f"{partner}'s access was already withdrawn (nothing changed)")
+    _change_access(True, partner, id_number, by, proxy_id, principal)
 
 
 @consent_app.command("restore")
 def consent_restore(
-    ctx: typer.Context,
     partner: PartnerArgument,
     id_number: IdNumberOption,
     by: ByOption = By.citizen,
@@ -165,13 +151,27 @@ def consent_restore(
     """Give a partner its access back.
 
     [dim]healthcode consent restore partner:ruijin --id-number MY_ID[/]"""
-    request = consent_pb2.RestorePartnerAccessRequest(
-        actor=_actor(by, id_number, proxy_id, principal),
-        person=common_pb2.PersonRef(id_number=id_number),
-        partner=partner,
-    )
-    done = _call(ctx, lambda stub: stub.RestorePartnerAccess(request), "consent restore")
-    if done.changed:
-        out.print(f"access restored: {partner} may look this person up again")
+    _change_access(False, partner, id_number, by, proxy_id, principal)
+
+
+def _change_access(
+    withdraw: bool, partner: str, id_number: str, by: By, proxy_id: str | None, principal: str
+) -> None:
+    """`consent revoke` (withdraw) and `consent restore`: one request, to two RPCs."""
+    fields: dict[str, Any] = {
+        "actor": _actor(by, id_number, proxy_id, principal),
+        "person": common_pb2.PersonRef(id_number=id_number),
+        "partner": partner,
+    }
+    if withdraw:
+        revoke = consent_pb2.RevokePartnerAccessRequest(**fields)
+        revoked = _call(lambda stub: stub.RevokePartnerAccess(revoke), "consent revoke")
+        changed = revoked.changed
+        done = f"access withdrawn: {revoked.revoked.principal} may no longer look this person up"
+        unchanged = "already withdrawn"
     else:
-        out.print(f"{partner}'s access was not withdrawn (nothing changed)")
+        restore = consent_pb2.RestorePartnerAccessRequest(**fields)
+        changed = _call(lambda stub: stub.RestorePartnerAccess(restore), "consent restore").changed
+        done = f"access restored: {partner} may look this person up again"
+        unchanged = "not withdrawn"
+    out.print(done if changed else f"{partner}'s access was {unchanged} (nothing changed)")

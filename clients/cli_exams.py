@@ -9,7 +9,6 @@ from typing import Annotated
 
 import grpc
 import typer
-from rich.console import Console
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -22,11 +21,9 @@ from rich.progress import (
 from rich.table import Table
 
 from clients import exams
-from clients.channel import describe_error, open_channel
+from clients.channel import open_channel
+from clients.cli_support import err, fail, out, settings
 from services._common.config import ConfigError
-
-out = Console()
-err = Console(stderr=True)
 
 exam_app = typer.Typer(
     name="exam",
@@ -85,8 +82,6 @@ def verify(
     candidate checked: [bold]pass[/] when green, [bold]refer[/] otherwise (yellow, red, or not
     registered) to the exam's health checkpoint. The result holds masked names only, never an
     ID number or a reason."""
-    from clients.cli import _settings  # the global --colour option; cli imports this module
-
     started = time.perf_counter()
     try:
         valid, rejected = exams.read_candidate_file(candidates)
@@ -98,7 +93,7 @@ def verify(
     if rejected:
         _print_rejections(rejected, rejections_path)
 
-    target = _settings.peers.colour
+    target = settings.peers.colour
     try:
         creds = exams.partner_credentials(target, "exam_organiser", organiser, identity)
     except ConfigError as e:
@@ -126,9 +121,7 @@ def verify(
             )
         except grpc.RpcError as e:
             progress.stop()
-            err.print("[bold red]verification failed[/]")
-            err.print(describe_error(e), markup=False, highlight=False)
-            raise typer.Exit(1) from None
+            fail(e, "verification")
     exams.write_results(out_file, results)
     elapsed = time.perf_counter() - started
     passed = sum(r.decision is exams.Decision.PASS for r in results)

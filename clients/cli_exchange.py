@@ -12,9 +12,9 @@ import csv
 import datetime as dt
 import enum
 import functools
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Annotated, TypeVar
+from typing import Annotated
 
 import grpc
 import typer
@@ -26,38 +26,20 @@ from healthcode.v1 import (
     province_pb2,
     province_pb2_grpc,
 )
-from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from clients.channel import describe_error, open_channel
-from clients.credentials import ClientCredentials
+from clients.cli_support import colour_name, err, out, settings, staff, unary
+from clients.credentials import ClientCredentials, for_target
 from clients.exams import partner_credentials
 from services._common.config import ConfigError
 
-T = TypeVar("T")
-out = Console()
-err = Console(stderr=True)
-
-_COLOUR_NAME = {
-    common_pb2.COLOUR_GREEN: "green",
-    common_pb2.COLOUR_YELLOW: "yellow",
-    common_pb2.COLOUR_RED: "red",
-}
 ENROL_CHUNK = 50_000
 IMPORT_CHUNK = 50_000
 
 
-def _risk_index() -> str:
-    from clients.cli import _settings  # the global --risk-index option; cli imports this module
-
-    return _settings.peers.risk_index
-
-
 def _credentials(target: str, kind: str, name: str, operator: bool) -> ClientCredentials | None:
     """The partner's certificate, or (operator) the CLI's own credentials."""
-    from clients.credentials import for_target
-
     try:
         if operator:
             return for_target(target)
@@ -67,22 +49,10 @@ def _credentials(target: str, kind: str, name: str, operator: bool) -> ClientCre
         raise typer.Exit(2) from None
 
 
-def _call(
-    target: str, creds: ClientCredentials | None, call: Callable[[grpc.Channel], T], what: str
-) -> T:
-    with open_channel(target, credentials=creds) as channel:
-        try:
-            return call(channel)
-        except grpc.RpcError as e:
-            err.print(f"[bold red]{what} failed[/]")
-            err.print(describe_error(e), markup=False, highlight=False)
-            raise typer.Exit(1) from None
-
-
 def _actor(operator: bool, name: str, principal: str) -> common_pb2.Actor:
     if operator:
-        return common_pb2.Actor(role=common_pb2.ACTOR_ROLE_ADMIN, principal=principal)
-    return common_pb2.Actor(role=common_pb2.ACTOR_ROLE_PARTNER, principal=name)
+        return staff(common_pb2.ACTOR_ROLE_ADMIN, principal)
+    return staff(common_pb2.ACTOR_ROLE_PARTNER, name)
 
 
 _OperatorOption = Annotated[
@@ -180,13 +150,13 @@ def cold_chain_post(
         handlers=handlers,
         handled_at=_handled_at(at),
     )
-    target = _risk_index()
+    target = settings.peers.risk_index
     creds = _credentials(target, "cold_chain", partner, operator)
-    done = _call(
+    done = unary(
         target,
-        creds,
         lambda ch: cold_chain_pb2_grpc.ColdChainServiceStub(ch).PostExposure(request),
         "posting the exposure event",
+        creds,
     )
     what = "already posted" if done.replayed else "posted"
     out.print(
@@ -210,13 +180,13 @@ def cold_chain_list(
     request = cold_chain_pb2.ListBatchPeopleRequest(
         actor=_actor(operator, partner, principal), product_batch=product_batch
     )
-    target = _risk_index()
+    target = settings.peers.risk_index
     creds = _credentials(target, "cold_chain", partner, operator)
-    done = _call(
+    done = unary(
         target,
-        creds,
         lambda ch: cold_chain_pb2_grpc.ColdChainServiceStub(ch).ListBatchPeople(request),
         "listing the batch",
+        creds,
     )
     if not done.people:
         out.print(f"no one is linked to {product_batch}", highlight=False)
@@ -259,7 +229,7 @@ def province_export(
     request = province_pb2.ExportStatusRequest(
         actor=_actor(operator, province, principal), province=province
     )
-    target = _risk_index()
+    target = settings.peers.risk_index
     creds = _credentials(target, "other_province", province, operator)
 
     def export(channel: grpc.Channel) -> tuple[int, dict[str, int]]:
@@ -272,14 +242,14 @@ def province_export(
             writer.writerow(["exchange_hash", "status"])
             for chunk in stub.ExportStatus(request, timeout=600):
                 for i, colour in enumerate(chunk.colours):
-                    name = _COLOUR_NAME.get(colour, "unknown")
+                    name = colour_name(colour)
                     writer.writerow([chunk.exchange_hashes[i * 16 : (i + 1) * 16].hex(), name])
                     counts[name] = counts.get(name, 0) + 1
                     n += 1
         tmp.replace(out_file)
         return n, counts
 
-    n, counts = _call(target, creds, export, "the export")
+    n, counts = unary(target, export, "the export", creds)
     shown = ", ".join(f"{v:,} {k}" for k, v in sorted(counts.items())) or "nobody enrolled"
     out.print(f"{n:,} people exported for {province} ({shown}): {out_file}", highlight=False)
 
@@ -333,7 +303,7 @@ def province_import(
     """Take a province's status list as a source: red and yellow per its table, unknown states
     per its default, people not enrolled here ignored."""
     entries = [s for _line, s in _statuses(file)]
-    target = _risk_index()
+    target = settings.peers.risk_index
     creds = _credentials(target, "other_province", province, operator)
     totals: dict[str, int] = {}
     matched = unmatched = unknown = 0
@@ -348,11 +318,11 @@ def province_import(
             day=day,
             statuses=part,
         )
-        done = _call(
+        done = unary(
             target,
-            creds,
             functools.partial(_import_status, request),
             "the import",
+            creds,
         )
         matched, unmatched, unknown = (
             matched + done.matched,
@@ -386,7 +356,7 @@ def province_enrol(
     """Compute every configured province's agreed hash for the people in a file (the service
     keeps the hashes, never the numbers): needed once for people registered before a province
     was configured."""
-    target = _risk_index()
+    target = settings.peers.risk_index
     creds = _credentials(target, "", "", True)
     with people.open(encoding="utf-8-sig", newline="") as f:
         ids = [rec.get("id_number", "") for rec in csv.DictReader(f)]
@@ -404,14 +374,14 @@ def province_enrol(
         task = progress.add_task("enrol", total=len(ids))
         for start in range(0, len(ids), ENROL_CHUNK):
             request = province_pb2.EnrolExchangeHashesRequest(
-                actor=common_pb2.Actor(role=common_pb2.ACTOR_ROLE_ADMIN, principal=principal),
+                actor=staff(common_pb2.ACTOR_ROLE_ADMIN, principal),
                 id_numbers=ids[start : start + ENROL_CHUNK],
             )
-            done = _call(
+            done = unary(
                 target,
-                creds,
                 functools.partial(_enrol, request),
                 "enrolling",
+                creds,
             )
             enrolled += done.enrolled
             provinces = list(done.provinces)
@@ -428,16 +398,14 @@ def province_enrol(
 @province_app.command("list")
 def province_list(principal: _PrincipalOption = "operator") -> None:
     """The configured provinces, how they are recognised, and their state mapping."""
-    target = _risk_index()
+    target = settings.peers.risk_index
     creds = _credentials(target, "", "", True)
-    request = province_pb2.ListProvincesRequest(
-        actor=common_pb2.Actor(role=common_pb2.ACTOR_ROLE_ADMIN, principal=principal)
-    )
-    done = _call(
+    request = province_pb2.ListProvincesRequest(actor=staff(common_pb2.ACTOR_ROLE_ADMIN, principal))
+    done = unary(
         target,
-        creds,
         lambda ch: province_pb2_grpc.ProvinceExchangeServiceStub(ch).ListProvinces(request),
         "listing provinces",
+        creds,
     )
     table = Table(title="provinces", title_justify="left")
     for column in ("code", "name", "recognition", "states", "unknown state", "key"):

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from types import ModuleType
 from typing import Annotated
 
 import typer
 from healthcode.v1 import common_pb2, display_pb2, partners_pb2, partners_pb2_grpc
 
+from clients.cli_support import colour_badge, out, settings, staff, unary
 from clients.credentials import for_target
 from services._common.config import ConfigError
 
@@ -24,18 +24,11 @@ _ALERT_STYLE = "bold white on red"
 _PASS_STYLE = "bold white on green"
 
 
-def _cli() -> ModuleType:
-    """clients.cli, imported when a command runs: it imports this module to register it."""
-    from clients import cli
-
-    return cli
-
-
 @contextmanager
 def _working_at(workplace: str) -> Iterator[None]:
     """Mint this command's verifier token for `workplace` (the credential carries it)."""
     try:
-        creds = for_target(_cli()._settings.peers.display)
+        creds = for_target(settings.peers.display)
     except ConfigError:
         creds = None  # the call itself says where credentials are looked for
     if creds is None:
@@ -50,7 +43,7 @@ def _working_at(workplace: str) -> Iterator[None]:
 
 
 def _verifier(principal: str) -> common_pb2.Actor:
-    return common_pb2.Actor(role=common_pb2.ACTOR_ROLE_VERIFIER, principal=principal)
+    return staff(common_pb2.ACTOR_ROLE_VERIFIER, principal)
 
 
 @partners_app.command("bus-scan")
@@ -94,8 +87,8 @@ def bus_scan(
     if temperature is not None:
         request.temperature_celsius = temperature
     with _working_at("bus"):
-        response = _cli()._unary(
-            _cli()._settings.peers.display,
+        response = unary(
+            settings.peers.display,
             lambda ch: partners_pb2_grpc.PartnerServiceStub(ch).BusScan(request),
             "bus scan",
         )
@@ -107,12 +100,12 @@ def bus_scan(
     if response.colour != common_pb2.COLOUR_GREEN:
         causes.append("code not green")
     card_text = f"  card {response.masked_card}" if response.masked_card else ""
-    _cli().out.print(
-        f"{badge}  {_cli()._colour_badge(response.colour)}  [bold]{response.masked_name}[/]"
+    out.print(
+        f"{badge}  {colour_badge(response.colour)}  [bold]{response.masked_name}[/]"
         f"{card_text}" + (f"  ({', '.join(causes)})" if causes else ""),
         highlight=False,
     )
-    _cli().out.print(f"logged as scan {response.scan_id} on route {route}, vehicle {vehicle}")
+    out.print(f"logged as scan {response.scan_id} on route {route}, vehicle {vehicle}")
 
 
 _GROUP = {
@@ -138,16 +131,16 @@ def triage(
         desk=display_pb2.Device(device_id=desk, place=place),
     )
     with _working_at("hospital"):
-        response = _cli()._unary(
-            _cli()._settings.peers.display,
+        response = unary(
+            settings.peers.display,
             lambda ch: partners_pb2_grpc.PartnerServiceStub(ch).Triage(request),
             "triage",
         )
     name, style = _GROUP.get(response.group, ("UNKNOWN", "bold"))
     category = f"  ({response.reason_category})" if response.reason_category else ""
-    _cli().out.print(
-        f"[{style}] {name} [/]  {_cli()._colour_badge(response.colour)}  "
+    out.print(
+        f"[{style}] {name} [/]  {colour_badge(response.colour)}  "
         f"[bold]{response.masked_name}[/]{category}",
         highlight=False,
     )
-    _cli().out.print(f"logged as look-up {response.lookup_id}")
+    out.print(f"logged as look-up {response.lookup_id}")

@@ -1,19 +1,23 @@
 """What the tests share: one secret, one clock, one way to serve on a free loopback port, one
-bounded wait. Fixtures built on these are in tests/conftest.py; import the rest from here
-(`from tests.support import SECRET, Clock`)."""
+way to run the real stack, one bounded wait. Fixtures built on these are in tests/conftest.py
+(and tests/e2e/conftest.py); import the rest from here (`from tests.support import SECRET,
+Clock`)."""
 
 from __future__ import annotations
 
 import datetime as dt
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Protocol
 
 import grpc
+import pytest
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
+from clients.stack import Stack, StackError
 from services._common.server import create_server, stop
 
 # The platform secret of in-process tests (the e2e stacks make their own in their data
@@ -99,6 +103,39 @@ class StartServer(Protocol):
         port: int = 0,
         max_workers: int = 16,
     ) -> Served: ...
+
+
+# What a test stack runs with unless a test says otherwise.
+STACK_ENV = {
+    # Fast reconnects: a test should not sit in a 5 s backoff after a hiccup.
+    "HEALTHCODE_COLOUR_RECONNECT_MAX_S": "0.5",
+    # Feed freshness is re-read every second, not every 30.
+    "HEALTHCODE_COLOUR_FRESHNESS_S": "1",
+    "HEALTHCODE_LOG_LEVEL": "INFO",
+}
+
+
+def running_stack(data_dir: Path, env: Mapping[str, str] | None = None) -> Iterator[Stack]:
+    """The body of a stack fixture: the services (and the gateway) as real processes on free
+    loopback ports with STACK_ENV and `env` over it, yielded once every one is healthy, then
+    stopped with SIGTERM; a service that does not exit cleanly fails the test, with the end of
+    its log. A test may stop the stack itself (to read what it left): the codes are the same."""
+    s = Stack.on_free_ports(data_dir, {**STACK_ENV, **(env or {})})
+    s.start()
+    try:
+        try:
+            # A fresh risk index is at version 0 and publishes version 1 on the first change;
+            # the tests wait for the versions they need.
+            s.wait_healthy(timeout_s=60)
+        except StackError as e:
+            pytest.fail(str(e))
+        yield s
+    finally:
+        codes = s.stop()
+    unclean = {name: code for name, code in codes.items() if code != 0}
+    if unclean:
+        tails = "\n".join(f"--- {n}:\n{s.log_tail(n)}" for n in unclean)
+        pytest.fail(f"services did not stop cleanly on SIGTERM: {unclean}\n{tails}")
 
 
 def wait_until(what: str, predicate: Callable[[], bool], timeout_s: float = 20.0) -> None:

@@ -13,8 +13,9 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import Browser, BrowserContext, Page, sync_playwright
 
-from clients.stack import Stack, StackError
+from clients.stack import Stack
 from tests.browser.support import CHROMIUM_FLAGS, TOKEN_TTL_S, chromium_path
+from tests.support import running_stack
 
 HERE = Path(__file__).parent
 
@@ -30,22 +31,10 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 @pytest.fixture(scope="module")
 def browser_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     """The four services and the gateway, with short-lived code tokens."""
-    stack = Stack.on_free_ports(
+    yield from running_stack(
         tmp_path_factory.mktemp("browser") / "data",
-        {"HEALTHCODE_DISPLAY_TOKEN_TTL_S": str(TOKEN_TTL_S), "HEALTHCODE_LOG_LEVEL": "INFO"},
+        {"HEALTHCODE_DISPLAY_TOKEN_TTL_S": str(TOKEN_TTL_S)},
     )
-    stack.start()
-    try:
-        try:
-            stack.wait_healthy(timeout_s=60)
-        except StackError as e:
-            pytest.fail(str(e))
-        yield stack
-    finally:
-        codes = stack.stop()
-    unclean = {name: code for name, code in codes.items() if code != 0}
-    if unclean:
-        pytest.fail(f"processes did not stop cleanly on SIGTERM: {unclean}")
 
 
 @pytest.fixture(scope="module")

@@ -7,13 +7,14 @@ service that does not exit cleanly fails the test, with the end of its log.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from clients.stack import Stack, StackError
+from clients.stack import Stack
 from tests import pg
+from tests.support import running_stack
 
 HERE = Path(__file__).parent
 
@@ -67,7 +68,7 @@ def storage_env(storage: str, request: pytest.FixtureRequest) -> dict[str, str]:
 
 @pytest.fixture
 def stack(tmp_path: Path, storage: str, request: pytest.FixtureRequest) -> Iterator[Stack]:
-    yield from _running_stack(tmp_path / "data", storage_env(storage, request))
+    yield from running_stack(tmp_path / "data", storage_env(storage, request))
 
 
 @pytest.fixture(scope="module")
@@ -76,35 +77,6 @@ def module_stack(
 ) -> Iterator[Stack]:
     """One stack shared by the tests of a module (they use distinct people): starting four
     processes costs more than most tests."""
-    yield from _running_stack(
+    yield from running_stack(
         tmp_path_factory.mktemp("stack") / "data", storage_env(storage, request)
     )
-
-
-def _running_stack(data_dir: Path, extra: Mapping[str, str] | None = None) -> Iterator[Stack]:
-    s = Stack.on_free_ports(
-        data_dir,
-        {
-            # Fast reconnects: a test should not sit in a 5 s backoff after a hiccup.
-            "HEALTHCODE_COLOUR_RECONNECT_MAX_S": "0.5",
-            # Feed freshness is re-read every second, not every 30.
-            "HEALTHCODE_COLOUR_FRESHNESS_S": "1",
-            "HEALTHCODE_LOG_LEVEL": "INFO",
-            **(extra or {}),
-        },
-    )
-    s.start()
-    try:
-        try:
-            # A fresh risk index is at version 0 and publishes version 1 on the first change;
-            # the tests wait for the versions they need.
-            s.wait_healthy(timeout_s=60)
-        except StackError as e:
-            pytest.fail(str(e))
-        yield s
-    finally:
-        codes = s.stop()
-    unclean = {name: code for name, code in codes.items() if code != 0}
-    if unclean:
-        tails = "\n".join(f"--- {n}:\n{s.log_tail(n)}" for n in unclean)
-        pytest.fail(f"services did not stop cleanly on SIGTERM: {unclean}\n{tails}")

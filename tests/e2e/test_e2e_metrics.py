@@ -22,10 +22,11 @@ from healthcode.v1 import declaration_pb2, risk_index_pb2
 from prometheus_client.parser import text_string_to_metric_families
 
 from clients import feedgen
-from clients.stack import Stack, StackError, free_port, metrics_env, port_in_use
+from clients.stack import Stack, free_port, metrics_env, port_in_use
 from tests.e2e.rules_support import Stubs, citizen, stubs
 from tests.e2e.test_e2e_privacy import _needles
 from tests.e2e.waits import SHANGHAI, eventually
+from tests.support import running_stack
 
 PEOPLE = feedgen.make_population(3, 1212, no_phone_rate=0.0)
 # The right shape, a wrong check digit: refused at the edge (INVALID_ARGUMENT).
@@ -96,26 +97,8 @@ def metrics_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     data_dir = tmp_path_factory.mktemp("metrics") / "data"
     ports = {name: free_port() for name in ("declaration", "risk_index", "colour")}
     ports["display"] = _free_run(DISPLAY_WORKERS)
-    stack = Stack.on_free_ports(
-        data_dir,
-        {
-            "HEALTHCODE_COLOUR_RECONNECT_MAX_S": "0.5",
-            "HEALTHCODE_COLOUR_FRESHNESS_S": "1",
-            "HEALTHCODE_DISPLAY_PROCESSES": str(DISPLAY_WORKERS),
-            **metrics_env(ports),
-        },
-    )
-    stack.start()
-    try:
-        try:
-            stack.wait_healthy(timeout_s=60)
-        except StackError as e:
-            pytest.fail(str(e))
-        yield stack
-    finally:
-        codes = stack.stop()
-    unclean = {name: code for name, code in codes.items() if code != 0}
-    assert not unclean, f"services did not stop cleanly: {unclean}"
+    env = {"HEALTHCODE_DISPLAY_PROCESSES": str(DISPLAY_WORKERS), **metrics_env(ports)}
+    yield from running_stack(data_dir, env)
 
 
 def _urls(stack: Stack) -> dict[str, str]:

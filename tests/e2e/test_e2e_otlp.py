@@ -22,9 +22,10 @@ from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_serv
 from opentelemetry.proto.common.v1 import common_pb2 as otel_common_pb2
 
 from clients import feedgen
-from clients.stack import Stack, StackError
+from clients.stack import Stack
 from tests.e2e.rules_support import stubs
 from tests.e2e.waits import SHANGHAI, eventually
+from tests.support import running_stack
 
 PEOPLE = feedgen.make_population(2, 1213, no_phone_rate=0.0)
 ID_LIKE = re.compile(r"(?<![\d.])\d{17}[\dXx](?![\d.])")
@@ -89,27 +90,14 @@ def collector() -> Iterator[tuple[Collector, int]]:
 @pytest.fixture
 def traced_stack(tmp_path: Path, collector: tuple[Collector, int]) -> Iterator[Stack]:
     _keeper, port = collector
-    stack = Stack.on_free_ports(
-        tmp_path / "data",
-        {
-            "HEALTHCODE_COLOUR_RECONNECT_MAX_S": "0.5",
-            "OTEL_TRACES_EXPORTER": "otlp",
-            "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{port}",
-            "OTEL_EXPORTER_OTLP_INSECURE": "true",
-            "OTEL_TRACES_SAMPLER": "always_on",
-            "OTEL_BSP_SCHEDULE_DELAY": "200",  # ms: export within a fraction of a second
-        },
-    )
-    stack.start()
-    try:
-        try:
-            stack.wait_healthy(timeout_s=60)
-        except StackError as e:
-            pytest.fail(str(e))
-        yield stack
-    finally:
-        codes = stack.stop()
-    assert all(code == 0 for code in codes.values()), codes
+    env = {
+        "OTEL_TRACES_EXPORTER": "otlp",
+        "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{port}",
+        "OTEL_EXPORTER_OTLP_INSECURE": "true",
+        "OTEL_TRACES_SAMPLER": "always_on",
+        "OTEL_BSP_SCHEDULE_DELAY": "200",  # ms: export within a fraction of a second
+    }
+    yield from running_stack(tmp_path / "data", env)
 
 
 def test_spans_reach_an_otlp_collector_without_identifiers(

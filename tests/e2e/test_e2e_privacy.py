@@ -54,11 +54,12 @@ from healthcode.v1 import (
 from clients import feedgen
 from clients.channel import open_channel
 from clients.credentials import for_target
-from clients.stack import Stack, StackError
+from clients.stack import Stack
 from services._common.logs import redact
 from services.rules import DEFAULT_RULE_SET_PATH
 from tests.e2e.rules_support import ADMIN, VERIFIER, Stubs, citizen, ref, stubs
 from tests.e2e.waits import eventually
+from tests.support import running_stack
 
 BINHAI = 120116  # graded high-risk below: telecom roaming there turns a holder's code
 # Four people: 0 and 1 with two phones (a second SIM), 2 with one, 3 with none at first (one
@@ -138,30 +139,17 @@ def _hits(data: bytes) -> Iterator[tuple[Needle, int]]:
 @pytest.fixture
 def privacy_stack(tmp_path: Path) -> Iterator[Stack]:
     """The four services, two display workers (their own logs and the shared file), every
-    span recorded and exported to a file in the data directory, debug logs."""
+    span recorded and exported to a file in the data directory, debug logs. The test stops
+    it itself, to read every file the services leave."""
     data_dir = tmp_path / "data"
-    stack = Stack.on_free_ports(
-        data_dir,
-        {
-            "HEALTHCODE_COLOUR_RECONNECT_MAX_S": "0.5",
-            "HEALTHCODE_COLOUR_FRESHNESS_S": "1",
-            "HEALTHCODE_LOG_LEVEL": "DEBUG",
-            "HEALTHCODE_LOG_FORMAT": "json",
-            "HEALTHCODE_DISPLAY_PROCESSES": "2",
-            "OTEL_TRACES_SAMPLER": "always_on",
-            "HEALTHCODE_TRACE_FILE": str(data_dir / "logs" / "spans.jsonl"),
-        },
-    )
-    stack.start()
-    try:
-        try:
-            stack.wait_healthy(timeout_s=60)
-        except StackError as e:
-            pytest.fail(str(e))
-        yield stack
-    finally:
-        if any(proc.poll() is None for proc in stack.processes.values()):
-            stack.stop()
+    env = {
+        "HEALTHCODE_LOG_LEVEL": "DEBUG",
+        "HEALTHCODE_LOG_FORMAT": "json",
+        "HEALTHCODE_DISPLAY_PROCESSES": "2",
+        "OTEL_TRACES_SAMPLER": "always_on",
+        "HEALTHCODE_TRACE_FILE": str(data_dir / "logs" / "spans.jsonl"),
+    }
+    yield from running_stack(data_dir, env)
 
 
 def _scenario(s: Stubs) -> dict[str, int]:

@@ -24,8 +24,8 @@ from clients import feedgen
 from clients.channel import open_channel
 from clients.stack import Stack
 from tests import pg
-from tests.e2e.conftest import _running_stack
 from tests.e2e.waits import eventually
+from tests.support import running_stack
 
 PEOPLE = feedgen.synthetic_id_numbers(8, 9191)
 VERIFIER = common_pb2.Actor(role=common_pb2.ACTOR_ROLE_VERIFIER, principal="gate-pg")
@@ -53,7 +53,7 @@ def test_writes_are_refused_while_the_database_is_down_and_resume_after(
         "HEALTHCODE_STORAGE": "postgresql",
         "HEALTHCODE_POSTGRES_DSN": own_pg_cluster.new_database(),
     }
-    for stack in _running_stack(tmp_path / "data", env):
+    for stack in running_stack(tmp_path / "data", env):
         _down_and_back(stack, own_pg_cluster)
     with psycopg.connect(env["HEALTHCODE_POSTGRES_DSN"]) as conn:
         stored = conn.execute("SELECT count(*) FROM declaration.persons").fetchone()
@@ -143,7 +143,7 @@ def test_display_workers_share_one_log_and_accept_a_token_once(
         "HEALTHCODE_POSTGRES_DSN": dsn,
         "HEALTHCODE_DISPLAY_PROCESSES": "2",
     }
-    for stack in _running_stack(tmp_path / "data", env):
+    for stack in running_stack(tmp_path / "data", env):
         _shows_and_scans_across_workers(stack, dsn)
 
 

@@ -16,28 +16,8 @@ from services.colour.config import ColourConfig
 from services.display.config import DisplayConfig
 from services.display.counters import SummedCounters, log_files
 from services.display.ledger import SHARED_FILE, create_ledger
-from services.display.store import OK, SCAN, SHOW, TOKEN_REPLAYED, DisplayEvent, DisplayLog
-
-DAY = 18_612
-
-
-def _show(key: bytes, colour: int = 0) -> DisplayEvent:
-    return DisplayEvent(SHOW, OK, 1_000, DAY, key, "phone-1", "gate 2", colour=colour)
-
-
-def _scan(key: bytes, token_id: bytes) -> DisplayEvent:
-    return DisplayEvent(
-        SCAN,
-        OK,
-        2_000,
-        DAY,
-        key,
-        "scanner-1",
-        "bus 632",
-        colour=0,
-        token_id=token_id,
-        token_expires_at_ms=int(time.time() * 1000) + 60_000,
-    )
+from services.display.store import TOKEN_REPLAYED, DisplayLog
+from tests.unit.display_events import DAY, scan_event, show_event
 
 
 @pytest.fixture
@@ -54,10 +34,10 @@ def test_a_token_scanned_at_one_worker_is_refused_at_every_other(
     logs: list[DisplayLog],
 ) -> None:
     a, b, c = logs
-    assert a.record(_scan(b"A" * 16, b"t" * 16)).accepted
-    assert not b.record(_scan(b"A" * 16, b"t" * 16)).accepted
-    assert not c.record(_scan(b"A" * 16, b"t" * 16)).accepted
-    assert not a.record(_scan(b"A" * 16, b"t" * 16)).accepted
+    assert a.record(scan_event(b"A" * 16, b"t" * 16)).accepted
+    assert not b.record(scan_event(b"A" * 16, b"t" * 16)).accepted
+    assert not c.record(scan_event(b"A" * 16, b"t" * 16)).accepted
+    assert not a.record(scan_event(b"A" * 16, b"t" * 16)).accepted
     # Each refusal is logged by the worker that refused it, with the replay reason.
     assert b.counters(DAY).refused_scans == 1 and c.counters(DAY).refused_scans == 1
     assert a.counters(DAY).scans == 1 and a.counters(DAY).refused_scans == 1
@@ -72,7 +52,7 @@ def test_one_token_scanned_at_once_through_every_worker_is_accepted_once(
 
     def scan(log: DisplayLog) -> None:
         start.wait()
-        accepted = log.record(_scan(b"B" * 16, b"u" * 16)).accepted
+        accepted = log.record(scan_event(b"B" * 16, b"u" * 16)).accepted
         with lock:
             results.append(accepted)
 
@@ -88,9 +68,9 @@ def test_a_person_shown_at_two_workers_is_one_applicant(
     tmp_path: Path, logs: list[DisplayLog]
 ) -> None:
     a, b, _ = logs
-    a.record(_show(b"P" * 16))
-    b.record(_show(b"P" * 16))
-    b.record(_show(b"Q" * 16))
+    a.record(show_event(b"P" * 16))
+    b.record(show_event(b"P" * 16))
+    b.record(show_event(b"Q" * 16))
     summed = SummedCounters(a, tmp_path / "display.0.db", tmp_path / SHARED_FILE, poll_s=0.05)
     try:
         view = summed.wait_for_change(DAY, -1, timeout=0)
@@ -108,11 +88,11 @@ def test_counters_add_up_over_every_log_and_wake_on_another_workers_change(
     a, b, c = logs
     # A log left by a single-process run counts too (totals are totals).
     old = DisplayLog(tmp_path / "display.db")
-    old.record(_show(b"O" * 16, colour=2))
+    old.record(show_event(b"O" * 16, colour=2))
     old.close()
-    a.record(_show(b"A" * 16))
-    b.record(_show(b"B" * 16, colour=1))
-    c.record(_scan(b"C" * 16, b"c" * 16))
+    a.record(show_event(b"A" * 16))
+    b.record(show_event(b"B" * 16, colour=1))
+    c.record(scan_event(b"C" * 16, b"c" * 16))
     assert [p.name for p in log_files(tmp_path)] == [
         "display.0.db",
         "display.1.db",
@@ -138,10 +118,10 @@ def test_counters_add_up_over_every_log_and_wake_on_another_workers_change(
 
         watcher = threading.Thread(target=watch)
         watcher.start()
-        b.record(_scan(b"B" * 16, b"b" * 16))
+        b.record(scan_event(b"B" * 16, b"b" * 16))
         watcher.join()
         assert woken and woken[-1] == 2
-        refused = c.record(_scan(b"C" * 16, b"b" * 16))
+        refused = c.record(scan_event(b"C" * 16, b"b" * 16))
         assert not refused.accepted
         deadline = time.monotonic() + 10
         while summed.counters(DAY).refused_scans != 1 and time.monotonic() < deadline:
@@ -154,8 +134,8 @@ def test_counters_add_up_over_every_log_and_wake_on_another_workers_change(
 def test_a_single_process_log_keeps_its_claims_to_itself(tmp_path: Path) -> None:
     log = DisplayLog(tmp_path / "display.db")
     try:
-        assert log.record(_scan(b"A" * 16, b"z" * 16)).accepted
-        assert not log.record(_scan(b"A" * 16, b"z" * 16)).accepted
+        assert log.record(scan_event(b"A" * 16, b"z" * 16)).accepted
+        assert not log.record(scan_event(b"A" * 16, b"z" * 16)).accepted
     finally:
         log.close()
     assert not (tmp_path / SHARED_FILE).exists()

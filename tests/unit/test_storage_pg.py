@@ -15,10 +15,10 @@ import pytest
 
 from services._common.pg import PgPlace, Row, StorageUnavailable, translate
 from services._common.storage import Repository
-from services.display.store import OK, SCAN, SHOW, TOKEN_REPLAYED, DisplayEvent, DisplayLog
+from services.display.store import OK, TOKEN_REPLAYED, DisplayLog
 from tests import pg
+from tests.unit.display_events import DAY, scan_event, show_event
 
-DAY = 18_612
 KEY_A = b"A" * 16
 KEY_B = b"B" * 16
 
@@ -107,31 +107,10 @@ def test_an_older_service_refuses_a_newer_schema(schema: PgPlace) -> None:
         Older(schema)
 
 
-def _show(key: bytes, colour: int, day: int = DAY) -> DisplayEvent:
-    return DisplayEvent(
-        SHOW, OK, 1_000, day, key, "phone-1", "gate 2", "12**3X", "张*", "c", colour
-    )
-
-
-def _scan(key: bytes, token_id: bytes) -> DisplayEvent:
-    return DisplayEvent(
-        SCAN,
-        OK,
-        2_000,
-        DAY,
-        key,
-        "scanner-1",
-        "bus 632",
-        colour=0,
-        token_id=token_id,
-        token_expires_at_ms=int(time.time() * 1000) + 60_000,
-    )
-
-
 def test_every_worker_shares_one_log_partitioned_by_day(schema: PgPlace) -> None:
     workers = [DisplayLog(schema) for _ in range(3)]
     try:
-        shown = [w.record(_show(KEY_A, 1)) for w in workers]
+        shown = [w.record(show_event(KEY_A, 1)) for w in workers]
         # Shown through three workers: one applicant, three displays, ids distinct.
         assert len({r.event_id for r in shown}) == 3
         with psycopg.connect(schema.dsn) as conn:
@@ -162,7 +141,7 @@ def test_one_token_scanned_at_once_through_every_worker_is_accepted_once(
 
         def scan(w: DisplayLog) -> None:
             for _ in range(4):
-                ok = w.record(_scan(KEY_B, b"t" * 16)).accepted
+                ok = w.record(scan_event(KEY_B, b"t" * 16)).accepted
                 with lock:
                     results.append(ok)
 
@@ -187,7 +166,7 @@ def test_retention_drops_whole_days(schema: PgPlace) -> None:
     now = (DAY + 10) * day_ms
     log = DisplayLog(schema, clock_ms=lambda: now)
     for back in (9, 8, 1):
-        event = _show(bytes([back]) * 16, 0, day=DAY + 10 - back)
+        event = show_event(bytes([back]) * 16, 0, day=DAY + 10 - back)
         log.record(dataclasses.replace(event, at_ms=(DAY + 10 - back) * day_ms))
     log.close()
     # The pass at start purges what aged while the service was down.
@@ -230,7 +209,7 @@ def test_database_down_refuses_writes_then_resumes(own_pg_cluster: pg.Cluster) -
             ):
                 conn.execute("INSERT INTO notes (key, n) VALUES (?, 2)", (KEY_B,))
             with pytest.raises(StorageUnavailable):
-                log.record(_show(KEY_A, 0), timeout=30)
+                log.record(show_event(KEY_A, 0), timeout=30)
             assert not notes.healthy()
         finally:
             pg_cluster.start()
@@ -238,7 +217,7 @@ def test_database_down_refuses_writes_then_resumes(own_pg_cluster: pg.Cluster) -
             conn.execute("INSERT INTO notes (key, n) VALUES (?, 2)", (KEY_B,))
         with notes.reading() as conn:
             assert conn.execute("SELECT COUNT(*) FROM notes").fetchone()[0] == 2
-        assert log.record(_show(KEY_A, 0), timeout=30).event_id > 0
+        assert log.record(show_event(KEY_A, 0), timeout=30).event_id > 0
         assert notes.healthy()
     finally:
         notes.close()
