@@ -25,10 +25,11 @@ from typer.testing import CliRunner
 
 from clients import cli, feedgen
 from clients.channel import open_channel
-from clients.stack import Stack, StackError
+from clients.stack import Stack
 from services.display.keyring import RELOAD_INTERVAL_S
 from services.display.tokens import decode_token
 from tests.e2e.waits import eventually
+from tests.support import running_stack
 
 PEOPLE = feedgen.synthetic_id_numbers(4, 5150)
 VERIFIER = common_pb2.Actor(role=common_pb2.ACTOR_ROLE_VERIFIER, principal="gate-k")
@@ -44,19 +45,7 @@ def _citizen(id_number: str) -> common_pb2.Actor:
 
 @pytest.fixture
 def two_displays(tmp_path: Path) -> Iterator[Stack]:
-    stack = Stack.on_free_ports(
-        tmp_path / "data",
-        {"HEALTHCODE_DISPLAY_PROCESSES": "2", "HEALTHCODE_LOG_LEVEL": "INFO"},
-    )
-    stack.start()
-    try:
-        try:
-            stack.wait_healthy(timeout_s=60)
-        except StackError as e:
-            pytest.fail(str(e))
-        yield stack
-    finally:
-        stack.stop()
+    yield from running_stack(tmp_path / "data", {"HEALTHCODE_DISPLAY_PROCESSES": "2"})
 
 
 def test_a_rotation_reaches_every_worker_and_keeps_codes_on_screens_valid(

@@ -4,37 +4,16 @@ restart, and no raw identifier stored. On both storage backends (tests/conftest.
 from __future__ import annotations
 
 import threading
-import time
 
-from services.display.store import OK, SCAN, SHOW, TOKEN_REPLAYED, DisplayEvent, DisplayLog
+from services.display.store import TOKEN_REPLAYED, DisplayLog
 from tests import pg
 from tests.pg import Place
+from tests.unit.display_events import DAY
+from tests.unit.display_events import scan_event as _scan
+from tests.unit.display_events import show_event as _show
 
-DAY = 18_612
 KEY_A = b"A" * 16
 KEY_B = b"B" * 16
-
-
-def _show(key: bytes, colour: int, day: int = DAY) -> DisplayEvent:
-    return DisplayEvent(
-        SHOW, OK, 1_000, day, key, "phone-1", "gate 2", "12**3X", "张*", "c", colour
-    )
-
-
-def _scan(key: bytes, token_id: bytes, colour: int = 0) -> DisplayEvent:
-    return DisplayEvent(
-        SCAN,
-        OK,
-        2_000,
-        DAY,
-        key,
-        "scanner-1",
-        "bus 632",
-        colour=colour,
-        token_id=token_id,
-        # Still valid: expired token ids are pruned (they fail the freshness check anyway).
-        token_expires_at_ms=int(time.time() * 1000) + 60_000,
-    )
 
 
 def test_a_recorded_display_is_on_disk_when_record_returns(place: Place) -> None:
