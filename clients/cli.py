@@ -1664,6 +1664,9 @@ def load_test(
         out.print(load_report.phases_table(summary))
     if summary.first_error:
         out.print(f"first error: {summary.first_error}", markup=False, highlight=False)
+    for code, example in summary.error_examples.items():
+        if not summary.first_error.startswith(f"{code}: "):
+            out.print(f"first {code}: {example}", markup=False, highlight=False)
     if summary.ran_out_of_tokens:
         out.print("Scan ran out of tokens before the end (raise --tokens, or shorten the run)")
     if json_path is not None:

@@ -209,6 +209,8 @@ class Recorder:
         self.total = Window()
         self.windows: dict[int, Window] = {}
         self.first_error = ""
+        # The first message of each status (masked): what a CANCELLED or a shed call said.
+        self.error_examples: dict[str, str] = {}
         self.max_send_lag_s = 0.0
         self.last_done = start
 
@@ -230,8 +232,10 @@ class Recorder:
         self.last_done = max(self.last_done, done)
         for w in (self.total, self._window(done)):
             w.errors[code] = w.errors.get(code, 0) + 1
-        if not self.first_error:
-            self.first_error = f"{code}: {redact(detail)}"[:300]
+        if code not in self.error_examples:
+            self.error_examples[code] = redact(detail)[:300]
+            if not self.first_error:
+                self.first_error = f"{code}: {redact(detail)}"[:300]
 
     def lag(self, seconds: float) -> None:
         self.max_send_lag_s = max(self.max_send_lag_s, seconds)
@@ -574,6 +578,7 @@ class WorkerResult:
     elapsed_s: float
     first_error: str
     max_send_lag_s: float
+    error_examples: dict[str, str] = field(default_factory=dict)
     prepared_tokens: int = 0
     skipped_tokens: int = 0
     ran_out_of_tokens: bool = False
@@ -867,6 +872,7 @@ async def run_process(
             windows=rec.windows,
             elapsed_s=max(rec.last_done - rec.start, 1e-9),
             first_error=rec.first_error,
+            error_examples=rec.error_examples,
             max_send_lag_s=rec.max_send_lag_s,
             prepared_tokens=prepared,
             skipped_tokens=caller.skipped_tokens,
@@ -963,6 +969,7 @@ class Summary:
     latency_from: str  # "scheduled send" or "actual send"
     max_send_lag_ms: float
     first_error: str
+    error_examples: dict[str, str]  # by status: the first message a call got with it
     windows: list[dict[str, Any]]
     phases: list[dict[str, Any]]
     started_at: str
@@ -1064,6 +1071,11 @@ def summarize(plan: LoadPlan, results: Sequence[WorkerResult], started_at: str) 
         latency_from="scheduled send" if plan.open_loop else "actual send",
         max_send_lag_ms=round(max(r.max_send_lag_s for r in results) * 1000, 3),
         first_error=next((r.first_error for r in results if r.first_error), ""),
+        error_examples={
+            code: example
+            for r in reversed(results)  # the first process's example wins
+            for code, example in r.error_examples.items()
+        },
         windows=rows,
         phases=[_phase_row(n, s, e, windows) for n, s, e in parts],
         started_at=started_at,

@@ -97,6 +97,11 @@ def test_recorder_counts_by_second_of_completion_and_status() -> None:
     assert rec.windows[1].ok == 1 and rec.windows[1].errors == {"UNAVAILABLE": 1}
     # An ID number in an error's text is masked before it is kept.
     assert "120101199001011234" not in rec.first_error and rec.first_error.startswith("UNAV")
+    # One example message per status, masked too; a later message of a status is not kept.
+    rec.failure(104.0, "UNAVAILABLE", "another")
+    assert set(rec.error_examples) == {"UNAVAILABLE", "RESOURCE_EXHAUSTED"}
+    assert rec.error_examples["UNAVAILABLE"].startswith("connect to ")
+    assert "120101199001011234" not in rec.error_examples["UNAVAILABLE"]
 
 
 # --- the schedule ----------------------------------------------------------------------------
