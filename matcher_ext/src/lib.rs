@@ -20,6 +20,7 @@ pub mod index;
 pub mod plan;
 pub mod registry;
 pub mod snapshot;
+pub mod tokens;
 
 #[cfg(feature = "python")]
 mod python;

@@ -21,10 +21,11 @@ stays in alphanumeric mode (5.5 bits a character).
                         7 (cti): token id (16 random bytes)}
     signature          Ed25519 over the COSE Sig_structure
 
-The `cwt` library builds, signs and verifies the COSE message, with the ring's keys as its
-COSE keys (the Ed25519 signature itself is PyNaCl's: twice as fast to verify as the OpenSSL one
-of cwt's own keys); the claims set is plain CBOR (`cbor2`); the text is `base45`'s. A message
-must be encoded exactly as we encode it (no bytes after it, nothing in the unprotected header):
+The Rust extension (`healthcode_matcher`, `matcher_ext/src/tokens.rs`) writes, reads and
+verifies this form: the bytes are those `cwt`, `cbor2` and `base45` wrote before it
+(tests/unit/token_reference.py keeps that implementation as the reference), at a fraction of
+the cost (docs/keys.md). A message must be encoded exactly as we encode it outside its
+signature (no bytes after it, nothing in the unprotected header, no longer-than-needed CBOR):
 nothing in a token can vary without breaking its signature. Note: sub is the 16-byte person
 key as a byte string, where RFC 8392 has a text string. The kid (the first 8 bytes of SHA-256
 of the signing key's public key) picks the key a scan verifies with: a kid the ring does not
@@ -35,25 +36,24 @@ Transition: the format before this one, ``HC1.`` + base64url of a fixed binary l
 shown by a display not yet upgraded keep scanning for their minute; nothing issues it any
 more. Version 1 verifies only against the key imported from the earlier `signing.key` (marked
 legacy in the ring) while that key is published, and is refused as forged otherwise.
-`encode_token` and `decode_token` are the only code that knows the wire form.
+`encode_token` and `decode_token` (over the extension) are the only Python code that knows the
+wire form.
 """
 
 from __future__ import annotations
 
 import base64
-import math
 import secrets
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
-import base45
-import cbor2
-from cbor2 import CBORError, CBORTag
-from cwt import COSE, COSEMessage, COSETypes, CWTError, VerifyError
-from cwt.cose_key_interface import COSEKeyInterface
-from nacl.exceptions import BadSignatureError
+from healthcode_matcher import (
+    TokenFormatError,
+    TokenSigner,
+    TokenVerifier,
+    decode_code_token,
+)
 from nacl.signing import SigningKey
 
 from services._common.errors import (
@@ -78,15 +78,6 @@ PREFIX = "HCN1:"
 MAX_TTL_MS = MAX_TOKEN_TTL_MS
 # A phone's clock and ours drift (CLOCK_SKEW_MS): a token "issued" slightly in the future is
 # still ours.
-
-# COSE and CWT labels (RFC 9052, RFC 9053, RFC 8392).
-_COSE_SIGN1_TAG = 18
-_ALG, _KID = 1, 4
-_EDDSA = -8
-_SUB, _EXP, _IAT, _CTI = 2, 4, 6, 7
-_OKP, _ED25519 = 1, 6
-# A token is about 215 characters; anything much longer is refused before it is decoded.
-_MAX_TOKEN_CHARS = 400
 
 # The format before this one, still verified during the transition (see the module doc).
 LEGACY_PREFIX = "HC1."
@@ -166,84 +157,52 @@ class DecodedToken:
     `verifies_with` the key `claims.key_id` names says so."""
 
     claims: TokenClaims
-    # The COSE_Sign1 message; None for a token of the previous (``HC1.``) format, whose
-    # Ed25519 `signature` is over `signed`.
+    # The COSE_Sign1 message; None for a token of the previous (``HC1.``) format.
     cose: bytes | None = None
+    # What the Ed25519 `signature` is over: the COSE Sig_structure, or the previous format's
+    # fixed layout.
     signed: bytes = b""
     signature: bytes = b""
 
     def verifies_with(self, key: TokenKey) -> bool:
-        """Whether the token's signature is `key`'s."""
-        if self.cose is None:
-            try:
-                key.verify_key.verify(self.signed, self.signature)
-            except BadSignatureError:
-                return False
-            return True
-        try:
-            _COSE.decode(self.cose, _cose_key(key))
-        except _NOT_COSE:  # VerifyError, or what a hostile message provokes in cwt or cbor2
+        """Whether the token's signature is `key`'s (and, for a COSE message, its kid names
+        `key`, as a COSE library picks the key by kid)."""
+        if self.cose is not None and self.claims.key_id != key.key_id:
             return False
-        return True
+        return verifier(key.public_key).verify(self.signed, self.signature)
 
 
-# What cbor2 and cwt raise on bytes that are not the COSE message they expect.
-_NOT_COSE = (CBORError, CWTError, ValueError, TypeError, LookupError, RecursionError)
-# One COSE context for every token: alg and kid are set explicitly, never from the key.
-_COSE = COSE.new(alg_auto_inclusion=False, kid_auto_inclusion=False)
+# Each key's signer and verifier, built once (by public key: one seed gives one public key;
+# a signer also by the key id it writes); building one costs about a signature.
+_SIGNERS: dict[tuple[bytes, bytes], TokenSigner] = {}
+_VERIFIERS: dict[bytes, TokenVerifier] = {}
 
 
-class _RingCOSEKey(COSEKeyInterface):
-    """A ring key as cwt's COSE key (OKP, EdDSA, Ed25519, kid = the key id). The signature
-    itself is libsodium's (PyNaCl, as the ring holds the key): cwt's own Ed25519 key uses
-    OpenSSL, whose verification is about twice as slow (see docs/keys.md)."""
-
-    def __init__(self, key: TokenKey) -> None:
-        super().__init__({1: _OKP, 2: key.key_id, 3: _EDDSA})
-        self._ring_key = key
-
-    @property
-    def crv(self) -> int:
-        return _ED25519
-
-    def sign(self, msg: bytes) -> bytes:
-        return self._ring_key.signing_key.sign(msg).signature
-
-    def verify(self, msg: bytes, sig: bytes) -> None:
-        try:
-            self._ring_key.verify_key.verify(msg, sig)
-        except (BadSignatureError, ValueError, TypeError):
-            raise VerifyError("the signature does not verify") from None
+def _signer(key: TokenKey) -> TokenSigner:
+    signer = _SIGNERS.get((key.public_key, key.key_id))
+    if signer is None:
+        if len(_SIGNERS) >= 64:  # a rotation adds a key now and then: keep few
+            _SIGNERS.clear()
+        signer = TokenSigner(bytes(key.signing_key), key.key_id)
+        _SIGNERS[key.public_key, key.key_id] = signer
+    return signer
 
 
-# Each ring key's COSE form, built once (by public key: one seed gives one public key).
-_COSE_KEYS: dict[bytes, _RingCOSEKey] = {}
-
-
-def _cose_key(key: TokenKey) -> _RingCOSEKey:
-    cose_key = _COSE_KEYS.get(key.public_key)
-    if cose_key is None:
-        if len(_COSE_KEYS) >= 64:  # a rotation adds a key now and then: keep few
-            _COSE_KEYS.clear()
-        cose_key = _COSE_KEYS[key.public_key] = _RingCOSEKey(key)
-    return cose_key
+def verifier(public_key: bytes) -> TokenVerifier:
+    """The verifier of one Ed25519 public key (a code token's ring key, a card key)."""
+    held = _VERIFIERS.get(public_key)
+    if held is None:
+        if len(_VERIFIERS) >= 64:
+            _VERIFIERS.clear()
+        held = _VERIFIERS[public_key] = TokenVerifier(public_key)
+    return held
 
 
 def encode_token(claims: TokenClaims, key: TokenKey) -> str:
     """The wire form of `claims`, signed with `key` (whose id it carries)."""
-    payload = cbor2.dumps(
-        {
-            _SUB: claims.person_key,
-            _IAT: claims.issued_at_ms / 1000,
-            _EXP: claims.expires_at_ms / 1000,
-            _CTI: claims.token_id,
-        }
+    return _signer(key).encode(
+        claims.person_key, claims.issued_at_ms, claims.expires_at_ms, claims.token_id
     )
-    message = _COSE.encode_and_sign(
-        payload, _cose_key(key), protected={_ALG: _EDDSA, _KID: key.key_id}, unprotected={}
-    )
-    assert isinstance(message, bytes)
-    return PREFIX + base45.b45encode(message).decode("ascii")
 
 
 def decode_token(token: str) -> DecodedToken:
@@ -252,53 +211,14 @@ def decode_token(token: str) -> DecodedToken:
     text = token.strip("\t\r\n\v\f")
     if text.startswith(LEGACY_PREFIX):
         return _decode_legacy(text.strip())
-    if not text.startswith(PREFIX):
-        raise TokenMalformed(f"a code token starts with {PREFIX!r}")
-    payload = text[len(PREFIX) :]
-    if len(payload) > _MAX_TOKEN_CHARS:
-        raise TokenMalformed("the code token is too long")
     try:
-        raw = base45.b45decode(payload)
-    except ValueError:
-        raise TokenMalformed("the code token is not base45") from None
-    try:
-        tagged = cbor2.loads(raw)
-        if isinstance(tagged, CBORTag) and tagged.tag == _COSE_SIGN1_TAG:
-            message = COSEMessage(COSETypes.SIGN1, tagged.value)
-            protected = message.protected
-            claims = cbor2.loads(message.payload) if isinstance(message.payload, bytes) else None
-            # One encoding only: no bytes after the message, nothing in the unprotected header,
-            # no longer-than-needed CBOR; so nothing in a token varies without its signature.
-            canonical = message.unprotected == {} and cbor2.dumps(tagged) == raw
-    except _NOT_COSE:
-        raise TokenMalformed("the code token is not a COSE message") from None
-    if not (isinstance(tagged, CBORTag) and tagged.tag == _COSE_SIGN1_TAG and canonical):
-        raise TokenMalformed("a code token is one COSE_Sign1 message, encoded as we encode it")
-    if not isinstance(protected, dict) or protected.get(_ALG) != _EDDSA:
-        raise TokenMalformed("a code token is signed with EdDSA")
-    key_id = protected.get(_KID)
-    if not isinstance(key_id, bytes) or len(key_id) != KEY_ID_BYTES:
-        raise TokenMalformed(f"a code token names its signing key by a {KEY_ID_BYTES}-byte kid")
-    if not isinstance(claims, dict):
-        raise TokenMalformed("a code token's payload is a CWT claims set")
-    person_key, token_id = claims.get(_SUB), claims.get(_CTI)
-    if not (isinstance(person_key, bytes) and len(person_key) == 16):
-        raise TokenMalformed("a code token's sub is a 16-byte person key")
-    if not (isinstance(token_id, bytes) and len(token_id) == 16):
-        raise TokenMalformed("a code token's cti is a 16-byte token id")
-    issued, expires = _time_ms(claims.get(_IAT)), _time_ms(claims.get(_EXP))
-    if issued is None or expires is None:
-        raise TokenMalformed("a code token's iat and exp are times in seconds")
-    return DecodedToken(TokenClaims(person_key, issued, expires, token_id, key_id), cose=raw)
-
-
-def _time_ms(value: Any) -> int | None:
-    """A CWT NumericDate (seconds, integer or floating point) in milliseconds."""
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return None
-    if not math.isfinite(value) or not 0 <= value < 2**40:
-        return None
-    return round(value * 1000)
+        key_id, person_key, issued, expires, token_id, cose, signed, signature = decode_code_token(
+            text
+        )
+    except TokenFormatError as error:
+        raise TokenMalformed(str(error)) from None
+    claims = TokenClaims(person_key, issued, expires, token_id, key_id)
+    return DecodedToken(claims, cose=cose, signed=signed, signature=signature)
 
 
 def _decode_legacy(text: str) -> DecodedToken:

@@ -36,10 +36,14 @@ __all__ = [
     "Plan",
     "PlanError",
     "SnapshotError",
+    "TokenFormatError",
+    "TokenSigner",
+    "TokenVerifier",
     "Transitions",
     "Verdict",
     "Verdicts",
     "__version__",
+    "decode_code_token",
     "normalise_id_number",
     "normalise_phone",
     "synthetic_id_numbers",
@@ -391,3 +395,39 @@ class Matcher:
     def evaluate(self, person_id: int) -> Verdict: ...
     def colour(self, person_id: int) -> _Colour: ...
     def evaluate_id_number(self, id_number: str) -> Verdict | None: ...
+
+# Code tokens (services/display/tokens.py has the format): ``HCN1:`` + base45 of a COSE_Sign1.
+
+class TokenFormatError(ValueError):
+    """Not a code token; the message says what is wrong (the prefix, the length, base45, the
+    COSE message, the kid, a claim)."""
+
+@final
+class TokenSigner:
+    """Signs code tokens with one Ed25519 key (32-byte seed), naming it by its 8-byte key id.
+    Build one per key and keep it: deriving the public key costs as much as a signature."""
+
+    def __new__(cls, seed: bytes, key_id: bytes) -> Self: ...
+    @property
+    def public_key(self) -> bytes:
+        """The raw 32-byte Ed25519 public key."""
+    @property
+    def key_id(self) -> bytes: ...
+    def encode(
+        self, person_key: bytes, issued_at_ms: int, expires_at_ms: int, token_id: bytes
+    ) -> str:
+        """The signed token text (times sent as float seconds, ms / 1000). ValueError for a
+        person key or token id that is not 16 bytes, or a time beyond 2**53 ms. Signs without
+        the GIL."""
+
+@final
+class TokenVerifier:
+    """Verifies Ed25519 signatures (`verify_strict`) of one raw 32-byte public key."""
+
+    def __new__(cls, public_key: bytes) -> Self: ...
+    def verify(self, signed: bytes, signature: bytes) -> bool:
+        """Whether `signature` is the key's over `signed`. Verifies without the GIL."""
+
+def decode_code_token(text: str) -> tuple[bytes, bytes, int, int, bytes, bytes, bytes, bytes]:
+    """The parts of an ``HCN1:`` token, not verified: (kid, person key, issued at ms, expires
+    at ms, token id, COSE message, Sig_structure, signature). `TokenFormatError` otherwise."""

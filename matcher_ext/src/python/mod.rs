@@ -17,6 +17,7 @@
 //! | `evidence.rs` | `Evidence` |
 //! | `transitions.rs` | `Transitions` |
 //! | `matcher.rs` | `Matcher` |
+//! | `tokens.rs` | `TokenSigner`, `TokenVerifier`, `decode_code_token`, `TokenFormatError` |
 
 use pyo3::prelude::*;
 
@@ -29,6 +30,7 @@ mod hasher;
 mod index;
 mod matcher;
 mod plan;
+mod tokens;
 mod transitions;
 mod verdict;
 mod verdicts;
@@ -51,5 +53,6 @@ fn native_module(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<verdicts::PyVerdicts>()?;
     m.add_class::<transitions::PyTransitions>()?;
     m.add_class::<matcher::PyMatcher>()?;
+    tokens::register(m)?;
     Ok(())
 }
