@@ -172,6 +172,20 @@ def details_of(error: grpc.RpcError) -> list[Any]:
     return out
 
 
+def retry_after_s(error: grpc.RpcError) -> float | None:
+    """How long a shedding service asked the caller to wait (google.rpc.RetryInfo), or None
+    when the call did not fail for that."""
+    if not isinstance(error, grpc.Call) or error.code() != grpc.StatusCode.RESOURCE_EXHAUSTED:
+        return None
+    status = rpc_status.from_call(error)  # type: ignore[arg-type]
+    for packed in status.details if status is not None else ():
+        if packed.Is(error_details_pb2.RetryInfo.DESCRIPTOR):
+            retry = error_details_pb2.RetryInfo()
+            packed.Unpack(retry)
+            return float(retry.retry_delay.ToMilliseconds()) / 1000
+    return None
+
+
 def field_violations(error: grpc.RpcError) -> list[tuple[str, str]]:
     """The (field, description) pairs of a failed call's BadRequest detail, for clients/tests."""
     return [

@@ -10,6 +10,7 @@ counts at once). Each call to a peer has a deadline: the display path must fail 
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 
 import grpc
@@ -24,12 +25,15 @@ from healthcode.v1 import (
 from services._common.actors import Actor
 from services._common.errors import DomainError, NotFound, Unavailable
 from services._common.mandates import MANDATE_CACHE_S, MandatePeer
+from services._common.status import retry_after_s
 from services.colour.engine import ColourEngine
 from services.colour.logic import VERSION_WAIT_S
 from services.colour.servicer import verdict_to_proto
 from services.display.logic import Holder, LiveColour, MandateHeld
 
 _ACTOR = common_pb2.Actor(role=common_pb2.ACTOR_ROLE_SERVICE, principal="display")
+# How long a Show may wait, in all, on a declaration service that sheds its holder look-ups.
+HOLDER_RETRY_BUDGET_S = 1.0
 
 
 def _peer_error(peer: str, error: grpc.RpcError) -> DomainError:
@@ -96,15 +100,24 @@ class DeclarationPeer:
         return self._mandate_peer.check_mandate(actor, person_key)
 
     def holder_of(self, person_key: bytes) -> Holder:
+        """The masked holder. A look-up the declaration service sheds (a display's cold cache
+        asks for many holders at once) is tried again after the delay it asks for, while the
+        retries fit in HOLDER_RETRY_BUDGET_S; past that the Show fails UNAVAILABLE."""
         request = declaration_pb2.GetPersonRequest(
             actor=_ACTOR, person=common_pb2.PersonRef(person_key=person_key)
         )
-        try:
-            person = self._stub.GetPerson(request, timeout=self._timeout).person
-        except grpc.RpcError as error:
-            if isinstance(error, grpc.Call) and error.code() == grpc.StatusCode.NOT_FOUND:
-                raise NotFound(
-                    "this person has not registered for a health code; register first"
-                ) from None
-            raise _peer_error("declaration", error) from None
-        return Holder(person.masked_name, person.masked_id_number)
+        waited = 0.0
+        while True:
+            try:
+                person = self._stub.GetPerson(request, timeout=self._timeout).person
+                return Holder(person.masked_name, person.masked_id_number)
+            except grpc.RpcError as error:
+                if isinstance(error, grpc.Call) and error.code() == grpc.StatusCode.NOT_FOUND:
+                    raise NotFound(
+                        "this person has not registered for a health code; register first"
+                    ) from None
+                delay = retry_after_s(error)
+                if delay is None or waited + delay > HOLDER_RETRY_BUDGET_S:
+                    raise _peer_error("declaration", error) from None
+            time.sleep(delay)
+            waited += delay
