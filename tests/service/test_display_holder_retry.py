@@ -55,7 +55,7 @@ def _peer(start_server: StartServer, servicer: SheddingDeclaration) -> Declarati
 def test_a_shed_look_up_is_tried_again_after_the_delay_asked_for(
     start_server: StartServer,
 ) -> None:
-    servicer = SheddingDeclaration(shed=2)
+    servicer = SheddingDeclaration(shed=2)  # type: ignore[abstract]  # GetPerson only
     holder = _peer(start_server, servicer).holder_of(KEY)
     assert holder == Holder("张*", "12**********3X")
     assert servicer.calls == 3
@@ -65,7 +65,7 @@ def test_shedding_past_the_budget_fails_unavailable(
     start_server: StartServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(peers, "HOLDER_RETRY_BUDGET_S", 0.12)
-    servicer = SheddingDeclaration(shed=100, delay_s=0.05)
+    servicer = SheddingDeclaration(shed=100, delay_s=0.05)  # type: ignore[abstract]
     with pytest.raises(Unavailable, match="RESOURCE_EXHAUSTED"):
         _peer(start_server, servicer).holder_of(KEY)
     assert servicer.calls == 3  # waited 0.05 + 0.05; a third wait would pass 0.12
@@ -78,7 +78,7 @@ def test_shedding_past_the_budget_fails_unavailable(
 def test_other_failures_are_not_tried_again(
     start_server: StartServer, code: grpc.StatusCode, error: type[Exception]
 ) -> None:
-    servicer = SheddingDeclaration(shed=0, code=code)
+    servicer = SheddingDeclaration(shed=0, code=code)  # type: ignore[abstract]
     with pytest.raises(error):
         _peer(start_server, servicer).holder_of(KEY)
     assert servicer.calls == 1
