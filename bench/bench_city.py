@@ -441,11 +441,8 @@ def pss_mib(pid: int) -> float:
 
 def postgres_pss_mib(cluster: Any) -> float:
     """All of a cluster's processes (the postmaster and its children)."""
-    postmaster = int((cluster.data / "postmaster.pid").read_text().split()[0])
-    children = subprocess.run(
-        ["pgrep", "-P", str(postmaster)], capture_output=True, text=True, check=False
-    ).stdout.split()
-    return sum(pss_mib(pid) for pid in [postmaster, *map(int, children)])
+    postmaster, children = cluster.processes()
+    return sum(pss_mib(pid) for pid in [postmaster, *children])
 
 
 def run(args: argparse.Namespace) -> tuple[int, str]:

@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import subprocess
 import tempfile
 import time
 from collections.abc import Callable
@@ -54,12 +53,9 @@ def _usage(pid: int, children: bool = False) -> tuple[int, float]:
 def _cluster_usage(cluster: Any) -> tuple[int, float]:
     """The whole PostgreSQL cluster's (bytes written, CPU seconds): the postmaster with its
     ended children, and every live child."""
-    postmaster = int((cluster.data / "postmaster.pid").read_text().split()[0])
-    children = subprocess.run(
-        ["pgrep", "-P", str(postmaster)], capture_output=True, text=True, check=False
-    ).stdout.split()
+    postmaster, children = cluster.processes()
     written, cpu = _usage(postmaster, children=True)
-    for pid in map(int, children):
+    for pid in children:
         try:
             w, c = _usage(pid)
         except OSError:  # ended in between (its time is in the postmaster's cutime now)

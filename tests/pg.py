@@ -113,6 +113,14 @@ class Cluster:
             pass
         shutil.rmtree(self.directory, ignore_errors=True)
 
+    def processes(self) -> tuple[int, list[int]]:
+        """The postmaster's pid and its children's now (for a benchmark's memory and CPU)."""
+        postmaster = int((self.data / "postmaster.pid").read_text().split()[0])
+        children = subprocess.run(
+            ["pgrep", "-P", str(postmaster)], capture_output=True, text=True, check=False
+        ).stdout.split()
+        return postmaster, [int(pid) for pid in children]
+
     def dsn(self, dbname: str = "postgres") -> str:
         return f"host=127.0.0.1 port={self.port} user={SUPERUSER} dbname={dbname}"
 
