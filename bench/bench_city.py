@@ -476,7 +476,7 @@ def run(args: argparse.Namespace) -> tuple[int, str]:
             figures.add(f"resident memory, {name}", f"{rss_mib(process.pid):,.0f} MiB")
         total = sum(rss_mib(stack.processes[name].pid) for name in FOUR_SERVICES)
         figures.add(
-            "resident memory, the four services (not the gateway)",
+            "resident memory, all four services (not the gateway)",
             f"{total / 1024:,.2f} GiB",
             "8 GiB or less",
         )
