@@ -154,6 +154,24 @@ class Override:
 Change = Persons | Phones | Unlink | Cards | Rows | CountyLevel | RuleSet | Override
 
 
+def approx_bytes(change: Change) -> int:
+    """About what the change costs on WatchIndex, and at least what its data holds in memory:
+    its keys, plus 8 bytes a row's time or county (a varint on the wire is shorter)."""
+    match change:
+        case Persons(keys=keys) | Unlink(phones=keys):
+            return len(keys)
+        case Phones(phones=a, holders=b) | Cards(cards=a, holders=b):
+            return len(a) + len(b)
+        case Rows(keys=keys, times=times, counties=counties):
+            return len(keys) + 8 * len(times) + 8 * len(counties or ())
+        case RuleSet(text=text):
+            return len(text)
+        case Override(reason=reason):
+            return 64 + len(reason)
+        case _:
+            return 16
+
+
 def apply_all(builder: hm.IndexBuilder, changes: Iterable[Change]) -> None:
     for change in changes:
         change.apply(builder)

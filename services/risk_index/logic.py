@@ -159,6 +159,11 @@ MAX_DELTA_BYTES = 32 << 20
 # How many versions' changes are kept for replicas that reconnect (about 10 minutes at one
 # version a second); a replica further behind is sent a snapshot.
 DELTA_HISTORY = 600
+# ... and at most this many bytes of them (`changes.approx_bytes`): older changes could only
+# go out in a delta over MAX_DELTA_BYTES, which is sent as a snapshot anyway. Counting versions
+# alone kept a whole city's import in memory: at 50,000 people a version, 600 versions are
+# 30 M people, about 2.8 GiB of the risk index's 4.1 GiB at 18 M (BENCHMARKS.md).
+HISTORY_BYTES_PER_DELTA_BYTE = 2
 
 
 class Publication:
@@ -169,8 +174,10 @@ class Publication:
         self._current = first
         self._changed = threading.Condition()
         self._closed = False
-        # version -> the changes from the version before (only versions published as deltas).
+        # version -> the changes from the version before (only versions published as deltas),
+        # oldest first, and their `changes.approx_bytes` in all.
         self._history: dict[int, tuple[changes.Change, ...]] = {}
+        self._history_bytes = 0
         # After a start from a snapshot: the changes from the snapshot's version to the first
         # one, so replicas that hold the snapshot's version get a delta, not a whole index.
         self._base = base
@@ -188,9 +195,19 @@ class Publication:
             follows = published.version == self._current.version + 1
             if published.delta is not None and follows:
                 self._history[published.version] = published.delta
-                self._history.pop(published.version - DELTA_HISTORY, None)
+                self._history_bytes += sum(map(changes.approx_bytes, published.delta))
+                limit = MAX_DELTA_BYTES * HISTORY_BYTES_PER_DELTA_BYTE
+                while len(self._history) > 1 and (
+                    len(self._history) > DELTA_HISTORY or self._history_bytes > limit
+                ):
+                    oldest = next(iter(self._history))
+                    dropped = self._history.pop(oldest)
+                    self._history_bytes -= sum(map(changes.approx_bytes, dropped))
+                    if self._base is not None and oldest == self._base.version + 1:
+                        self._base = None  # the snapshot's tail no longer joins on
             else:
                 self._history.clear()  # a rebuilt version: replicas need its snapshot
+                self._history_bytes = 0
                 self._base = None
             self._current = published
             self._changed.notify_all()

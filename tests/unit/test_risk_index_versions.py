@@ -233,3 +233,40 @@ def test_a_delta_too_large_for_one_message_goes_as_the_whole_version(
         assert isinstance(after, Delta) and (after.from_version, after.version) == (2, 3)
     finally:
         ri.close()
+
+
+def test_the_kept_history_is_bounded_in_bytes_and_a_replica_behind_it_gets_the_version(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A person's change is 16 bytes of key: with MAX_DELTA_BYTES at 40 the history keeps at
+    # most 80 bytes (five people's versions), however many versions fit the version count.
+    monkeypatch.setattr("services.risk_index.logic.MAX_DELTA_BYTES", 40)
+    ri = open_index(tmp_path, interval=0)
+    try:
+        for n in range(12):
+            ri.register_people(SERVICE, [person(n)])
+        publication = ri._publication
+        assert publication._history_bytes <= 80
+        assert sorted(publication._history) == [8, 9, 10, 11, 12]
+        assert publication._history_bytes == sum(
+            changes.approx_bytes(c) for step in publication._history.values() for c in step
+        )
+        recent = publication.delta_since(9)
+        assert recent is not None and list(recent.changes) == [
+            changes.Persons(HASHER.person_key(IDS[n])) for n in (9, 10, 11)
+        ]
+        assert publication.delta_since(6) is None  # version 7 is gone: a snapshot
+        watch = ri.watch(3, lambda: True)
+        step = next(watch)
+        assert isinstance(step, Published) and step.version == 12
+    finally:
+        ri.close()
+
+
+def test_approx_bytes_counts_each_change_by_its_data() -> None:
+    key = b"k" * changes.KEY
+    assert changes.approx_bytes(changes.Persons(key * 3)) == 48
+    assert changes.approx_bytes(changes.Phones(key * 2, key * 2)) == 64
+    assert changes.approx_bytes(changes.Unlink(key)) == 16
+    rows = changes.Rows("nucleic_acid_positive", key * 2, [1, 2], [420106, 420106])
+    assert changes.approx_bytes(rows) == 32 + 16 + 16
