@@ -30,6 +30,7 @@ from services._common.exchange import NO_EXCHANGE, ExchangeHasher, ExchangeHashe
 from services._common.identifiers import Identified, Identifiers, check_name
 from services._common.logs import redact
 from services._common.temperature import body_temperature, is_fever
+from services.declaration import wire
 from services.declaration.model import (
     GRANT,
     REGISTRATION,
@@ -52,6 +53,7 @@ from services.declaration.model import (
     Visit,
 )
 from services.declaration.repository import DeclarationRepository
+from services.declaration.wire import RegisterEntry
 
 logger = logging.getLogger(__name__)
 
@@ -1011,29 +1013,9 @@ def _batch_message(
     )
 
 
-# A new person of an import chunk as the risk index hears of them: (masked ID, new phones,
-# new card, exchange hashes), each key with its masked form.
-RegisterEntry = tuple[str, list[tuple[bytes, str]], list[tuple[bytes, str]], ExchangeHashes]
-
-
 def _register_people_message(people: dict[bytes, RegisterEntry]) -> OutboxMessage:
     # One message per chunk, not one per person: the risk index registers them in one change.
-    return OutboxMessage(
-        "register_people",
-        {
-            "people": [
-                [
-                    key.hex(),
-                    masked,
-                    [[k.hex(), m] for k, m in phones],
-                    [[k.hex(), m] for k, m in cards],
-                    [[province, h.hex()] for province, h in hashes],
-                ]
-                for key, (masked, phones, cards, hashes) in people.items()
-            ]
-        },
-        compact=True,
-    )
+    return OutboxMessage("register_people", body=wire.register_people_body(people.items()))
 
 
 def _residence_message(residence: dict[bytes, tuple[str, int]]) -> OutboxMessage:
@@ -1043,15 +1025,5 @@ def _residence_message(residence: dict[bytes, tuple[str, int]]) -> OutboxMessage
     digest = hashlib.sha256()
     for key, (_, county) in residence.items():
         digest.update(key + county.to_bytes(4, "big"))
-    return OutboxMessage(
-        "ingest_batch",
-        {
-            "source": "residence",
-            "batch_id": f"import:residence:{digest.hexdigest()[:32]}",
-            "rows": [
-                {"person_key": key.hex(), "masked": masked, "day": "", "county": county}
-                for key, (masked, county) in residence.items()
-            ],
-        },
-        compact=True,
-    )
+    batch_id = f"import:residence:{digest.hexdigest()[:32]}"
+    return OutboxMessage("ingest_batch", body=wire.residence_body(batch_id, residence.items()))

@@ -167,13 +167,13 @@ class Declaration:
 @dataclass(frozen=True, slots=True)
 class OutboxMessage:
     """A change the risk index must hear about, kept until it has acknowledged it. `payload`
-    holds keys (hex) and masked forms only."""
+    holds keys (hex) and masked forms only; a bulk import's messages are `body` instead, the
+    serialized request they become (`wire`), with `payload` empty."""
 
     kind: str  # register_person | link_phone | unlink_phone | link_card | ingest_batch |
     # register_people (a bulk import's chunk)
     payload: Mapping[str, Any] = field(default_factory=dict)
-    # Stored as the serialized request rather than JSON (`wire`): a bulk import's messages.
-    compact: bool = False
+    body: bytes | None = None
 
 
 @dataclass(frozen=True, slots=True)

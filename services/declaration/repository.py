@@ -36,7 +36,6 @@ from services.declaration.model import (
     RecordedActor,
     Visit,
 )
-from services.declaration.wire import request_bytes
 
 SCHEMA_V1 = """
 CREATE TABLE persons (
@@ -973,8 +972,8 @@ class DeclarationRepository(Repository):
         conn.executemany(
             "INSERT INTO outbox (kind, payload, body, created_at) VALUES (?, ?, ?, ?)",
             (
-                (m.kind, "", request_bytes(m), _iso(now))
-                if m.compact
+                (m.kind, "", m.body, _iso(now))
+                if m.body is not None
                 else (m.kind, json.dumps(dict(m.payload), ensure_ascii=False), None, _iso(now))
                 for m in messages
             ),

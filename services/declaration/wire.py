@@ -1,28 +1,31 @@
 """A bulk import's outbox messages as the risk index requests they become (serialized
 protobuf, without the actor, which the outbox adds when it sends them).
 
-An import chunk's messages hold tens of thousands of people or rows. Stored as JSON they cost
-an encode when the chunk is stored, a decode when the outbox reads them, and a conversion of
-every hex key back to bytes; stored as the request, the outbox only parses it (in C) and
-sends it. The rows are half the size on disk too. The payload shapes are `logic`'s
-(`_register_people_message`, `_residence_message`); small messages stay JSON.
+An import chunk's messages hold tens of thousands of people or rows. They are built as the
+request from the keys as they are (`register_people_body`, `residence_body`) and stored
+serialized: no JSON to encode and decode, no key to hex and back; the outbox only parses the
+body (in C) and sends it. `request` reads the JSON form an older version stored.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from healthcode.v1 import risk_index_pb2
 
-from services.declaration.model import OutboxMessage
+from services._common.exchange import ExchangeHashes
+
+# A new person of an import chunk as the risk index hears of them: (masked ID, new phones, new
+# cards, exchange hashes), each phone and card as (key, masked form).
+RegisterEntry = tuple[str, list[tuple[bytes, str]], list[tuple[bytes, str]], ExchangeHashes]
 
 Request = risk_index_pb2.RegisterPeopleRequest | risk_index_pb2.IngestBatchRequest
 
 
 def request(kind: str, payload: Mapping[str, Any]) -> Request:
-    """A register_people or ingest_batch payload as its request; ValueError for another kind,
-    KeyError for a payload without the fields."""
+    """A register_people or ingest_batch payload stored as JSON (by an older version) as its
+    request; ValueError for another kind, KeyError for a payload without the fields."""
     if kind == "register_people":
         people = risk_index_pb2.RegisterPeopleRequest()
         # `add` fills the repeated fields in place: several times cheaper than building each
@@ -54,9 +57,29 @@ def request(kind: str, payload: Mapping[str, Any]) -> Request:
     raise ValueError(f"no request form for outbox message kind {kind!r}")
 
 
-def request_bytes(message: OutboxMessage) -> bytes:
-    """What the outbox table stores for a compact message."""
-    return request(message.kind, message.payload).SerializeToString()
+def register_people_body(people: Iterable[tuple[bytes, RegisterEntry]]) -> bytes:
+    """A chunk's new people and links, by person key, as a serialized RegisterPeopleRequest."""
+    request = risk_index_pb2.RegisterPeopleRequest()
+    add = request.people.add  # fills in place: several times cheaper than building each
+    for key, (masked, phones, cards, hashes) in people:
+        person = add(person_key=key, masked_id_number=masked)
+        for phone_key, masked_phone in phones:
+            person.phones.add(phone_key=phone_key, masked_phone=masked_phone)
+        for card_key, masked_card in cards:
+            person.cards.add(card_key=card_key, masked_card=masked_card)
+        for province, hash_ in hashes:
+            person.exchange_hashes.add(province=province, hash=hash_)
+    return request.SerializeToString()
+
+
+def residence_body(batch_id: str, residence: Iterable[tuple[bytes, tuple[str, int]]]) -> bytes:
+    """A chunk's districts as a serialized IngestBatchRequest of the `residence` source:
+    (person key, (masked ID, county)), undated."""
+    batch = risk_index_pb2.IngestBatchRequest(source="residence", batch_id=batch_id)
+    add_row = batch.rows.add
+    for key, (masked, county) in residence:
+        add_row(person_key=key, masked=masked, day="", county=county)
+    return batch.SerializeToString()
 
 
 def request_from(kind: str, body: bytes) -> Request:

@@ -3,16 +3,21 @@ per row against what is stored (no database, no network)."""
 
 from __future__ import annotations
 
-import json
-
 import healthcode_matcher
 import pytest
+from healthcode.v1 import risk_index_pb2
 
 from services._common.actors import Role
 from services._common.errors import InvalidArgument
 from services._common.identifiers import Identifiers, mask_id_number, mask_phone
 from services.declaration.logic import MAX_PHONES, plan_import, validate_import_row
-from services.declaration.model import ImportInput, ImportPerson, ImportState, KnownPerson
+from services.declaration.model import (
+    ImportInput,
+    ImportPerson,
+    ImportState,
+    KnownPerson,
+    OutboxMessage,
+)
 from tests.support import SECRET
 
 IDS = healthcode_matcher.synthetic_id_numbers(12, 515).decode().split()
@@ -40,6 +45,16 @@ def valid(i: int, **kw: object) -> ImportPerson:
 
 def empty() -> ImportState:
     return ImportState({}, {}, {})
+
+
+def register_people(message: OutboxMessage) -> risk_index_pb2.RegisterPeopleRequest:
+    assert message.kind == "register_people" and message.body is not None
+    return risk_index_pb2.RegisterPeopleRequest.FromString(message.body)
+
+
+def residence_rows(message: OutboxMessage) -> risk_index_pb2.IngestBatchRequest:
+    assert message.kind == "ingest_batch" and message.body is not None
+    return risk_index_pb2.IngestBatchRequest.FromString(message.body)
 
 
 def fields_of(error: pytest.ExceptionInfo[InvalidArgument]) -> list[str]:
@@ -131,18 +146,20 @@ def test_a_new_chunk_is_new_people_with_one_message_each_kind() -> None:
     assert [(c[0], c[2]) for c in plan.card_updates] == [(rows[0].key, "****")]
     kinds = [m.kind for m in plan.outbox]
     assert kinds == ["register_people", "ingest_batch"]
-    people = plan.outbox[0].payload["people"]
-    assert [p[0] for p in people] == [r.key.hex() for r in rows]
-    assert [len(p[2]) for p in people] == [1, 1, 0] and [len(p[3]) for p in people] == [1, 0, 0]
-    residence = plan.outbox[1].payload
-    assert residence["source"] == "residence"
-    assert [r["county"] for r in residence["rows"]] == [HEPING, BINHAI, HEPING]
-    assert all(r["day"] == "" for r in residence["rows"])
-    text = json.dumps([m.payload for m in plan.outbox], ensure_ascii=False)
-    assert not any(raw_number in text for raw_number in [*IDS, *PHONES])
+    people = register_people(plan.outbox[0]).people
+    assert [p.person_key for p in people] == [r.key for r in rows]
+    assert [len(p.phones) for p in people] == [1, 1, 0]
+    assert [len(p.cards) for p in people] == [1, 0, 0]
+    residence = residence_rows(plan.outbox[1])
+    assert residence.source == "residence"
+    assert [r.county for r in residence.rows] == [HEPING, BINHAI, HEPING]
+    assert all(r.day == "" for r in residence.rows)
+    assert all(m.payload == {} and m.body is not None for m in plan.outbox)
+    stored = b"".join(m.body or b"" for m in plan.outbox)
+    assert not any(raw_number.encode() in stored for raw_number in [*IDS, *PHONES])
     # The batch id is the rows' digest: the same rows, the same id (a resend is a replay).
     again = plan_import(rows, empty())
-    assert again.outbox[1].payload["batch_id"] == residence["batch_id"]
+    assert residence_rows(again.outbox[1]).batch_id == residence.batch_id
 
 
 def test_stored_people_are_present_and_gain_only_what_they_lacked() -> None:
@@ -162,9 +179,9 @@ def test_stored_people_are_present_and_gain_only_what_they_lacked() -> None:
     assert (len(plan.new_persons), plan.already_present, plan.updated) == (0, 3, 2)
     assert [m for _, _, m in plan.new_phones] == [mask_phone(PHONES[10])]
     assert plan.residence_updates == [(p1.key, HEPING)]  # person 1 had no district
-    people = plan.outbox[0].payload["people"]
-    assert [p[0] for p in people] == [p0.key.hex()]  # nothing new for the others' links
-    assert [r["person_key"] for r in plan.outbox[1].payload["rows"]] == [p1.key.hex()]
+    people = register_people(plan.outbox[0]).people
+    assert [p.person_key for p in people] == [p0.key]  # nothing new for the others' links
+    assert [r.person_key for r in residence_rows(plan.outbox[1]).rows] == [p1.key]
     assert plan_import([p2], state).outbox == []  # a re-run of a stored row sends nothing
 
 
