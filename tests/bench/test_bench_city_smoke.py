@@ -41,6 +41,7 @@ def test_bench_city_runs_and_reports_every_figure() -> None:
         "WatchIndex bytes per version",
         "colour replica applying a delta",
         "Show per second at 600 people / at 2,000",
+        "Show per second at 600 people over 600 of them",
     ]
     for start in wanted:
         assert any(label.startswith(start) for label in rows), (start, done.stdout)
