@@ -266,6 +266,38 @@ def pg_connection(conn: sqlite3.Connection) -> PgConnection | None:
     return conn if isinstance(conn, PgConnection) else None  # type: ignore[unreachable]
 
 
+# -- look-ups by many keys (an import's chunk: which of its keys are stored) -----------------
+
+# SQLite binds at most 32,766 variables a statement; 500 keeps each IN list small.
+SQLITE_KEYS_PER_LOOKUP = 500
+PG_KEYS_PER_LOOKUP = 10_000
+
+
+def select_by_keys(
+    conn: sqlite3.Connection, select: str, column: str, keys: Iterable[bytes], then: str = ""
+) -> Iterator[tuple[Any, ...]]:
+    """The rows of `select` (a "SELECT ... FROM table" of ours, never a caller's text) whose
+    `column` is one of `keys`, as tuples; `then` follows the WHERE (a GROUP BY).
+
+    On PostgreSQL the keys go as one array (`= ANY(?)`), so the statement's text is the same
+    for every chunk: an IN list of 500 placeholders is a new text each time for psycopg, which
+    then re-parses it (a tenth of the declaration's import time at 2 M people). On SQLite an IN
+    list."""
+    wanted = list(keys)
+    pg = pg_connection(conn)
+    if pg is not None:
+        statement = f"{select} WHERE {column} = ANY(?) {then}"
+        for i in range(0, len(wanted), PG_KEYS_PER_LOOKUP):
+            yield from pg.execute(statement, [wanted[i : i + PG_KEYS_PER_LOOKUP]]).fetchall()
+        return
+    cursor = conn.cursor()
+    cursor.row_factory = None  # tuples, not sqlite3.Row: cheaper for bulk reads
+    for i in range(0, len(wanted), SQLITE_KEYS_PER_LOOKUP):
+        part = wanted[i : i + SQLITE_KEYS_PER_LOOKUP]
+        marks = ",".join("?" * len(part))
+        yield from cursor.execute(f"{select} WHERE {column} IN ({marks}) {then}", part)
+
+
 # -- bulk writes (an import's chunk: tens of thousands of rows a table) ----------------------
 # On PostgreSQL a row of executemany is a statement (parsed parameters, a round of the
 # pipeline, a plan run); COPY streams the rows and the server inserts them in one go: the

@@ -18,7 +18,7 @@ from typing import Any
 
 from services._common.actors import NoMandate, Role
 from services._common.errors import AlreadyExists, NotFound
-from services._common.pg import insert_rows
+from services._common.pg import insert_rows, select_by_keys
 from services._common.storage import Place, Repository
 from services.declaration.model import (
     Declaration,
@@ -149,9 +149,6 @@ _ACTIVE_AT = (
     "m.revoked_at_ms IS NULL AND m.granted_at_ms <= ? "
     "AND (m.valid_until_ms IS NULL OR m.valid_until_ms > ?)"
 )
-
-# Keys per `IN (...)` look-up: well under SQLite's limit on bound parameters.
-LOOKUP_CHUNK = 500
 
 
 def _iso(value: dt.datetime) -> str:
@@ -742,25 +739,26 @@ class DeclarationRepository(Repository):
     def _known_persons(
         self, conn: sqlite3.Connection, keys: Iterable[bytes]
     ) -> dict[bytes, KnownPerson]:
-        stored: dict[bytes, tuple[str, bytes | None, int | None]] = {}
-        for part in _chunks(keys):
-            marks = ",".join("?" * len(part))
-            for r in conn.execute(
-                "SELECT person_key, name, card_key, residence_county FROM persons "
-                f"WHERE person_key IN ({marks})",
-                part,
-            ):
-                stored[bytes(r[0])] = (r[1], bytes(r[2]) if r[2] is not None else None, r[3])
+        stored: dict[bytes, tuple[str, bytes | None, int | None]] = {
+            bytes(r[0]): (r[1], bytes(r[2]) if r[2] is not None else None, r[3])
+            for r in select_by_keys(
+                conn,
+                "SELECT person_key, name, card_key, residence_county FROM persons",
+                "person_key",
+                keys,
+            )
+        }
         # Phones are counted for the stored persons only: none at all in a fresh import.
-        counts: dict[bytes, int] = {}
-        for part in _chunks(stored):
-            marks = ",".join("?" * len(part))
-            for r in conn.execute(
-                f"SELECT person_key, COUNT(*) FROM phones WHERE person_key IN ({marks}) "
+        counts = {
+            bytes(r[0]): int(r[1])
+            for r in select_by_keys(
+                conn,
+                "SELECT person_key, COUNT(*) FROM phones",
+                "person_key",
+                stored,
                 "GROUP BY person_key",
-                part,
-            ):
-                counts[bytes(r[0])] = int(r[1])
+            )
+        }
         return {
             key: KnownPerson(name, card, county, counts.get(key, 0))
             for key, (name, card, county) in stored.items()
@@ -769,12 +767,7 @@ class DeclarationRepository(Repository):
     def _holders(
         self, conn: sqlite3.Connection, select: str, column: str, keys: Iterable[bytes]
     ) -> dict[bytes, bytes]:
-        found: dict[bytes, bytes] = {}
-        for part in _chunks(keys):
-            marks = ",".join("?" * len(part))
-            for r in conn.execute(f"{select} WHERE {column} IN ({marks})", part):
-                found[bytes(r[0])] = bytes(r[1])
-        return found
+        return {bytes(r[0]): bytes(r[1]) for r in select_by_keys(conn, select, column, keys)}
 
     # -- declarations ------------------------------------------------------------------------
 
@@ -1138,14 +1131,3 @@ def _mandate_of(r: sqlite3.Row) -> Mandate:
         revoked_by=revoked_by,
         revoke_reason=r["revoke_reason"],
     )
-
-
-def _chunks(keys: Iterable[bytes]) -> Iterable[list[bytes]]:
-    part: list[bytes] = []
-    for key in keys:
-        part.append(key)
-        if len(part) == LOOKUP_CHUNK:
-            yield part
-            part = []
-    if part:
-        yield part

@@ -18,7 +18,7 @@ from dataclasses import replace
 from operator import itemgetter
 
 from services._common import changes
-from services._common.pg import insert_rows, pg_connection, upsert_rows
+from services._common.pg import insert_rows, pg_connection, select_by_keys, upsert_rows
 from services._common.sources import SOURCES
 from services._common.storage import Place, Repository
 from services.risk_index import overrides
@@ -956,47 +956,21 @@ _FEED_ROW_COLUMNS = (
 
 # Bound parameters per lookup: well under SQLite's limit, and a batch of 10,000 people is a
 # handful of statements.
-LOOKUP_CHUNK = 500
-
-
-def _chunks(keys: Sequence[bytes]) -> Iterator[Sequence[bytes]]:
-    for i in range(0, len(keys), LOOKUP_CHUNK):
-        yield keys[i : i + LOOKUP_CHUNK]
 
 
 def _present(
     conn: sqlite3.Connection, table: str, column: str, keys: Sequence[bytes]
 ) -> list[bytes]:
     """Which of `keys` `table` holds (table and column are ours, never a caller's)."""
-    cursor = _plain(conn)
-    out: list[bytes] = []
-    for chunk in _chunks(keys):
-        marks = ",".join("?" * len(chunk))
-        cursor.execute(f"SELECT {column} FROM {table} WHERE {column} IN ({marks})", chunk)
-        out.extend(r[0] for r in cursor)
-    return out
+    return [r[0] for r in select_by_keys(conn, f"SELECT {column} FROM {table}", column, keys)]
 
 
 def _holders(
     conn: sqlite3.Connection, table: str, column: str, keys: Sequence[bytes]
 ) -> dict[bytes, bytes | None]:
     """The holder of each of `keys` that `table` has (None: unlinked)."""
-    cursor = _plain(conn)
-    out: dict[bytes, bytes | None] = {}
-    for chunk in _chunks(keys):
-        marks = ",".join("?" * len(chunk))
-        cursor.execute(
-            f"SELECT {column}, holder_key FROM {table} WHERE {column} IN ({marks})", chunk
-        )
-        out.update(cursor)
-    return out
-
-
-def _plain(conn: sqlite3.Connection) -> sqlite3.Cursor:
-    """A cursor giving tuples, not `sqlite3.Row`s: cheaper for bulk reads."""
-    cursor = conn.cursor()
-    cursor.row_factory = None
-    return cursor
+    select = f"SELECT {column}, holder_key FROM {table}"
+    return {r[0]: r[1] for r in select_by_keys(conn, select, column, keys)}
 
 
 def _rows_change(source: str, rows: Sequence[sqlite3.Row], replace: bool) -> changes.Rows:

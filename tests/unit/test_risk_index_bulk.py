@@ -79,7 +79,7 @@ def one_by_one(
             ]
             todo = [(k, m) for k, m in items if k not in held]
             conn.executemany(
-                f"INSERT INTO {table} VALUES (?, ?, ?, ?, ?) ON CONFLICT DO UPDATE SET "
+                f"INSERT INTO {table} VALUES (?, ?, ?, ?, ?) ON CONFLICT ({column}) DO UPDATE SET "
                 "holder_key = excluded.holder_key, changed_at = excluded.changed_at, "
                 f"version = excluded.version, masked_{table[:-1]} = excluded.masked_{table[:-1]}",
                 [(k, m, p.key, when, version) for k, m in todo],
@@ -152,13 +152,15 @@ def test_an_unlinked_phone_is_linked_again(place: Place) -> None:
 
 @pytest.mark.parametrize("seed", range(6))
 def test_bulk_registration_matches_one_statement_per_person(
-    tmp_path: Path, seed: int, monkeypatch: pytest.MonkeyPatch
+    place: Place, seed: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # Small lookup chunks so a call spans several of them.
-    monkeypatch.setattr(repository, "LOOKUP_CHUNK", 7)
+    # On both backends (look-ups by IN list, or by array on PostgreSQL), with small look-up
+    # chunks so a call spans several of them.
+    monkeypatch.setattr("services._common.pg.SQLITE_KEYS_PER_LOOKUP", 7)
+    monkeypatch.setattr("services._common.pg.PG_KEYS_PER_LOOKUP", 7)
     rng = random.Random(seed)
-    bulk = RiskIndexRepository(tmp_path / "bulk.sqlite3")
-    reference = RiskIndexRepository(tmp_path / "reference.sqlite3")
+    bulk = RiskIndexRepository(place("bulk.sqlite3"))
+    reference = RiskIndexRepository(place("reference.sqlite3"))
     when = repository._iso(NOW)
     for version in range(1, 6):
         people = [
