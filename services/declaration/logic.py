@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import logging
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
@@ -858,6 +859,7 @@ def plan_import(rows: Sequence[ImportPerson], state: ImportState) -> ImportPlan:
     whole: another name for a stored ID number, a phone or card held by someone else, more
     than MAX_PHONES phones. A stored person gains the phones, card and district they lacked."""
     plan = ImportPlan()
+    held_before = set(state.card_holders)
     # The risk index hears of each new person (with their exchange hashes) and each new link
     # once per chunk.
     people: dict[bytes, RegisterEntry] = {}
@@ -922,11 +924,37 @@ def plan_import(rows: Sequence[ImportPerson], state: ImportState) -> ImportPlan:
             entry[1].extend(new_phones)
             if new_card is not None:
                 entry[2][:] = [new_card]
+    _cards_with_new_persons(plan, held_before)
     if people:
         plan.outbox.append(_register_people_message(people))
     if residence:
         plan.outbox.append(_residence_message(residence))
     return plan
+
+
+def _cards_with_new_persons(plan: ImportPlan, held_before: set[bytes]) -> None:
+    """Move to `plan.new_cards` the card updates that can go in with the new person's row: the
+    person's only card assignment of the chunk, of a card no one held before it and no other
+    row assigns. Every other stays an update, in row order (a card given up earlier in the
+    chunk is free only once its former holder's update has run). In a first import that is
+    every card: one insert a person instead of an insert and an update."""
+    if not plan.card_updates:
+        return
+    new = {r.key for r in plan.new_persons}
+    per_person = Counter(person for person, _, _ in plan.card_updates)
+    per_card = Counter(card for _, card, _ in plan.card_updates)
+    updates = []
+    for person, card, masked in plan.card_updates:
+        if (
+            person in new
+            and per_person[person] == 1
+            and per_card[card] == 1
+            and card not in held_before
+        ):
+            plan.new_cards[person] = (card, masked)
+        else:
+            updates.append((person, card, masked))
+    plan.card_updates = updates
 
 
 def _already_declared(masked: str, today: int, opens: dt.datetime) -> FailedPrecondition:

@@ -252,6 +252,9 @@ class ImportPlan:
     new_persons: list[ImportPerson] = field(default_factory=list)
     new_phones: list[tuple[bytes, bytes, str]] = field(default_factory=list)  # phone, person, m
     card_updates: list[tuple[bytes, bytes, str]] = field(default_factory=list)  # person, card, m
+    # A new person's card that no other row of the chunk gives or takes, and no one held
+    # before: written with the person, not as an update after (person -> card, masked).
+    new_cards: dict[bytes, tuple[bytes, str]] = field(default_factory=dict)
     residence_updates: list[tuple[bytes, int]] = field(default_factory=list)  # person, county
     outbox: list[OutboxMessage] = field(default_factory=list)
     already_present: int = 0

@@ -688,6 +688,8 @@ class DeclarationRepository(Repository):
                     "registered_by_masked",
                     "residence_county",
                     "imported_by",
+                    "card_key",
+                    "masked_card",
                 ),
                 [
                     (
@@ -700,6 +702,7 @@ class DeclarationRepository(Repository):
                         r.registered_by.masked_id_number,
                         r.residence_county,
                         imported_by,
+                        *decided.new_cards.get(r.key, (None, "")),
                     )
                     # In key order: neighbouring inserts share B-tree pages.
                     for r in sorted(decided.new_persons, key=lambda r: r.key)

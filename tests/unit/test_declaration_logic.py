@@ -18,7 +18,7 @@ from services._common.errors import (
 )
 from services._common.identifiers import Identified, Identifiers, mask_id_number, mask_phone
 from services.declaration.logic import Declarations, derived_rows
-from services.declaration.model import DeclarationInput
+from services.declaration.model import DeclarationInput, ImportInput
 from services.declaration.repository import DeclarationRepository
 from tests import pg
 from tests.pg import Place
@@ -232,3 +232,41 @@ def test_remove_phone(service: Declarations, repo: DeclarationRepository, ids: I
 def test_derived_rows_threshold() -> None:
     assert derived_rows(1, [], 37.2, [], None) == {}
     assert derived_rows(1, [], 37.3, [], None) == {"declared_fever": [(1, 0)]}
+
+
+def test_an_import_stores_each_card_with_its_last_holder(
+    service: Declarations, repo: DeclarationRepository, ids: Identifiers
+) -> None:
+    # On both backends. Cards no one else touches go in with their new person's row; a card
+    # passed on within the chunk goes by updates in row order, so the unique card never
+    # clashes: person 0 takes C, then D; person 1 then takes C.
+    admin = Actor(Role.ADMIN, "operator")
+
+    def row(line: int, i: int, card: str) -> ImportInput:
+        return ImportInput(line, IDS[i], f"张{i}", registered_by=Role.CITIZEN, transit_card=card)
+
+    rows = [
+        row(2, 0, "TJ000000000C"),
+        row(3, 0, "TJ000000000D"),
+        row(4, 1, "TJ000000000C"),
+        row(5, 2, "TJ000000000E"),
+        row(6, 3, ""),
+    ]
+    outcome = service.import_chunk(admin, rows)
+    assert (outcome.imported, outcome.rejected) == (4, 0)
+    holders = {
+        card: repo.card_holder(ids.card(card, "card").key)
+        for card in ("TJ000000000C", "TJ000000000D", "TJ000000000E")
+    }
+    assert holders == {
+        "TJ000000000C": ref(ids, IDS[1]).key,
+        "TJ000000000D": ref(ids, IDS[0]).key,
+        "TJ000000000E": ref(ids, IDS[2]).key,
+    }
+    masked = {i: repo.get_person(ref(ids, IDS[i]).key) for i in range(4)}
+    assert [p.masked_card if p else None for p in masked.values()] == [
+        "********000D",
+        "********000C",
+        "********000E",
+        "",
+    ]

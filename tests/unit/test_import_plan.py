@@ -143,7 +143,9 @@ def test_a_new_chunk_is_new_people_with_one_message_each_kind() -> None:
     assert [p.key for p in plan.new_persons] == [r.key for r in rows]
     assert (plan.already_present, plan.updated, plan.rejected) == (0, 0, 0)
     assert len(plan.new_phones) == 2
-    assert [(c[0], c[2]) for c in plan.card_updates] == [(rows[0].key, "****")]
+    # A new person's card no one held: written with the person, not as an update after.
+    assert plan.card_updates == []
+    assert {p: m for p, (_, m) in plan.new_cards.items()} == {rows[0].key: "****"}
     kinds = [m.kind for m in plan.outbox]
     assert kinds == ["register_people", "ingest_batch"]
     people = register_people(plan.outbox[0]).people
@@ -228,3 +230,20 @@ def test_a_card_given_up_earlier_in_the_chunk_is_free_for_the_next_holder() -> N
         (a.key, "********000B"),
         (takes_a.key, "********000A"),
     ]
+
+
+def test_a_card_passed_on_within_the_chunk_stays_updates_in_row_order() -> None:
+    # New person 0 takes card C, then switches to card D (freeing C), and new person 1 takes
+    # C: inserted with their rows, person 1's C would clash with person 0's before the switch.
+    takes_c = valid(0, transit_card="TJ000000000C")
+    switch = valid(0, transit_card="TJ000000000D")
+    next_c = valid(1, transit_card="TJ000000000C")
+    plain = valid(2, transit_card="TJ000000000E")
+    plan = plan_import([takes_c, switch, next_c, plain], empty())
+    assert plan.rejected == 0
+    assert [(p, m) for p, _, m in plan.card_updates] == [
+        (takes_c.key, "********000C"),
+        (takes_c.key, "********000D"),
+        (next_c.key, "********000C"),
+    ]
+    assert {p: m for p, (_, m) in plan.new_cards.items()} == {plain.key: "********000E"}
