@@ -1061,10 +1061,23 @@ def _registrar(row: ImportPerson) -> Proxy | None:
     return None
 
 
+_MANDATE_COLUMNS = (
+    "proxy_role",
+    "proxy_key",
+    "proxy_masked",
+    "proxy_principal",
+    "person_key",
+    "granted_at_ms",
+    "valid_until_ms",
+    "basis",
+    "approved_by_role",
+    "approved_by",
+    "approved_by_masked",
+    "reason",
+)
 _INSERT_MANDATE = (
-    "INSERT INTO mandates (proxy_role, proxy_key, proxy_masked, proxy_principal, person_key, "
-    "granted_at_ms, valid_until_ms, basis, approved_by_role, approved_by, approved_by_masked, "
-    "reason) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    f"INSERT INTO mandates ({', '.join(_MANDATE_COLUMNS)}) "
+    f"VALUES ({', '.join('?' * len(_MANDATE_COLUMNS))})"
 )
 
 
@@ -1092,7 +1105,8 @@ def _insert_mandate(conn: sqlite3.Connection, new: NewMandate, now_ms: int) -> i
 
 
 def _insert_mandates(conn: sqlite3.Connection, mandates: Iterable[NewMandate], now_ms: int) -> None:
-    conn.executemany(_INSERT_MANDATE, (_mandate_row(m, now_ms) for m in mandates))
+    """An import chunk's mandates (COPY on PostgreSQL)."""
+    insert_rows(conn, "mandates", _MANDATE_COLUMNS, [_mandate_row(m, now_ms) for m in mandates])
 
 
 def _set_revoked(

@@ -234,7 +234,7 @@ def test_derived_rows_threshold() -> None:
     assert derived_rows(1, [], 37.3, [], None) == {"declared_fever": [(1, 0)]}
 
 
-def test_an_import_stores_each_card_with_its_last_holder(
+def test_an_import_stores_each_card_with_its_last_holder_and_each_registrar_s_mandate(
     service: Declarations, repo: DeclarationRepository, ids: Identifiers
 ) -> None:
     # On both backends. Cards no one else touches go in with their new person's row; a card
@@ -250,10 +250,20 @@ def test_an_import_stores_each_card_with_its_last_holder(
         row(3, 0, "TJ000000000D"),
         row(4, 1, "TJ000000000C"),
         row(5, 2, "TJ000000000E"),
-        row(6, 3, ""),
+        row(6, 3, "")._replace(registered_by=Role.FAMILY_PROXY, registrar_id_number=IDS[5]),
+        row(7, 4, "")._replace(registered_by=Role.GRID_WORKER, registrar_principal="grid-7"),
     ]
     outcome = service.import_chunk(admin, rows)
-    assert (outcome.imported, outcome.rejected) == (4, 0)
+    assert (outcome.imported, outcome.rejected) == (5, 0)
+    # The proxies who registered persons 3 and 4 hold mandates for them, approved by the import.
+    mandates = repo.list_mandates()
+    assert [(m.person_key, m.proxy.role, m.basis) for m in mandates] == [
+        (ref(ids, IDS[3]).key, Role.FAMILY_PROXY, "import"),
+        (ref(ids, IDS[4]).key, Role.GRID_WORKER, "import"),
+    ]
+    assert mandates[0].proxy.person_key == ref(ids, IDS[5]).key
+    assert mandates[1].proxy.principal == "grid-7"
+    assert all(m.approved_by.principal == "operator" for m in mandates)
     holders = {
         card: repo.card_holder(ids.card(card, "card").key)
         for card in ("TJ000000000C", "TJ000000000D", "TJ000000000E")
