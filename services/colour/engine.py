@@ -43,6 +43,7 @@ from services._common import changes
 from services._common.days import day_date, hour_number, now_shanghai
 from services._common.deadline import bounded
 from services._common.errors import InvalidArgument, ResourceExhausted, Unavailable
+from services._common.memory import BULK_BYTES, FreedMemory
 from services.colour import explanation
 from services.colour.freshness import FeedFreshness
 from services.colour.model import (
@@ -116,6 +117,7 @@ class ColourEngine:
         # How long the recent deltas took to apply (seconds), and how many were applied.
         self._apply_times: deque[float] = deque(maxlen=1000)
         self._deltas_applied = 0
+        self._freed = FreedMemory()
         # Manual colour overrides by person key (perhaps expired: checked at answer time), and
         # the latest override log entry they reflect. Replaced whole, never changed in place,
         # so a reader takes the dict once without a lock; empty costs the hot path nothing.
@@ -170,6 +172,7 @@ class ColourEngine:
             index.person_count,
             index.phone_count,
         )
+        self._freed.after_change(BULK_BYTES)  # a whole index replaced the one held
         return True
 
     def apply_changes(self, delta: Sequence[changes.Change], version: int) -> bool:
@@ -217,6 +220,8 @@ class ColourEngine:
         with self._installed:
             self._installed.notify_all()
         log.debug("index version %d applied (%d changes)", version, len(delta))
+        del before, current, index  # the version replaced, freed unless a reader still holds it
+        self._freed.after_change(sum(map(changes.approx_bytes, delta)))
         return True
 
     # -- manual overrides ---------------------------------------------------------------------

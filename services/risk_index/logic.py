@@ -37,6 +37,7 @@ from services._common.errors import AlreadyExists, InvalidArgument, NotFound, Re
 from services._common.exchange import CODE as PROVINCE_CODE
 from services._common.exchange import HASH_BYTES, MAX_HASHES_PER_PERSON, check_exchange_hashes
 from services._common.identifiers import Identifiers, check_key
+from services._common.memory import FreedMemory
 from services._common.sources import SOURCES, Source
 from services.risk_index.model import (
     IngestResult,
@@ -332,6 +333,7 @@ class RiskIndex:
         self._override_seq = last_seq
         # Changes committed under the next version and not yet in a published index, in order.
         self._staged: list[changes.Change] = []
+        self._freed = FreedMemory()
         self._interval = publish_interval_s
         self._staged_event = threading.Event()
         self._stopping = threading.Event()
@@ -876,11 +878,12 @@ class RiskIndex:
         else:
             self._staged_event.set()
 
-    def _publish_staged(self) -> None:
+    def _publish_staged(self) -> int:
         """Build the next version from the current one plus every staged change and publish
-        it. Called with the write lock held."""
+        it; about how many bytes of changes it carried (`changes.approx_bytes`). Called with
+        the write lock held."""
         if not self._staged:
-            return
+            return 0
         staged, self._staged = self._staged, []
         version = self._next_version
         try:
@@ -896,6 +899,7 @@ class RiskIndex:
             published = self._rebuild()
         self._publication.publish(published)
         logger.debug("version %d published (%d changes)", version, len(staged))
+        return sum(map(changes.approx_bytes, staged))
 
     def _publish_periodically(self) -> None:
         """At most one version per interval, and only when something was staged."""
@@ -905,7 +909,9 @@ class RiskIndex:
             if self._stopping.wait(self._interval):
                 return
             with self._write:
-                self._publish_staged()
+                published_bytes = self._publish_staged()
+            # The version before is let go by now (unless a watcher is still sending it).
+            self._freed.after_change(published_bytes)
 
     def write_snapshot(self) -> bool:
         """Write the current version to the snapshot file (atomically, checksummed) unless it
