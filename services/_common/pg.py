@@ -270,7 +270,7 @@ def pg_connection(conn: sqlite3.Connection) -> PgConnection | None:
 
 # SQLite binds at most 32,766 variables a statement; 500 keeps each IN list small.
 SQLITE_KEYS_PER_LOOKUP = 500
-PG_KEYS_PER_LOOKUP = 10_000
+PG_KEYS_PER_LOOKUP = 50_000
 
 
 def select_by_keys(
@@ -279,13 +279,25 @@ def select_by_keys(
     """The rows of `select` (a "SELECT ... FROM table" of ours, never a caller's text) whose
     `column` is one of `keys`, as tuples; `then` follows the WHERE (a GROUP BY).
 
-    On PostgreSQL the keys go as one array (`= ANY(?)`), so the statement's text is the same
-    for every chunk: an IN list of 500 placeholders is a new text each time for psycopg, which
-    then re-parses it (a tenth of the declaration's import time at 2 M people). On SQLite an IN
-    list."""
+    On PostgreSQL keys of one length go as one bytea, cut into keys by the server, and the index
+    is probed with the array that makes (`= ANY(ARRAY(SELECT substring(...)))`). Passing them
+    as an array parameter instead cost psycopg 6-10 µs a key to write out (300-460 ms for an
+    import chunk's 50,000 people), the blob under 0.3 µs; an IN list of placeholders cost
+    more still, as psycopg re-parses a statement of over 50 parameters each time. On SQLite an
+    IN list."""
     wanted = list(keys)
     pg = pg_connection(conn)
     if pg is not None:
+        width = len(wanted[0]) if wanted else 0
+        if width and all(len(k) == width for k in wanted):
+            statement = (
+                f"{select} WHERE {column} = ANY(ARRAY(SELECT substring(?::bytea FROM i FOR "
+                f"{width}) FROM generate_series(1, ?, {width}) AS i)) {then}"
+            )
+            for i in range(0, len(wanted), PG_KEYS_PER_LOOKUP):
+                blob = b"".join(wanted[i : i + PG_KEYS_PER_LOOKUP])
+                yield from pg.execute(statement, [blob, len(blob)]).fetchall()
+            return
         statement = f"{select} WHERE {column} = ANY(?) {then}"
         for i in range(0, len(wanted), PG_KEYS_PER_LOOKUP):
             yield from pg.execute(statement, [wanted[i : i + PG_KEYS_PER_LOOKUP]]).fetchall()

@@ -13,7 +13,7 @@ from collections.abc import Iterator, Sequence
 import psycopg
 import pytest
 
-from services._common.pg import PgPlace, Row, StorageUnavailable, translate
+from services._common.pg import PgPlace, Row, StorageUnavailable, select_by_keys, translate
 from services._common.storage import Repository
 from services.display.store import OK, TOKEN_REPLAYED, DisplayLog
 from tests import pg
@@ -71,6 +71,34 @@ def test_the_repository_base_behaves_alike_on_both_backends(notes: Notes) -> Non
         conn.execute("INSERT INTO notes (key, n) VALUES (?, ?)", (KEY_A, 4))
     with notes.reading() as conn:
         assert conn.execute("SELECT COUNT(*) FROM notes").fetchone()[0] == 1
+
+
+@pytest.mark.parametrize("width", [16, 32, None])
+def test_select_by_keys_finds_the_stored_keys_in_chunks(
+    notes: Notes, width: int | None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Keys of one width go to PostgreSQL as one blob the server cuts; keys of mixed widths
+    # (None) as an array. Small chunks, so a call spans several statements.
+    monkeypatch.setattr("services._common.pg.PG_KEYS_PER_LOOKUP", 3)
+    monkeypatch.setattr("services._common.pg.SQLITE_KEYS_PER_LOOKUP", 3)
+    stored = [bytes([i]) * (width or 8 + i % 3) for i in range(10)]
+    with notes.transaction() as conn:
+        for n, key in enumerate(stored):
+            conn.execute("INSERT INTO notes (key, n) VALUES (?, ?)", (key, n))
+    absent = [bytes([200 + i]) * (width or 9) for i in range(5)]
+    asked = stored[::2] + absent + stored[1::4]
+    with notes.reading() as conn:
+        found = {
+            bytes(r[0]): r[1]
+            for r in select_by_keys(conn, "SELECT key, n FROM notes", "key", asked)
+        }
+        counted = list(
+            select_by_keys(conn, "SELECT COUNT(*) FROM notes", "key", asked[:4], "GROUP BY n > 4")
+        )
+        none = list(select_by_keys(conn, "SELECT key FROM notes", "key", []))
+    assert found == {k: stored.index(k) for k in stored[::2] + stored[1::4]}
+    # stored[0], [2], [4] have n <= 4, stored[6] has n > 4
+    assert sorted(r[0] for r in counted) == [1, 3] and none == []
 
 
 def test_writers_are_serialised_as_on_sqlite(place: pg.Place) -> None:
