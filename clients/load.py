@@ -68,6 +68,8 @@ PROGRESS_EVERY_S = 0.25
 # Beyond this many calls in flight an open-loop process waits before sending more (memory);
 # latency still counts from the scheduled time, so the wait is not hidden.
 MAX_IN_FLIGHT = 20_000
+# How long a preparing call waits after being shed before it tries again (with jitter).
+SHED_PAUSE_S = 0.2
 # ColourService.EvaluateStream takes at most this many persons in one batch message.
 MAX_STREAM_BATCH = 100_000
 
@@ -716,9 +718,21 @@ class _Caller:
             while left > 0:
                 left -= 1
                 issued = time.monotonic()
-                self.tokens.append((issued, await self.show()))
+                self.tokens.append((issued, await self._show_when_admitted()))
 
         await asyncio.gather(*(issue() for _ in range(min(32, count))))
+
+    async def _show_when_admitted(self) -> str:
+        """A Show outside the measurement: one the display sheds (RESOURCE_EXHAUSTED) is made
+        again after a pause, as a client told to retry would, for up to the call timeout."""
+        give_up = time.monotonic() + self.plan.timeout_s
+        while True:
+            try:
+                return await self.show()
+            except grpc.aio.AioRpcError as e:
+                if e.code() != grpc.StatusCode.RESOURCE_EXHAUSTED or time.monotonic() > give_up:
+                    raise
+            await asyncio.sleep(SHED_PAUSE_S * random.uniform(1.0, 2.0))
 
 
 def _code_of(error: grpc.aio.AioRpcError) -> str:

@@ -23,7 +23,7 @@ from services._common.auth import Security, process_security
 from services._common.config import KEEPALIVE
 from services._common.malformed import MalformedRequests
 from services._common.pipeline import MethodPipeline
-from services._common.shedding import Shedder
+from services._common.shedding import QueueTimedPool, Shedder
 from services._common.telemetry import server_interceptor
 
 logger = logging.getLogger(__name__)
@@ -55,6 +55,8 @@ def create_server(
     security: Security | None = None,
     health_port: int | None = None,
     per_method_chain: bool = True,
+    max_queue_wait_s: float | None = None,
+    max_concurrent_rpcs: int | None = None,
 ) -> tuple[grpc.Server, int]:
     """Build, bind and START a server; return it with the bound port (port 0: a free one).
 
@@ -82,10 +84,17 @@ def create_server(
     `per_method_chain=False` lets grpc run every interceptor on every call, as before the chain
     was kept per method (MethodPipeline): for bench/bench_interceptors.py, and to rule the
     cache out when a call behaves oddly.
+
+    Load shedding (services/_common/shedding.py): past `max_in_flight` unary calls in their
+    handlers (default three quarters of `max_workers`) a call is refused with RetryInfo; with
+    `max_queue_wait_s`, also one that waited longer for a thread. grpc refuses at the door past
+    `max_concurrent_rpcs` calls accepted (default eight per thread), without RetryInfo.
     """
     if security is None:
         security = process_security()
-    shedder = Shedder(max_in_flight or max(2, max_workers * 3 // 4))
+    shedder = Shedder(
+        max_in_flight or max(2, max_workers * 3 // 4), max_queue_wait_s=max_queue_wait_s
+    )
     # With metrics on (services/_common/metrics.py), calls are measured first: those the
     # interceptors after refuse are counted with their status.
     measured = metrics.current()
@@ -105,11 +114,11 @@ def create_server(
     ]
     pipeline = MethodPipeline(chain) if per_method_chain else None
     server = grpc.server(
-        futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="grpc"),
+        QueueTimedPool(max_workers=max_workers, thread_name_prefix="grpc"),
         # The chain is built once per method, not once per call (services/_common/pipeline.py).
         interceptors=[pipeline] if pipeline is not None else chain,
         # At the door: calls accepted but not yet given a thread are bounded too.
-        maximum_concurrent_rpcs=max_workers * 8,
+        maximum_concurrent_rpcs=max_concurrent_rpcs or max_workers * 8,
         options=[
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),

@@ -11,6 +11,15 @@ picked up and refused in microseconds rather than waiting for a thread; beyond t
 
 Streams (WatchIndex, WatchCounters, EvaluateStream) live for minutes and are not counted; health
 checks and reflection are never shed.
+
+With `max_queue_wait_s` a call is also refused when it waited longer than that for a server
+thread (`QueueTimedPool` notes when grpc handed it over). That is what lets a service run few
+threads: grpc's synchronous server accepts every call on one thread, which needs the GIL between
+any two calls; with dozens of handler threads busy it got it too rarely, calls piled up inside
+grpc's core unaccepted, and past 1,000 of them the core cancelled them at random (CANCELLED, no
+retry advice: the midnight profile of BENCHMARKS.md). With a few threads the calls are accepted
+and wait in the pool's queue instead, where a long wait is the overload signal, and the refusal
+carries RetryInfo.
 """
 
 from __future__ import annotations
@@ -18,7 +27,9 @@ from __future__ import annotations
 import logging
 import random
 import threading
+import time
 from collections.abc import Callable
+from concurrent import futures
 from typing import Any
 
 import grpc
@@ -35,14 +46,45 @@ SECONDARY = frozenset(
 _NEVER_SHED = ("/grpc.health.", "/grpc.reflection.")
 
 
+_queued_at = threading.local()
+
+
+class QueueTimedPool(futures.ThreadPoolExecutor):
+    """A thread pool that notes, for the task a thread runs, when it was handed over: grpc's
+    server submits each call's handler here, so the shedder knows how long the call waited."""
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> futures.Future[Any]:
+        handed_over = time.monotonic()
+
+        def timed() -> Any:
+            _queued_at.value = handed_over
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                _queued_at.value = None
+
+        return super().submit(timed)
+
+
+def queue_wait_s() -> float | None:
+    """How long the call this thread runs waited for it (None outside a QueueTimedPool)."""
+    handed_over = getattr(_queued_at, "value", None)
+    return None if handed_over is None else time.monotonic() - handed_over
+
+
 class Shedder(grpc.ServerInterceptor):
     """Refuse unary calls past the limits with RESOURCE_EXHAUSTED and a retry delay."""
 
     def __init__(
-        self, limit: int, secondary_limit: int | None = None, retry_after_s: float = 0.2
+        self,
+        limit: int,
+        secondary_limit: int | None = None,
+        retry_after_s: float = 0.2,
+        max_queue_wait_s: float | None = None,
     ) -> None:
         self.limit = limit
         self.secondary_limit = max(1, limit // 4) if secondary_limit is None else secondary_limit
+        self.max_queue_wait_s = max_queue_wait_s
         self._retry_after_s = retry_after_s
         self._lock = threading.Lock()
         self._in_flight = 0
@@ -84,8 +126,11 @@ class Shedder(grpc.ServerInterceptor):
             # Read at each call, not when the handler is wrapped: the wrapped handler is kept
             # per method (services/_common/pipeline.py) and the limits may be changed live.
             limit = self.secondary_limit if secondary else self.limit
+            max_wait = self.max_queue_wait_s
+            waited = queue_wait_s() if max_wait is not None else None
+            late = waited is not None and max_wait is not None and waited > max_wait
             with self._lock:
-                admitted = self._in_flight < limit
+                admitted = self._in_flight < limit and not late
                 if admitted:
                     self._in_flight += 1
                 else:
@@ -96,12 +141,15 @@ class Shedder(grpc.ServerInterceptor):
                     logger.warning("overloaded: shedding calls (%d so far, last %s)", shed, method)
                 # Jitter, so that refused callers do not all come back in the same instant.
                 delay = self._retry_after_s * random.uniform(1.0, 2.0)
+                why = (
+                    f"calls wait {1000 * (waited or 0):.0f} ms for a thread"
+                    if late
+                    else f"{limit} calls in progress"
+                )
                 context.abort_with_status(
                     to_status(
                         Overloaded(
-                            f"the service is overloaded ({limit} calls in progress); "
-                            f"retry in {delay:.1f} s",
-                            delay,
+                            f"the service is overloaded ({why}); retry in {delay:.1f} s", delay
                         )
                     )
                 )

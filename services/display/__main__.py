@@ -141,8 +141,11 @@ def serve(config: DisplayConfig, worker: WorkerRole | None) -> None:
         port=config.port,
         host=config.platform.host,
         health_port=config.platform.health_port("display"),
-        max_in_flight=config.platform.max_in_flight,
+        # Every thread may run a call; past them calls wait in the pool's queue, refused at
+        # grpc's door past eight a thread, or once they waited too long (config.py).
+        max_in_flight=config.platform.max_in_flight or config.max_workers,
         max_workers=config.max_workers,
+        max_queue_wait_s=config.max_queue_wait_s,
         # With its own replica, NOT_SERVING until the first index version arrives.
         ready=replica is None,
         reuse_port=worker is not None,

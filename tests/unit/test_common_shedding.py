@@ -103,3 +103,43 @@ def test_past_the_limit_calls_are_shed_with_a_retry_delay_and_secondary_ones_fir
     assert _call(channel, "Work").result() == b"x"
     assert _call(channel, "GetStatus").result() == b"x"
     assert shedder.in_flight == 0 and not shedder.busy()
+
+
+def test_a_call_that_waited_too_long_for_a_thread_is_shed_with_a_retry_delay() -> None:
+    # Two threads, both held: a third call waits in the pool's queue. Past 50 ms of waiting it
+    # is refused as soon as a thread takes it, instead of being served late.
+    slow = Slow()
+    server, port = create_server(
+        slow.add_to, [SERVICE], max_workers=2, max_in_flight=2, max_queue_wait_s=0.05
+    )
+    channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+    try:
+        shedder = SHEDDERS[id(server)]
+        held = [_call(channel, "Work") for _ in range(2)]
+        for _ in held:
+            assert slow.entered.acquire(timeout=10)
+        late = _call(channel, "Work")
+        threading.Event().wait(0.3)  # it waits for a thread
+        slow.release.set()
+        with pytest.raises(grpc.RpcError) as refused:
+            late.result()
+        assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "wait" in (refused.value.details() or "")
+        assert _retry_delay_ms(refused.value) >= 200
+        assert [f.result() for f in held] == [b"x", b"x"] and shedder.shed == 1
+        # Not waiting any more: served.
+        assert _call(channel, "Work").result() == b"x"
+    finally:
+        slow.release.set()
+        channel.close()
+        stop(server, None)
+
+
+def test_the_queue_wait_is_known_only_inside_the_pool() -> None:
+    from services._common.shedding import QueueTimedPool, queue_wait_s
+
+    assert queue_wait_s() is None
+    with QueueTimedPool(max_workers=1) as pool:
+        waited = pool.submit(queue_wait_s).result(timeout=10)
+    assert waited is not None and 0 <= waited < 10
+    assert queue_wait_s() is None
