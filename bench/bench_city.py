@@ -34,16 +34,22 @@ data directory, versions published at most once a second), then, one after the o
     city (the holder cache mostly cold).
 
 A Markdown table goes to stdout, progress to stderr. The stacks are stopped at the end.
+
+`--keep DIR` imports and feeds the city in DIR and keeps it (the services' data, and the
+PostgreSQL cluster stopped); `--resume DIR` starts that city again and measures steps 3-6
+only, as often as wanted: at 18 M people the import alone takes over an hour.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import os
 import platform
 import random
 import shlex
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -218,8 +224,7 @@ def load_city(
             f"feeds: {rows:,} rows for every source (`healthcode ingest`)",
             f"{time.perf_counter() - t:,.1f} s",
         )
-    rng = random.Random(SEED)
-    return [city.id_number(rng.randrange(people))[0] for _ in range(min(people, 20_000))]
+    return sample_of(people)
 
 
 def measure_restarts(stack: Stack, figures: Figures) -> None:
@@ -451,14 +456,25 @@ def postgres_pss_mib(cluster: Any) -> float:
     return sum(pss_mib(pid) for pid in [postmaster, *children])
 
 
+def sample_of(people: int) -> list[str]:
+    """The ID numbers `load_city` returns for a city of this size (the same seed)."""
+    city = population.SyntheticCity(people, SEED)
+    rng = random.Random(SEED)
+    return [city.id_number(rng.randrange(people))[0] for _ in range(min(people, 20_000))]
+
+
 def run(args: argparse.Namespace) -> tuple[int, str]:
     figures = Figures()
-    work = Path(tempfile.mkdtemp(prefix="bench-city-"))
+    kept = Path(args.keep or args.resume) if (args.keep or args.resume) else None
+    work = kept if kept is not None else Path(tempfile.mkdtemp(prefix="bench-city-"))
+    work.mkdir(parents=True, exist_ok=True)
     stacks: list[Stack] = []
     cluster: Any = None
     cache = Path(args.cache) if args.cache else None
     if cache is not None:
         cache.mkdir(parents=True, exist_ok=True)
+    record = work / "city.json"
+    city_dsn = ""
 
     def storage() -> dict[str, str]:
         if cluster is None:
@@ -469,15 +485,53 @@ def run(args: argparse.Namespace) -> tuple[int, str]:
         }
 
     try:
-        if args.storage == "postgresql":
-            from tests.pg import Cluster  # the tests' throwaway cluster, made durable
+        if args.resume:
+            # A city imported and fed by an earlier `--keep` run: start it again as it was.
+            kept_city = json.loads(record.read_text(encoding="utf-8"))
+            args.people = int(kept_city["people"])
+            city_storage: dict[str, str] = {}
+            if kept_city.get("postgres"):
+                from tests.pg import Cluster
 
-            cluster = Cluster(durable=True, settings=CITY_POSTGRES)
-            cluster.start()
-            progress(f"PostgreSQL in {cluster.directory}: {CITY_POSTGRES}")
-        stack = start_stack(work / "city", storage())
-        stacks.append(stack)
-        sample = load_city(stack, args.people, work, figures, cache)
+                cluster = Cluster.reopen(Path(kept_city["postgres"]))
+                cluster.start()
+                city_storage = {
+                    "HEALTHCODE_STORAGE": "postgresql",
+                    "HEALTHCODE_POSTGRES_DSN": kept_city["dsn"],
+                }
+            progress(f"resuming the city of {args.people:,} people kept in {work}")
+            t = time.perf_counter()
+            stack = start_stack(work / "city", city_storage)
+            stacks.append(stack)
+            figures.add(
+                f"the kept city's four services, started to SERVING at {args.people:,} people",
+                f"{time.perf_counter() - t:,.1f} s",
+            )
+            sample = sample_of(args.people)
+        else:
+            if args.storage == "postgresql":
+                from tests.pg import Cluster  # the tests' throwaway cluster, made durable
+
+                cluster = Cluster(durable=True, settings=CITY_POSTGRES)
+                cluster.start()
+                progress(f"PostgreSQL in {cluster.directory}: {CITY_POSTGRES}")
+            city_storage = storage()
+            city_dsn = city_storage.get("HEALTHCODE_POSTGRES_DSN", "")
+            stack = start_stack(work / "city", city_storage)
+            stacks.append(stack)
+            sample = load_city(stack, args.people, work, figures, cache)
+            if kept is not None:
+                record.write_text(
+                    json.dumps(
+                        {
+                            "people": args.people,
+                            "postgres": str(cluster.directory) if cluster is not None else "",
+                            "dsn": city_dsn,
+                        }
+                    ),
+                    encoding="utf-8",
+                )
+                progress(f"the city is kept in {work}: `--resume {work}` measures it again")
         for name, process in stack.processes.items():
             figures.add(f"resident memory, {name}", f"{rss_mib(process.pid):,.0f} MiB")
         total = sum(rss_mib(stack.processes[name].pid) for name in FOUR_SERVICES)
@@ -518,7 +572,13 @@ def run(args: argparse.Namespace) -> tuple[int, str]:
         for s in stacks:
             s.stop()
         if cluster is not None:
-            cluster.remove()
+            if kept is not None:
+                cluster.stop()  # kept for `--resume`, with the city's data directory
+            else:
+                cluster.remove()
+        if kept is not None:
+            shutil.rmtree(work / "small", ignore_errors=True)
+            shutil.rmtree(work / "small-files", ignore_errors=True)
     command = "python -m bench.bench_city " + shlex.join(sys.argv[1:])
     lines = [
         (
@@ -549,6 +609,20 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument(
         "--cache", help="keep the synthetic people file here and reuse it (default: not kept)"
+    )
+    kept = parser.add_mutually_exclusive_group()
+    kept.add_argument(
+        "--keep",
+        metavar="DIR",
+        help="import and feed the city in DIR and keep it there (the services' data and the "
+        "PostgreSQL cluster, stopped), so that `--resume DIR` measures it again without the "
+        "import (at 18 M an import takes over an hour)",
+    )
+    kept.add_argument(
+        "--resume",
+        metavar="DIR",
+        help="start the city kept by `--keep DIR` and measure everything after the import: "
+        "memory, restarts, the steady load, Show at size",
     )
     args = parser.parse_args(argv)
     if args.quick:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import os
 import pwd
+import re
 import shutil
 import socket
 import sqlite3
@@ -88,6 +89,22 @@ class Cluster:
                 + "max_connections = 300\n"
                 + "".join(f"{name} = {value}\n" for name, value in (settings or {}).items())
             )
+
+    @classmethod
+    def reopen(cls, directory: Path) -> Cluster:
+        """A cluster this class made earlier and stopped without removing (a benchmark's kept
+        city, `bench_city --keep`): its directory, data and port as they were."""
+        cluster = cls.__new__(cls)
+        cluster.directory = directory
+        cluster.data = directory / "data"
+        ports = re.findall(
+            r"^port = (\d+)$", (cluster.data / "postgresql.conf").read_text(), re.MULTILINE
+        )
+        if not ports:
+            raise RuntimeError(f"{directory} is not a cluster made by tests.pg.Cluster")
+        cluster.port = int(ports[-1])
+        cluster._as_root = os.geteuid() == 0
+        return cluster
 
     def _run(self, argv: Sequence[str]) -> None:
         command = ["runuser", "-u", "postgres", "--", *argv] if self._as_root else list(argv)
