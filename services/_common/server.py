@@ -57,6 +57,7 @@ def create_server(
     per_method_chain: bool = True,
     max_queue_wait_s: float | None = None,
     max_concurrent_rpcs: int | None = None,
+    secondary_in_flight: int | None = None,
 ) -> tuple[grpc.Server, int]:
     """Build, bind and START a server; return it with the bound port (port 0: a free one).
 
@@ -86,14 +87,18 @@ def create_server(
     cache out when a call behaves oddly.
 
     Load shedding (services/_common/shedding.py): past `max_in_flight` unary calls in their
-    handlers (default three quarters of `max_workers`) a call is refused with RetryInfo; with
-    `max_queue_wait_s`, also one that waited longer for a thread. grpc refuses at the door past
-    `max_concurrent_rpcs` calls accepted (default eight per thread), without RetryInfo.
+    handlers (default three quarters of `max_workers`) a call is refused with RetryInfo, and
+    secondary content past `secondary_in_flight` (default a quarter of that); with
+    `max_queue_wait_s`, also a call that waited longer for a thread (a secondary one, half as
+    long). grpc refuses at the door past `max_concurrent_rpcs` calls accepted (default eight per
+    thread), without RetryInfo.
     """
     if security is None:
         security = process_security()
     shedder = Shedder(
-        max_in_flight or max(2, max_workers * 3 // 4), max_queue_wait_s=max_queue_wait_s
+        max_in_flight or max(2, max_workers * 3 // 4),
+        secondary_limit=secondary_in_flight,
+        max_queue_wait_s=max_queue_wait_s,
     )
     # With metrics on (services/_common/metrics.py), calls are measured first: those the
     # interceptors after refuse are counted with their status.

@@ -86,6 +86,8 @@ class Shedder(grpc.ServerInterceptor):
         self.secondary_limit = max(1, limit // 4) if secondary_limit is None else secondary_limit
         self.max_queue_wait_s = max_queue_wait_s
         self._retry_after_s = retry_after_s
+        # How long the latest call waited for a thread (with max_queue_wait_s).
+        self.recent_wait_s = 0.0
         self._lock = threading.Lock()
         self._in_flight = 0
         self.shed = 0  # calls refused since the start (a gauge for GetStatus and metrics)
@@ -96,8 +98,12 @@ class Shedder(grpc.ServerInterceptor):
 
     def busy(self) -> bool:
         """Whether secondary content is being shed now: a call that can do without it (a
-        Show's reasons) should leave it out."""
-        return self._in_flight > self.secondary_limit
+        Show's reasons) should leave it out. Past `secondary_limit` calls in progress, or, with
+        `max_queue_wait_s`, once calls wait half of it for a thread."""
+        max_wait = self.max_queue_wait_s
+        return self._in_flight > self.secondary_limit or (
+            max_wait is not None and self.recent_wait_s > max_wait / 2
+        )
 
     def intercept_service(
         self,
@@ -128,7 +134,11 @@ class Shedder(grpc.ServerInterceptor):
             limit = self.secondary_limit if secondary else self.limit
             max_wait = self.max_queue_wait_s
             waited = queue_wait_s() if max_wait is not None else None
-            late = waited is not None and max_wait is not None and waited > max_wait
+            late = False
+            if waited is not None and max_wait is not None:
+                self.recent_wait_s = waited
+                # Secondary calls are shed first: at half the wait.
+                late = waited > (max_wait / 2 if secondary else max_wait)
             with self._lock:
                 admitted = self._in_flight < limit and not late
                 if admitted:

@@ -143,3 +143,18 @@ def test_the_queue_wait_is_known_only_inside_the_pool() -> None:
         waited = pool.submit(queue_wait_s).result(timeout=10)
     assert waited is not None and 0 <= waited < 10
     assert queue_wait_s() is None
+
+
+def test_with_a_queue_wait_limit_busy_means_calls_wait_not_calls_in_progress() -> None:
+    from services._common.shedding import Shedder
+
+    # The display: as many calls in progress as threads, so a few phones at once never cost a
+    # Show its reasons; calls waiting half the limit for a thread do.
+    shedder = Shedder(8, secondary_limit=8, max_queue_wait_s=0.25)
+    assert not shedder.busy()
+    shedder.recent_wait_s = 0.1
+    assert not shedder.busy()
+    shedder.recent_wait_s = 0.2
+    assert shedder.busy()
+    # Without a wait limit, only calls in progress count.
+    assert not Shedder(8, secondary_limit=2).busy()
