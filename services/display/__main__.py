@@ -141,12 +141,9 @@ def serve(config: DisplayConfig, worker: WorkerRole | None) -> None:
         port=config.port,
         host=config.platform.host,
         health_port=config.platform.health_port("display"),
-        # Every thread may run a call; past them calls wait in the pool's queue, refused at
-        # grpc's door past eight a thread, or once they waited too long (config.py). Secondary
-        # content (a Show's reasons) goes once calls wait, not when a few are in progress.
-        max_in_flight=config.platform.max_in_flight or config.max_workers,
-        secondary_in_flight=config.platform.max_in_flight or config.max_workers,
+        max_in_flight=config.platform.max_in_flight,
         max_workers=config.max_workers,
+        # A call that waited too long for a thread is refused with RetryInfo (config.py).
         max_queue_wait_s=config.max_queue_wait_s,
         # With its own replica, NOT_SERVING until the first index version arrives.
         ready=replica is None,

@@ -6,7 +6,7 @@
 | HEALTHCODE_COLOUR_ADDR            | 127.0.0.1:50053 (live colours)               |
 | HEALTHCODE_DECLARATION_ADDR       | 127.0.0.1:50051 (masked names)               |
 | HEALTHCODE_DISPLAY_TOKEN_TTL_S    | 60 (1-60: a code token's life)               |
-| HEALTHCODE_DISPLAY_WORKERS        | 8 (server threads; WatchCounters holds one)  |
+| HEALTHCODE_DISPLAY_WORKERS        | 64 (server threads; WatchCounters holds one) |
 | HEALTHCODE_DISPLAY_MAX_QUEUE_WAIT_MS | 250 (a Show that waited longer for a thread is refused, RetryInfo) |
 | HEALTHCODE_DISPLAY_PEER_TIMEOUT_S | 2 (deadline of each colour/declaration call) |
 | HEALTHCODE_DISPLAY_COLOUR         | replica: the verdicts held in this process   |
@@ -19,15 +19,16 @@
 | HEALTHCODE_COLOUR_RULE_SET, ...   | the replica's settings: services/colour/config.py |
 | HEALTHCODE_DATA_DIR, ...          | see services/_common/config.py               |
 
-Few threads, refusals at the door (issue 9). grpc's synchronous server accepts every call on
-one thread, which needs the GIL between calls. With 64 handler threads busy at a midnight peak
-it got the GIL too rarely: calls piled up unaccepted inside grpc's core, which drops them at
-random past 1,000 (CANCELLED, no retry advice: 30,461 in one midnight profile). With 8 threads
-the accepting thread keeps up: past 8 calls a thread (64) grpc refuses at the door with
-RESOURCE_EXHAUSTED, in microseconds, and a call that waited over
-HEALTHCODE_DISPLAY_MAX_QUEUE_WAIT_MS in the pool's queue (a stall) is refused with RetryInfo.
-The same midnight profile then ended with no error, 28,136 calls refused and p99 at 323 ms at
-its worst (BENCHMARKS.md, "The midnight CANCELLED").
+Threads and overload (issue 9). grpc's synchronous server accepts every call on one thread,
+which needs the GIL between calls. With many handler threads busy at a midnight peak it gets the
+GIL too rarely: calls pile up unaccepted inside grpc's core, which drops them at random past
+1,000 (CANCELLED, no retry advice). Fewer threads keep the accepting thread going: with 8
+(`HEALTHCODE_DISPLAY_WORKERS=8`) a midnight profile lost far fewer calls (15,138 CANCELLED
+against 77,952 with 64), but Show on PostgreSQL fell to 0.36x of Show on SQLite, and Show
+through the colour service to 346 a second: their waits need threads. So the default stays 64;
+a call that waited over HEALTHCODE_DISPLAY_MAX_QUEUE_WAIT_MS for a thread is refused with
+RESOURCE_EXHAUSTED and RetryInfo. The lasting fix is a server that does not need a thread to
+wait (grpc.aio). BENCHMARKS.md, "The midnight CANCELLED".
 
 One hop per display (issue 9): by default the display process holds its own replica of the
 verdicts, fed by the risk index exactly as the colour service's is, so a Show or a Scan makes no
@@ -145,7 +146,7 @@ class DisplayConfig:
             signing_key_path=legacy_signing_key(platform.data_dir),
             token_keys_path=token_keys_dir(env, platform.data_dir),
             token_ttl_ms=1000 * env_int(env, "HEALTHCODE_DISPLAY_TOKEN_TTL_S", 60, low=1, high=60),
-            max_workers=env_int(env, "HEALTHCODE_DISPLAY_WORKERS", 8, low=4, high=1024),
+            max_workers=env_int(env, "HEALTHCODE_DISPLAY_WORKERS", 64, low=4, high=1024),
             max_queue_wait_s=env_int(
                 env, "HEALTHCODE_DISPLAY_MAX_QUEUE_WAIT_MS", 250, low=1, high=60_000
             )
