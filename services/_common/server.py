@@ -56,8 +56,6 @@ def create_server(
     health_port: int | None = None,
     per_method_chain: bool = True,
     max_queue_wait_s: float | None = None,
-    max_concurrent_rpcs: int | None = None,
-    secondary_in_flight: int | None = None,
 ) -> tuple[grpc.Server, int]:
     """Build, bind and START a server; return it with the bound port (port 0: a free one).
 
@@ -88,17 +86,14 @@ def create_server(
 
     Load shedding (services/_common/shedding.py): past `max_in_flight` unary calls in their
     handlers (default three quarters of `max_workers`) a call is refused with RetryInfo, and
-    secondary content past `secondary_in_flight` (default a quarter of that); with
-    `max_queue_wait_s`, also a call that waited longer for a thread (a secondary one, half as
-    long). grpc refuses at the door past `max_concurrent_rpcs` calls accepted (default eight per
-    thread), without RetryInfo.
+    secondary content past a quarter of that; with `max_queue_wait_s`, also a call that waited
+    longer for a thread (a secondary one, half as long). grpc refuses at the door past eight
+    calls a thread accepted, without RetryInfo.
     """
     if security is None:
         security = process_security()
     shedder = Shedder(
-        max_in_flight or max(2, max_workers * 3 // 4),
-        secondary_limit=secondary_in_flight,
-        max_queue_wait_s=max_queue_wait_s,
+        max_in_flight or max(2, max_workers * 3 // 4), max_queue_wait_s=max_queue_wait_s
     )
     # With metrics on (services/_common/metrics.py), calls are measured first: those the
     # interceptors after refuse are counted with their status.
@@ -118,12 +113,18 @@ def create_server(
         server_interceptor(),
     ]
     pipeline = MethodPipeline(chain) if per_method_chain else None
+    # Only a wait limit needs to know when grpc handed a call over; the plain pool costs less.
+    pool = (
+        QueueTimedPool(max_workers=max_workers, thread_name_prefix="grpc")
+        if max_queue_wait_s is not None
+        else futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="grpc")
+    )
     server = grpc.server(
-        QueueTimedPool(max_workers=max_workers, thread_name_prefix="grpc"),
+        pool,
         # The chain is built once per method, not once per call (services/_common/pipeline.py).
         interceptors=[pipeline] if pipeline is not None else chain,
         # At the door: calls accepted but not yet given a thread are bounded too.
-        maximum_concurrent_rpcs=max_concurrent_rpcs or max_workers * 8,
+        maximum_concurrent_rpcs=max_workers * 8,
         options=[
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),

@@ -13,13 +13,17 @@ Streams (WatchIndex, WatchCounters, EvaluateStream) live for minutes and are not
 checks and reflection are never shed.
 
 With `max_queue_wait_s` a call is also refused when it waited longer than that for a server
-thread (`QueueTimedPool` notes when grpc handed it over). That is what lets a service run few
-threads: grpc's synchronous server accepts every call on one thread, which needs the GIL between
-any two calls; with dozens of handler threads busy it got it too rarely, calls piled up inside
-grpc's core unaccepted, and past 1,000 of them the core cancelled them at random (CANCELLED, no
-retry advice: the midnight profile of BENCHMARKS.md). With a few threads the calls are accepted
-and wait in the pool's queue instead, where a long wait is the overload signal, and the refusal
-carries RetryInfo.
+thread (`QueueTimedPool` notes when grpc handed it over); the display uses it (250 ms).
+
+What neither limit prevents (BENCHMARKS.md, "The midnight CANCELLED, found"): grpc's
+synchronous server accepts every call on one thread, which needs the GIL between any two calls.
+With dozens of handler threads busy it gets it too rarely, calls pile up inside grpc's core
+unaccepted, and past 1,000 of them the core cancels them at random (CANCELLED, no retry
+advice). Few threads avoid that (`HEALTHCODE_DISPLAY_WORKERS=8`: calls are accepted and wait in
+the pool's queue, where the wait limit refuses them with RetryInfo), but a call that waits on a
+database commit or a peer then holds one of only a few threads: on PostgreSQL the display
+answered a third as many Shows. The display keeps 64 threads; the lasting fix is a server that
+does not need a thread to wait (grpc.aio).
 """
 
 from __future__ import annotations
