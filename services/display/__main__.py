@@ -125,7 +125,10 @@ def serve(config: DisplayConfig, worker: WorkerRole | None) -> None:
         cards=PrintedCards.over(CardPeer(declaration_channel, config.peer_timeout_s)),
     )
     identifiers = Identifiers.from_secret(secret)
-    servicer = DisplayServicer(desk, counters, tokens, identifiers)
+    # Each WatchCounters stream holds a thread: dashboards get an eighth of them at most.
+    servicer = DisplayServicer(
+        desk, counters, tokens, identifiers, max_watchers=max(1, config.max_workers // 8)
+    )
     # Bus scanners and hospital triage (R11, R13), beside DisplayService; a look-up by name asks
     # the declaration service for the holder's consent first, never cached (issue 11, item 11).
     consent = ConsentPeer(declaration_channel, config.peer_timeout_s)

@@ -6,7 +6,7 @@
 | HEALTHCODE_COLOUR_ADDR            | 127.0.0.1:50053 (live colours)               |
 | HEALTHCODE_DECLARATION_ADDR       | 127.0.0.1:50051 (masked names)               |
 | HEALTHCODE_DISPLAY_TOKEN_TTL_S    | 60 (1-60: a code token's life)               |
-| HEALTHCODE_DISPLAY_WORKERS        | 64 (server threads; WatchCounters holds one) |
+| HEALTHCODE_DISPLAY_WORKERS        | 64 (server threads; each WatchCounters stream holds one, an eighth at most) |
 | HEALTHCODE_DISPLAY_MAX_QUEUE_WAIT_MS | 250 (a Show that waited longer for a thread is refused, RetryInfo) |
 | HEALTHCODE_DISPLAY_PEER_TIMEOUT_S | 2 (deadline of each colour/declaration call) |
 | HEALTHCODE_DISPLAY_COLOUR         | replica: the verdicts held in this process   |

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Iterator
 
@@ -11,7 +12,7 @@ from healthcode.v1 import colour_pb2, common_pb2, display_pb2, display_pb2_grpc
 from services._common.auth import current_caller
 from services._common.convert import actor_from_proto, person_from_proto
 from services._common.days import format_day, parse_day, today
-from services._common.errors import InvalidArgument
+from services._common.errors import InvalidArgument, Overloaded
 from services._common.identifiers import Identifiers
 from services._common.status import grpc_errors
 from services.display.contexts import context_of, decide, instruction
@@ -24,6 +25,11 @@ SERVICE_NAME = display_pb2.DESCRIPTOR.services_by_name["DisplayService"].full_na
 
 # WatchCounters sends at least this often, so a dashboard sees `as_of` move on a quiet night.
 _HEARTBEAT_S = 15.0
+# A WatchCounters stream holds a server thread while it lives: at most this many at once by
+# default, so dashboards cannot take the threads Shows need (a display passes an eighth of them).
+DEFAULT_MAX_WATCHERS = 8
+# What a refused dashboard is told to wait before it tries again.
+_WATCHER_RETRY_S = 5.0
 
 
 def place_of(device: display_pb2.Device, field: str) -> Place:
@@ -102,12 +108,16 @@ class DisplayServicer(display_pb2_grpc.DisplayServiceServicer):
         counters: CounterSource,
         tokens: CodeTokens,
         identifiers: Identifiers,
+        max_watchers: int = DEFAULT_MAX_WATCHERS,
     ) -> None:
-        """`counters`: the display log itself (one process) or the sum over every worker's."""
+        """`counters`: the display log itself (one process) or the sum over every worker's.
+        `max_watchers`: WatchCounters streams at once; past it one is refused with RetryInfo."""
         self._desk = desk
         self._counters = counters
         self._tokens = tokens
         self._identifiers = identifiers
+        self.max_watchers = max_watchers
+        self._watchers = threading.BoundedSemaphore(max_watchers)
 
     @grpc_errors
     def Show(
@@ -159,6 +169,20 @@ class DisplayServicer(display_pb2_grpc.DisplayServiceServicer):
         interval_ms = request.min_interval_ms or 1000
         if not 100 <= interval_ms <= 60_000:
             raise InvalidArgument([("min_interval_ms", "100-60000, or 0 for 1000")])
+        if not self._watchers.acquire(blocking=False):
+            raise Overloaded(
+                f"{self.max_watchers} WatchCounters streams are open, the most this display "
+                f"serves at once; close one or retry in {_WATCHER_RETRY_S:.0f} s",
+                _WATCHER_RETRY_S,
+            )
+        try:
+            yield from self._watch_counters(fixed_day, interval_ms, context)
+        finally:
+            self._watchers.release()
+
+    def _watch_counters(
+        self, fixed_day: int | None, interval_ms: int, context: grpc.ServicerContext
+    ) -> Iterator[display_pb2.WatchCountersResponse]:
         sequence = -1
         sent_day = None
         last_sent = 0.0

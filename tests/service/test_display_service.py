@@ -6,6 +6,7 @@ from __future__ import annotations
 import datetime as dt
 import sqlite3
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,7 +40,7 @@ from services.colour.rulestore import compile_rules
 from services.colour.servicer import ColourServicer
 from services.display.logic import DisplayDesk
 from services.display.peers import ColourPeer, DeclarationPeer
-from services.display.servicer import SERVICE_NAME, DisplayServicer
+from services.display.servicer import DEFAULT_MAX_WATCHERS, SERVICE_NAME, DisplayServicer
 from services.display.store import DisplayLog
 from services.display.tokens import MAX_TTL_MS, CodeTokens
 from services.rules import DEFAULT_RULE_SET_PATH, load_rule_set
@@ -418,3 +419,38 @@ def test_watch_counters_streams_totals_per_colour_and_day(platform: Platform) ->
     assert last.applicants == 2 and last.total_applicants == 2 and last.total_displays == 2
     assert last.day == (dt.date(1970, 1, 1) + dt.timedelta(days=today())).isoformat()
     assert received[0].displays == 0  # the first update is the state at subscription
+
+
+def test_watch_counters_streams_past_the_cap_are_refused_with_retry_info(
+    platform: Platform,
+) -> None:
+    """Each stream holds a server thread: past the cap a dashboard is told to come back
+    (RESOURCE_EXHAUSTED with RetryInfo) instead of taking the threads Shows need."""
+    request = display_pb2.WatchCountersRequest(min_interval_ms=100)
+    streams = [platform.stub.WatchCounters(request) for _ in range(DEFAULT_MAX_WATCHERS)]
+    try:
+        for stream in streams:
+            next(stream)  # each is open and has its first update
+        with pytest.raises(grpc.RpcError) as refused:
+            next(platform.stub.WatchCounters(request))
+        assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "WatchCounters streams are open" in (refused.value.details() or "")
+        status = rpc_status.from_call(refused.value)  # type: ignore[arg-type]
+        assert status is not None
+        assert any(d.Is(error_details_pb2.RetryInfo.DESCRIPTOR) for d in status.details)
+        # A closed stream frees its place (the server notices within a second).
+        streams.pop().cancel()
+        deadline = time.monotonic() + 15
+        while True:
+            again = platform.stub.WatchCounters(request)
+            try:
+                assert next(again).displays == 0
+                again.cancel()
+                break
+            except grpc.RpcError as error:
+                assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+                assert time.monotonic() < deadline, "a cancelled stream never freed its place"
+                time.sleep(0.2)
+    finally:
+        for stream in streams:
+            stream.cancel()
