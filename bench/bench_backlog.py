@@ -25,6 +25,7 @@ import argparse
 import json
 import os
 import platform
+import queue
 import shlex
 import subprocess
 import sys
@@ -41,6 +42,7 @@ from bench.echo_server import fixed_show_response
 from clients.stack import REPO, free_port
 
 CONFIGS = ((64, 512), (16, 64), (8, 64), (4, 32))
+MAX_SLOT_WAIT_S = 0.25
 
 
 def _burn(us: float) -> None:
@@ -49,15 +51,35 @@ def _burn(us: float) -> None:
         pass
 
 
-def serve(port: int, threads: int, door: int, work_us: float) -> None:
-    """The busy server (run in its own process by `run`)."""
+def serve(
+    port: int, threads: int, door: int, work_us: float, wait_ms: float, cpu_slots: int
+) -> None:
+    """The busy server (run in its own process by `run`): each call burns `work_us` of Python,
+    then waits `wait_ms` without the GIL (a database commit, a peer call). With `cpu_slots`,
+    at most that many calls burn at once; the others wait for a slot, off the GIL, and one
+    that waited over MAX_SLOT_WAIT_S is refused (RESOURCE_EXHAUSTED)."""
     reply = fixed_show_response()
+    slots: queue.SimpleQueue[None] = queue.SimpleQueue()  # get/put in C: no GIL while blocked
+    for _ in range(cpu_slots):
+        slots.put(None)
 
     class Busy(display_pb2_grpc.DisplayServiceServicer):
         def Show(
             self, request: display_pb2.ShowRequest, context: grpc.ServicerContext
         ) -> display_pb2.ShowResponse:
-            _burn(work_us)
+            if cpu_slots:
+                try:
+                    slots.get(timeout=MAX_SLOT_WAIT_S)
+                except queue.Empty:
+                    context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, "no CPU slot")
+                try:
+                    _burn(work_us)
+                finally:
+                    slots.put(None)
+            else:
+                _burn(work_us)
+            if wait_ms:
+                time.sleep(wait_ms / 1000)
             return reply
 
     server = grpc.server(
@@ -99,7 +121,8 @@ def run(args: argparse.Namespace) -> str:
             server = subprocess.Popen(
                 ["taskset", "-c", str(server_cpu), sys.executable, "-m", "bench.bench_backlog"]
                 + ["--serve", str(port), "--threads", str(threads), "--door", str(door)]
-                + ["--work-us", str(args.work_us)],
+                + ["--work-us", str(args.work_us), "--wait-ms", str(args.wait_ms)]
+                + ["--cpu-slots", str(args.cpu_slots)],
                 cwd=REPO,
             )
             try:
@@ -122,6 +145,8 @@ def run(args: argparse.Namespace) -> str:
         f"`{command.strip()}` on {platform.node()} ({os.cpu_count()} cores), "
         f"{time.strftime('%Y-%m-%d %H:%M')}: a handler of {args.work_us:,.0f} µs, "
         f"{args.rate:,.0f} calls/s offered for {args.seconds:g} s"
+        + (f", then a wait of {args.wait_ms:g} ms" if args.wait_ms else "")
+        + (f"; {args.cpu_slots} CPU slots" if args.cpu_slots else "")
     )
     header = (
         "| handler threads / `maximum_concurrent_rpcs` | answered | p99 | CANCELLED "
@@ -137,10 +162,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--work-us", type=float, default=700.0, help="Python work a call, µs")
     parser.add_argument("--threads", type=int, default=0, help="one setting: handler threads")
     parser.add_argument("--door", type=int, default=0, help="... and maximum_concurrent_rpcs")
+    parser.add_argument(
+        "--wait-ms", type=float, default=0.0, help="then a wait off the GIL a call, ms (a commit)"
+    )
+    parser.add_argument(
+        "--cpu-slots", type=int, default=0, help="at most this many calls burn at once (0: any)"
+    )
     parser.add_argument("--serve", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.serve:
-        serve(args.serve, args.threads, args.door, args.work_us)
+        serve(args.serve, args.threads, args.door, args.work_us, args.wait_ms, args.cpu_slots)
         return
     if args.threads and not args.door:
         args.door = 8 * args.threads

@@ -7,11 +7,15 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
 
-def test_bench_backlog_runs_and_answers_a_light_load() -> None:
+
+# Plain, and with a wait off the GIL and CPU slots (the gated handler).
+@pytest.mark.parametrize("extra", [[], ["--wait-ms", "1", "--cpu-slots", "2"]])
+def test_bench_backlog_runs_and_answers_a_light_load(extra: list[str]) -> None:
     done = subprocess.run(
         [sys.executable, "-m", "bench.bench_backlog", "--threads", "4", "--seconds", "2"]
-        + ["--rate", "100", "--work-us", "100"],
+        + ["--rate", "100", "--work-us", "100", *extra],
         capture_output=True,
         text=True,
         timeout=300,
