@@ -175,10 +175,13 @@ class DisplayServicer(display_pb2_grpc.DisplayServiceServicer):
                 f"serves at once; close one or retry in {_WATCHER_RETRY_S:.0f} s",
                 _WATCHER_RETRY_S,
             )
-        try:
-            yield from self._watch_counters(fixed_day, interval_ms, context)
-        finally:
-            self._watchers.release()
+        # Freed when the call ends, a cancel included, as grpc learns of it: the handler itself
+        # notices a cancel only at its next wake-up, up to a second later, and a dashboard that
+        # reconnects at once must not find its own old stream still counted.
+        if not context.add_callback(self._watchers.release):
+            self._watchers.release()  # ended already
+            return
+        yield from self._watch_counters(fixed_day, interval_ms, context)
 
     def _watch_counters(
         self, fixed_day: int | None, interval_ms: int, context: grpc.ServicerContext
