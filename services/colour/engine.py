@@ -42,7 +42,12 @@ import healthcode_matcher as hm
 from services._common import changes
 from services._common.days import day_date, hour_number, now_shanghai
 from services._common.deadline import bounded
-from services._common.errors import InvalidArgument, ResourceExhausted, Unavailable
+from services._common.errors import (
+    FailedPrecondition,
+    InvalidArgument,
+    ResourceExhausted,
+    Unavailable,
+)
 from services._common.memory import BULK_BYTES, FreedMemory
 from services.colour import explanation
 from services.colour.freshness import FeedFreshness
@@ -98,8 +103,13 @@ class ColourEngine:
         now: Callable[[], dt.datetime] = now_shanghai,
         people: PersonDirectory | None = None,
         rule_set_file: Path | None = None,
+        shared_verdicts: bool = True,
     ) -> None:
+        """`shared_verdicts=False`: keep no verdicts over the rules shared with other provinces
+        (a display's replica, which never answers `shared_only`): each version costs one
+        evaluation, not two."""
         self._secret = secret
+        self._keeps_shared = shared_verdicts
         self._now = now
         self._people = people
         self._write_lock = threading.Lock()
@@ -201,19 +211,18 @@ class ColourEngine:
             if (
                 rules_changed
                 or touched is None
-                or shared is None
+                or (self._keeps_shared and shared is None)
                 or hour_number(now) != current.hour
             ):
                 self._swap(index, self._rules.active, now)  # everyone, at the new hour
             else:
                 # Only the people the delta can change are evaluated again; everyone else keeps
                 # their verdict (shared with the previous version, not copied).
-                full, shared_only = (
-                    current.update(index, touched),
-                    shared.current.update(index, touched),
-                )
+                full = current.update(index, touched)
+                shared_only = shared.current.update(index, touched) if shared else None
                 self._matcher.swap(full)
-                shared.swap(shared_only)
+                if shared is not None and shared_only is not None:
+                    shared.swap(shared_only)
             self._index_received_at = self._now()
             self._apply_times.append(time.perf_counter() - start)
             self._deltas_applied += 1
@@ -414,16 +423,25 @@ class ColourEngine:
         # Build both first, then swap: both are ready before either goes live, so the two never
         # lag each other by a build.
         full = draft if draft is not None else hm.Verdicts(index, rules.plan, day, hour)
-        shared = hm.Verdicts(index, rules.shared_plan, day, hour)
-        if self._matcher is None or self._shared_matcher is None:
-            self._matcher, self._shared_matcher = hm.Matcher(full), hm.Matcher(shared)
-            return
-        self._matcher.swap(full)
-        self._shared_matcher.swap(shared)
+        shared = hm.Verdicts(index, rules.shared_plan, day, hour) if self._keeps_shared else None
+        if self._matcher is None:
+            self._matcher = hm.Matcher(full)
+        else:
+            self._matcher.swap(full)
+        if shared is not None:
+            if self._shared_matcher is None:
+                self._shared_matcher = hm.Matcher(shared)
+            else:
+                self._shared_matcher.swap(shared)
 
     # -- reading ------------------------------------------------------------------------------
 
     def _verdicts(self, shared_only: bool) -> hm.Verdicts:
+        if shared_only and not self._keeps_shared:
+            raise FailedPrecondition(
+                "this replica keeps no verdicts for other provinces (a display's); "
+                "ask the colour service with shared_only"
+            )
         matcher = self._shared_matcher if shared_only else self._matcher
         if matcher is None:
             raise Unavailable(

@@ -33,17 +33,21 @@ class Replica:
         secret: bytes,
         *,
         keeps_rule_set: bool,
+        shared_verdicts: bool = True,
         on_installed: Callable[[int], None] | None = None,
         on_changes: Callable[[Sequence[changes.Change]], None] | None = None,
     ) -> None:
         """`keeps_rule_set`: this replica writes the rule set activated through it to the kept
-        file (the colour service); a display's replica only reads it."""
+        file (the colour service); a display's replica only reads it. `shared_verdicts`: it
+        also keeps the verdicts other provinces are answered from (the colour service; a
+        display never answers them, so it saves the second evaluation of every version)."""
         self._declaration_channel = instrumented_channel(config.declaration_addr)
         self.engine = ColourEngine(
             secret,
             compile_rules(load_rule_set(config.initial_rule_set)),
             people=DeclarationPeer(self._declaration_channel).person_card,
             rule_set_file=config.active_rule_set_file if keeps_rule_set else None,
+            shared_verdicts=shared_verdicts,
         )
         kept = config.active_rule_set_file
         if kept.is_file():

@@ -102,6 +102,8 @@ def serve(config: DisplayConfig, worker: WorkerRole | None) -> None:
             config.replica,
             secret,
             keeps_rule_set=False,
+            # Shows and scans use the full rules; other provinces ask the colour service.
+            shared_verdicts=False,
             on_installed=installed,
             on_changes=registrations_changed,
         )

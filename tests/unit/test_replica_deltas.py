@@ -8,11 +8,13 @@ import datetime as dt
 from pathlib import Path
 
 import healthcode_matcher as hm
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from services._common import changes, days
 from services._common.actors import Actor, Role
+from services._common.errors import FailedPrecondition
 from services._common.identifiers import Identifiers, mask_id_number, mask_phone
 from services.colour.engine import ColourEngine
 from services.colour.rulestore import compile_rules
@@ -102,17 +104,15 @@ def apply(ri: RiskIndex, n: int, step: tuple) -> None:  # type: ignore[type-arg]
         ri.set_county_level(ADMIN, step[1], step[2])
 
 
-def verdicts_by_key(engine: ColourEngine) -> dict[bytes, tuple[object, ...]]:
+def verdicts_by_key(engine: ColourEngine, shared: bool = True) -> dict[bytes, tuple[object, ...]]:
+    """Everyone's colour and reasons, and (with `shared`) their colour for other provinces."""
     out: dict[bytes, tuple[object, ...]] = {}
     for id_number in IDS:
         key = HASHER.person_key(id_number)
         a = engine.evaluate(key)
-        s = engine.evaluate(key, shared_only=True)
-        out[key] = (
-            a.colour,
-            tuple((r.rule_id, r.source, r.day, r.cleared) for r in a.reasons),
-            s.colour,
-        )
+        out[key] = (a.colour, tuple((r.rule_id, r.source, r.day, r.cleared) for r in a.reasons))
+        if shared:
+            out[key] += (engine.evaluate(key, shared_only=True).colour,)
     return out
 
 
@@ -135,6 +135,8 @@ def test_a_replica_fed_deltas_agrees_with_one_given_each_whole_version(
     )
     clock = Clock(NOW)
     by_deltas = ColourEngine(SECRET, RULES, now=clock)
+    # A display's replica: the same deltas, no verdicts for other provinces.
+    display = ColourEngine(SECRET, RULES, now=clock, shared_verdicts=False)
     coloured: set[bytes] = set()
     whole = ColourEngine(SECRET, RULES, now=clock)
     try:
@@ -148,6 +150,7 @@ def test_a_replica_fed_deltas_agrees_with_one_given_each_whole_version(
         for n, step in enumerate(prelude):
             apply(ri, -1 - n, step)
         by_deltas.install_index(ri.current.index)  # the first version comes whole
+        display.install_index(ri.current.index)
         watch = ri.watch(ri.current.version, lambda: True)
         assert next(watch).version == ri.current.version  # "you are current"
         for n, step in enumerate(history):
@@ -160,10 +163,36 @@ def test_a_replica_fed_deltas_agrees_with_one_given_each_whole_version(
             # Through the wire form, as a replica receives it.
             received = changes.from_proto(changes.to_proto(delta.from_version, delta.changes))
             assert by_deltas.apply_changes(received, delta.version)
+            assert display.apply_changes(received, delta.version)
             whole.install_index(hm.Index.from_bytes(ri.current.index.to_bytes(), SECRET))
             assert by_deltas.index_version == whole.index_version == ri.current.version
             seen = verdicts_by_key(by_deltas)
             assert seen == verdicts_by_key(whole), (n, step)
+            assert verdicts_by_key(display, shared=False) == {
+                key: v[:2] for key, v in seen.items()
+            }, (n, step)
             coloured.update(key for key, v in seen.items() if v[0])
     finally:
         ri.close()
+
+
+def test_a_display_replica_refuses_the_other_provinces_question(tmp_path: Path) -> None:
+    """A replica made without shared verdicts answers its own colour and says, for
+    `shared_only`, where to ask instead of answering from the wrong rules."""
+    ri = RiskIndex(
+        RiskIndexRepository(tmp_path / "ri.sqlite3"),
+        Identifiers.from_secret(SECRET),
+        SECRET,
+        clock=lambda: NOW,
+    )
+    try:
+        apply(ri, 0, ("register", [0]))
+        display = ColourEngine(SECRET, RULES, now=Clock(NOW), shared_verdicts=False)
+        display.install_index(ri.current.index)
+    finally:
+        ri.close()
+    key = HASHER.person_key(IDS[0])
+    registered = display.evaluate(key)
+    assert registered.colour == hm.Colour.GREEN and registered.registered
+    with pytest.raises(FailedPrecondition, match="ask the colour service"):
+        display.evaluate(key, shared_only=True)
