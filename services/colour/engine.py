@@ -219,7 +219,7 @@ class ColourEngine:
                 # Only the people the delta can change are evaluated again; everyone else keeps
                 # their verdict (shared with the previous version, not copied).
                 full = current.update(index, touched)
-                shared_only = shared.current.update(index, touched) if shared else None
+                shared_only = None if shared is None else shared.current.update(index, touched)
                 self._matcher.swap(full)
                 if shared is not None and shared_only is not None:
                     shared.swap(shared_only)

@@ -104,6 +104,16 @@ def apply(ri: RiskIndex, n: int, step: tuple) -> None:  # type: ignore[type-arg]
         ri.set_county_level(ADMIN, step[1], step[2])
 
 
+def risk_index_in(directory: Path) -> RiskIndex:
+    """The real risk index logic on a SQLite file in `directory`, its clock stopped at NOW."""
+    return RiskIndex(
+        RiskIndexRepository(directory / "ri.sqlite3"),
+        Identifiers.from_secret(SECRET),
+        SECRET,
+        clock=lambda: NOW,
+    )
+
+
 def verdicts_by_key(engine: ColourEngine, shared: bool = True) -> dict[bytes, tuple[object, ...]]:
     """Everyone's colour and reasons, and (with `shared`) their colour for other provinces."""
     out: dict[bytes, tuple[object, ...]] = {}
@@ -127,12 +137,7 @@ def test_a_replica_fed_deltas_agrees_with_one_given_each_whole_version(
     history: list[tuple],  # type: ignore[type-arg]
 ) -> None:
     data: Path = tmp_path_factory.mktemp("ri")  # type: ignore[attr-defined]
-    ri = RiskIndex(
-        RiskIndexRepository(data / "ri.sqlite3"),
-        Identifiers.from_secret(SECRET),
-        SECRET,
-        clock=lambda: NOW,
-    )
+    ri = risk_index_in(data)
     clock = Clock(NOW)
     by_deltas = ColourEngine(SECRET, RULES, now=clock)
     # A display's replica: the same deltas, no verdicts for other provinces.
@@ -179,12 +184,7 @@ def test_a_replica_fed_deltas_agrees_with_one_given_each_whole_version(
 def test_a_display_replica_refuses_the_other_provinces_question(tmp_path: Path) -> None:
     """A replica made without shared verdicts answers its own colour and says, for
     `shared_only`, where to ask instead of answering from the wrong rules."""
-    ri = RiskIndex(
-        RiskIndexRepository(tmp_path / "ri.sqlite3"),
-        Identifiers.from_secret(SECRET),
-        SECRET,
-        clock=lambda: NOW,
-    )
+    ri = risk_index_in(tmp_path)
     try:
         apply(ri, 0, ("register", [0]))
         display = ColourEngine(SECRET, RULES, now=Clock(NOW), shared_verdicts=False)
