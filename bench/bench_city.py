@@ -540,6 +540,13 @@ def run(args: argparse.Namespace) -> tuple[int, str]:
             f"{total / 1024:,.2f} GiB",
             "8 GiB or less",
         )
+        # What they cost the machine: pages the replicas share (the key files every replica
+        # maps, services/display/README.md) counted once, split among the processes mapping
+        # them; RSS counts them in each.
+        figures.add(
+            "proportional set size, all four services",
+            f"{sum(pss_mib(stack.processes[n].pid) for n in FOUR_SERVICES) / 1024:,.2f} GiB",
+        )
         if cluster is not None:
             figures.add(
                 "PostgreSQL, all its processes (proportional set size)",

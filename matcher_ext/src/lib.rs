@@ -19,6 +19,7 @@ pub mod incremental;
 pub mod index;
 pub mod plan;
 pub mod registry;
+pub mod shared;
 pub mod snapshot;
 pub mod tokens;
 

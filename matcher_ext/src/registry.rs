@@ -11,6 +11,7 @@ use hashbrown::HashTable;
 use rayon::prelude::*;
 
 use crate::ids::Key;
+use crate::shared::SharedKeys;
 
 /// "No id": a phone without holder, a person without phones.
 pub const NONE: u32 = u32::MAX;
@@ -100,6 +101,10 @@ fn table_hash(key: Key) -> u64 {
 /// ```
 #[derive(Clone)]
 pub struct IdTable {
+    /// Ids `0..base_len` may live in a file other processes map too ([`IdTable::with_shared`]);
+    /// `keys` and `shards` then hold only the ids from `base_len` on.
+    base: Option<Arc<SharedKeys>>,
+    base_len: u32,
     keys: ChunkedVec<Key>,
     shards: Vec<Arc<HashTable<u32>>>,
 }
@@ -109,6 +114,8 @@ impl Default for IdTable {
         // every shard starts as the same empty table; the first insert gives a shard its own copy
         let empty = Arc::new(HashTable::new());
         IdTable {
+            base: None,
+            base_len: 0,
             keys: ChunkedVec::default(),
             shards: (0..SHARDS).map(|_| empty.clone()).collect(),
         }
@@ -118,31 +125,53 @@ impl Default for IdTable {
 impl IdTable {
     /// Number of ids assigned.
     pub fn len(&self) -> usize {
-        self.keys.len()
+        self.base_len as usize + self.keys.len()
     }
 
     /// True when no id was assigned.
     pub fn is_empty(&self) -> bool {
-        self.keys.is_empty()
+        self.len() == 0
+    }
+
+    /// How many of the ids are read from a shared file (0 when none is).
+    pub fn shared_len(&self) -> usize {
+        self.base_len as usize
+    }
+
+    fn base_keys(&self) -> &[Key] {
+        match &self.base {
+            Some(b) => &b.by_id()[..self.base_len as usize],
+            None => &[],
+        }
     }
 
     /// The key behind an id.
+    #[inline]
     pub fn key(&self, id: u32) -> Key {
-        self.keys.get(id)
+        if id < self.base_len {
+            self.base_keys()[id as usize]
+        } else {
+            self.keys.get(id - self.base_len)
+        }
     }
 
     /// Every key, by id.
     pub fn keys(&self) -> impl Iterator<Item = Key> + '_ {
-        self.keys.iter()
+        self.base_keys().iter().copied().chain(self.keys.iter())
     }
 
     /// The id of a key, if assigned.
     #[inline]
     pub fn get(&self, key: Key) -> Option<u32> {
-        let keys = &self.keys;
-        self.shards[shard_of(key)]
-            .find(table_hash(key), |&id| keys.get(id) == key)
-            .copied()
+        let (keys, from) = (&self.keys, self.base_len);
+        if let Some(&id) =
+            self.shards[shard_of(key)].find(table_hash(key), |&id| keys.get(id - from) == key)
+        {
+            return Some(id);
+        }
+        // A shared file may hold more ids than this version has: those are not ours yet.
+        let base = self.base.as_ref()?;
+        base.find(key).filter(|&id| id < from)
     }
 
     /// The id of a key, assigning the next one at first sight. Returns (id, newly assigned).
@@ -150,15 +179,62 @@ impl IdTable {
         if let Some(id) = self.get(key) {
             return (id, false);
         }
-        let id = u32::try_from(self.keys.len())
+        let id = u32::try_from(self.len())
             .ok()
             .filter(|&i| i != NONE)
             .expect("registry full");
         self.keys.push(key);
-        let keys = &self.keys;
+        let (keys, from) = (&self.keys, self.base_len);
         Arc::make_mut(&mut self.shards[shard_of(key)])
-            .insert_unique(table_hash(key), id, |&i| table_hash(keys.get(i)));
+            .insert_unique(table_hash(key), id, |&i| table_hash(keys.get(i - from)));
         (id, true)
+    }
+
+    /// The same table with the ids a shared file holds read from it, or None if the file does
+    /// not list this table's first keys in its order (another deployment's, or from before a
+    /// rebuild). The file may hold fewer ids than the table (the rest stay in this process) or
+    /// more (those are not this version's yet and are not looked at).
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use healthcode_matcher::registry::IdTable;
+    /// use healthcode_matcher::shared::SharedKeys;
+    ///
+    /// let path = std::env::temp_dir().join(format!("doc-ids-{}.keys", std::process::id()));
+    /// SharedKeys::write(&path, &[1 << 120, 2 << 120, 3 << 120]).unwrap();
+    /// let shared = Arc::new(SharedKeys::open(&path).unwrap());
+    /// let mut t = IdTable::default();
+    /// t.intern(1 << 120);
+    /// t.intern(2 << 120);
+    /// let mut mapped = t.with_shared(shared.clone()).unwrap();
+    /// assert_eq!((mapped.shared_len(), mapped.get(2 << 120)), (2, Some(1)));
+    /// assert_eq!(mapped.get(3 << 120), None, "in the file, but not in this version yet");
+    /// assert_eq!(mapped.intern(9), (2, true), "the next id stays in the process");
+    /// t.intern(7);
+    /// assert!(t.with_shared(shared).is_none(), "id 2 is another key in the file");
+    /// # std::fs::remove_file(&path).unwrap();
+    /// ```
+    pub fn with_shared(&self, base: Arc<SharedKeys>) -> Option<IdTable> {
+        let n = base.len().min(self.len());
+        let same = base.by_id()[..n]
+            .par_chunks(1 << 16)
+            .enumerate()
+            .all(|(c, chunk)| {
+                let first = (c << 16) as u32;
+                chunk.iter().zip(first..).all(|(&k, id)| self.key(id) == k)
+            });
+        if !same {
+            return None;
+        }
+        let mut table = IdTable {
+            base: Some(base),
+            base_len: n as u32,
+            ..IdTable::default()
+        };
+        for id in n as u32..self.len() as u32 {
+            table.intern(self.key(id));
+        }
+        Some(table)
     }
 
     /// The id of each key, [`NONE`] for a key never assigned (in parallel for a large batch).
@@ -210,6 +286,8 @@ impl IdTable {
             .collect();
         let shards = shards.into_iter().collect::<Result<Vec<_>, _>>()?;
         Ok(IdTable {
+            base: None,
+            base_len: 0,
             keys: ChunkedVec::from_vec(keys),
             shards,
         })

@@ -10,6 +10,7 @@
 | HEALTHCODE_COLOUR_FRESHNESS_S         | 30 (ListSources poll, seconds)        |
 | HEALTHCODE_COLOUR_SNAPSHOT_S          | 300 (own index snapshot; 0: never)    |
 | HEALTHCODE_COLOUR_PROCESSES           | 1 (worker processes on the one port)  |
+| HEALTHCODE_SHARED_KEYS                | on (off: every replica keeps its keys) |
 | HEALTHCODE_DATA_DIR, HEALTHCODE_SECRET, ... | see services/_common/config.py  |
 
 The rule-set, reconnect, freshness and snapshot settings are those of every replica of the
@@ -19,6 +20,14 @@ both start from the same rule set and follow the index alike.
 With HEALTHCODE_COLOUR_PROCESSES = N > 1 the process started supervises N workers on the one port
 (SO_REUSEPORT, services/_common/workers.py), each with its own replica and its own snapshot
 `<data_dir>/colour/index.<i>.snapshot`.
+
+Every replica on a machine (the colour service's and each display process's, workers or not)
+reads the person and phone keys, most of an index's memory, from `persons.keys` and
+`phones.keys` in `<data_dir>/shared-keys/`, which all of them map read-only: the machine holds one
+copy of them, not one a process (`Index.share_keys`, matcher_ext/src/shared.rs). A replica writes
+the files when it loads a whole index version and finds them missing, damaged, another
+registry's or well short of its own keys. HEALTHCODE_SHARED_KEYS=off keeps the keys in each
+process instead.
 
 The rule set activated through SetRuleSet is kept in `<data_dir>/colour/rule_set.toml` and wins
 over HEALTHCODE_COLOUR_RULE_SET at the next start, so a restart does not undo an activation.
@@ -49,6 +58,9 @@ class ReplicaConfig:
     freshness_interval_s: float
     snapshot_path: Path
     snapshot_interval_s: float
+    # The replicas of one machine read the person and phone keys from files there, one copy
+    # for all (Index.share_keys); None: this one keeps its own in memory.
+    shared_keys_dir: Path | None = None
 
     @classmethod
     def from_env(cls, env: Mapping[str, str], platform: PlatformConfig, home: str) -> ReplicaConfig:
@@ -67,12 +79,22 @@ class ReplicaConfig:
             freshness_interval_s=env_float(env, "HEALTHCODE_COLOUR_FRESHNESS_S", 30.0, low=0.1),
             snapshot_path=platform.data_dir / home / "index.snapshot",
             snapshot_interval_s=env_float(env, "HEALTHCODE_COLOUR_SNAPSHOT_S", 300.0, low=0.0),
+            shared_keys_dir=shared_keys_dir(env, platform),
         )
 
     def for_worker(self, index: int) -> ReplicaConfig:
         """The replica of worker `index` of a service with several processes: its own
         snapshot file (`index.<i>.snapshot`), everything else alike."""
         return replace(self, snapshot_path=self.snapshot_path.with_name(f"index.{index}.snapshot"))
+
+
+def shared_keys_dir(env: Mapping[str, str], platform: PlatformConfig) -> Path | None:
+    """`<data_dir>/shared-keys`, the same for every service (the keys depend on the registry
+    alone), unless HEALTHCODE_SHARED_KEYS=off."""
+    setting = env.get("HEALTHCODE_SHARED_KEYS", "on").strip().lower() or "on"
+    if setting not in ("on", "off"):
+        raise ConfigError(f"HEALTHCODE_SHARED_KEYS: {setting!r}; say on or off")
+    return platform.data_dir / "shared-keys" if setting == "on" else None
 
 
 @dataclass(frozen=True, slots=True)

@@ -67,6 +67,7 @@ class Replica:
             on_changes=on_changes,
             snapshot_path=config.snapshot_path,
             snapshot_interval_s=config.snapshot_interval_s,
+            shared_keys_dir=config.shared_keys_dir,
         )
         self._clock_stop = threading.Event()
         self._clock = threading.Thread(

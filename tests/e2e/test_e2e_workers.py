@@ -241,6 +241,20 @@ def test_two_workers_share_the_port_the_log_the_claims_and_the_counters(
 
 def test_a_worker_that_dies_is_restarted(workers_stack: Stack) -> None:
     stack = workers_stack
+    with open_channel(stack.peers.declaration) as channel:
+        declaration = declaration_pb2_grpc.DeclarationServiceStub(channel)
+        for i, person in enumerate(PEOPLE):
+            declaration.Register(
+                declaration_pb2.RegisterRequest(
+                    actor=_citizen(person), name=f"吴{i}", id_number=person
+                )
+            )
+    with open_channel(stack.peers.risk_index) as channel:
+        version = (
+            risk_index_pb2_grpc.RiskIndexServiceStub(channel)
+            .GetIndexVersion(risk_index_pb2.GetIndexVersionRequest())
+            .accepted_version
+        )
     before = _serving_pids(stack, "display")
     os.kill(before[1], signal.SIGKILL)
     after = eventually(
@@ -253,11 +267,54 @@ def test_a_worker_that_dies_is_restarted(workers_stack: Stack) -> None:
     assert "display worker 1" in stack.log_tail("display") and "restarting it" in stack.log_tail(
         "display"
     )
-    with _connection(stack.peers.display) as channel:
-        key = display_pb2_grpc.DisplayServiceStub(channel).GetVerificationKey(
-            display_pb2.GetVerificationKeyRequest()
+    # The workers started on an empty index, so the shared key files then held no person. The
+    # restarted worker was sent a whole version with everyone, found the files far short of
+    # it, and wrote them again: its people's keys are now read from the file every worker maps.
+    shared = stack.data_dir / "shared-keys"
+    assert f"{len(PEOPLE)} of {len(PEOPLE)} person keys from {shared}" in stack.log_tail("display")
+    header = (shared / "persons.keys").read_bytes()[:16]
+    assert header[:8] == b"HCKEYS02"
+    assert int.from_bytes(header[8:16], "little") == len(PEOPLE)  # the keys it holds
+    with ExitStack() as closing:
+        colour = colour_pb2_grpc.ColourServiceStub(
+            closing.enter_context(open_channel(stack.peers.colour))
         )
-        assert len(key.ed25519_public_key) == 32
+        displays = [
+            display_pb2_grpc.DisplayServiceStub(
+                closing.enter_context(_connection(stack.peers.display))
+            )
+            for _ in range(CHANNELS)
+        ]
+        assert (
+            len(
+                displays[0]
+                .GetVerificationKey(display_pb2.GetVerificationKeyRequest())
+                .ed25519_public_key
+            )
+            == 32
+        )
+        # Every person, through every connection (so at both workers, the one reading its keys
+        # from the file among them): the colour service's colour, registered.
+        for person in PEOPLE:
+            want = colour.Evaluate(
+                colour_pb2.EvaluateRequest(
+                    actor=SERVICE,
+                    person=common_pb2.PersonRef(id_number=person),
+                    min_index_version=version,
+                )
+            ).verdict
+            assert want.registered
+            for display in displays:
+                shown = display.Show(
+                    display_pb2.ShowRequest(
+                        actor=_citizen(person),
+                        person=common_pb2.PersonRef(id_number=person),
+                        device=DEVICE,
+                        min_index_version=version,
+                    )
+                )
+                assert shown.verdict.registered
+                assert shown.verdict.colour == want.colour
     codes = stack.stop()
     assert codes == {name: 0 for name in codes}, codes
     assert not [p for p in after.values() if _alive(p)]

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from services._common.config import ConfigError
 from services._common.workers import Supervisor
 from services.colour.config import ColourConfig
 from services.display.config import DisplayConfig
@@ -160,6 +161,16 @@ def test_the_process_settings_and_each_workers_files(tmp_path: Path) -> None:
     assert (
         colour.for_worker(2, None).replica.snapshot_path == tmp_path / "colour" / "index.2.snapshot"
     )
+    # Every replica of the machine, whichever service and worker, maps the same key files.
+    shared = tmp_path / "shared-keys"
+    assert worker.replica.shared_keys_dir == shared
+    assert colour.for_worker(2, None).replica.shared_keys_dir == shared
+    assert colour.replica.shared_keys_dir == shared
+    off = {"HEALTHCODE_DATA_DIR": str(tmp_path), "HEALTHCODE_SHARED_KEYS": "off"}
+    assert ColourConfig.from_env(off).replica.shared_keys_dir is None
+    assert DisplayConfig.from_env(off).for_worker(0, None).replica.shared_keys_dir is None
+    with pytest.raises(ConfigError, match="HEALTHCODE_SHARED_KEYS: 'yes'; say on or off"):
+        ColourConfig.from_env({**off, "HEALTHCODE_SHARED_KEYS": "yes"})
 
 
 def test_a_worker_that_fails_before_it_serves_stops_the_service() -> None:

@@ -156,6 +156,15 @@ class Index:
     @staticmethod
     def load(path: str, secret: bytes) -> Index:
         """Read a snapshot; SnapshotError if corrupt, truncated or keyed with another secret."""
+    def share_keys(self, directory: str) -> tuple[Index, dict[str, str]]:
+        """This index with its person and phone keys read from `persons.keys` and `phones.keys`
+        in `directory`, files every worker of a machine maps read-only (one copy in the page
+        cache for all), written first when missing, damaged, another registry's or holding under
+        nine tenths of this index's keys; and what was
+        done for each table: "mapped", "written" or "kept: <why>" (still in this process)."""
+    @property
+    def shared_person_count(self) -> int:
+        """How many person ids are read from a shared key file (0 when none is)."""
     def to_bytes(self) -> bytes:
         """The same snapshot as `save`, in memory (to stream it to a replica)."""
     @staticmethod

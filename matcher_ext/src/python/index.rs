@@ -15,6 +15,7 @@ use super::errors::{py_err, InvalidOperation};
 use super::hasher::PyHasher;
 use crate::bucket;
 use crate::index::{Index, NO_COUNTY, UNDATED};
+use crate::shared;
 use crate::snapshot;
 
 /// One immutable index version.
@@ -254,6 +255,31 @@ impl PyIndex {
             .detach(|| snapshot::load(&path, secret))
             .map_err(py_err)?;
         Ok(PyIndex::wrap(index))
+    }
+
+    /// This index with its person and phone keys read from files in `directory` that every
+    /// worker of the machine maps (written first if missing or another registry's), and what
+    /// was done for each table: "mapped", "written" or "kept: <why>".
+    fn share_keys(&self, py: Python<'_>, directory: PathBuf) -> (PyIndex, HashMap<String, String>) {
+        let index = self.inner.clone();
+        let (shared, done) = py.detach(|| shared::share(&index, &directory));
+        let done = done
+            .into_iter()
+            .map(|(table, what)| {
+                let what = match what {
+                    shared::Shared::Mapped => "mapped".to_string(),
+                    shared::Shared::Written => "written".to_string(),
+                    shared::Shared::Kept(why) => format!("kept: {why}"),
+                };
+                (table.to_string(), what)
+            })
+            .collect();
+        (PyIndex::wrap(shared), done)
+    }
+
+    #[getter]
+    fn shared_person_count(&self) -> usize {
+        self.inner.registry.persons.shared_len()
     }
 
     fn to_bytes<'py>(&self, py: Python<'py>) -> Bound<'py, PyBytes> {
