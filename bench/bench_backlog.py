@@ -16,12 +16,18 @@ CANCELLED with no retry advice. The more handler threads run Python, the less of
 accepting thread gets the GIL: with many, an overload is dropped; with few, it is refused at
 the door. services/display/config.py chooses its threads from this.
 
+With `--aio` the server is a grpc.aio one instead (an event loop, no handler threads; the wait
+awaited; the door counted by the handler). It drops an overload the same way: its loop takes one
+call from the core per turn, and a turn runs whatever handlers are ready, so calls pile up in
+the core just as behind a starved accepting thread (BENCHMARKS.md).
+
 A Markdown table goes to stdout, progress to stderr.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import os
 import platform
@@ -91,6 +97,42 @@ def serve(
     server.wait_for_termination()
 
 
+def serve_aio(port: int, door: int, work_us: float, wait_ms: float) -> None:
+    """The same busy server on grpc.aio: one event loop accepts and runs every call, and the
+    wait is awaited (a commit handed to a thread), so no thread is held while it lasts.
+
+    The door is the handler's own: a call that finds `door` calls in progress is refused
+    (RESOURCE_EXHAUSTED) before any work. grpc.aio's `maximum_concurrent_rpcs` is no door: past
+    it the server stops taking calls from the core, which is where they are dropped."""
+    reply = fixed_show_response()
+    in_progress = 0
+
+    class Busy(display_pb2_grpc.DisplayServiceServicer):
+        async def Show(  # type: ignore[override]
+            self, request: display_pb2.ShowRequest, context: grpc.aio.ServicerContext
+        ) -> display_pb2.ShowResponse:
+            nonlocal in_progress
+            if in_progress >= door:
+                await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, "calls in progress")
+            in_progress += 1
+            try:
+                _burn(work_us)
+                if wait_ms:
+                    await asyncio.sleep(wait_ms / 1000)
+                return reply
+            finally:
+                in_progress -= 1
+
+    async def main() -> None:
+        server = grpc.aio.server()
+        display_pb2_grpc.add_DisplayServiceServicer_to_server(Busy(), server)  # type: ignore[abstract]
+        server.add_insecure_port(f"127.0.0.1:{port}")
+        await server.start()
+        await server.wait_for_termination()
+
+    asyncio.run(main())
+
+
 def offer(port: int, rate: float, seconds: float, cpu: int, out: Path) -> dict[str, object]:
     """`healthcode load` at `rate` against the server, pinned to `cpu`; its JSON summary."""
     env = dict(os.environ, HEALTHCODE_DATA_DIR=str(out))  # no credentials: plain text
@@ -122,7 +164,8 @@ def run(args: argparse.Namespace) -> str:
                 ["taskset", "-c", str(server_cpu), sys.executable, "-m", "bench.bench_backlog"]
                 + ["--serve", str(port), "--threads", str(threads), "--door", str(door)]
                 + ["--work-us", str(args.work_us), "--wait-ms", str(args.wait_ms)]
-                + ["--cpu-slots", str(args.cpu_slots)],
+                + ["--cpu-slots", str(args.cpu_slots)]
+                + (["--aio"] if args.aio else []),
                 cwd=REPO,
             )
             try:
@@ -147,6 +190,7 @@ def run(args: argparse.Namespace) -> str:
         f"{args.rate:,.0f} calls/s offered for {args.seconds:g} s"
         + (f", then a wait of {args.wait_ms:g} ms" if args.wait_ms else "")
         + (f"; {args.cpu_slots} CPU slots" if args.cpu_slots else "")
+        + ("; grpc.aio" if args.aio else "")
     )
     header = (
         "| handler threads / `maximum_concurrent_rpcs` | answered | p99 | CANCELLED "
@@ -168,8 +212,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--cpu-slots", type=int, default=0, help="at most this many calls burn at once (0: any)"
     )
+    parser.add_argument(
+        "--aio",
+        action="store_true",
+        help="serve on grpc.aio (one event loop; --threads is ignored, --door is its own)",
+    )
     parser.add_argument("--serve", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.serve and args.aio:
+        serve_aio(args.serve, args.door, args.work_us, args.wait_ms)
+        return
     if args.serve:
         serve(args.serve, args.threads, args.door, args.work_us, args.wait_ms, args.cpu_slots)
         return

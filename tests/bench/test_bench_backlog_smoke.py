@@ -10,8 +10,10 @@ import sys
 import pytest
 
 
-# Plain, and with a wait off the GIL and CPU slots (the gated handler).
-@pytest.mark.parametrize("extra", [[], ["--wait-ms", "1", "--cpu-slots", "2"]])
+# Plain, with a wait off the GIL and CPU slots (the gated handler), and on grpc.aio.
+@pytest.mark.parametrize(
+    "extra", [[], ["--wait-ms", "1", "--cpu-slots", "2"], ["--aio", "--wait-ms", "1"]]
+)
 def test_bench_backlog_runs_and_answers_a_light_load(extra: list[str]) -> None:
     done = subprocess.run(
         [sys.executable, "-m", "bench.bench_backlog", "--threads", "4", "--seconds", "2"]
