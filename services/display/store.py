@@ -30,7 +30,6 @@ services/display/store_pg.py.
 
 from __future__ import annotations
 
-import _thread
 import datetime as dt
 import logging
 import math
@@ -227,42 +226,7 @@ class Purged:
     shared_holders_kept: int = 0
 
 
-class _Answer:
-    """One event's answer from the writer thread, handed over once its batch commits.
-
-    Lighter than a `Future` on the Show path: `Future.result` waits on a Python-level
-    `Condition` (a lock made and a waiter list changed per call) and `set_result` notifies
-    through it; a py-spy profile of flat-out Shows put that hand-over at about a tenth of the
-    display's time. Here the handler thread blocks on a lock the writer releases: one C call
-    each side, off the GIL while blocked.
-    """
-
-    __slots__ = ("_done", "_error", "_value")
-
-    def __init__(self) -> None:
-        self._done = _thread.allocate_lock()
-        self._done.acquire()  # released once, by the writer, with the answer in place
-        self._value: Recorded | None = None
-        self._error: BaseException | None = None
-
-    def set_result(self, value: Recorded) -> None:
-        self._value = value
-        self._done.release()
-
-    def set_exception(self, error: BaseException) -> None:
-        self._error = error
-        self._done.release()
-
-    def result(self, timeout: float) -> Recorded:
-        if not self._done.acquire(timeout=timeout):
-            raise TimeoutError(f"the display log did not commit within {timeout:g} s")
-        if self._error is not None:
-            raise self._error
-        assert self._value is not None
-        return self._value
-
-
-_Job = tuple[DisplayEvent, _Answer]
+_Job = tuple[DisplayEvent, "Future[Recorded]"]
 # A display to log, a purge asked for (answered when a pass that started after it ends), or
 # None: stop.
 _Item: TypeAlias = "_Job | Future[Purged] | None"
@@ -333,7 +297,7 @@ class DisplayLog:
         """Log `event` durably and say whether it was accepted."""
         if not self._thread.is_alive():
             raise RuntimeError("the display log is closed")
-        done = _Answer()
+        done: Future[Recorded] = Future()
         self._queue.put((event, done))
         return done.result(timeout=timeout)
 
