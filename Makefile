@@ -7,7 +7,7 @@ RUST_SRC := $(wildcard matcher_ext/src/*.rs matcher_ext/src/python/*.rs) matcher
 PROTOS := $(wildcard protos/healthcode/v1/*.proto)
 PROTO_STAMP := protos/healthcode/v1/.generated
 
-.PHONY: setup build-dev proto browser-deps postgres-deps run test test-rust test-python lint typecheck stubtest bench bench-matcher bench-whatif bench-display bench-city clean
+.PHONY: setup build-dev proto browser-deps postgres-deps run test test-rust test-python lint typecheck stubtest bench bench-matcher bench-whatif bench-display bench-city bench-throughput bench-exams bench-shared-keys clean
 
 ## setup: the virtualenv, every pinned package, the Rust extension and the generated code
 setup: $(VENV)/.installed $(PROTO_STAMP)
@@ -100,7 +100,11 @@ bench-throughput: setup
 bench-exams: setup
 	$(PY) -m bench.bench_exams
 
-bench: bench-matcher bench-whatif bench-throughput bench-exams
+## bench-shared-keys: 2 worker processes holding an 18 M index, their own keys against one shared file
+bench-shared-keys: setup
+	$(PY) -m bench.bench_shared_keys
+
+bench: bench-matcher bench-whatif bench-throughput bench-shared-keys bench-exams
 
 clean:
 	rm -rf $(VENV) matcher_ext/target $(PROTO_STAMP) protos/healthcode/v1/*_pb2*.py*

@@ -296,10 +296,11 @@ pub fn share(index: &Index, dir: &Path) -> (Index, [(&'static str, Shared); 2]) 
 
 fn share_table(table: &mut IdTable, path: &Path) -> Shared {
     if let Ok(file) = SharedKeys::open(path) {
-        if let Some(mapped) = table.with_shared(Arc::new(file)) {
-            // A file written when the registry was much smaller (before an import) would
-            // leave most keys in this process: write a whole one instead.
-            if mapped.shared_len() * 10 >= table.len() * 9 {
+        // A file written when the registry was much smaller (before an import) would leave
+        // most keys in this process: write a whole one instead (checked first, so the keys
+        // it lacks are not gathered in the process for nothing).
+        if file.len().min(table.len()) * 10 >= table.len() * 9 {
+            if let Some(mapped) = table.with_shared(Arc::new(file)) {
                 *table = mapped;
                 return Shared::Mapped;
             }

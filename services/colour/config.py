@@ -21,13 +21,13 @@ With HEALTHCODE_COLOUR_PROCESSES = N > 1 the process started supervises N worker
 (SO_REUSEPORT, services/_common/workers.py), each with its own replica and its own snapshot
 `<data_dir>/colour/index.<i>.snapshot`.
 
-Every replica on a machine (the colour service's and each display process's, workers or not)
-reads the person and phone keys, most of an index's memory, from `persons.keys` and
+Every replica on a machine (the colour service's and each display process's, workers or not) and
+the risk index read the person and phone keys, most of an index's memory, from `persons.keys` and
 `phones.keys` in `<data_dir>/shared-keys/`, which all of them map read-only: the machine holds one
 copy of them, not one a process (`Index.share_keys`, matcher_ext/src/shared.rs). A replica writes
-the files when it loads a whole index version and finds them missing, damaged, another
-registry's or well short of its own keys. HEALTHCODE_SHARED_KEYS=off keeps the keys in each
-process instead.
+the files when it loads a whole index version and finds them missing, damaged, another registry's
+or well short of its own keys (services/_common/shared_keys.py). HEALTHCODE_SHARED_KEYS=off keeps
+the keys in each process instead.
 
 The rule set activated through SetRuleSet is kept in `<data_dir>/colour/rule_set.toml` and wins
 over HEALTHCODE_COLOUR_RULE_SET at the next start, so a restart does not undo an activation.
@@ -41,6 +41,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from services._common.config import ConfigError, PlatformConfig, env_float, env_int
+from services._common.shared_keys import shared_keys_dir
 from services._common.workers import MAX_PROCESSES
 from services.rules import DEFAULT_RULE_SET_PATH
 
@@ -86,15 +87,6 @@ class ReplicaConfig:
         """The replica of worker `index` of a service with several processes: its own
         snapshot file (`index.<i>.snapshot`), everything else alike."""
         return replace(self, snapshot_path=self.snapshot_path.with_name(f"index.{index}.snapshot"))
-
-
-def shared_keys_dir(env: Mapping[str, str], platform: PlatformConfig) -> Path | None:
-    """`<data_dir>/shared-keys`, the same for every service (the keys depend on the registry
-    alone), unless HEALTHCODE_SHARED_KEYS=off."""
-    setting = env.get("HEALTHCODE_SHARED_KEYS", "on").strip().lower() or "on"
-    if setting not in ("on", "off"):
-        raise ConfigError(f"HEALTHCODE_SHARED_KEYS: {setting!r}; say on or off")
-    return platform.data_dir / "shared-keys" if setting == "on" else None
 
 
 @dataclass(frozen=True, slots=True)

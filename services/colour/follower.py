@@ -37,6 +37,7 @@ from healthcode.v1 import risk_index_pb2, risk_index_pb2_grpc
 from services._common import changes
 from services._common.auth import process_security, secure_channel
 from services._common.config import RECONNECT_OPTIONS
+from services._common.shared_keys import share_keys
 from services.colour.engine import ColourEngine
 
 log = logging.getLogger(__name__)
@@ -139,7 +140,7 @@ class IndexFollower:
             return False
         start = time.perf_counter()
         try:
-            index = self._share_keys(hm.Index.load(str(path), self._secret))
+            index = share_keys(hm.Index.load(str(path), self._secret), self._shared_keys_dir, log)
             self._engine.install_index(index)
         except (hm.SnapshotError, hm.InvalidOperation, hm.PlanError, OSError) as exc:
             log.warning(
@@ -156,35 +157,6 @@ class IndexFollower:
             time.perf_counter() - start,
         )
         return True
-
-    def _share_keys(self, index: hm.Index) -> hm.Index:
-        """A whole version's keys read from the machine's shared key files (unless
-        HEALTHCODE_SHARED_KEYS=off). The deltas after it add keys in this process: the files
-        are written again when a replica next loads a whole version and finds them holding
-        under nine tenths of its keys."""
-        if self._shared_keys_dir is None:
-            return index
-        start = time.perf_counter()
-        try:
-            self._shared_keys_dir.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:  # the keys stay in this process; the replica still serves
-            log.warning("index version %d: keys not shared: %s", index.version, exc)
-            return index
-        shared, done = index.share_keys(str(self._shared_keys_dir))
-        kept = {table: how for table, how in done.items() if how.startswith("kept")}
-        if kept:
-            log.warning("index version %d: keys not shared: %s", index.version, kept)
-        log.info(
-            "index version %d: %d of %d person keys from %s (persons %s, phones %s) in %.1f s",
-            index.version,
-            shared.shared_person_count,
-            shared.person_count,
-            self._shared_keys_dir,
-            done["persons"],
-            done["phones"],
-            time.perf_counter() - start,
-        )
-        return shared
 
     def save_snapshot(self) -> bool:
         """Write the index held to the replica's snapshot file unless it is there already, and
@@ -300,7 +272,8 @@ class IndexFollower:
                 raise hm.SnapshotError(
                     f"version {version}: the snapshot says it is version {index.version}"
                 )
-            index = self._share_keys(index)
+            # Its keys from the machine's shared key files (services/_common/shared_keys.py).
+            index = share_keys(index, self._shared_keys_dir, log)
             self._follow_overrides(message)  # before the version goes live
             new = self._engine.install_index(index)
             self._follow_rule_set(message)

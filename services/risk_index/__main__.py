@@ -34,6 +34,7 @@ def main() -> None:
         publish_interval_s=config.publish_interval_s,
         snapshot_path=config.snapshot_path,
         snapshot_interval_s=config.snapshot_interval_s,
+        shared_keys_dir=config.shared_keys_dir,
     )
     servicer = RiskIndexServicer(risk_index, identifiers)
     if metrics is not None:

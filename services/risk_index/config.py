@@ -8,6 +8,7 @@
 | HEALTHCODE_RISK_INDEX_WORKERS     | 32 (server threads; each watcher holds one) |
 | HEALTHCODE_RISK_INDEX_PUBLISH_INTERVAL_S | 1 (at most one index version per interval; 0: one per change) |
 | HEALTHCODE_RISK_INDEX_SNAPSHOT_S  | 300 (write the index snapshot this often, and at stop; 0: never) |
+| HEALTHCODE_SHARED_KEYS            | on: the loaded index's keys read from `<data_dir>/shared-keys/`, one copy with every replica of the machine (services/_common/shared_keys.py); off |
 | HEALTHCODE_DATA_DIR, HEALTHCODE_SECRET, ... | see services/_common/config.py  |
 """
 
@@ -26,6 +27,7 @@ from services._common.config import (
     storage_place,
 )
 from services._common.places import PgPlace
+from services._common.shared_keys import shared_keys_dir
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,6 +41,8 @@ class RiskIndexConfig:
     publish_interval_s: float
     snapshot_path: Path
     snapshot_interval_s: float
+    # The machine's shared key files (services/_common/shared_keys.py); None: keys in memory.
+    shared_keys_dir: Path | None
     # HEALTHCODE_STORAGE=postgresql: the service's schema (then `db_path` is not used; the
     # index snapshot stays a local file, a cache a new pod rebuilds from the database).
     pg: PgPlace | None = None
@@ -67,5 +71,6 @@ class RiskIndexConfig:
             ),
             snapshot_path=db_path.with_name("index.snapshot"),
             snapshot_interval_s=env_float(env, "HEALTHCODE_RISK_INDEX_SNAPSHOT_S", 300.0, low=0.0),
+            shared_keys_dir=shared_keys_dir(env, platform),
             pg=place if isinstance(place, PgPlace) else None,
         )

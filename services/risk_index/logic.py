@@ -38,6 +38,7 @@ from services._common.exchange import CODE as PROVINCE_CODE
 from services._common.exchange import HASH_BYTES, MAX_HASHES_PER_PERSON, check_exchange_hashes
 from services._common.identifiers import Identifiers, check_key
 from services._common.memory import FreedMemory
+from services._common.shared_keys import share_keys
 from services._common.sources import SOURCES, Source
 from services.risk_index.model import (
     IngestResult,
@@ -310,8 +311,12 @@ class RiskIndex:
         publish_interval_s: float = 0.0,
         snapshot_path: Path | None = None,
         snapshot_interval_s: float = 0.0,
+        shared_keys_dir: Path | None = None,
     ) -> None:
+        """`shared_keys_dir`: read the loaded index's keys from the machine's shared key
+        files, one copy for this process and every replica (services/_common/shared_keys.py)."""
         self._repository = repository
+        self._shared_keys_dir = shared_keys_dir
         self._identifiers = identifiers
         self._secret = secret
         self._max_batch_rows = max_batch_rows
@@ -981,9 +986,14 @@ class RiskIndex:
         return Published(latest.version, latest.published_at, index)
 
     def _rebuild(self) -> Published:
-        loaded = self._from_snapshot()
-        if loaded is not None:
-            return loaded
+        loaded = self._from_snapshot() or self._from_rows()
+        return Published(
+            loaded.version,
+            loaded.published_at,
+            share_keys(loaded.index, self._shared_keys_dir, logger),
+        )
+
+    def _from_rows(self) -> Published:
         start = time.perf_counter()
         state = self._repository.load_state()
         index = build_index(self._secret, state)

@@ -56,6 +56,14 @@ def _connection(addr: str) -> grpc.Channel:
     return open_channel(addr, options=[("grpc.use_local_subchannel_pool", 1)])
 
 
+def _displays(closing: ExitStack, stack: Stack) -> list[display_pb2_grpc.DisplayServiceStub]:
+    """A display stub on each of CHANNELS connections, closed with `closing`."""
+    return [
+        display_pb2_grpc.DisplayServiceStub(closing.enter_context(_connection(stack.peers.display)))
+        for _ in range(CHANNELS)
+    ]
+
+
 def _serving_pids(stack: Stack, name: str) -> dict[int, int]:
     """Worker index -> pid, as the parent last logged them serving."""
     pids: dict[int, int] = {}
@@ -124,12 +132,7 @@ def test_two_workers_share_the_port_the_log_the_claims_and_the_counters(
         risk_index = risk_index_pb2_grpc.RiskIndexServiceStub(
             closing.enter_context(open_channel(stack.peers.risk_index))
         )
-        displays = [
-            display_pb2_grpc.DisplayServiceStub(
-                closing.enter_context(_connection(stack.peers.display))
-            )
-            for _ in range(CHANNELS)
-        ]
+        displays = _displays(closing, stack)
         colours = [
             colour_pb2_grpc.ColourServiceStub(
                 closing.enter_context(_connection(stack.peers.colour))
@@ -279,20 +282,9 @@ def test_a_worker_that_dies_is_restarted(workers_stack: Stack) -> None:
         colour = colour_pb2_grpc.ColourServiceStub(
             closing.enter_context(open_channel(stack.peers.colour))
         )
-        displays = [
-            display_pb2_grpc.DisplayServiceStub(
-                closing.enter_context(_connection(stack.peers.display))
-            )
-            for _ in range(CHANNELS)
-        ]
-        assert (
-            len(
-                displays[0]
-                .GetVerificationKey(display_pb2.GetVerificationKeyRequest())
-                .ed25519_public_key
-            )
-            == 32
-        )
+        displays = _displays(closing, stack)
+        key = displays[0].GetVerificationKey(display_pb2.GetVerificationKeyRequest())
+        assert len(key.ed25519_public_key) == 32
         # Every person, through every connection (so at both workers, the one reading its keys
         # from the file among them): the colour service's colour, registered.
         for person in PEOPLE:

@@ -1,5 +1,5 @@
-"""One copy of the keys for every replica of a machine (issue 9, item 2): replicas that load a
-whole index version read its person and phone keys from files they all map
+"""One copy of the keys for every replica of a machine (issue 9, item 2): replicas (and the risk
+index) that load a whole index version read its person and phone keys from files they all map
 (`Index.share_keys`, matcher_ext/src/shared.rs), and answer exactly as a replica holding its
 own keys does. The format's own checks (damage, truncation, another registry's keys, a file
 behind or ahead of the index) are the Rust tests of shared.rs; here, the replica's use of it."""
@@ -13,11 +13,16 @@ from pathlib import Path
 import healthcode_matcher as hm
 import pytest
 
+from services._common.actors import Actor, Role
 from services._common.days import SHANGHAI, day_number
+from services._common.identifiers import Identifiers, mask_id_number
 from services._common.sources import SOURCES
 from services.colour.engine import ColourEngine
 from services.colour.follower import IndexFollower
 from services.colour.rulestore import compile_rules
+from services.risk_index.logic import RiskIndex
+from services.risk_index.model import KeyedPerson
+from services.risk_index.repository import RiskIndexRepository
 from services.rules import DEFAULT_RULE_SET_PATH, load_rule_set
 from tests.support import SECRET, Clock
 
@@ -122,3 +127,44 @@ def test_a_damaged_key_file_is_written_again_not_believed(tmp_path: Path) -> Non
     assert done == {"persons": "written", "phones": "mapped"}
     assert again.person_id(PEOPLE[0]) == index.person_id(PEOPLE[0]) == 0
     assert again.to_bytes() == index.to_bytes()  # the same index, byte for byte
+
+
+def test_the_risk_index_reads_the_keys_of_the_index_it_loads_from_the_same_files(
+    tmp_path: Path,
+) -> None:
+    shared = tmp_path / "shared-keys"
+
+    def start() -> RiskIndex:
+        return RiskIndex(
+            RiskIndexRepository(tmp_path / "ri.sqlite3"),
+            Identifiers.from_secret(SECRET),
+            SECRET,
+            snapshot_path=tmp_path / "index.snapshot",
+            shared_keys_dir=shared,
+        )
+
+    first = start()
+    people = [KeyedPerson(HASHER.person_key(p), mask_id_number(p)) for p in PEOPLE]
+    first.register_people(Actor(Role.SERVICE, "declaration"), people[:200])
+    first.flush()
+    first.close()  # writes its snapshot at version 1
+    again = start()
+    try:
+        # Loaded whole from its snapshot: every key from the files, written by it (an empty
+        # pair was written at the first start, when it held nobody).
+        assert again.current.index.shared_person_count == 200
+        assert int.from_bytes((shared / "persons.keys").read_bytes()[8:16], "little") == 200
+        # Registrations after the load stay in the process, and every id is as it was.
+        again.register_people(Actor(Role.SERVICE, "declaration"), people[200:])
+        again.flush()
+        index = again.current.index
+        assert (index.person_count, index.shared_person_count) == (300, 200)
+        assert [index.person_id(p) for p in PEOPLE] == list(range(300))
+        # A replica loading this version finds the files well short of it (200 of 300) and
+        # writes them whole; the next maps them.
+        replica, done = index.share_keys(str(shared))
+        assert done["persons"] == "written" and replica.shared_person_count == 300
+        _, done = index.share_keys(str(shared))
+        assert done["persons"] == "mapped"
+    finally:
+        again.close()
