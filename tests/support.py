@@ -10,7 +10,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import grpc
 import pytest
@@ -18,7 +18,10 @@ from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
 from clients.stack import Stack, StackError
+from services._common.identifiers import Identifiers
 from services._common.server import create_server, stop
+from services.risk_index.logic import RiskIndex
+from services.risk_index.repository import RiskIndexRepository
 
 # The platform secret of in-process tests (the e2e stacks make their own in their data
 # directory): person and phone keys, index snapshots and identifiers all derive from it.
@@ -163,3 +166,14 @@ def refusal(call: Callable[[], object]) -> tuple[grpc.StatusCode, str, str] | No
                 reason = info.reason
         return e.code(), e.details() or "", reason
     return None
+
+
+def risk_index_in(directory: Path, **options: Any) -> RiskIndex:
+    """The real risk index logic over a SQLite file in `directory`, keyed with SECRET;
+    `options` are RiskIndex's own (a clock, a publish interval, a snapshot path...)."""
+    return RiskIndex(
+        RiskIndexRepository(directory / "ri.sqlite3"),
+        Identifiers.from_secret(SECRET),
+        SECRET,
+        **options,
+    )

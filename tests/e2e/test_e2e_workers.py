@@ -56,6 +56,16 @@ def _connection(addr: str) -> grpc.Channel:
     return open_channel(addr, options=[("grpc.use_local_subchannel_pool", 1)])
 
 
+def _show(person: str, version: int) -> display_pb2.ShowRequest:
+    """A person showing their own code at DEVICE, at least at index `version`."""
+    return display_pb2.ShowRequest(
+        actor=_citizen(person),
+        person=common_pb2.PersonRef(id_number=person),
+        device=DEVICE,
+        min_index_version=version,
+    )
+
+
 def _displays(closing: ExitStack, stack: Stack) -> list[display_pb2_grpc.DisplayServiceStub]:
     """A display stub on each of CHANNELS connections, closed with `closing`."""
     return [
@@ -153,14 +163,7 @@ def test_two_workers_share_the_port_the_log_the_claims_and_the_counters(
         tokens: list[str] = []
         for n, display in enumerate(displays):
             for person in PEOPLE[n % 3 :: 3]:
-                shown = display.Show(
-                    display_pb2.ShowRequest(
-                        actor=_citizen(person),
-                        person=common_pb2.PersonRef(id_number=person),
-                        device=DEVICE,
-                        min_index_version=version,
-                    )
-                )
+                shown = display.Show(_show(person, version))
                 assert shown.verdict.colour == common_pb2.COLOUR_GREEN, shown.verdict
                 tokens.append(shown.token)
         shows = len(tokens)
@@ -297,14 +300,7 @@ def test_a_worker_that_dies_is_restarted(workers_stack: Stack) -> None:
             ).verdict
             assert want.registered
             for display in displays:
-                shown = display.Show(
-                    display_pb2.ShowRequest(
-                        actor=_citizen(person),
-                        person=common_pb2.PersonRef(id_number=person),
-                        device=DEVICE,
-                        min_index_version=version,
-                    )
-                )
+                shown = display.Show(_show(person, version))
                 assert shown.verdict.registered
                 assert shown.verdict.colour == want.colour
     codes = stack.stop()

@@ -15,13 +15,13 @@ from hypothesis import strategies as st
 from services._common import changes, days
 from services._common.actors import Actor, Role
 from services._common.errors import FailedPrecondition
-from services._common.identifiers import Identifiers, mask_id_number, mask_phone
+from services._common.identifiers import mask_id_number, mask_phone
 from services.colour.engine import ColourEngine
 from services.colour.rulestore import compile_rules
 from services.risk_index.logic import Delta, RiskIndex
 from services.risk_index.model import KeyedPerson, RawRow
-from services.risk_index.repository import RiskIndexRepository
 from services.rules import DEFAULT_RULE_SET_PATH, load_rule_set
+from tests import support
 from tests.support import SECRET, Clock
 
 IDS = hm.synthetic_id_numbers(12, 5150).decode().split()
@@ -106,12 +106,7 @@ def apply(ri: RiskIndex, n: int, step: tuple) -> None:  # type: ignore[type-arg]
 
 def risk_index_in(directory: Path) -> RiskIndex:
     """The real risk index logic on a SQLite file in `directory`, its clock stopped at NOW."""
-    return RiskIndex(
-        RiskIndexRepository(directory / "ri.sqlite3"),
-        Identifiers.from_secret(SECRET),
-        SECRET,
-        clock=lambda: NOW,
-    )
+    return support.risk_index_in(directory, clock=lambda: NOW)
 
 
 def verdicts_by_key(engine: ColourEngine, shared: bool = True) -> dict[bytes, tuple[object, ...]]:

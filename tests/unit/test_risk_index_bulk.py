@@ -14,14 +14,13 @@ import pytest
 
 from services._common.actors import Actor, Role
 from services._common.errors import InvalidArgument
-from services._common.identifiers import Identifiers
 from services.risk_index import repository
 from services.risk_index.logic import RiskIndex
 from services.risk_index.model import Batch, KeyedPerson, Row
 from services.risk_index.repository import RiskIndexRepository
 from services.risk_index.validation import check_people
 from tests.pg import Place
-from tests.support import SECRET
+from tests.support import risk_index_in
 
 NOW = dt.datetime(2024, 5, 10, 4, 0, tzinfo=dt.UTC)
 LATER = NOW + dt.timedelta(seconds=1)
@@ -245,13 +244,8 @@ def test_batch_digest_is_unchanged() -> None:
 
 
 def open_index(path: Path) -> RiskIndex:
-    return RiskIndex(
-        RiskIndexRepository(path / "ri.sqlite3"),
-        Identifiers.from_secret(SECRET),
-        SECRET,
-        clock=lambda: NOW,
-        publish_interval_s=3600.0,  # nothing publishes by itself: flush() does
-    )
+    # Nothing publishes by itself: flush() does.
+    return risk_index_in(path, clock=lambda: NOW, publish_interval_s=3600.0)
 
 
 def test_the_index_follows_bulk_registrations_and_a_restart_rebuilds_it(tmp_path: Path) -> None:

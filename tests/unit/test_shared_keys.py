@@ -15,16 +15,15 @@ import pytest
 
 from services._common.actors import Actor, Role
 from services._common.days import SHANGHAI, day_number
-from services._common.identifiers import Identifiers, mask_id_number
+from services._common.identifiers import mask_id_number
 from services._common.sources import SOURCES
 from services.colour.engine import ColourEngine
 from services.colour.follower import IndexFollower
 from services.colour.rulestore import compile_rules
 from services.risk_index.logic import RiskIndex
 from services.risk_index.model import KeyedPerson
-from services.risk_index.repository import RiskIndexRepository
 from services.rules import DEFAULT_RULE_SET_PATH, load_rule_set
-from tests.support import SECRET, Clock
+from tests.support import SECRET, Clock, risk_index_in
 
 PEOPLE = hm.synthetic_id_numbers(300, 77).decode().split()
 PHONES = hm.synthetic_phones(200, 77).decode().split()
@@ -135,12 +134,8 @@ def test_the_risk_index_reads_the_keys_of_the_index_it_loads_from_the_same_files
     shared = tmp_path / "shared-keys"
 
     def start() -> RiskIndex:
-        return RiskIndex(
-            RiskIndexRepository(tmp_path / "ri.sqlite3"),
-            Identifiers.from_secret(SECRET),
-            SECRET,
-            snapshot_path=tmp_path / "index.snapshot",
-            shared_keys_dir=shared,
+        return risk_index_in(
+            tmp_path, snapshot_path=tmp_path / "index.snapshot", shared_keys_dir=shared
         )
 
     first = start()
